@@ -1,0 +1,119 @@
+//! The application: shared state and the one builder used by `main`, the sandbox and tests.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::cards::CardRenderer;
+use crate::config::{AuthMode, Settings};
+use crate::db::Db;
+use crate::metrics::Metrics;
+use crate::teams::auth::BotAuthenticator;
+use crate::teams::connector::ConnectorClient;
+
+/// Everything a request handler may need.
+pub struct App {
+    /// The validated settings.
+    pub settings: Settings,
+    /// Storage.
+    pub db: Db,
+    /// Card templates.
+    pub cards: CardRenderer,
+    /// Inbound token validation; `None` in insecure-local mode.
+    pub authenticator: Option<BotAuthenticator>,
+    /// Outbound Teams client.
+    pub connector: ConnectorClient,
+    /// Metrics registry.
+    pub metrics: Arc<Metrics>,
+    /// The shared outbound HTTP client.
+    pub http: reqwest::Client,
+}
+
+/// A built application, bound to its port and ready to serve.
+pub struct Application {
+    listener: TcpListener,
+    app: Arc<App>,
+}
+
+/// The outbound HTTP client: timeouts, no redirects, the extra CA file if configured.
+pub fn http_client(settings: &Settings) -> anyhow::Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder()
+        .user_agent(concat!("m365bot/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(20))
+        .redirect(reqwest::redirect::Policy::none())
+        .pool_idle_timeout(Duration::from_secs(60));
+    if let Some(path) = &settings.bot.extra_ca_file {
+        let pem = std::fs::read(path)
+            .with_context(|| format!("bot.extra_ca_file: cannot read {}", path.display()))?;
+        for cert in reqwest::Certificate::from_pem_bundle(&pem)
+            .with_context(|| format!("bot.extra_ca_file: {} is not a PEM bundle", path.display()))?
+        {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    builder.build().context("cannot build the HTTP client")
+}
+
+impl Application {
+    /// Opens the database (migrating it), loads the cards, binds the listener.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let db = Db::connect(&settings.database.url, settings.database.max_connections).await?;
+        db.migrate().await?;
+        let cards = CardRenderer::new().context("card templates")?;
+        let http = http_client(&settings)?;
+        let metrics = Arc::new(Metrics::default());
+        let authenticator = match settings.bot.auth_mode {
+            AuthMode::BotFramework => Some(BotAuthenticator::new(&settings.bot, http.clone())),
+            AuthMode::InsecureLocal => {
+                tracing::warn!(
+                    listen = %settings.server.listen,
+                    "insecure-local mode: inbound requests are NOT authenticated; for the Agents Playground on this machine only"
+                );
+                None
+            }
+        };
+        let connector = ConnectorClient::new(&settings, http.clone(), metrics.clone());
+        let listener = TcpListener::bind(settings.server.listen)
+            .await
+            .with_context(|| {
+                format!("server.listen: cannot listen on {}", settings.server.listen)
+            })?;
+        let app = Arc::new(App {
+            settings,
+            db,
+            cards,
+            authenticator,
+            connector,
+            metrics,
+            http,
+        });
+        Ok(Self { listener, app })
+    }
+
+    /// The address actually bound (port 0 picks a free one).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or(self.app.settings.server.listen)
+    }
+
+    /// The shared state, for tests and background workers.
+    pub fn app(&self) -> Arc<App> {
+        self.app.clone()
+    }
+
+    /// Serves until `shutdown` is cancelled, then finishes in-flight requests.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let router = crate::routes::router(self.app.clone());
+        tracing::info!(listen = %self.local_addr(), "m365bot listening");
+        axum::serve(self.listener, router)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await
+            .context("HTTP server failed")
+    }
+}

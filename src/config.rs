@@ -1,0 +1,483 @@
+//! Settings: code defaults, then an optional TOML file, then environment variables.
+//!
+//! Environment variables use the prefix `M365BOT_` and `__` between levels
+//! (`M365BOT_BOT__APP_ID`). The Bot Framework names `MicrosoftAppId`, `MicrosoftAppPassword`
+//! and `MicrosoftAppTenantId` are accepted as well.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+/// Everything the bot reads at start-up.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// HTTP listener.
+    #[serde(default)]
+    pub server: ServerSettings,
+    /// Storage.
+    #[serde(default)]
+    pub database: DatabaseSettings,
+    /// Bot Framework (Teams) identity and endpoints.
+    #[serde(default)]
+    pub bot: BotSettings,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogSettings,
+}
+
+/// HTTP listener settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Address and port to listen on.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Public HTTPS base URL of the bot (used in the manifest and in sign-in links).
+    #[serde(default = "default_public_url")]
+    pub public_url: Url,
+    /// Largest accepted request body, in bytes.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+}
+
+/// Storage settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// `sqlite://path?mode=rwc` (default) or `postgres://user:pass@host/db`.
+    #[serde(default = "default_database_url")]
+    pub url: String,
+    /// Largest number of pooled connections.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+}
+
+/// How inbound Bot Framework requests are authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuthMode {
+    /// Full Bot Framework JWT validation (production).
+    BotFramework,
+    /// No inbound token check, for the Microsoft 365 Agents Playground. Refused unless the
+    /// listener is on loopback.
+    InsecureLocal,
+}
+
+/// Bot Framework identity and endpoints.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BotSettings {
+    /// The bot's Microsoft App ID (GUID).
+    #[serde(default)]
+    pub app_id: String,
+    /// The bot's client secret.
+    #[serde(default, skip_serializing)]
+    pub app_password: Option<SecretString>,
+    /// The Entra tenant the bot serves; activities from other tenants are refused.
+    #[serde(default)]
+    pub tenant_id: String,
+    /// Inbound authentication mode.
+    #[serde(default = "default_auth_mode")]
+    pub auth_mode: AuthMode,
+    /// OpenID metadata document for channel → bot tokens.
+    #[serde(default = "default_openid_metadata_url")]
+    pub openid_metadata_url: Url,
+    /// Expected `iss` of channel → bot tokens.
+    #[serde(default = "default_token_issuer")]
+    pub token_issuer: String,
+    /// Clock skew allowed on `exp`/`nbf`, in seconds.
+    #[serde(default = "default_clock_skew_secs")]
+    pub clock_skew_secs: u64,
+    /// Token endpoint for bot → channel calls; `{tenant}` is replaced by `tenant_id`.
+    #[serde(default = "default_outbound_token_url")]
+    pub outbound_token_url: String,
+    /// Scope requested for bot → channel calls.
+    #[serde(default = "default_outbound_scope")]
+    pub outbound_scope: String,
+    /// Hosts the bot may send its bearer token to (`*.example.com` matches sub-domains).
+    #[serde(default = "default_allowed_service_url_hosts")]
+    pub allowed_service_url_hosts: Vec<String>,
+    /// Extra PEM file of CA certificates to trust for outbound HTTPS.
+    #[serde(default)]
+    pub extra_ca_file: Option<PathBuf>,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Logging settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    /// Output format.
+    #[serde(default = "default_log_format")]
+    pub format: LogFormat,
+    /// `tracing` filter directive, e.g. `info,m365bot=debug`.
+    #[serde(default = "default_log_filter")]
+    pub filter: String,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 3978))
+}
+fn default_public_url() -> Url {
+    Url::parse("https://m365bot.example.com/").expect("static URL")
+}
+fn default_max_body_bytes() -> usize {
+    256 * 1024
+}
+fn default_database_url() -> String {
+    "sqlite://m365bot.db?mode=rwc".to_owned()
+}
+fn default_max_connections() -> u32 {
+    8
+}
+fn default_auth_mode() -> AuthMode {
+    AuthMode::BotFramework
+}
+fn default_openid_metadata_url() -> Url {
+    Url::parse("https://login.botframework.com/v1/.well-known/openidconfiguration")
+        .expect("static URL")
+}
+fn default_token_issuer() -> String {
+    "https://api.botframework.com".to_owned()
+}
+fn default_clock_skew_secs() -> u64 {
+    300
+}
+fn default_outbound_token_url() -> String {
+    "https://login.microsoftonline.com/{tenant}/oauth2/v2.0/token".to_owned()
+}
+fn default_outbound_scope() -> String {
+    "https://api.botframework.com/.default".to_owned()
+}
+fn default_allowed_service_url_hosts() -> Vec<String> {
+    [
+        "smba.trafficmanager.net",
+        "*.botframework.com",
+        "smba.infra.gcc.teams.microsoft.com",
+        "smba.infra.gov.teams.microsoft.us",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect()
+}
+fn default_log_format() -> LogFormat {
+    LogFormat::Pretty
+}
+fn default_log_filter() -> String {
+    "info".to_owned()
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            public_url: default_public_url(),
+            max_body_bytes: default_max_body_bytes(),
+        }
+    }
+}
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self {
+            url: default_database_url(),
+            max_connections: default_max_connections(),
+        }
+    }
+}
+impl Default for BotSettings {
+    fn default() -> Self {
+        Self {
+            app_id: String::new(),
+            app_password: None,
+            tenant_id: String::new(),
+            auth_mode: default_auth_mode(),
+            openid_metadata_url: default_openid_metadata_url(),
+            token_issuer: default_token_issuer(),
+            clock_skew_secs: default_clock_skew_secs(),
+            outbound_token_url: default_outbound_token_url(),
+            outbound_scope: default_outbound_scope(),
+            allowed_service_url_hosts: default_allowed_service_url_hosts(),
+            extra_ca_file: None,
+        }
+    }
+}
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            format: default_log_format(),
+            filter: default_log_filter(),
+        }
+    }
+}
+
+/// A configuration problem, naming the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The sources could not be read or did not fit the expected types.
+    #[error("configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    /// A value is present but unusable.
+    #[error("configuration key `{key}`: {problem}")]
+    Invalid {
+        /// Dotted key, e.g. `bot.app_id`.
+        key: &'static str,
+        /// What is wrong and what to do.
+        problem: String,
+    },
+}
+
+/// The Bot Framework environment names accepted besides the `M365BOT_` ones.
+const BOT_FRAMEWORK_ALIASES: [(&str, &str); 3] = [
+    ("microsoftappid", "bot.app_id"),
+    ("microsoftapppassword", "bot.app_password"),
+    ("microsoftapptenantid", "bot.tenant_id"),
+];
+
+impl Settings {
+    /// Loads defaults, then `config_file` if given (it must exist), then the environment.
+    pub fn load(config_file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::new();
+        if let Some(path) = config_file {
+            if !path.exists() {
+                return Err(ConfigError::Invalid {
+                    key: "--config",
+                    problem: format!("file {} does not exist", path.display()),
+                });
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        let figment = figment
+            .merge(Env::raw().filter_map(|key| {
+                BOT_FRAMEWORK_ALIASES
+                    .iter()
+                    .find(|(alias, _)| key.as_str().eq_ignore_ascii_case(alias))
+                    .map(|(_, target)| (*target).into())
+            }))
+            .merge(Env::prefixed("M365BOT_").split("__"));
+        Self::from_figment(figment)
+    }
+
+    /// Builds settings from an explicit figment (used by `load` and by tests).
+    pub fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
+        let settings: Settings = figment.extract().map_err(Box::new)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Settings for tests and the sandbox: defaults with the given overrides (a TOML string).
+    pub fn from_toml_str(toml: &str) -> Result<Self, ConfigError> {
+        Self::from_figment(Figment::from(Toml::string(toml)))
+    }
+
+    /// Checks values that types alone cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.server.max_body_bytes < 1024 {
+            return Err(invalid("server.max_body_bytes", "must be at least 1024"));
+        }
+        if !self.database.url.starts_with("sqlite:")
+            && !self.database.url.starts_with("postgres://")
+            && !self.database.url.starts_with("postgresql://")
+        {
+            return Err(invalid(
+                "database.url",
+                "must start with sqlite:, postgres:// or postgresql://",
+            ));
+        }
+        match self.bot.auth_mode {
+            AuthMode::BotFramework => {
+                if !is_guid(&self.bot.app_id) {
+                    return Err(invalid(
+                        "bot.app_id",
+                        "set the bot's Microsoft App ID (a GUID) with M365BOT_BOT__APP_ID or MicrosoftAppId",
+                    ));
+                }
+                let missing = self
+                    .bot
+                    .app_password
+                    .as_ref()
+                    .is_none_or(|p| p.expose_secret().is_empty());
+                if missing {
+                    return Err(invalid(
+                        "bot.app_password",
+                        "set the bot's client secret with M365BOT_BOT__APP_PASSWORD or MicrosoftAppPassword",
+                    ));
+                }
+            }
+            AuthMode::InsecureLocal => {
+                if !self.server.listen.ip().is_loopback() {
+                    return Err(invalid(
+                        "bot.auth_mode",
+                        "insecure-local is only allowed when server.listen is a loopback address (127.0.0.1 or ::1)",
+                    ));
+                }
+            }
+        }
+        let tenant_ok = match self.bot.auth_mode {
+            AuthMode::BotFramework => is_guid(&self.bot.tenant_id),
+            // The Agents Playground's mock tenant id is not a canonical GUID.
+            AuthMode::InsecureLocal => !self.bot.tenant_id.trim().is_empty(),
+        };
+        if !tenant_ok {
+            return Err(invalid(
+                "bot.tenant_id",
+                "set the Entra tenant id (a GUID) with M365BOT_BOT__TENANT_ID or MicrosoftAppTenantId",
+            ));
+        }
+        if self.bot.allowed_service_url_hosts.is_empty() {
+            return Err(invalid(
+                "bot.allowed_service_url_hosts",
+                "must list at least one host",
+            ));
+        }
+        if let Some(path) = &self.bot.extra_ca_file
+            && !path.is_file()
+        {
+            return Err(invalid(
+                "bot.extra_ca_file",
+                &format!("{} is not a readable file", path.display()),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The outbound token URL with the tenant filled in.
+    pub fn outbound_token_url(&self) -> String {
+        self.bot
+            .outbound_token_url
+            .replace("{tenant}", &self.bot.tenant_id)
+    }
+
+    /// How long verified signing keys are kept before a scheduled refresh.
+    pub fn clock_skew(&self) -> Duration {
+        Duration::from_secs(self.bot.clock_skew_secs)
+    }
+}
+
+fn invalid(key: &'static str, problem: &str) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        problem: problem.to_owned(),
+    }
+}
+
+/// True for a canonical 8-4-4-4-12 hexadecimal GUID.
+pub fn is_guid(value: &str) -> bool {
+    let groups: Vec<&str> = value.split('-').collect();
+    groups.len() == 5
+        && groups
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(group, len)| group.len() == len && group.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VALID: &str = r#"
+        [bot]
+        app_id = "11111111-2222-3333-4444-555555555555"
+        app_password = "s3cret"
+        tenant_id = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
+    "#;
+
+    #[test]
+    fn defaults_with_identity_are_valid() {
+        let settings = Settings::from_toml_str(VALID).expect("valid");
+        assert_eq!(settings.bot.token_issuer, "https://api.botframework.com");
+        assert_eq!(settings.server.max_body_bytes, 256 * 1024);
+        assert!(
+            settings
+                .outbound_token_url()
+                .contains("aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"),
+            "tenant substituted"
+        );
+    }
+
+    #[test]
+    fn missing_app_id_names_the_key() {
+        let err =
+            Settings::from_toml_str("[bot]\ntenant_id = \"aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee\"")
+                .expect_err("must fail");
+        assert!(err.to_string().contains("bot.app_id"), "{err}");
+    }
+
+    #[test]
+    fn insecure_local_is_refused_off_loopback() {
+        let toml = r#"
+            [server]
+            listen = "0.0.0.0:3978"
+            [bot]
+            auth_mode = "insecure-local"
+            tenant_id = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
+        "#;
+        let err = Settings::from_toml_str(toml).expect_err("must fail");
+        assert!(err.to_string().contains("bot.auth_mode"), "{err}");
+        let ok = toml.replace("0.0.0.0", "127.0.0.1");
+        Settings::from_toml_str(&ok).expect("loopback is fine");
+    }
+
+    #[test]
+    fn wrong_type_names_the_key() {
+        let err = Settings::from_toml_str("[server]\nmax_body_bytes = \"lots\"").expect_err("fail");
+        assert!(err.to_string().contains("max_body_bytes"), "{err}");
+    }
+
+    #[test]
+    #[expect(
+        clippy::result_large_err,
+        reason = "figment's Jail API returns its own error type"
+    )]
+    fn bot_framework_environment_names_are_accepted() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("MicrosoftAppId", "11111111-2222-3333-4444-555555555555");
+            jail.set_env("MicrosoftAppPassword", "pw");
+            jail.set_env(
+                "MicrosoftAppTenantId",
+                "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee",
+            );
+            jail.set_env("M365BOT_SERVER__MAX_BODY_BYTES", "4096");
+            let settings = Settings::load(None).expect("loads");
+            assert_eq!(settings.bot.app_id, "11111111-2222-3333-4444-555555555555");
+            assert_eq!(settings.server.max_body_bytes, 4096);
+            assert_eq!(
+                settings
+                    .bot
+                    .app_password
+                    .as_ref()
+                    .map(|p| p.expose_secret().to_owned()),
+                Some("pw".to_owned())
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug() {
+        let settings = Settings::from_toml_str(VALID).expect("valid");
+        assert!(!format!("{settings:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn guid_check() {
+        assert!(is_guid("11111111-2222-3333-4444-555555555555"));
+        assert!(!is_guid("11111111-2222-3333-4444-55555555555"));
+        assert!(!is_guid("not-a-guid"));
+    }
+}

@@ -1,0 +1,249 @@
+//! Parsing of chat commands, the same for Teams messages and Slack slash commands.
+
+/// A role of the retired ServiceNow app that chat users can be granted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppRole {
+    /// `x_mioms_m365_assis.insights_user`
+    InsightsUser,
+    /// `x_mioms_m365_assis.administrator`
+    Administrator,
+}
+
+/// A command typed by a user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// `help`
+    Help,
+    /// `setup`
+    Setup,
+    /// `setup status`
+    SetupStatus,
+    /// `doctor [--repair]`
+    Doctor {
+        /// Offer fixes.
+        repair: bool,
+    },
+    /// `link-account`
+    LinkAccount,
+    /// `link-account status`
+    LinkAccountStatus,
+    /// `unlink-account`
+    UnlinkAccount,
+    /// `grant <user> insights_user|administrator`
+    Grant {
+        /// The user as typed (mention, e-mail or user name).
+        user: String,
+        /// The role.
+        role: AppRole,
+    },
+    /// `revoke <user> insights_user|administrator`
+    Revoke {
+        /// The user as typed.
+        user: String,
+        /// The role.
+        role: AppRole,
+    },
+    /// `roles`
+    Roles,
+    /// `subscribe [filter]`
+    Subscribe {
+        /// The filter text, possibly empty.
+        filter: String,
+    },
+    /// `unsubscribe`
+    Unsubscribe,
+    /// `subscriptions`
+    Subscriptions,
+    /// `status <case or incident>`
+    Status {
+        /// Case number, incident number or sys_id.
+        reference: String,
+    },
+}
+
+/// Why a text is not a command; the message says what to type instead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    /// Nothing was typed.
+    #[error("Type `help` to see what I can do.")]
+    Empty,
+    /// The first word is no command.
+    #[error("I don't know the command `{0}`. Type `help` to see what I can do.")]
+    Unknown(String),
+    /// The command is known but its arguments are wrong.
+    #[error("Usage: `{usage}`")]
+    Usage {
+        /// The correct form.
+        usage: &'static str,
+    },
+}
+
+/// Parses a message text, with or without a leading `/m365` or `m365`.
+pub fn parse(text: &str) -> Result<Command, ParseError> {
+    let mut words: Vec<&str> = text.split_whitespace().collect();
+    if matches!(
+        words.first().map(|w| w.to_ascii_lowercase()).as_deref(),
+        Some("/m365" | "m365" | "@m365bot" | "m365bot")
+    ) {
+        words.remove(0);
+    }
+    let Some((first, rest)) = words.split_first() else {
+        return Err(ParseError::Empty);
+    };
+    let first = first.to_ascii_lowercase();
+    let rest_lower: Vec<String> = rest.iter().map(|w| w.to_ascii_lowercase()).collect();
+    let rest_lower: Vec<&str> = rest_lower.iter().map(String::as_str).collect();
+    match (first.as_str(), rest_lower.as_slice()) {
+        ("help" | "?", _) => Ok(Command::Help),
+        ("setup", []) => Ok(Command::Setup),
+        ("setup", ["status"]) => Ok(Command::SetupStatus),
+        ("setup", _) => Err(ParseError::Usage {
+            usage: "setup | setup status",
+        }),
+        ("doctor", []) => Ok(Command::Doctor { repair: false }),
+        ("doctor", ["--repair" | "repair"]) => Ok(Command::Doctor { repair: true }),
+        ("doctor", _) => Err(ParseError::Usage {
+            usage: "doctor [--repair]",
+        }),
+        ("link-account", []) => Ok(Command::LinkAccount),
+        ("link-account", ["status"]) => Ok(Command::LinkAccountStatus),
+        ("link-account", _) => Err(ParseError::Usage {
+            usage: "link-account | link-account status",
+        }),
+        ("unlink-account", []) => Ok(Command::UnlinkAccount),
+        ("unlink-account", _) => Err(ParseError::Usage {
+            usage: "unlink-account",
+        }),
+        ("grant" | "revoke", _) => parse_role_change(&first, rest),
+        ("roles", []) => Ok(Command::Roles),
+        ("roles", _) => Err(ParseError::Usage { usage: "roles" }),
+        ("subscribe", _) => Ok(Command::Subscribe {
+            filter: rest.join(" "),
+        }),
+        ("unsubscribe", []) => Ok(Command::Unsubscribe),
+        ("unsubscribe", _) => Err(ParseError::Usage {
+            usage: "unsubscribe",
+        }),
+        ("subscriptions", []) => Ok(Command::Subscriptions),
+        ("subscriptions", _) => Err(ParseError::Usage {
+            usage: "subscriptions",
+        }),
+        ("status", [_]) => Ok(Command::Status {
+            reference: rest[0].to_owned(),
+        }),
+        ("status", _) => Err(ParseError::Usage {
+            usage: "status <case or incident number>",
+        }),
+        _ => Err(ParseError::Unknown(truncate(&first, 40))),
+    }
+}
+
+fn parse_role_change(verb: &str, rest: &[&str]) -> Result<Command, ParseError> {
+    let usage = if verb == "grant" {
+        "grant @user insights_user|administrator"
+    } else {
+        "revoke @user insights_user|administrator"
+    };
+    let Some((role_word, user_words)) = rest.split_last() else {
+        return Err(ParseError::Usage { usage });
+    };
+    let role = match role_word
+        .to_ascii_lowercase()
+        .trim_start_matches("x_mioms_m365_assis.")
+    {
+        "insights_user" => AppRole::InsightsUser,
+        "administrator" | "admin" => AppRole::Administrator,
+        _ => return Err(ParseError::Usage { usage }),
+    };
+    let user = user_words.join(" ");
+    if user.trim().is_empty() {
+        return Err(ParseError::Usage { usage });
+    }
+    Ok(if verb == "grant" {
+        Command::Grant { user, role }
+    } else {
+        Command::Revoke { user, role }
+    })
+}
+
+fn truncate(text: &str, max_chars: usize) -> String {
+    text.chars().take(max_chars).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_parse_with_and_without_prefix() {
+        let cases = [
+            ("help", Command::Help),
+            ("/m365 setup", Command::Setup),
+            ("m365 setup status", Command::SetupStatus),
+            ("SETUP", Command::Setup),
+            ("doctor --repair", Command::Doctor { repair: true }),
+            ("link-account", Command::LinkAccount),
+            ("link-account status", Command::LinkAccountStatus),
+            (
+                "subscribe severity:high",
+                Command::Subscribe {
+                    filter: "severity:high".to_owned(),
+                },
+            ),
+            (
+                "subscribe",
+                Command::Subscribe {
+                    filter: String::new(),
+                },
+            ),
+            (
+                "status INC0010001",
+                Command::Status {
+                    reference: "INC0010001".to_owned(),
+                },
+            ),
+            (
+                "grant <at>Alex Wilber</at> insights_user",
+                Command::Grant {
+                    user: "<at>Alex Wilber</at>".to_owned(),
+                    role: AppRole::InsightsUser,
+                },
+            ),
+            (
+                "revoke alex@contoso.com administrator",
+                Command::Revoke {
+                    user: "alex@contoso.com".to_owned(),
+                    role: AppRole::Administrator,
+                },
+            ),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(parse(text), Ok(expected), "{text}");
+        }
+    }
+
+    #[test]
+    fn bad_input_says_what_to_type() {
+        assert_eq!(parse("   "), Err(ParseError::Empty));
+        assert_eq!(parse("/m365"), Err(ParseError::Empty));
+        assert_eq!(
+            parse("frobnicate now"),
+            Err(ParseError::Unknown("frobnicate".to_owned()))
+        );
+        assert!(matches!(
+            parse("grant alex superuser"),
+            Err(ParseError::Usage { .. })
+        ));
+        assert!(matches!(
+            parse("grant insights_user"),
+            Err(ParseError::Usage { .. })
+        ));
+        assert!(matches!(parse("status"), Err(ParseError::Usage { .. })));
+        assert!(
+            parse("setup now")
+                .expect_err("usage")
+                .to_string()
+                .contains("setup status")
+        );
+    }
+}

@@ -1,0 +1,14 @@
+//! m365bot: sets up, verifies and operates the Microsoft 365 support integration between
+//! ServiceNow and Microsoft 365, from Microsoft Teams and Slack.
+
+pub mod app;
+pub mod cards;
+pub mod config;
+pub mod core;
+pub mod db;
+pub mod error;
+pub mod manifest;
+pub mod metrics;
+pub mod routes;
+pub mod teams;
+pub mod telemetry;

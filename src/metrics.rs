@@ -1,0 +1,151 @@
+//! Prometheus metrics kept in process: request counts and latencies by route, upstream calls
+//! by outcome. Rendered in the text exposition format at `/metrics`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Upper bounds of the latency histogram buckets, in seconds.
+const BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+#[derive(Default)]
+struct Histogram {
+    counts: [u64; BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+#[derive(Default)]
+struct Inner {
+    requests: BTreeMap<(String, u16), u64>,
+    latency: BTreeMap<String, Histogram>,
+    upstream: BTreeMap<(&'static str, &'static str), u64>,
+}
+
+/// The registry; cheap to update from any task.
+#[derive(Default)]
+pub struct Metrics {
+    inner: Mutex<Inner>,
+}
+
+impl Metrics {
+    /// Records one answered HTTP request.
+    pub fn record_request(&self, route: &str, status: u16, elapsed: Duration) {
+        let Ok(mut inner) = self.inner.lock() else {
+            return;
+        };
+        *inner
+            .requests
+            .entry((route.to_owned(), status))
+            .or_default() += 1;
+        let histogram = inner.latency.entry(route.to_owned()).or_default();
+        let seconds = elapsed.as_secs_f64();
+        for (slot, bound) in histogram.counts.iter_mut().zip(BUCKETS) {
+            if seconds <= bound {
+                *slot += 1;
+            }
+        }
+        histogram.count += 1;
+        histogram.sum += seconds;
+    }
+
+    /// Records one call to an upstream (`connector`, `entra`, `servicenow`, `graph`) and its
+    /// outcome (`ok`, `transient`, `permanent`, `network`).
+    pub fn record_upstream(&self, upstream: &'static str, outcome: &'static str) {
+        if let Ok(mut inner) = self.inner.lock() {
+            *inner.upstream.entry((upstream, outcome)).or_default() += 1;
+        }
+    }
+
+    /// Renders every metric in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let Ok(inner) = self.inner.lock() else {
+            return String::new();
+        };
+        let mut out = String::new();
+        out.push_str(
+            "# HELP m365bot_http_requests_total HTTP requests answered, by route and status.\n",
+        );
+        out.push_str("# TYPE m365bot_http_requests_total counter\n");
+        for ((route, status), count) in &inner.requests {
+            let _ = writeln!(
+                out,
+                "m365bot_http_requests_total{{route=\"{}\",status=\"{status}\"}} {count}",
+                escape(route)
+            );
+        }
+        out.push_str("# HELP m365bot_http_request_duration_seconds Time to answer HTTP requests, by route.\n");
+        out.push_str("# TYPE m365bot_http_request_duration_seconds histogram\n");
+        for (route, histogram) in &inner.latency {
+            let route = escape(route);
+            for (bound, count) in BUCKETS.iter().zip(histogram.counts) {
+                let _ = writeln!(
+                    out,
+                    "m365bot_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"{bound}\"}} {count}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "m365bot_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"+Inf\"}} {}",
+                histogram.count
+            );
+            let _ = writeln!(
+                out,
+                "m365bot_http_request_duration_seconds_sum{{route=\"{route}\"}} {}",
+                histogram.sum
+            );
+            let _ = writeln!(
+                out,
+                "m365bot_http_request_duration_seconds_count{{route=\"{route}\"}} {}",
+                histogram.count
+            );
+        }
+        out.push_str(
+            "# HELP m365bot_upstream_calls_total Calls to upstream services, by outcome.\n",
+        );
+        out.push_str("# TYPE m365bot_upstream_calls_total counter\n");
+        for ((upstream, outcome), count) in &inner.upstream {
+            let _ = writeln!(
+                out,
+                "m365bot_upstream_calls_total{{upstream=\"{upstream}\",outcome=\"{outcome}\"}} {count}"
+            );
+        }
+        out
+    }
+}
+
+fn escape(label: &str) -> String {
+    label
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_and_histograms() {
+        let metrics = Metrics::default();
+        metrics.record_request("/api/messages", 200, Duration::from_millis(3));
+        metrics.record_request("/api/messages", 401, Duration::from_millis(1));
+        metrics.record_upstream("connector", "ok");
+        let text = metrics.render();
+        assert!(
+            text.contains("m365bot_http_requests_total{route=\"/api/messages\",status=\"200\"} 1")
+        );
+        assert!(text.contains(
+            "m365bot_http_request_duration_seconds_bucket{route=\"/api/messages\",le=\"0.005\"} 2"
+        ));
+        assert!(text.contains(
+            "m365bot_http_request_duration_seconds_bucket{route=\"/api/messages\",le=\"0.001\"} 1"
+        ));
+        assert!(
+            text.contains("m365bot_upstream_calls_total{upstream=\"connector\",outcome=\"ok\"} 1")
+        );
+    }
+}

@@ -1,0 +1,82 @@
+//! The HTTP router: health, readiness, metrics and the chat endpoints.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+
+use crate::app::App;
+use crate::error::ApiError;
+
+/// Builds the router over the shared application.
+pub fn router(app: Arc<App>) -> Router {
+    let body_limit = app.settings.server.max_body_bytes;
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/api/messages", post(crate::teams::messages))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(app.clone(), record_metrics))
+        .layer(middleware::map_response(payload_too_large_as_json))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(app)
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn readyz(State(app): State<Arc<App>>) -> Result<&'static str, ApiError> {
+    app.db
+        .ping()
+        .await
+        .map(|()| "ready")
+        .map_err(|e| ApiError::Unavailable(format!("database unreachable: {e}")))
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        app.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn not_found() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        axum::Json(serde_json::json!({"error": {"code": "not_found", "message": "no such route"}})),
+    )
+        .into_response()
+}
+
+/// Turns axum's plain-text 413 into the same JSON error shape as every other refusal.
+async fn payload_too_large_as_json(response: Response) -> Response {
+    if response.status() == StatusCode::PAYLOAD_TOO_LARGE
+        && response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"text/plain"))
+    {
+        return ApiError::PayloadTooLarge.into_response();
+    }
+    response
+}
+
+async fn record_metrics(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let started = Instant::now();
+    let response = next.run(request).await;
+    app.metrics
+        .record_request(&route, response.status().as_u16(), started.elapsed());
+    response
+}

@@ -1,0 +1,273 @@
+//! Microsoft Teams: the `/api/messages` endpoint, inbound auth, the connector client and the
+//! translation between activities and the core's events and replies.
+
+pub mod activity;
+pub mod auth;
+pub mod connector;
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use crate::app::App;
+use crate::core::{self, Actor, EventKind, InboundEvent, Reply};
+use crate::db::conversations::ConversationRef;
+use crate::error::ApiError;
+use activity::Activity;
+
+/// Content type of an Adaptive Card attachment or invoke response.
+pub const ADAPTIVE_CARD: &str = "application/vnd.microsoft.card.adaptive";
+
+/// `POST /api/messages`: authenticate, parse, check the tenant, dispatch.
+pub async fn messages(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let verified = match &app.authenticator {
+        Some(authenticator) => {
+            let authorization = headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok());
+            Some(
+                authenticator
+                    .verify(authorization)
+                    .await
+                    .map_err(|e| ApiError::Unauthorized(e.to_string()))?,
+            )
+        }
+        None => None,
+    };
+    let activity: Activity = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("the body is not a valid activity: {e}")))?;
+    if let Some(verified) = verified {
+        verified
+            .check_activity(&activity.service_url, &activity.channel_id)
+            .map_err(|e| ApiError::Unauthorized(e.to_string()))?;
+    }
+    if activity.tenant_id() != Some(app.settings.bot.tenant_id.as_str()) {
+        return Err(ApiError::Forbidden(
+            "this bot serves one tenant only; the activity comes from another".to_owned(),
+        ));
+    }
+    if activity.service_url.is_empty() {
+        return Err(ApiError::BadRequest(
+            "the activity has no serviceUrl".to_owned(),
+        ));
+    }
+    dispatch(&app, activity).await
+}
+
+async fn dispatch(app: &App, activity: Activity) -> Result<Response, ApiError> {
+    match activity.kind.as_str() {
+        "message" => {
+            remember_conversation(app, &activity).await?;
+            let Some(event) = message_event(&activity) else {
+                return Ok(StatusCode::OK.into_response());
+            };
+            let replies = core::handle(app, event).await;
+            send_replies(app, &activity, &replies).await;
+            Ok(StatusCode::OK.into_response())
+        }
+        "invoke" => invoke(app, &activity).await,
+        "conversationUpdate" => {
+            if activity.bot_was_removed() {
+                forget_conversation(app, &activity).await?;
+            } else {
+                remember_conversation(app, &activity).await?;
+                if activity.bot_was_added() && activity.conversation_type() == "personal" {
+                    send_replies(app, &activity, &[core::help_card()]).await;
+                }
+            }
+            Ok(StatusCode::OK.into_response())
+        }
+        "installationUpdate" => {
+            match activity.action.as_deref() {
+                Some("remove" | "remove-upgrade") => forget_conversation(app, &activity).await?,
+                _ => remember_conversation(app, &activity).await?,
+            }
+            Ok(StatusCode::OK.into_response())
+        }
+        _ => Ok(StatusCode::OK.into_response()),
+    }
+}
+
+/// Builds the core event of a `message` activity: a card submit (`value`) or typed text.
+fn message_event(activity: &Activity) -> Option<InboundEvent> {
+    let kind = match &activity.value {
+        Some(value) if value.is_object() => EventKind::CardAction {
+            verb: value
+                .get("verb")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+            data: value.clone(),
+        },
+        _ => {
+            let text = activity.text_without_bot_mention();
+            EventKind::Message(text)
+        }
+    };
+    Some(InboundEvent {
+        actor: actor(activity),
+        conversation_id: activity.base_conversation_id().to_owned(),
+        conversation_type: activity.conversation_type().to_owned(),
+        kind,
+    })
+}
+
+fn actor(activity: &Activity) -> Actor {
+    Actor {
+        user_id: activity.from.id.clone(),
+        aad_object_id: activity.from.aad_object_id.clone(),
+        name: activity.from.name.clone(),
+    }
+}
+
+/// `invoke`: `adaptiveCard/action` is answered in the HTTP response, replacing the card.
+async fn invoke(app: &App, activity: &Activity) -> Result<Response, ApiError> {
+    if activity.name.as_deref() != Some("adaptiveCard/action") {
+        return Ok((
+            StatusCode::NOT_IMPLEMENTED,
+            Json(
+                json!({"statusCode": 501, "type": "application/vnd.microsoft.error",
+                "value": {"code": "NotImplemented", "message": "this invoke is not supported"}}),
+            ),
+        )
+            .into_response());
+    }
+    let action = activity.value.as_ref().and_then(|v| v.get("action"));
+    let Some(verb) = action.and_then(|a| a.get("verb")).and_then(Value::as_str) else {
+        return Ok(Json(invoke_error(
+            400,
+            "BadRequest",
+            "the card action has no verb",
+        ))
+        .into_response());
+    };
+    let data = action
+        .and_then(|a| a.get("data"))
+        .cloned()
+        .unwrap_or_else(|| json!({}));
+    let event = InboundEvent {
+        actor: actor(activity),
+        conversation_id: activity.base_conversation_id().to_owned(),
+        conversation_type: activity.conversation_type().to_owned(),
+        kind: EventKind::CardAction {
+            verb: verb.to_owned(),
+            data,
+        },
+    };
+    let replies = core::handle(app, event).await;
+    let mut rendered = replies.iter().filter_map(|reply| render(app, reply));
+    let body = match rendered.next() {
+        Some(card) => json!({"statusCode": 200, "type": ADAPTIVE_CARD, "value": card}),
+        None => {
+            json!({"statusCode": 200, "type": "application/vnd.microsoft.activity.message", "value": "Done."})
+        }
+    };
+    let rest: Vec<Value> = rendered.collect();
+    for card in rest {
+        post_card(app, activity, card).await;
+    }
+    Ok(Json(body).into_response())
+}
+
+fn invoke_error(status: u16, code: &str, message: &str) -> Value {
+    json!({"statusCode": status, "type": "application/vnd.microsoft.error",
+        "value": {"code": code, "message": message}})
+}
+
+/// Renders a reply as an Adaptive Card; a template failure is logged and yields nothing.
+pub fn render(app: &App, reply: &Reply) -> Option<Value> {
+    let Reply::Card { template, data } = reply;
+    match app.cards.render(&format!("teams/{template}"), data) {
+        Ok(card) => Some(card),
+        Err(err) => {
+            tracing::error!(card.template = template, error = %err, "card rendering failed");
+            None
+        }
+    }
+}
+
+/// A message activity carrying one Adaptive Card, addressed as a reply to `activity`.
+pub fn card_message(activity: &Activity, card: Value) -> Value {
+    json!({
+        "type": "message",
+        "from": activity.recipient,
+        "recipient": activity.from,
+        "conversation": activity.conversation,
+        "replyToId": activity.id,
+        "attachments": [{"contentType": ADAPTIVE_CARD, "content": card}],
+    })
+}
+
+async fn send_replies(app: &App, activity: &Activity, replies: &[Reply]) {
+    for reply in replies {
+        if let Some(card) = render(app, reply) {
+            post_card(app, activity, card).await;
+        }
+    }
+}
+
+async fn post_card(app: &App, activity: &Activity, card: Value) {
+    let message = card_message(activity, card);
+    let result = match activity.id.as_deref() {
+        Some(activity_id) => {
+            app.connector
+                .reply(
+                    &activity.service_url,
+                    &activity.conversation.id,
+                    activity_id,
+                    &message,
+                )
+                .await
+        }
+        None => {
+            app.connector
+                .send(&activity.service_url, &activity.conversation.id, &message)
+                .await
+        }
+    };
+    if let Err(err) = result {
+        tracing::warn!(conversation.kind = activity.conversation_type(), error = %err, retry = ?err.retry_kind(), "reply not delivered");
+    }
+}
+
+async fn remember_conversation(app: &App, activity: &Activity) -> Result<(), ApiError> {
+    let reference = ConversationRef {
+        conversation_id: activity.base_conversation_id().to_owned(),
+        platform: "msteams".to_owned(),
+        service_url: activity.service_url.clone(),
+        tenant_id: activity.tenant_id().unwrap_or_default().to_owned(),
+        conversation_type: activity.conversation_type().to_owned(),
+        team_id: activity.team_id().map(str::to_owned),
+        channel_id: activity.teams_channel_id().map(str::to_owned),
+        bot_id: activity.recipient.id.clone(),
+        user_id: Some(activity.from.id.clone()).filter(|id| !id.is_empty()),
+        user_aad_object_id: activity.from.aad_object_id.clone(),
+    };
+    app.db
+        .upsert_conversation(&reference)
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))
+}
+
+async fn forget_conversation(app: &App, activity: &Activity) -> Result<(), ApiError> {
+    let result = match activity.team_id() {
+        Some(team) if activity.conversation_type() == "channel" => {
+            app.db.delete_team_conversations(team).await.map(drop)
+        }
+        _ => app
+            .db
+            .delete_conversation(activity.base_conversation_id())
+            .await
+            .map(drop),
+    };
+    result.map_err(|e| ApiError::Internal(e.into()))
+}
