@@ -10,5 +10,7 @@ pub mod error;
 pub mod manifest;
 pub mod metrics;
 pub mod routes;
+pub mod sandbox;
 pub mod teams;
 pub mod telemetry;
+pub mod upstream;

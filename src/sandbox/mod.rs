@@ -1,0 +1,1 @@
+//! In-process emulators of ServiceNow, Entra ID and Microsoft Graph for the sandbox and tests.

@@ -1,0 +1,1 @@
+//! Upstream clients: ServiceNow, Entra ID and Microsoft Graph.

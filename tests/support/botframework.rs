@@ -1,0 +1,1 @@
+//! Fake Bot Framework identity provider (OpenID metadata + JWKS) and token minting.

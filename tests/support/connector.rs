@@ -1,0 +1,1 @@
+//! Fake Bot Connector and outbound token endpoint.

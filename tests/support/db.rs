@@ -1,0 +1,1 @@
+//! Test databases: a fresh SQLite file, and a fresh PostgreSQL database.

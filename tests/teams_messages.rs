@@ -1,0 +1,2 @@
+//! `/api/messages` end to end: samples parse and get replies through a fake connector.
+mod support;
