@@ -31,6 +31,8 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     /// The shared outbound HTTP client.
     pub http: reqwest::Client,
+    /// Conversation references already stored unchanged, to skip redundant writes.
+    pub stored_conversations: crate::db::conversations::RecentlyStored,
 }
 
 /// A built application, bound to its port and ready to serve.
@@ -91,6 +93,7 @@ impl Application {
             connector,
             metrics,
             http,
+            stored_conversations: Default::default(),
         });
         Ok(Self { listener, app })
     }

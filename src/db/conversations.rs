@@ -1,11 +1,15 @@
 //! Conversation references: where the bot can send proactive messages.
 
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::Mutex;
+
 use sqlx::Row;
 
 use super::{Db, now_millis};
 
 /// What the bot needs to message a conversation later.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ConversationRef {
     /// Conversation id without any `;messageid=` suffix.
     pub conversation_id: String,
@@ -27,6 +31,49 @@ pub struct ConversationRef {
     pub user_id: Option<String>,
     /// That user's Entra object id, when known.
     pub user_aad_object_id: Option<String>,
+}
+
+/// Remembers which references this process stored recently, so a conversation that keeps
+/// talking does not rewrite an unchanged row on every message.
+#[derive(Debug, Default)]
+pub struct RecentlyStored {
+    fingerprints: Mutex<HashMap<String, u64>>,
+}
+
+/// Entries kept before the memory is cleared.
+const RECENTLY_STORED_CAPACITY: usize = 10_000;
+
+impl RecentlyStored {
+    /// True when exactly this reference was stored by this process and not forgotten since.
+    pub fn is_current(&self, reference: &ConversationRef) -> bool {
+        let fingerprint = fingerprint(reference);
+        self.fingerprints
+            .lock()
+            .is_ok_and(|map| map.get(&reference.conversation_id) == Some(&fingerprint))
+    }
+
+    /// Records that `reference` is now stored.
+    pub fn remember(&self, reference: &ConversationRef) {
+        if let Ok(mut map) = self.fingerprints.lock() {
+            if map.len() >= RECENTLY_STORED_CAPACITY {
+                map.clear();
+            }
+            map.insert(reference.conversation_id.clone(), fingerprint(reference));
+        }
+    }
+
+    /// Forgets every entry (after deletions).
+    pub fn forget_all(&self) {
+        if let Ok(mut map) = self.fingerprints.lock() {
+            map.clear();
+        }
+    }
+}
+
+fn fingerprint(reference: &ConversationRef) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    reference.hash(&mut hasher);
+    hasher.finish()
 }
 
 impl Db {

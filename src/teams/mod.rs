@@ -259,6 +259,7 @@ async fn remember_conversation(app: &App, activity: &Activity) -> Result<(), Api
 }
 
 async fn forget_conversation(app: &App, activity: &Activity) -> Result<(), ApiError> {
+    app.stored_conversations.forget_all();
     let result = match activity.team_id() {
         Some(team) if activity.conversation_type() == "channel" => {
             app.db.delete_team_conversations(team).await.map(drop)
