@@ -103,7 +103,8 @@ impl IntoResponse for ApiError {
             Self::PayloadTooLarge => "request body too large".to_owned(),
         };
         if !matches!(self, Self::Internal(_)) {
-            tracing::info!(status = self.status().as_u16(), reason = %message, "request refused");
+            // Debug, not info: a flood of bad requests must not flood the log.
+            tracing::debug!(status = self.status().as_u16(), reason = %message, "request refused");
         }
         (
             self.status(),

@@ -20,12 +20,27 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/", get(|| page("m365bot", ABOUT)))
+        .route("/privacy", get(|| page("m365bot privacy", PRIVACY)))
+        .route("/terms", get(|| page("m365bot terms of use", TERMS)))
         .route("/api/messages", post(crate::teams::messages))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(app.clone(), record_metrics))
         .layer(middleware::map_response(payload_too_large_as_json))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(app)
+}
+
+const ABOUT: &str = "m365bot sets up, verifies and operates the Microsoft 365 support integration between ServiceNow and Microsoft 365, from Microsoft Teams. It is self-hosted: this instance is run by your organisation.";
+const PRIVACY: &str = "This bot is self-hosted by your organisation. It stores the Teams conversation references it needs to answer you, and the integration settings your administrators enter, encrypted where they are secrets. Nothing is sent anywhere but to your ServiceNow instance, Microsoft Entra ID, Microsoft Graph and Microsoft Teams. Ask your administrators for your organisation's privacy statement.";
+const TERMS: &str = "This bot is self-hosted by your organisation and provided under its terms. It acts only on the commands you give it and with the permissions your administrators granted.";
+
+/// A small static page (the manifest's website, privacy and terms URLs).
+async fn page(title: &'static str, text: &'static str) -> axum::response::Html<String> {
+    axum::response::Html(format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title}</title></head>\
+         <body style=\"font-family:sans-serif;max-width:40em;margin:3em auto\"><h1>{title}</h1><p>{text}</p></body></html>"
+    ))
 }
 
 async fn healthz() -> &'static str {

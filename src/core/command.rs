@@ -65,13 +65,13 @@ pub enum Command {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ParseError {
     /// Nothing was typed.
-    #[error("Type `help` to see what I can do.")]
+    #[error("Type **help** to see what I can do.")]
     Empty,
     /// The first word is no command.
-    #[error("I don't know the command `{0}`. Type `help` to see what I can do.")]
+    #[error("I don't know the command **{0}**. Type **help** to see what I can do.")]
     Unknown(String),
     /// The command is known but its arguments are wrong.
-    #[error("Usage: `{usage}`")]
+    #[error("Usage: **{usage}**")]
     Usage {
         /// The correct form.
         usage: &'static str,

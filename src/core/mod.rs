@@ -82,16 +82,21 @@ impl Reply {
     }
 }
 
-/// One command of the help card.
-struct CommandHelp {
-    usage: &'static str,
-    description: &'static str,
+/// One command of the help card and of the Teams manifest's command menu.
+pub struct CommandHelp {
+    /// What to type.
+    pub usage: &'static str,
+    /// What it does.
+    pub description: &'static str,
+    /// Teams scopes where it is offered: `personal`, `team`, `groupChat`.
+    pub scopes: &'static [&'static str],
 }
 
 /// The commands that work in this version; the Teams manifest lists the same.
-const WORKING_COMMANDS: &[CommandHelp] = &[CommandHelp {
+pub const WORKING_COMMANDS: &[CommandHelp] = &[CommandHelp {
     usage: "help",
-    description: "Show this list of commands.",
+    description: "Show the commands I understand.",
+    scopes: &["personal", "team", "groupChat"],
 }];
 
 /// The help card.
@@ -104,7 +109,7 @@ pub fn help_card() -> Reply {
         template: "help",
         data: json!({
             "title": "m365bot commands",
-            "intro": "Type a command in this chat, or mention me in a channel (@m365bot help). `/m365` in front works too.",
+            "intro": "Type a command in this chat, or mention me in a channel (@m365bot help). **/m365** in front works too.",
             "commands": commands,
         }),
     }
@@ -120,7 +125,7 @@ pub async fn handle(_app: &App, event: InboundEvent) -> Vec<Reply> {
                 Tone::Warning,
                 "This card is out of date",
                 "I no longer know what this button does.",
-                Some("Type `help` to start again."),
+                Some("Type **help** to start again."),
             )],
         },
     }
@@ -133,10 +138,10 @@ fn handle_text(text: &str) -> Vec<Reply> {
             Tone::Warning,
             "Not available yet",
             &format!(
-                "`{}` is not available in this version of m365bot.",
+                "**{}** is not available in this version of m365bot.",
                 command_word(&other)
             ),
-            Some("Type `help` to see the commands that work."),
+            Some("Type **help** to see the commands that work."),
         )],
         Err(ParseError::Empty) => vec![help_card()],
         Err(err) => vec![Reply::notice(

@@ -8,9 +8,8 @@ pub mod connector;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
@@ -23,15 +22,14 @@ use activity::Activity;
 /// Content type of an Adaptive Card attachment or invoke response.
 pub const ADAPTIVE_CARD: &str = "application/vnd.microsoft.card.adaptive";
 
-/// `POST /api/messages`: authenticate, parse, check the tenant, dispatch.
-pub async fn messages(
-    State(app): State<Arc<App>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
+/// `POST /api/messages`: authenticate (before reading the body), parse, check the tenant,
+/// dispatch.
+pub async fn messages(State(app): State<Arc<App>>, request: Request) -> Result<Response, ApiError> {
+    let (parts, body) = request.into_parts();
     let verified = match &app.authenticator {
         Some(authenticator) => {
-            let authorization = headers
+            let authorization = parts
+                .headers
                 .get(header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok());
             Some(
@@ -43,6 +41,9 @@ pub async fn messages(
         }
         None => None,
     };
+    let body = axum::body::to_bytes(body, app.settings.server.max_body_bytes)
+        .await
+        .map_err(|_| ApiError::PayloadTooLarge)?;
     let activity: Activity = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("the body is not a valid activity: {e}")))?;
     if let Some(verified) = verified {
@@ -252,10 +253,15 @@ async fn remember_conversation(app: &App, activity: &Activity) -> Result<(), Api
         user_id: Some(activity.from.id.clone()).filter(|id| !id.is_empty()),
         user_aad_object_id: activity.from.aad_object_id.clone(),
     };
+    if app.stored_conversations.is_current(&reference) {
+        return Ok(());
+    }
     app.db
         .upsert_conversation(&reference)
         .await
-        .map_err(|e| ApiError::Internal(e.into()))
+        .map_err(|e| ApiError::Internal(e.into()))?;
+    app.stored_conversations.remember(&reference);
+    Ok(())
 }
 
 async fn forget_conversation(app: &App, activity: &Activity) -> Result<(), ApiError> {

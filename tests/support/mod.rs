@@ -36,8 +36,11 @@ impl TestApp {
             "[server]\nlisten = \"127.0.0.1:0\"\n[database]\nurl = \"sqlite://{}\"\n",
             db_path.display()
         );
-        let settings = Settings::from_toml_str(&merge_toml(&base, settings_toml)).expect("test settings");
-        let application = Application::build(settings).await.expect("application builds");
+        let settings =
+            Settings::from_toml_str(&merge_toml(&base, settings_toml)).expect("test settings");
+        let application = Application::build(settings)
+            .await
+            .expect("application builds");
         let addr = application.local_addr();
         let app = application.app();
         let shutdown = CancellationToken::new();
@@ -54,8 +57,15 @@ impl TestApp {
     }
 
     /// POSTs a JSON body to `/api/messages` with an optional `Authorization` header.
-    pub async fn post_activity(&self, body: &serde_json::Value, authorization: Option<&str>) -> reqwest::Response {
-        let mut request = self.client.post(format!("{}/api/messages", self.base_url)).json(body);
+    pub async fn post_activity(
+        &self,
+        body: &serde_json::Value,
+        authorization: Option<&str>,
+    ) -> reqwest::Response {
+        let mut request = self
+            .client
+            .post(format!("{}/api/messages", self.base_url))
+            .json(body);
         if let Some(value) = authorization {
             request = request.header("authorization", value);
         }
