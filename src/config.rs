@@ -30,6 +30,98 @@ pub struct Settings {
     /// Logging.
     #[serde(default)]
     pub log: LogSettings,
+    /// The bot's own access to ServiceNow.
+    #[serde(default)]
+    pub servicenow: ServiceNowSettings,
+    /// Entra ID and Microsoft Graph endpoints and the bot's Graph credentials.
+    #[serde(default)]
+    pub entra: EntraSettings,
+    /// The integration to verify (`doctor`), when not read from the database.
+    #[serde(default)]
+    pub integration: Option<crate::integration::IntegrationSpec>,
+}
+
+/// The bot's own ServiceNow account, used to set up and verify the integration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceNowSettings {
+    /// Instance base URL, e.g. `https://dev12345.service-now.com`.
+    #[serde(default)]
+    pub instance_url: Option<Url>,
+    /// User name for Basic authentication.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Password for Basic authentication.
+    #[serde(default, skip_serializing)]
+    pub password: Option<SecretString>,
+    /// OAuth client id (instead of Basic), for `/oauth_token.do` client credentials.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// OAuth client secret.
+    #[serde(default, skip_serializing)]
+    pub client_secret: Option<SecretString>,
+    /// Scope of the Microsoft 365 support app.
+    #[serde(default = "default_app_scope")]
+    pub app_scope: String,
+    /// Role that may run `setup`, `doctor` and `grant`.
+    #[serde(default = "default_admin_role")]
+    pub admin_role: String,
+}
+
+/// Entra ID and Microsoft Graph.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntraSettings {
+    /// Entra authority base URL.
+    #[serde(default = "default_authority_url")]
+    pub authority_url: Url,
+    /// Microsoft Graph base URL (with the version segment).
+    #[serde(default = "default_graph_url")]
+    pub graph_url: Url,
+    /// Client id of the app the bot uses for Graph (defaults to `bot.app_id`).
+    #[serde(default)]
+    pub graph_client_id: Option<String>,
+    /// Its secret (defaults to `bot.app_password`).
+    #[serde(default, skip_serializing)]
+    pub graph_client_secret: Option<SecretString>,
+}
+
+impl Default for ServiceNowSettings {
+    fn default() -> Self {
+        Self {
+            instance_url: None,
+            username: None,
+            password: None,
+            client_id: None,
+            client_secret: None,
+            app_scope: default_app_scope(),
+            admin_role: default_admin_role(),
+        }
+    }
+}
+
+impl Default for EntraSettings {
+    fn default() -> Self {
+        Self {
+            authority_url: default_authority_url(),
+            graph_url: default_graph_url(),
+            graph_client_id: None,
+            graph_client_secret: None,
+        }
+    }
+}
+
+fn default_app_scope() -> String {
+    "x_mioms_m365_assis".to_owned()
+}
+fn default_admin_role() -> String {
+    "admin".to_owned()
+}
+fn default_authority_url() -> Url {
+    Url::parse("https://login.microsoftonline.com/").expect("static URL")
+}
+fn default_graph_url() -> Url {
+    Url::parse("https://graph.microsoft.com/v1.0/").expect("static URL")
 }
 
 /// HTTP listener settings.
@@ -363,7 +455,7 @@ impl Settings {
             .replace("{tenant}", &self.bot.tenant_id)
     }
 
-    /// How long verified signing keys are kept before a scheduled refresh.
+    /// Clock skew allowed on inbound token lifetimes.
     pub fn clock_skew(&self) -> Duration {
         Duration::from_secs(self.bot.clock_skew_secs)
     }

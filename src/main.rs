@@ -26,6 +26,35 @@ enum Commands {
     Serve,
     /// Create or upgrade the database schema, then exit.
     Migrate,
+    /// Run the bot with in-process emulators of ServiceNow, Entra ID and Graph (SQLite, local
+    /// no-auth mode for the Microsoft 365 Agents Playground).
+    Sandbox {
+        /// Where the bot listens (loopback only).
+        #[arg(long, default_value = "127.0.0.1:3978")]
+        listen: std::net::SocketAddr,
+        /// The sandbox's database.
+        #[arg(long, default_value = "sqlite://m365bot-sandbox.db")]
+        database: String,
+        /// Run doctor against the demo integration, print the report and exit.
+        #[arg(long)]
+        doctor: bool,
+        /// Inject a misconfiguration first: wrong-secret, missing-role, cross-scope, v2-tokens.
+        #[arg(long = "break", value_name = "PROBLEM")]
+        break_it: Vec<m365bot::demo::Misconfiguration>,
+        /// With --doctor: print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Verify the integration end to end: one line per check, a fix for every failure.
+    /// Reads the `[integration]` section of the configuration file.
+    Doctor {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Apply the fixes the bot may apply (cross-scope access).
+        #[arg(long)]
+        repair: bool,
+    },
     /// Write the Teams app package (manifest.json and icons, zipped).
     Manifest {
         /// Where to write the zip.
@@ -41,7 +70,7 @@ enum Commands {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> anyhow::Result<std::process::ExitCode> {
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Commands::Serve);
     if let Commands::Manifest {
@@ -50,19 +79,38 @@ async fn main() -> anyhow::Result<()> {
         domain,
     } = &command
     {
-        return manifest(cli.config.as_deref(), out, app_id.clone(), domain.clone());
+        manifest(cli.config.as_deref(), out, app_id.clone(), domain.clone())?;
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
+    if let Commands::Sandbox {
+        listen,
+        database,
+        doctor,
+        break_it,
+        json,
+    } = command
+    {
+        return sandbox(listen, &database, doctor, &break_it, json).await;
     }
     let settings = Settings::load(cli.config.as_deref())?;
     m365bot::telemetry::init(&settings.log, std::io::stderr);
     match command {
-        Commands::Serve => serve(settings).await,
+        Commands::Serve => serve(settings)
+            .await
+            .map(|()| std::process::ExitCode::SUCCESS),
         Commands::Migrate => {
             let db = m365bot::db::Db::connect(&settings.database.url, 1).await?;
             db.migrate().await?;
             println!("database is up to date");
-            Ok(())
+            Ok(std::process::ExitCode::SUCCESS)
         }
-        Commands::Manifest { .. } => Ok(()),
+        Commands::Doctor { json, repair } => {
+            let spec = settings.integration.clone().context(
+                "no integration to check: add an [integration] section to the configuration file (see README), or run setup",
+            )?;
+            doctor(&settings, &spec, json, repair).await
+        }
+        Commands::Manifest { .. } | Commands::Sandbox { .. } => Ok(std::process::ExitCode::SUCCESS),
     }
 }
 
@@ -76,6 +124,70 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         on_signal.cancel();
     });
     application.run_until_stopped(shutdown).await
+}
+
+async fn doctor(
+    settings: &Settings,
+    spec: &m365bot::integration::IntegrationSpec,
+    json: bool,
+    repair: bool,
+) -> anyhow::Result<std::process::ExitCode> {
+    let http = m365bot::app::http_client(settings)?;
+    let upstreams =
+        m365bot::integration::Upstreams::from_settings(settings, http, std::sync::Arc::default());
+    let outcomes = m365bot::integration::doctor::run(&upstreams, spec, repair).await;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&outcomes)?);
+    } else {
+        print!("{}", m365bot::integration::doctor::render_text(&outcomes));
+    }
+    let failed = outcomes
+        .iter()
+        .any(|o| o.status == m365bot::integration::doctor::Status::Fail);
+    Ok(if failed {
+        std::process::ExitCode::FAILURE
+    } else {
+        std::process::ExitCode::SUCCESS
+    })
+}
+
+async fn sandbox(
+    listen: std::net::SocketAddr,
+    database: &str,
+    run_doctor: bool,
+    problems: &[m365bot::demo::Misconfiguration],
+    json: bool,
+) -> anyhow::Result<std::process::ExitCode> {
+    if !listen.ip().is_loopback() {
+        anyhow::bail!(
+            "the sandbox runs without authentication: --listen must be a loopback address"
+        );
+    }
+    let log = m365bot::config::LogSettings::default();
+    m365bot::telemetry::init(&log, std::io::stderr);
+    let demo = m365bot::demo::Demo::start(
+        m365bot::sandbox::SandboxOptions::default(),
+        listen,
+        database,
+    )
+    .await?;
+    for problem in problems {
+        demo.break_it(*problem);
+    }
+    let spec = demo.spec.clone();
+    if run_doctor {
+        return doctor(&demo.settings, &spec, json, false).await;
+    }
+    let application = Application::build(demo.settings.clone()).await?;
+    println!("{}", demo.welcome());
+    let shutdown = CancellationToken::new();
+    let on_signal = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        on_signal.cancel();
+    });
+    application.run_until_stopped(shutdown).await?;
+    Ok(std::process::ExitCode::SUCCESS)
 }
 
 async fn wait_for_signal() {

@@ -1,0 +1,883 @@
+//! `doctor`: verifies an integration end to end, every check of the setup guide, concurrently,
+//! with a fix hint for every failure.
+
+use std::collections::HashMap;
+
+use chrono::Utc;
+use futures_util::future::join_all;
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+
+use super::{AppCredentials, AuthType, IntegrationSpec, Upstreams, roles};
+use crate::upstream::entra::EntraError;
+use crate::upstream::graph::{Application, GraphClient};
+use crate::upstream::servicenow::{EncodedQuery, Record, ServiceNowClient, ServiceNowError};
+
+/// Result of one check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Verified.
+    Pass,
+    /// Verified wrong, or could not be verified because of an error.
+    Fail,
+    /// Not applicable, or the bot lacks access to verify it.
+    Skip,
+}
+
+/// One line of the doctor's report.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckOutcome {
+    /// Stable id, e.g. `servicenow.integration_user`.
+    pub id: &'static str,
+    /// What was checked.
+    pub title: String,
+    /// The verdict.
+    pub status: Status,
+    /// What was found.
+    pub detail: String,
+    /// What to fix and where, for failures and skips.
+    pub fix: Option<String>,
+}
+
+impl CheckOutcome {
+    fn pass(id: &'static str, title: impl Into<String>, detail: impl Into<String>) -> Self {
+        Self {
+            id,
+            title: title.into(),
+            status: Status::Pass,
+            detail: detail.into(),
+            fix: None,
+        }
+    }
+
+    fn fail(
+        id: &'static str,
+        title: impl Into<String>,
+        detail: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Self {
+        Self {
+            id,
+            title: title.into(),
+            status: Status::Fail,
+            detail: detail.into(),
+            fix: Some(fix.into()),
+        }
+    }
+
+    fn skip(id: &'static str, title: impl Into<String>, why: impl Into<String>) -> Self {
+        let why = why.into();
+        Self {
+            id,
+            title: title.into(),
+            status: Status::Skip,
+            detail: why.clone(),
+            fix: Some(why),
+        }
+    }
+}
+
+/// Runs every check concurrently and returns them in a fixed order.
+pub async fn run(upstreams: &Upstreams, spec: &IntegrationSpec, repair: bool) -> Vec<CheckOutcome> {
+    let aad = spec.auth_type == AuthType::Aad;
+    let mut checks: Vec<
+        std::pin::Pin<Box<dyn std::future::Future<Output = CheckOutcome> + Send + '_>>,
+    > = vec![
+        Box::pin(check_tenant(upstreams, spec)),
+        Box::pin(check_app_token(upstreams, spec, AppRole::Outbound)),
+        Box::pin(check_app_registration(upstreams, spec, AppRole::Outbound)),
+        Box::pin(check_oauth_provider(upstreams, spec)),
+        Box::pin(check_integration_user(upstreams, spec)),
+        Box::pin(check_cross_scope(upstreams, repair)),
+        Box::pin(check_app_roles_assigned(upstreams)),
+    ];
+    if aad {
+        checks.extend([
+            Box::pin(check_app_token(upstreams, spec, AppRole::Inbound)) as _,
+            Box::pin(check_app_registration(upstreams, spec, AppRole::Inbound)) as _,
+            Box::pin(check_app_token(upstreams, spec, AppRole::RestUser)) as _,
+            Box::pin(check_app_registration(upstreams, spec, AppRole::RestUser)) as _,
+            Box::pin(check_oidc_provider(upstreams, spec)) as _,
+            Box::pin(check_oidc_entity(upstreams, spec)) as _,
+        ]);
+    } else {
+        checks.push(Box::pin(check_basic_login(upstreams, spec)));
+    }
+    let mut outcomes = join_all(checks).await;
+    outcomes.sort_by_key(|outcome| {
+        ORDER
+            .iter()
+            .position(|id| *id == outcome.id)
+            .unwrap_or(usize::MAX)
+    });
+    outcomes
+}
+
+/// Report order: the guide's order.
+const ORDER: &[&str] = &[
+    "tenant",
+    "outbound_app.token",
+    "outbound_app.registration",
+    "servicenow.oauth_provider",
+    "inbound_app.token",
+    "inbound_app.registration",
+    "servicenow.oidc_provider",
+    "servicenow.oidc_entity",
+    "rest_user_app.token",
+    "rest_user_app.registration",
+    "servicenow.integration_user",
+    "servicenow.basic_login",
+    "servicenow.cross_scope",
+    "servicenow.app_roles",
+];
+
+/// Which of the three Entra apps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AppRole {
+    Outbound,
+    Inbound,
+    RestUser,
+}
+
+impl AppRole {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Outbound => "Outbound app",
+            Self::Inbound => "Inbound REST API app",
+            Self::RestUser => "REST-user app",
+        }
+    }
+
+    fn token_id(self) -> &'static str {
+        match self {
+            Self::Outbound => "outbound_app.token",
+            Self::Inbound => "inbound_app.token",
+            Self::RestUser => "rest_user_app.token",
+        }
+    }
+
+    fn registration_id(self) -> &'static str {
+        match self {
+            Self::Outbound => "outbound_app.registration",
+            Self::Inbound => "inbound_app.registration",
+            Self::RestUser => "rest_user_app.registration",
+        }
+    }
+
+    fn credentials(self, spec: &IntegrationSpec) -> Option<&AppCredentials> {
+        match self {
+            Self::Outbound => Some(&spec.outbound_app),
+            Self::Inbound => spec.inbound_app.as_ref(),
+            Self::RestUser => spec.rest_user_app.as_ref(),
+        }
+    }
+}
+
+fn entra_fix(err: &EntraError, app: &str) -> String {
+    match err.hint() {
+        Some(hint) => format!("{app}: {hint}"),
+        None => format!("{app}: check the client id and secret in Entra ID > App registrations."),
+    }
+}
+
+async fn check_tenant(upstreams: &Upstreams, spec: &IntegrationSpec) -> CheckOutcome {
+    let title = format!("Tenant {} exists", spec.tenant);
+    match upstreams.entra.openid_configuration(&spec.tenant).await {
+        Ok(config) => match (&config.tenant_id, &spec.tenant_id) {
+            (Some(found), Some(expected)) if !found.eq_ignore_ascii_case(expected) => CheckOutcome::fail(
+                "tenant",
+                title,
+                format!("{} resolves to tenant {found}, not {expected}", spec.tenant),
+                "Use the domain of the Microsoft 365 tenant the integration belongs to.",
+            ),
+            (found, _) => CheckOutcome::pass(
+                "tenant",
+                title,
+                format!("tenant id {}", found.as_deref().unwrap_or("unknown")),
+            ),
+        },
+        Err(err) => CheckOutcome::fail(
+            "tenant",
+            title,
+            err.to_string(),
+            err.hint().map_or_else(
+                || "Check the tenant domain (e.g. contoso.onmicrosoft.com) and the network path to Entra ID.".to_owned(),
+                str::to_owned,
+            ),
+        ),
+    }
+}
+
+/// Live v1 client-credentials token; for the inbound app also checks the token is v1 with an
+/// `appid` claim (the OIDC provider's user claim).
+async fn check_app_token(
+    upstreams: &Upstreams,
+    spec: &IntegrationSpec,
+    app: AppRole,
+) -> CheckOutcome {
+    let id = app.token_id();
+    let title = format!("{} gets a token", app.label());
+    let Some(credentials) = app.credentials(spec) else {
+        return CheckOutcome::fail(
+            id,
+            title,
+            "no client id recorded",
+            format!(
+                "Run setup, or add the {} client id and secret to the integration.",
+                app.label()
+            ),
+        );
+    };
+    // The inbound app is its own resource: the token ServiceNow validates has aud = its id.
+    let resource = match app {
+        AppRole::Inbound => credentials.client_id.clone(),
+        AppRole::Outbound | AppRole::RestUser => "https://graph.microsoft.com".to_owned(),
+    };
+    let token = match upstreams
+        .entra
+        .client_credentials_v1(
+            &spec.tenant,
+            &credentials.client_id,
+            &credentials.client_secret,
+            &resource,
+        )
+        .await
+    {
+        Ok(token) => token,
+        Err(err) => {
+            return CheckOutcome::fail(id, title, err.to_string(), entra_fix(&err, app.label()));
+        }
+    };
+    if app != AppRole::Inbound {
+        return CheckOutcome::pass(id, title, "v1 client-credentials token issued");
+    }
+    let Some(claims) = token_claims(secrecy::ExposeSecret::expose_secret(&token.access_token))
+    else {
+        return CheckOutcome::fail(
+            id,
+            title,
+            "the access token is not a readable JWT",
+            "Check that the inbound app is an Entra ID app registration in this tenant.",
+        );
+    };
+    let version = claims
+        .get("ver")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    if version == "1.0" && claims.get("appid").is_some() {
+        CheckOutcome::pass(id, title, "v1 token with an appid claim")
+    } else {
+        CheckOutcome::fail(
+            id,
+            title,
+            format!(
+                "the token is version {version:?} without the appid claim the OIDC provider reads"
+            ),
+            "In Entra ID > App registrations > the inbound app > Manifest, set \"requestedAccessTokenVersion\" (accessTokenAcceptedVersion) to null or 1.",
+        )
+    }
+}
+
+/// The claims of a JWT, without verifying it (the token came straight from the token endpoint).
+fn token_claims(token: &str) -> Option<Map<String, Value>> {
+    use base64::Engine;
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+async fn check_app_registration(
+    upstreams: &Upstreams,
+    spec: &IntegrationSpec,
+    app: AppRole,
+) -> CheckOutcome {
+    let id = app.registration_id();
+    let title = format!("{} registration", app.label());
+    let Some(graph) = &upstreams.graph else {
+        return CheckOutcome::skip(
+            id,
+            title,
+            "Graph access is not configured (entra.graph_client_id / secret); the live token check above still ran.",
+        );
+    };
+    let Some(credentials) = app.credentials(spec) else {
+        return CheckOutcome::fail(id, title, "no client id recorded", "Run setup.");
+    };
+    let application = match find_app(graph, &credentials.client_id).await {
+        Ok(Some(application)) => application,
+        Ok(None) => {
+            return CheckOutcome::fail(
+                id,
+                title,
+                format!(
+                    "no application with client id {} in the tenant",
+                    credentials.client_id
+                ),
+                "Create the app registration again, or correct the client id.",
+            );
+        }
+        Err(detail) => {
+            return CheckOutcome::skip(
+                id,
+                title,
+                format!("Graph refused to read the app: {detail}"),
+            );
+        }
+    };
+    let mut problems = Vec::new();
+    let mut fixes = Vec::new();
+    if !application.is_single_tenant() {
+        problems.push("it is not single-tenant".to_owned());
+        fixes.push("Authentication > Supported account types: Accounts in this organizational directory only");
+    }
+    if app == AppRole::Outbound
+        && !application
+            .web
+            .redirect_uris
+            .iter()
+            .any(|uri| uri == &spec.redirect_url())
+    {
+        problems.push(format!(
+            "the Web redirect URI {} is missing",
+            spec.redirect_url()
+        ));
+        fixes.push("Authentication > Add a platform > Web: add the redirect URI");
+    }
+    if app == AppRole::Inbound && !application.issues_v1_tokens() {
+        problems.push("it issues v2 access tokens".to_owned());
+        fixes.push("Manifest: set requestedAccessTokenVersion to null or 1");
+    }
+    let now = Utc::now();
+    let valid_secrets = application
+        .password_credentials
+        .iter()
+        .filter(|secret| !secret.is_expired(now))
+        .count();
+    if valid_secrets == 0 {
+        problems.push("it has no unexpired client secret".to_owned());
+        fixes.push("Certificates & secrets: create a new client secret and enter it in setup");
+    }
+    if problems.is_empty() {
+        CheckOutcome::pass(
+            id,
+            title,
+            format!("single-tenant, {valid_secrets} valid secret(s)"),
+        )
+    } else {
+        CheckOutcome::fail(
+            id,
+            title,
+            problems.join("; "),
+            format!(
+                "Entra ID > App registrations > {}: {}.",
+                application
+                    .display_name
+                    .as_deref()
+                    .unwrap_or(&credentials.client_id),
+                fixes.join("; ")
+            ),
+        )
+    }
+}
+
+async fn find_app(graph: &GraphClient, client_id: &str) -> Result<Option<Application>, String> {
+    graph
+        .find_application_by_app_id(client_id)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+fn servicenow_or_skip<'a>(
+    upstreams: &'a Upstreams,
+    id: &'static str,
+    title: &str,
+) -> Result<&'a ServiceNowClient, CheckOutcome> {
+    upstreams.servicenow.as_ref().ok_or_else(|| {
+        CheckOutcome::skip(
+            id,
+            title,
+            "ServiceNow access is not configured (servicenow.instance_url and credentials).",
+        )
+    })
+}
+
+fn sn_fail(id: &'static str, title: &str, err: &ServiceNowError) -> CheckOutcome {
+    let fix = match err.status() {
+        Some(401) => "Check the bot's ServiceNow credentials (servicenow.username / password).",
+        Some(403) => {
+            "Give the bot's ServiceNow account the admin role (or read access to this table)."
+        }
+        _ => "Check that the ServiceNow instance is reachable and try again.",
+    };
+    CheckOutcome::fail(id, title, err.to_string(), fix)
+}
+
+async fn first(
+    client: &ServiceNowClient,
+    table: &str,
+    query: &EncodedQuery,
+) -> Result<Option<Record>, ServiceNowError> {
+    Ok(client
+        .query(table, query.as_str(), &[], Some(1))
+        .await?
+        .into_iter()
+        .next())
+}
+
+/// Compares expected field values; returns "field: found X, expected Y" lines.
+fn differences(record: &Record, expected: &[(&str, &str)]) -> Vec<String> {
+    expected
+        .iter()
+        .filter_map(|(field, want)| {
+            let found = record.str(field).unwrap_or_default();
+            (!found.eq_ignore_ascii_case(want))
+                .then(|| format!("{field} is {found:?}, expected {want:?}"))
+        })
+        .collect()
+}
+
+async fn check_oauth_provider(upstreams: &Upstreams, spec: &IntegrationSpec) -> CheckOutcome {
+    let id = "servicenow.oauth_provider";
+    let title = "ServiceNow outbound OAuth provider";
+    let client = match servicenow_or_skip(upstreams, id, title) {
+        Ok(client) => client,
+        Err(outcome) => return outcome,
+    };
+    let query = EncodedQuery::new().eq("client_id", &spec.outbound_app.client_id);
+    let record = match first(client, "oauth_entity", &query).await {
+        Ok(Some(record)) => record,
+        Ok(None) => {
+            return CheckOutcome::fail(
+                id,
+                title,
+                format!(
+                    "no Application Registry with client id {}",
+                    spec.outbound_app.client_id
+                ),
+                "System OAuth > Application Registry > New > Connect to a third party OAuth Provider, with the outbound app's client id and secret.",
+            );
+        }
+        Err(err) => return sn_fail(id, title, &err),
+    };
+    let token_url = spec.token_url(&upstreams.authority);
+    let redirect_url = spec.redirect_url();
+    let mut problems = differences(
+        &record,
+        &[
+            ("default_grant_type", "client_credentials"),
+            ("token_url", &token_url),
+            ("redirect_url", &redirect_url),
+        ],
+    );
+    if record.bool("active") == Some(false) {
+        problems.push("it is inactive".to_owned());
+    }
+    let name = record.str("name").unwrap_or("the provider").to_owned();
+    if problems.is_empty() {
+        CheckOutcome::pass(
+            id,
+            title,
+            format!("{name}: client credentials, token and redirect URLs match"),
+        )
+    } else {
+        CheckOutcome::fail(
+            id,
+            title,
+            problems.join("; "),
+            format!(
+                "System OAuth > Application Registry > {name}: set Default Grant type = Client Credentials, Token URL = {token_url}, Redirect URL = {redirect_url}, Active."
+            ),
+        )
+    }
+}
+
+async fn check_oidc_provider(upstreams: &Upstreams, spec: &IntegrationSpec) -> CheckOutcome {
+    let id = "servicenow.oidc_provider";
+    let title = "ServiceNow OIDC provider configuration";
+    let client = match servicenow_or_skip(upstreams, id, title) {
+        Ok(client) => client,
+        Err(outcome) => return outcome,
+    };
+    match find_oidc_provider(client, spec, &upstreams.authority).await {
+        Ok(Some(record)) => {
+            let metadata_url = spec.metadata_url(&upstreams.authority);
+            let problems = differences(
+                &record,
+                &[
+                    ("oidc_metadata_url", &metadata_url),
+                    ("user_claim", "appid"),
+                    ("user_field", "user_name"),
+                ],
+            );
+            if problems.is_empty() {
+                CheckOutcome::pass(
+                    id,
+                    title,
+                    format!(
+                        "{}: metadata URL, user claim appid, user field User ID",
+                        record.str("oidc_provider").unwrap_or_default()
+                    ),
+                )
+            } else {
+                CheckOutcome::fail(
+                    id,
+                    title,
+                    problems.join("; "),
+                    format!(
+                        "oidc_provider_configuration.list > {}: OIDC Metadata URL = {metadata_url}, User Claim = appid, User Field = User ID.",
+                        spec.oidc_provider_name()
+                    ),
+                )
+            }
+        }
+        Ok(None) => CheckOutcome::fail(
+            id,
+            title,
+            format!(
+                "no OIDC provider configuration named {} or using the tenant's metadata URL",
+                spec.oidc_provider_name()
+            ),
+            "System OAuth > Application Registry > New > Create new Open ID Connect Provider, then create the provider configuration (guide prerequisite 14).",
+        ),
+        Err(err) => sn_fail(id, title, &err),
+    }
+}
+
+async fn find_oidc_provider(
+    client: &ServiceNowClient,
+    spec: &IntegrationSpec,
+    authority: &url::Url,
+) -> Result<Option<Record>, ServiceNowError> {
+    let by_url = EncodedQuery::new().eq("oidc_metadata_url", &spec.metadata_url(authority));
+    if let Some(record) = first(client, "oidc_provider_configuration", &by_url).await? {
+        return Ok(Some(record));
+    }
+    let by_name = EncodedQuery::new().eq("oidc_provider", &spec.oidc_provider_name());
+    first(client, "oidc_provider_configuration", &by_name).await
+}
+
+async fn check_oidc_entity(upstreams: &Upstreams, spec: &IntegrationSpec) -> CheckOutcome {
+    let id = "servicenow.oidc_entity";
+    let title = "ServiceNow OIDC entity for the inbound app";
+    let client = match servicenow_or_skip(upstreams, id, title) {
+        Ok(client) => client,
+        Err(outcome) => return outcome,
+    };
+    let Some(inbound) = &spec.inbound_app else {
+        return CheckOutcome::fail(id, title, "no inbound app recorded", "Run setup.");
+    };
+    let query = EncodedQuery::new().eq("client_id", &inbound.client_id);
+    let record = match first(client, "oauth_oidc_entity", &query).await {
+        Ok(Some(record)) => record,
+        Ok(None) => {
+            return CheckOutcome::fail(
+                id,
+                title,
+                format!("no OIDC entity with client id {}", inbound.client_id),
+                format!(
+                    "Application Registry > New > Configure an OIDC provider to verify ID tokens: name {}, client id and secret of the inbound app, the provider configuration {}.",
+                    spec.oidc_entity_name(),
+                    spec.oidc_provider_name()
+                ),
+            );
+        }
+        Err(err) => return sn_fail(id, title, &err),
+    };
+    let mut problems = Vec::new();
+    let provider = find_oidc_provider(client, spec, &upstreams.authority)
+        .await
+        .ok()
+        .flatten();
+    let linked = record
+        .reference("oidc_provider_configuration")
+        .and_then(|r| r.sys_id);
+    match (
+        provider.as_ref().and_then(Record::sys_id),
+        linked.as_deref(),
+    ) {
+        (Some(expected), Some(found)) if expected == found => {}
+        _ => problems.push("it does not use the tenant's OIDC provider configuration".to_owned()),
+    }
+    if record.bool("active") == Some(false) {
+        problems.push("it is inactive".to_owned());
+    }
+    let name = record.str("name").unwrap_or_default().to_owned();
+    if problems.is_empty() {
+        CheckOutcome::pass(
+            id,
+            title,
+            format!("{name} uses {}", spec.oidc_provider_name()),
+        )
+    } else {
+        CheckOutcome::fail(
+            id,
+            title,
+            problems.join("; "),
+            format!(
+                "Application Registry > {name}: set OAuth OIDC Provider Configuration = {} and Active.",
+                spec.oidc_provider_name()
+            ),
+        )
+    }
+}
+
+/// `sys_user_role` sys_ids by role name.
+async fn role_ids(
+    client: &ServiceNowClient,
+    names: &[&str],
+) -> Result<HashMap<String, String>, ServiceNowError> {
+    let query = EncodedQuery::new().is_in("name", names);
+    let records = client
+        .query("sys_user_role", query.as_str(), &["sys_id", "name"], None)
+        .await?;
+    Ok(records
+        .iter()
+        .filter_map(|r| Some((r.str("name")?.to_owned(), r.sys_id()?.to_owned())))
+        .collect())
+}
+
+async fn check_integration_user(upstreams: &Upstreams, spec: &IntegrationSpec) -> CheckOutcome {
+    let id = "servicenow.integration_user";
+    let title = "Integration user";
+    let client = match servicenow_or_skip(upstreams, id, title) {
+        Ok(client) => client,
+        Err(outcome) => return outcome,
+    };
+    let Some(user_name) = spec.integration_user_name() else {
+        return CheckOutcome::fail(id, title, "no integration user recorded", "Run setup.");
+    };
+    let query = EncodedQuery::new().eq("user_name", &user_name);
+    let user = match first(client, "sys_user", &query).await {
+        Ok(Some(user)) => user,
+        Ok(None) => {
+            return CheckOutcome::fail(
+                id,
+                title,
+                format!("no sys_user with User ID {user_name}"),
+                format!(
+                    "User Administration > Users > New: User ID = {user_name}, Web service access only, role incident_manager."
+                ),
+            );
+        }
+        Err(err) => return sn_fail(id, title, &err),
+    };
+    let mut problems = Vec::new();
+    if user.bool("active") == Some(false) {
+        problems.push("the user is inactive".to_owned());
+    }
+    if user.bool("locked_out") == Some(true) {
+        problems.push("the user is locked out".to_owned());
+    }
+    if user.bool("web_service_access_only") != Some(true) {
+        problems.push("Web service access only is not set".to_owned());
+    }
+    match has_role(
+        client,
+        user.sys_id().unwrap_or_default(),
+        roles::INCIDENT_MANAGER,
+    )
+    .await
+    {
+        Ok(true) => {}
+        Ok(false) => problems.push("the role incident_manager is missing".to_owned()),
+        Err(err) => return sn_fail(id, title, &err),
+    }
+    if problems.is_empty() {
+        CheckOutcome::pass(
+            id,
+            title,
+            format!("{user_name}: active, web service access only, incident_manager"),
+        )
+    } else {
+        CheckOutcome::fail(
+            id,
+            title,
+            problems.join("; "),
+            format!(
+                "User Administration > Users > {user_name}: tick Active and Web service access only, unlock, and add the role incident_manager (Roles related list > Edit)."
+            ),
+        )
+    }
+}
+
+async fn has_role(
+    client: &ServiceNowClient,
+    user_sys_id: &str,
+    role: &str,
+) -> Result<bool, ServiceNowError> {
+    let ids = role_ids(client, &[role]).await?;
+    let Some(role_id) = ids.get(role) else {
+        return Ok(false);
+    };
+    let query = EncodedQuery::new()
+        .eq("user", user_sys_id)
+        .eq("role", role_id);
+    Ok(first(client, "sys_user_has_role", &query).await?.is_some())
+}
+
+async fn check_basic_login(upstreams: &Upstreams, spec: &IntegrationSpec) -> CheckOutcome {
+    let id = "servicenow.basic_login";
+    let title = "Integration user signs in with Basic auth";
+    let (Some(user), Some(password)) = (&spec.integration_user, &spec.integration_user_password)
+    else {
+        return CheckOutcome::fail(
+            id,
+            title,
+            "no integration user name and password recorded",
+            "Run setup (Basic auth branch).",
+        );
+    };
+    let Some(admin) = &upstreams.servicenow else {
+        return CheckOutcome::skip(id, title, "ServiceNow access is not configured.");
+    };
+    let as_user = ServiceNowClient::new(
+        reqwest::Client::new(),
+        admin.base_url().clone(),
+        crate::upstream::servicenow::ServiceNowAuth::Basic {
+            user: user.clone(),
+            password: password.clone(),
+        },
+    );
+    let query = EncodedQuery::new().eq("user_name", user);
+    match as_user
+        .query("sys_user", query.as_str(), &["sys_id"], Some(1))
+        .await
+    {
+        Ok(_) => CheckOutcome::pass(id, title, format!("{user} authenticated to the Table API")),
+        Err(err) if err.status() == Some(401) => CheckOutcome::fail(
+            id,
+            title,
+            "ServiceNow refused the user name or password",
+            format!(
+                "User Administration > Users > {user}: Set Password, then enter it again in setup (Rest user password)."
+            ),
+        ),
+        Err(err) => sn_fail(id, title, &err),
+    }
+}
+
+async fn check_cross_scope(upstreams: &Upstreams, repair: bool) -> CheckOutcome {
+    let id = "servicenow.cross_scope";
+    let title = format!("oauth_entity readable from scope {}", upstreams.app_scope);
+    let client = match servicenow_or_skip(upstreams, id, &title) {
+        Ok(client) => client,
+        Err(outcome) => return outcome,
+    };
+    let query = EncodedQuery::new().eq("name", "oauth_entity");
+    let record = match first(client, "sys_db_object", &query).await {
+        Ok(Some(record)) => record,
+        Ok(None) => {
+            return CheckOutcome::fail(
+                id,
+                title,
+                "the oauth_entity table definition was not found",
+                "Check that the bot's ServiceNow account may read sys_db_object.",
+            );
+        }
+        Err(err) => return sn_fail(id, &title, &err),
+    };
+    let readable = record.bool("read_access") == Some(true);
+    let public = record
+        .str("access")
+        .is_some_and(|access| access.eq_ignore_ascii_case("public"));
+    if readable && public {
+        return CheckOutcome::pass(
+            id,
+            title,
+            "Accessible from: All application scopes; Can read: on",
+        );
+    }
+    let fix = "System Definition > Tables > oauth_entity > Application Access: set Accessible from = All application scopes and tick Can read (or run doctor --repair).";
+    if repair && let Some(sys_id) = record.sys_id() {
+        let mut fields = Map::new();
+        fields.insert("access".to_owned(), json!("public"));
+        fields.insert("read_access".to_owned(), json!("true"));
+        return match client.update("sys_db_object", sys_id, &fields).await {
+            Ok(_) => CheckOutcome::pass(
+                id,
+                title,
+                "repaired: oauth_entity is now readable from all application scopes",
+            ),
+            Err(err) => CheckOutcome::fail(id, title, format!("repair failed: {err}"), fix),
+        };
+    }
+    CheckOutcome::fail(
+        id,
+        title,
+        format!(
+            "Accessible from = {:?}, Can read = {:?}; the app's scripts are refused silently (a REST caller never sees it)",
+            record.str("access").unwrap_or_default(),
+            record.str("read_access").unwrap_or_default()
+        ),
+        fix,
+    )
+}
+
+async fn check_app_roles_assigned(upstreams: &Upstreams) -> CheckOutcome {
+    let id = "servicenow.app_roles";
+    let title = "The app's roles are assigned to someone";
+    let client = match servicenow_or_skip(upstreams, id, title) {
+        Ok(client) => client,
+        Err(outcome) => return outcome,
+    };
+    let scope = &upstreams.app_scope;
+    let insights = format!("{scope}.{}", roles::INSIGHTS_USER);
+    let administrator = format!("{scope}.{}", roles::ADMINISTRATOR);
+    let ids = match role_ids(client, &[&insights, &administrator]).await {
+        Ok(ids) => ids,
+        Err(err) => return sn_fail(id, title, &err),
+    };
+    if ids.is_empty() {
+        return CheckOutcome::fail(
+            id,
+            title,
+            format!("the roles {insights} and {administrator} do not exist"),
+            "Install the Microsoft 365 support app from the ServiceNow Store (its roles come with it).",
+        );
+    }
+    let role_list: Vec<&str> = ids.values().map(String::as_str).collect();
+    let query = EncodedQuery::new().is_in("role", &role_list);
+    match client
+        .query("sys_user_has_role", query.as_str(), &["user", "role"], None)
+        .await
+    {
+        Ok(assignments) if !assignments.is_empty() => {
+            CheckOutcome::pass(id, title, format!("{} assignment(s)", assignments.len()))
+        }
+        Ok(_) => CheckOutcome::fail(
+            id,
+            title,
+            "nobody holds insights_user or administrator",
+            format!(
+                "In chat: grant @user insights_user (or administrator), or User Administration > Users > Roles: add {insights}."
+            ),
+        ),
+        Err(err) => sn_fail(id, title, &err),
+    }
+}
+
+/// Renders the outcomes as text lines for the terminal.
+pub fn render_text(outcomes: &[CheckOutcome]) -> String {
+    let mut out = String::new();
+    for outcome in outcomes {
+        let mark = match outcome.status {
+            Status::Pass => "PASS",
+            Status::Fail => "FAIL",
+            Status::Skip => "SKIP",
+        };
+        out.push_str(&format!("{mark}  {}: {}\n", outcome.title, outcome.detail));
+        if outcome.status == Status::Fail
+            && let Some(fix) = &outcome.fix
+        {
+            out.push_str(&format!("      fix: {fix}\n"));
+        }
+    }
+    let failed = outcomes.iter().filter(|o| o.status == Status::Fail).count();
+    let passed = outcomes.iter().filter(|o| o.status == Status::Pass).count();
+    out.push_str(&format!("{passed} checks passed, {failed} failed\n"));
+    out
+}

@@ -1,0 +1,434 @@
+//! Creates the integration's pieces through Microsoft Graph and the ServiceNow Table API, the
+//! way the guide does by hand. Every step looks up what exists first (by name or client id),
+//! reuses what matches and reports what it changed, so running it twice creates nothing twice.
+
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{Map, Value, json};
+
+use super::{AppCredentials, AuthType, IntegrationSpec, Upstreams, roles};
+use crate::upstream::graph::{Application, ApplicationUpdate, GraphClient, SignInAudience};
+use crate::upstream::servicenow::{EncodedQuery, Record, ServiceNowClient};
+
+/// A provisioning step failed; the text says which and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{step}: {message}")]
+pub struct ProvisionError {
+    /// The step, e.g. `create the outbound app`.
+    pub step: &'static str,
+    /// What went wrong (never a secret).
+    pub message: String,
+}
+
+fn failed(step: &'static str) -> impl Fn(&dyn std::fmt::Display) -> ProvisionError {
+    move |err| ProvisionError {
+        step,
+        message: err.to_string(),
+    }
+}
+
+/// What the caller asks for.
+#[derive(Debug, Clone)]
+pub struct ProvisionRequest {
+    /// Tenant domain.
+    pub tenant: String,
+    /// Organisation display name (for `{Name} Azure`).
+    pub organization_name: Option<String>,
+    /// ServiceNow instance base URL.
+    pub instance_url: url::Url,
+    /// Prefix of the app display names, e.g. `Microsoft 365 support`.
+    pub app_name_prefix: String,
+}
+
+/// Provisions the AAD-auth branch: three apps, the OAuth provider, the OIDC provider and
+/// entity, the integration user with `incident_manager`. Returns the resulting spec and a log
+/// of what was created or reused.
+pub async fn provision_aad(
+    upstreams: &Upstreams,
+    request: &ProvisionRequest,
+) -> Result<(IntegrationSpec, Vec<String>), ProvisionError> {
+    let graph = upstreams.graph.as_ref().ok_or_else(|| ProvisionError {
+        step: "Microsoft Graph",
+        message: "Graph access is not configured (entra.graph_client_id / graph_client_secret)"
+            .to_owned(),
+    })?;
+    let servicenow = upstreams
+        .servicenow
+        .as_ref()
+        .ok_or_else(|| ProvisionError {
+            step: "ServiceNow",
+            message:
+                "ServiceNow access is not configured (servicenow.instance_url and credentials)"
+                    .to_owned(),
+        })?;
+    let mut log = Vec::new();
+    let redirect = format!(
+        "{}/oauth_redirect.do",
+        request.instance_url.as_str().trim_end_matches('/')
+    );
+    let prefix = &request.app_name_prefix;
+    let outbound = ensure_app(
+        graph,
+        &format!("{prefix} outbound"),
+        std::slice::from_ref(&redirect),
+        false,
+        &mut log,
+    )
+    .await?;
+    let inbound = ensure_app(
+        graph,
+        &format!("{prefix} inbound REST API"),
+        &[],
+        true,
+        &mut log,
+    )
+    .await?;
+    let rest_user = ensure_app(graph, &format!("{prefix} REST user"), &[], false, &mut log).await?;
+    let spec = IntegrationSpec {
+        tenant: request.tenant.clone(),
+        tenant_id: None,
+        organization_name: request.organization_name.clone(),
+        instance_url: request.instance_url.clone(),
+        auth_type: AuthType::Aad,
+        outbound_app: outbound,
+        inbound_app: Some(inbound),
+        rest_user_app: Some(rest_user),
+        integration_user: None,
+        integration_user_password: None,
+    };
+    ensure_oauth_provider(servicenow, &spec, &upstreams.authority, &mut log).await?;
+    let provider_id =
+        ensure_oidc_provider(servicenow, &spec, &upstreams.authority, &mut log).await?;
+    ensure_oidc_entity(servicenow, &spec, &provider_id, &mut log).await?;
+    ensure_integration_user(servicenow, &spec, &mut log).await?;
+    Ok((spec, log))
+}
+
+/// Finds the app by display name or creates it (single tenant), makes sure it has a service
+/// principal, the redirect URIs and (for the inbound app) v1 tokens, and adds a new secret.
+async fn ensure_app(
+    graph: &GraphClient,
+    name: &str,
+    redirect_uris: &[String],
+    v1_tokens: bool,
+    log: &mut Vec<String>,
+) -> Result<AppCredentials, ProvisionError> {
+    let existing = graph
+        .find_applications_by_name(name)
+        .await
+        .map_err(|e| failed("find the app")(&e))?;
+    let application: Application = match existing.into_iter().next() {
+        Some(app) => {
+            log.push(format!("reused app {name} ({})", app.app_id));
+            app
+        }
+        None => {
+            let app = graph
+                .create_application(name, redirect_uris, SignInAudience::AzureAdMyOrg)
+                .await
+                .map_err(|e| failed("create the app")(&e))?;
+            log.push(format!("created app {name} ({})", app.app_id));
+            app
+        }
+    };
+    let missing_redirects = redirect_uris
+        .iter()
+        .any(|uri| !application.web.redirect_uris.contains(uri));
+    let needs_v1 = v1_tokens && application.api.requested_access_token_version != Some(1);
+    if missing_redirects || needs_v1 {
+        let mut uris = application.web.redirect_uris.clone();
+        uris.extend(
+            redirect_uris
+                .iter()
+                .filter(|uri| !application.web.redirect_uris.contains(uri))
+                .cloned(),
+        );
+        let update = ApplicationUpdate {
+            display_name: None,
+            redirect_uris: missing_redirects.then_some(uris),
+            requested_access_token_version: needs_v1.then_some(Some(1)),
+        };
+        graph
+            .update_application(&application.id, &update)
+            .await
+            .map_err(|e| failed("update the app")(&e))?;
+        log.push(format!("updated app {name}"));
+    }
+    if graph
+        .find_service_principal(&application.app_id)
+        .await
+        .map_err(|e| failed("find the service principal")(&e))?
+        .is_none()
+    {
+        graph
+            .create_service_principal(&application.app_id)
+            .await
+            .map_err(|e| failed("create the service principal")(&e))?;
+        log.push(format!("created service principal for {name}"));
+    }
+    let secret = graph
+        .add_password(&application.id, "m365bot")
+        .await
+        .map_err(|e| failed("add a client secret")(&e))?;
+    log.push(format!("added a client secret to {name}"));
+    Ok(AppCredentials {
+        client_id: application.app_id,
+        client_secret: secret.secret_text,
+    })
+}
+
+async fn upsert(
+    client: &ServiceNowClient,
+    table: &str,
+    query: &EncodedQuery,
+    fields: Map<String, Value>,
+    what: &str,
+    log: &mut Vec<String>,
+) -> Result<Record, ProvisionError> {
+    let found = client
+        .query(table, query.as_str(), &[], Some(1))
+        .await
+        .map_err(|e| failed("read ServiceNow")(&e))?
+        .into_iter()
+        .next();
+    match found.as_ref().and_then(Record::sys_id) {
+        Some(sys_id) => {
+            let record = client
+                .update(table, sys_id, &fields)
+                .await
+                .map_err(|e| failed("update a ServiceNow record")(&e))?;
+            log.push(format!("updated {what}"));
+            Ok(record)
+        }
+        None => {
+            let record = client
+                .create(table, &fields)
+                .await
+                .map_err(|e| failed("create a ServiceNow record")(&e))?;
+            log.push(format!("created {what}"));
+            Ok(record)
+        }
+    }
+}
+
+fn fields(pairs: &[(&str, &str)]) -> Map<String, Value> {
+    pairs
+        .iter()
+        .map(|(key, value)| ((*key).to_owned(), json!(value)))
+        .collect()
+}
+
+async fn ensure_oauth_provider(
+    client: &ServiceNowClient,
+    spec: &IntegrationSpec,
+    authority: &url::Url,
+    log: &mut Vec<String>,
+) -> Result<(), ProvisionError> {
+    let token_url = spec.token_url(authority);
+    let redirect = spec.redirect_url();
+    let name = format!("{} Microsoft 365 outbound", spec.tenant);
+    let record = fields(&[
+        ("name", &name),
+        ("type", "oauth_provider"),
+        ("client_id", &spec.outbound_app.client_id),
+        (
+            "client_secret",
+            spec.outbound_app.client_secret.expose_secret(),
+        ),
+        ("default_grant_type", "client_credentials"),
+        ("token_url", &token_url),
+        ("redirect_url", &redirect),
+        ("active", "true"),
+    ]);
+    let query = EncodedQuery::new().eq("client_id", &spec.outbound_app.client_id);
+    upsert(
+        client,
+        "oauth_entity",
+        &query,
+        record,
+        "the outbound OAuth provider",
+        log,
+    )
+    .await
+    .map(drop)
+}
+
+async fn ensure_oidc_provider(
+    client: &ServiceNowClient,
+    spec: &IntegrationSpec,
+    authority: &url::Url,
+    log: &mut Vec<String>,
+) -> Result<String, ProvisionError> {
+    let name = spec.oidc_provider_name();
+    let metadata_url = spec.metadata_url(authority);
+    let record = fields(&[
+        ("oidc_provider", &name),
+        ("oidc_metadata_url", &metadata_url),
+        ("user_claim", "appid"),
+        ("user_field", "user_name"),
+        ("active", "true"),
+    ]);
+    let query = EncodedQuery::new().eq("oidc_provider", &name);
+    let saved = upsert(
+        client,
+        "oidc_provider_configuration",
+        &query,
+        record,
+        "the OIDC provider configuration",
+        log,
+    )
+    .await?;
+    saved
+        .sys_id()
+        .map(str::to_owned)
+        .ok_or_else(|| ProvisionError {
+            step: "create the OIDC provider configuration",
+            message: "ServiceNow returned no sys_id".to_owned(),
+        })
+}
+
+async fn ensure_oidc_entity(
+    client: &ServiceNowClient,
+    spec: &IntegrationSpec,
+    provider_id: &str,
+    log: &mut Vec<String>,
+) -> Result<(), ProvisionError> {
+    let Some(inbound) = &spec.inbound_app else {
+        return Ok(());
+    };
+    let name = spec.oidc_entity_name();
+    let redirect = spec.redirect_url();
+    let record = fields(&[
+        ("name", &name),
+        ("type", "oidc_provider"),
+        ("client_id", &inbound.client_id),
+        ("client_secret", inbound.client_secret.expose_secret()),
+        ("oidc_provider_configuration", provider_id),
+        ("redirect_url", &redirect),
+        ("active", "true"),
+    ]);
+    let query = EncodedQuery::new().eq("client_id", &inbound.client_id);
+    upsert(
+        client,
+        "oauth_oidc_entity",
+        &query,
+        record,
+        "the OIDC entity",
+        log,
+    )
+    .await
+    .map(drop)
+}
+
+async fn ensure_integration_user(
+    client: &ServiceNowClient,
+    spec: &IntegrationSpec,
+    log: &mut Vec<String>,
+) -> Result<(), ProvisionError> {
+    let Some(user_name) = spec.integration_user_name() else {
+        return Ok(());
+    };
+    let mut record = fields(&[
+        ("user_name", &user_name),
+        ("first_name", "Microsoft 365"),
+        ("last_name", "Integration"),
+        ("web_service_access_only", "true"),
+        ("active", "true"),
+    ]);
+    if let Some(password) = &spec.integration_user_password {
+        record.insert("user_password".to_owned(), json!(password.expose_secret()));
+    }
+    let query = EncodedQuery::new().eq("user_name", &user_name);
+    let user = upsert(
+        client,
+        "sys_user",
+        &query,
+        record,
+        "the integration user",
+        log,
+    )
+    .await?;
+    let user_id = user.sys_id().unwrap_or_default().to_owned();
+    let roles_found = client
+        .query(
+            "sys_user_role",
+            EncodedQuery::new()
+                .eq("name", roles::INCIDENT_MANAGER)
+                .as_str(),
+            &["sys_id"],
+            Some(1),
+        )
+        .await
+        .map_err(|e| failed("find the incident_manager role")(&e))?;
+    let Some(role_id) = roles_found
+        .first()
+        .and_then(Record::sys_id)
+        .map(str::to_owned)
+    else {
+        return Err(ProvisionError {
+            step: "grant incident_manager",
+            message: "the role incident_manager does not exist on this instance".to_owned(),
+        });
+    };
+    let assignment = EncodedQuery::new()
+        .eq("user", &user_id)
+        .eq("role", &role_id);
+    let existing = client
+        .query(
+            "sys_user_has_role",
+            assignment.as_str(),
+            &["sys_id"],
+            Some(1),
+        )
+        .await
+        .map_err(|e| failed("read the user's roles")(&e))?;
+    if existing.is_empty() {
+        client
+            .create(
+                "sys_user_has_role",
+                &fields(&[("user", &user_id), ("role", &role_id)]),
+            )
+            .await
+            .map_err(|e| failed("grant incident_manager")(&e))?;
+        log.push("granted incident_manager to the integration user".to_owned());
+    }
+    Ok(())
+}
+
+/// A random password for a Basic-auth integration user (24 characters, mixed classes).
+pub fn generate_password() -> SecretString {
+    use rand::Rng;
+    const CLASSES: [&[u8]; 4] = [
+        b"ABCDEFGHJKLMNPQRSTUVWXYZ",
+        b"abcdefghijkmnopqrstuvwxyz",
+        b"23456789",
+        b"!#%+-=?@_",
+    ];
+    let mut rng = rand::rng();
+    let mut password: Vec<u8> = CLASSES
+        .iter()
+        .map(|class| class[rng.random_range(0..class.len())])
+        .collect();
+    let all: Vec<u8> = CLASSES.concat();
+    password.extend((0..20).map(|_| all[rng.random_range(0..all.len())]));
+    for i in (1..password.len()).rev() {
+        password.swap(i, rng.random_range(0..=i));
+    }
+    SecretString::from(String::from_utf8_lossy(&password).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_passwords_mix_classes_and_differ() {
+        let a = generate_password();
+        let b = generate_password();
+        let text = a.expose_secret();
+        assert_eq!(text.len(), 24);
+        assert!(text.chars().any(|c| c.is_ascii_uppercase()));
+        assert!(text.chars().any(|c| c.is_ascii_lowercase()));
+        assert!(text.chars().any(|c| c.is_ascii_digit()));
+        assert_ne!(a.expose_secret(), b.expose_secret());
+    }
+}
