@@ -1,0 +1,99 @@
+//! Operational endpoints: liveness, readiness (database), Prometheus metrics, the static pages
+//! the manifest links to, and JSON 404s.
+mod support;
+
+use support::TestApp;
+
+async fn bot() -> TestApp {
+    TestApp::spawn(&format!(
+        "[bot]\nauth_mode = \"insecure-local\"\ntenant_id = \"{}\"\n",
+        support::TEST_TENANT_ID
+    ))
+    .await
+}
+
+async fn get(app: &TestApp, path: &str) -> (u16, String) {
+    let response = app
+        .client
+        .get(format!("{}{path}", app.base_url))
+        .send()
+        .await
+        .expect("get");
+    (
+        response.status().as_u16(),
+        response.text().await.expect("body"),
+    )
+}
+
+#[tokio::test]
+async fn liveness_and_readiness_answer() {
+    let app = bot().await;
+    assert_eq!(get(&app, "/healthz").await, (200, "ok".to_owned()));
+    assert_eq!(get(&app, "/readyz").await, (200, "ready".to_owned()));
+}
+
+#[tokio::test]
+async fn readiness_fails_when_the_database_is_gone() {
+    let app = bot().await;
+    app.app.db.pool.close().await;
+    let (status, body) = get(&app, "/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("database unreachable"), "{body}");
+    assert_eq!(
+        get(&app, "/healthz").await.0,
+        200,
+        "liveness does not depend on the database"
+    );
+}
+
+#[tokio::test]
+async fn metrics_count_requests_by_route_and_status() {
+    let app = bot().await;
+    get(&app, "/healthz").await;
+    get(&app, "/healthz").await;
+    let refused = app
+        .client
+        .post(format!("{}/api/messages", app.base_url))
+        .body("not json")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(refused.status(), 400);
+    let (status, text) = get(&app, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(
+        text.contains("m365bot_http_requests_total{route=\"/healthz\",status=\"200\"} 2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("m365bot_http_requests_total{route=\"/api/messages\",status=\"400\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("# TYPE m365bot_http_request_duration_seconds histogram"),
+        "{text}"
+    );
+    assert!(
+        text.contains("m365bot_http_request_duration_seconds_count{route=\"/healthz\"} 2"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn manifest_pages_are_served() {
+    let app = bot().await;
+    for path in ["/", "/privacy", "/terms"] {
+        let (status, body) = get(&app, path).await;
+        assert_eq!(status, 200, "{path}");
+        assert!(body.contains("<h1>m365bot"), "{path}: {body}");
+    }
+}
+
+#[tokio::test]
+async fn unknown_routes_get_a_json_404() {
+    let app = bot().await;
+    let (status, body) = get(&app, "/nope").await;
+    assert_eq!(status, 404);
+    let json: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(json["error"]["code"], "not_found");
+}
