@@ -163,3 +163,35 @@ impl Db {
             .try_get(0)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reference(service_url: &str) -> ConversationRef {
+        ConversationRef {
+            conversation_id: "a:1".to_owned(),
+            platform: "msteams".to_owned(),
+            service_url: service_url.to_owned(),
+            tenant_id: "t".to_owned(),
+            conversation_type: "personal".to_owned(),
+            team_id: None,
+            channel_id: None,
+            bot_id: "28:bot".to_owned(),
+            user_id: Some("29:user".to_owned()),
+            user_aad_object_id: None,
+        }
+    }
+
+    #[test]
+    fn only_an_identical_reference_counts_as_stored() {
+        let recent = RecentlyStored::default();
+        let first = reference("https://smba.trafficmanager.net/amer/");
+        assert!(!recent.is_current(&first));
+        recent.remember(&first);
+        assert!(recent.is_current(&first));
+        assert!(!recent.is_current(&reference("https://smba.trafficmanager.net/emea/")), "moved");
+        recent.forget_all();
+        assert!(!recent.is_current(&first), "forgotten after a deletion");
+    }
+}
