@@ -364,3 +364,86 @@ fn the_sandbox_command_runs_doctor_and_sets_the_exit_status() {
         "lists the choices"
     );
 }
+
+#[tokio::test]
+async fn the_basic_auth_branch_is_provisioned_and_verified() {
+    use m365bot::integration::provision::{ProvisionRequest, provision_basic};
+    let (demo, _dir) = demo().await;
+    let upstreams = Upstreams::from_settings(
+        &demo.settings,
+        reqwest::Client::new(),
+        std::sync::Arc::default(),
+    );
+    let request = ProvisionRequest {
+        tenant: demo.spec.tenant.clone(),
+        organization_name: Some("Contoso".to_owned()),
+        instance_url: demo.spec.instance_url.clone(),
+        app_name_prefix: "Basic branch".to_owned(),
+    };
+    let (spec, log) = provision_basic(&upstreams, &request, "m365_integration")
+        .await
+        .expect("provisioned");
+    assert!(
+        log.iter()
+            .any(|line| line.contains("created the integration user")),
+        "{log:?}"
+    );
+    let outcomes: HashMap<_, _> = doctor::run(&upstreams, &spec, false)
+        .await
+        .into_iter()
+        .map(|o| (o.id, o))
+        .collect();
+    assert!(
+        !outcomes.contains_key("inbound_app.token"),
+        "no inbound app on the basic branch"
+    );
+    for (id, outcome) in &outcomes {
+        assert_eq!(outcome.status, Status::Pass, "{id}: {outcome:?}");
+    }
+    assert!(outcomes.contains_key("servicenow.basic_login"));
+
+    // A wrong password is caught by signing in as the integration user.
+    let mut wrong = spec.clone();
+    wrong.integration_user_password = Some("not-the-password".to_owned().into());
+    let outcomes: HashMap<_, _> = doctor::run(&upstreams, &wrong, false)
+        .await
+        .into_iter()
+        .map(|o| (o.id, o))
+        .collect();
+    assert_eq!(outcomes["servicenow.basic_login"].status, Status::Fail);
+    assert!(fix_of(&outcomes, "servicenow.basic_login").contains("Set Password"));
+}
+
+#[tokio::test]
+async fn an_outbound_app_without_the_redirect_uri_is_reported() {
+    use m365bot::upstream::graph::ApplicationUpdate;
+    let (demo, _dir) = demo().await;
+    let upstreams = Upstreams::from_settings(
+        &demo.settings,
+        reqwest::Client::new(),
+        std::sync::Arc::default(),
+    );
+    let graph = upstreams.graph.as_ref().expect("graph configured");
+    let app = graph
+        .find_application_by_app_id(&demo.spec.outbound_app.client_id)
+        .await
+        .expect("graph")
+        .expect("app exists");
+    let update = ApplicationUpdate {
+        display_name: None,
+        redirect_uris: Some(vec!["https://elsewhere.example.com/callback".to_owned()]),
+        requested_access_token_version: None,
+    };
+    graph
+        .update_application(&app.id, &update)
+        .await
+        .expect("updated through Graph");
+    let outcomes = run(&demo, false).await;
+    assert_only_failures(&outcomes, &["outbound_app.registration"]);
+    assert!(
+        outcomes["outbound_app.registration"]
+            .detail
+            .contains("oauth_redirect.do")
+    );
+    assert!(fix_of(&outcomes, "outbound_app.registration").contains("Add a platform > Web"));
+}

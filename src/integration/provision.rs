@@ -103,6 +103,57 @@ pub async fn provision_aad(
     Ok((spec, log))
 }
 
+/// Provisions the Basic-auth branch: the outbound app and OAuth provider, and an integration
+/// user `user_name` with a generated password and `incident_manager` (no inbound apps, no OIDC).
+pub async fn provision_basic(
+    upstreams: &Upstreams,
+    request: &ProvisionRequest,
+    user_name: &str,
+) -> Result<(IntegrationSpec, Vec<String>), ProvisionError> {
+    let graph = upstreams.graph.as_ref().ok_or_else(|| ProvisionError {
+        step: "Microsoft Graph",
+        message: "Graph access is not configured (entra.graph_client_id / graph_client_secret)"
+            .to_owned(),
+    })?;
+    let servicenow = upstreams
+        .servicenow
+        .as_ref()
+        .ok_or_else(|| ProvisionError {
+            step: "ServiceNow",
+            message:
+                "ServiceNow access is not configured (servicenow.instance_url and credentials)"
+                    .to_owned(),
+        })?;
+    let mut log = Vec::new();
+    let redirect = format!(
+        "{}/oauth_redirect.do",
+        request.instance_url.as_str().trim_end_matches('/')
+    );
+    let outbound = ensure_app(
+        graph,
+        &format!("{} outbound", request.app_name_prefix),
+        std::slice::from_ref(&redirect),
+        false,
+        &mut log,
+    )
+    .await?;
+    let spec = IntegrationSpec {
+        tenant: request.tenant.clone(),
+        tenant_id: None,
+        organization_name: request.organization_name.clone(),
+        instance_url: request.instance_url.clone(),
+        auth_type: AuthType::Basic,
+        outbound_app: outbound,
+        inbound_app: None,
+        rest_user_app: None,
+        integration_user: Some(user_name.to_owned()),
+        integration_user_password: Some(generate_password()),
+    };
+    ensure_oauth_provider(servicenow, &spec, &upstreams.authority, &mut log).await?;
+    ensure_integration_user(servicenow, &spec, &mut log).await?;
+    Ok((spec, log))
+}
+
 /// Finds the app by display name or creates it (single tenant), makes sure it has a service
 /// principal, the redirect URIs and (for the inbound app) v1 tokens, and adds a new secret.
 async fn ensure_app(
