@@ -190,7 +190,10 @@ mod tests {
         assert!(!recent.is_current(&first));
         recent.remember(&first);
         assert!(recent.is_current(&first));
-        assert!(!recent.is_current(&reference("https://smba.trafficmanager.net/emea/")), "moved");
+        assert!(
+            !recent.is_current(&reference("https://smba.trafficmanager.net/emea/")),
+            "moved"
+        );
         recent.forget_all();
         assert!(!recent.is_current(&first), "forgotten after a deletion");
     }
