@@ -3,7 +3,9 @@
 //! connector and the clients. Each request carries a distinct RS256 token and a `help`
 //! message whose card reply is posted to the fake connector before the bot answers 200.
 //!
-//! Run: `cargo bench --bench messages` (prints CPU-ms per request and peak RSS of the bot).
+//! Run: `cargo bench --bench messages` (prints the bot's CPU-ms per request, split into user
+//! and system time, its peak RSS, and the CPU this load generator itself used per request).
+//! `M365BOT_BENCH_BOT=<path>` benchmarks another build of the binary in the same scenario.
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -57,11 +59,20 @@ async fn main() {
 
     println!("\nPOST /api/messages, help message answered with a card through the connector");
     println!(
-        "{:>11} {:>9} {:>12} {:>14} {:>13} {:>12}",
-        "concurrency", "requests", "wall s", "requests/s", "CPU-ms/req", "peak RSS MB"
+        "{:>11} {:>9} {:>8} {:>11} {:>11} {:>8} {:>8} {:>12} {:>12}",
+        "concurrency",
+        "requests",
+        "wall s",
+        "requests/s",
+        "CPU-ms/req",
+        "user",
+        "sys",
+        "peak RSS MB",
+        "loadgen CPU"
     );
     for concurrency in [16, 64] {
         let cpu_before = cpu_millis(bot.id());
+        let own_before = cpu_millis(std::process::id());
         let started = Instant::now();
         let failures = run(
             &client,
@@ -75,11 +86,16 @@ async fn main() {
         .await;
         let wall = started.elapsed().as_secs_f64();
         let cpu = cpu_millis(bot.id()) - cpu_before;
+        let own = cpu_millis(std::process::id()) - own_before;
         let rss = peak_rss_mb(bot.id());
+        let per_request = |ms: f64| ms / REQUESTS_PER_RUN as f64;
         println!(
-            "{concurrency:>11} {REQUESTS_PER_RUN:>9} {wall:>12.2} {:>14.0} {:>13.4} {rss:>12.1}",
+            "{concurrency:>11} {REQUESTS_PER_RUN:>9} {wall:>8.2} {:>11.0} {:>11.4} {:>8.4} {:>8.4} {rss:>12.1} {:>12.4}",
             REQUESTS_PER_RUN as f64 / wall,
-            cpu / REQUESTS_PER_RUN as f64,
+            per_request(cpu.total()),
+            per_request(cpu.user),
+            per_request(cpu.system),
+            per_request(own.total()),
         );
         assert_eq!(failures, 0, "every request must succeed");
     }
@@ -206,7 +222,10 @@ async fn start_fakes() -> SocketAddr {
 }
 
 fn spawn_bot(addr: SocketAddr, fakes: SocketAddr, dir: &tempfile::TempDir) -> Child {
-    let binary = env!("CARGO_BIN_EXE_m365bot");
+    // `M365BOT_BENCH_BOT` runs another build of the bot (e.g. a saved baseline) in the same
+    // scenario, for like-with-like comparisons.
+    let binary = std::env::var_os("M365BOT_BENCH_BOT")
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_m365bot").into());
     Command::new(binary)
         .arg("serve")
         .env_clear()
@@ -254,15 +273,40 @@ fn free_port() -> SocketAddr {
     listener.local_addr().expect("addr")
 }
 
-/// User + system CPU time of a process, in milliseconds (Linux `/proc`).
-fn cpu_millis(pid: u32) -> f64 {
+/// CPU time of a process, in milliseconds.
+#[derive(Clone, Copy)]
+struct CpuTime {
+    user: f64,
+    system: f64,
+}
+
+impl CpuTime {
+    fn total(self) -> f64 {
+        self.user + self.system
+    }
+}
+
+impl std::ops::Sub for CpuTime {
+    type Output = Self;
+    fn sub(self, other: Self) -> Self {
+        Self {
+            user: self.user - other.user,
+            system: self.system - other.system,
+        }
+    }
+}
+
+/// User and system CPU time of a process, in milliseconds (Linux `/proc`).
+fn cpu_millis(pid: u32) -> CpuTime {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("proc stat");
     let after_name = &stat[stat.rfind(')').expect("stat format") + 2..];
     let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let ticks: f64 =
-        fields[11].parse::<f64>().expect("utime") + fields[12].parse::<f64>().expect("stime");
     // The kernel's USER_HZ is 100 on Linux for every common architecture.
-    ticks * 10.0
+    let ms = |field: &str| field.parse::<f64>().expect("CPU ticks") * 10.0;
+    CpuTime {
+        user: ms(fields[11]),
+        system: ms(fields[12]),
+    }
 }
 
 /// Peak resident set size (VmHWM) of a process, in MB.

@@ -5,16 +5,22 @@
 //! is escaped for use inside a JSON string literal (never HTML-escaped). Helpers besides the
 //! built-ins (`eq`, `not`, `#each`, ...): `{{json value}}` embeds a value as JSON, and
 //! `{{#if (has value)}}` tests an optional value (null, false or empty is absent) while still
-//! failing when the field itself is missing, which the plain `#if` would not. The output is parsed back with `serde_json`, so a template that
-//! produces invalid JSON fails with an error naming it.
+//! failing when the field itself is missing, which the plain `#if` would not.
+//!
+//! The rendered text is compacted (whitespace between tokens dropped) and validated as JSON
+//! with `serde_json`, so a template that produces invalid JSON fails with an error naming it.
+//! [`CardRenderer::render_raw`] returns that text as a [`RawValue`], which is embedded as is in
+//! an outgoing activity (no JSON tree is built on the reply path); [`CardRenderer::render`]
+//! parses it into a [`Value`].
 
 use handlebars::{
     Context, Handlebars, Helper, HelperDef, HelperResult, Output, RenderContext, RenderError,
     RenderErrorReason, ScopedJson,
 };
 use serde_json::Value;
+use serde_json::value::RawValue;
 
-/// The largest serialized card (in bytes) that [`CardRenderer::render`] returns; Teams rejects
+/// The largest compact card (in bytes) that [`CardRenderer::render`] returns; Teams rejects
 /// bot messages above 100 KB, and the rest of the activity needs room too.
 pub const MAX_CARD_BYTES: usize = 80 * 1024;
 
@@ -62,7 +68,7 @@ pub enum CardError {
     TooLarge {
         /// Template name.
         name: String,
-        /// Serialized size in bytes.
+        /// Size of the compact JSON text in bytes.
         size: usize,
         /// The limit in bytes.
         limit: usize,
@@ -103,26 +109,49 @@ impl CardRenderer {
 
     /// Renders `name` (e.g. `teams/help`) with `data` into a JSON value.
     pub fn render(&self, name: &str, data: &Value) -> Result<Value, CardError> {
-        if !self.registry.has_template(name) {
-            return Err(CardError::UnknownTemplate(name.to_owned()));
-        }
-        let text = self
-            .registry
-            .render(name, data)
-            .map_err(|err| CardError::Render {
-                name: name.to_owned(),
-                message: render_error_message(&err),
-            })?;
-        let card: Value = serde_json::from_str(&text).map_err(|err| CardError::InvalidJson {
+        let context = Context::wraps(data).map_err(|err| render_error(name, &err))?;
+        let raw = self.render_context(name, &context)?;
+        serde_json::from_str(raw.get()).map_err(|err| CardError::InvalidJson {
             name: name.to_owned(),
             message: err.to_string(),
+        })
+    }
+
+    /// Renders `name` with `data` into compact, validated JSON text, ready to be embedded as is
+    /// in a serialized activity. Takes the view model by value to avoid copying it.
+    pub fn render_raw(&self, name: &str, data: Value) -> Result<Box<RawValue>, CardError> {
+        self.render_context(name, &Context::from(data))
+    }
+
+    fn render_context(&self, name: &str, context: &Context) -> Result<Box<RawValue>, CardError> {
+        let Some(source) = TEMPLATES
+            .iter()
+            .find_map(|(template, source)| (*template == name).then_some(*source))
+            .filter(|_| self.registry.has_template(name))
+        else {
+            return Err(CardError::UnknownTemplate(name.to_owned()));
+        };
+        let mut text = Vec::with_capacity(source.len() + 1024);
+        self.registry
+            .render_with_context_to_write(name, context, &mut text)
+            .map_err(|err| render_error(name, &err))?;
+        compact_json(&mut text);
+        let size = text.len();
+        let invalid = |message: String| CardError::InvalidJson {
+            name: name.to_owned(),
+            message,
+        };
+        let text = String::from_utf8(text).map_err(|err| invalid(err.to_string()))?;
+        let card = RawValue::from_string(text).map_err(|_| {
+            // Report the position in the rendered text, not in its compact form.
+            let message = self
+                .registry
+                .render_with_context(name, context)
+                .ok()
+                .and_then(|text| serde_json::from_str::<&RawValue>(&text).err())
+                .map_or_else(|| "invalid JSON".to_owned(), |err| err.to_string());
+            invalid(message)
         })?;
-        let size = serde_json::to_vec(&card)
-            .map_err(|err| CardError::InvalidJson {
-                name: name.to_owned(),
-                message: err.to_string(),
-            })?
-            .len();
         if size > MAX_CARD_BYTES {
             return Err(CardError::TooLarge {
                 name: name.to_owned(),
@@ -132,6 +161,62 @@ impl CardRenderer {
         }
         Ok(card)
     }
+}
+
+fn render_error(name: &str, err: &RenderError) -> CardError {
+    CardError::Render {
+        name: name.to_owned(),
+        message: render_error_message(err),
+    }
+}
+
+/// Removes the whitespace between JSON tokens, in place. Whitespace inside strings is kept, and
+/// so is whitespace between two tokens neither of which is a string or a structural character
+/// (`1 2`, `tru e`), so that invalid JSON stays invalid. Only ASCII bytes are removed, so UTF-8
+/// text stays UTF-8.
+fn compact_json(text: &mut Vec<u8>) {
+    let is_space = |b: u8| matches!(b, b' ' | b'\t' | b'\n' | b'\r');
+    let delimits = |b: u8| matches!(b, 0 | b'{' | b'}' | b'[' | b']' | b',' | b':' | b'"');
+    let mut in_string = false;
+    let mut escaped = false;
+    // The last byte kept outside a string, or 0 at the start.
+    let mut previous = 0u8;
+    let mut read = 0;
+    let mut write = 0;
+    while read < text.len() {
+        let byte = text[read];
+        if !in_string && is_space(byte) {
+            let run_start = read;
+            while read < text.len() && is_space(text[read]) {
+                read += 1;
+            }
+            let next = text.get(read).copied().unwrap_or(0);
+            if !delimits(previous) && !delimits(next) {
+                for index in run_start..read {
+                    text[write] = text[index];
+                    write += 1;
+                }
+            }
+            continue;
+        }
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if byte == b'\\' {
+                escaped = true;
+            } else if byte == b'"' {
+                in_string = false;
+                previous = b'"';
+            }
+        } else {
+            in_string = byte == b'"';
+            previous = byte;
+        }
+        text[write] = byte;
+        write += 1;
+        read += 1;
+    }
+    text.truncate(write);
 }
 
 /// The names of every compiled-in template, e.g. `teams/help`.
@@ -284,6 +369,61 @@ mod tests {
             assert_eq!(out, expected, "{value}");
         }
         assert!(render(json!({})).is_err());
+    }
+
+    fn compacted(text: &str) -> String {
+        let mut bytes = text.as_bytes().to_vec();
+        compact_json(&mut bytes);
+        String::from_utf8(bytes).expect("still UTF-8")
+    }
+
+    #[test]
+    fn compaction_drops_only_whitespace_between_tokens() {
+        assert_eq!(
+            compacted(" {\n  \"a b\" : [ 1 , true ,\tnull ] ,\r\n \"c\":\"x\\\" y\\\\\" } \n"),
+            r#"{"a b":[1,true,null],"c":"x\" y\\"}"#
+        );
+        assert_eq!(
+            compacted(r#"{"k": "  é 😀\u2028 "}"#),
+            r#"{"k":"  é 😀\u2028 "}"#
+        );
+        // Whitespace that separates two bare tokens stays, so invalid JSON stays invalid.
+        for invalid in ["[1 2]", "tru e", "[true false]", "{\"a\": nu ll}"] {
+            let out = compacted(invalid);
+            assert!(serde_json::from_str::<Value>(invalid).is_err());
+            assert!(
+                serde_json::from_str::<Value>(&out).is_err(),
+                "{invalid} -> {out}"
+            );
+        }
+        assert_eq!(compacted("[1 2]"), "[1 2]");
+        assert_eq!(compacted(""), "");
+        assert_eq!(compacted("  "), "");
+    }
+
+    #[test]
+    fn raw_and_value_renderings_agree() {
+        let renderer = CardRenderer::new().expect("templates compile");
+        let data = json!({"title": "T \"q\"\n", "intro": "i\u{2028}",
+                          "commands": [{"usage": "help", "description": "d  e"}]});
+        let raw = renderer
+            .render_raw("teams/help", data.clone())
+            .expect("renders");
+        assert!(!raw.get().contains('\n'), "compact: {}", raw.get());
+        let parsed: Value = serde_json::from_str(raw.get()).expect("valid JSON");
+        assert_eq!(
+            parsed,
+            renderer.render("teams/help", &data).expect("renders")
+        );
+        assert_eq!(parsed["body"][0]["text"], "T \"q\"\n");
+        assert!(matches!(
+            renderer.render_raw("teams/nope", json!({})),
+            Err(CardError::UnknownTemplate(_))
+        ));
+        assert!(matches!(
+            renderer.render_raw("teams/help", json!({})),
+            Err(CardError::Render { .. })
+        ));
     }
 
     #[test]

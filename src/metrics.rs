@@ -18,10 +18,18 @@ struct Histogram {
     sum: f64,
 }
 
+/// Counts and latencies of one route.
+#[derive(Default)]
+struct RouteStats {
+    /// Requests answered, by status.
+    statuses: BTreeMap<u16, u64>,
+    latency: Histogram,
+}
+
 #[derive(Default)]
 struct Inner {
-    requests: BTreeMap<(String, u16), u64>,
-    latency: BTreeMap<String, Histogram>,
+    /// By route; looked up by `&str`, so recording allocates only for a route's first request.
+    routes: BTreeMap<String, RouteStats>,
     upstream: BTreeMap<(&'static str, &'static str), u64>,
 }
 
@@ -37,11 +45,12 @@ impl Metrics {
         let Ok(mut inner) = self.inner.lock() else {
             return;
         };
-        *inner
-            .requests
-            .entry((route.to_owned(), status))
-            .or_default() += 1;
-        let histogram = inner.latency.entry(route.to_owned()).or_default();
+        let stats = match inner.routes.get_mut(route) {
+            Some(stats) => stats,
+            None => inner.routes.entry(route.to_owned()).or_default(),
+        };
+        *stats.statuses.entry(status).or_default() += 1;
+        let histogram = &mut stats.latency;
         let seconds = elapsed.as_secs_f64();
         for (slot, bound) in histogram.counts.iter_mut().zip(BUCKETS) {
             if seconds <= bound {
@@ -70,17 +79,20 @@ impl Metrics {
             "# HELP m365bot_http_requests_total HTTP requests answered, by route and status.\n",
         );
         out.push_str("# TYPE m365bot_http_requests_total counter\n");
-        for ((route, status), count) in &inner.requests {
-            let _ = writeln!(
-                out,
-                "m365bot_http_requests_total{{route=\"{}\",status=\"{status}\"}} {count}",
-                escape(route)
-            );
+        for (route, stats) in &inner.routes {
+            let route = escape(route);
+            for (status, count) in &stats.statuses {
+                let _ = writeln!(
+                    out,
+                    "m365bot_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {count}"
+                );
+            }
         }
         out.push_str("# HELP m365bot_http_request_duration_seconds Time to answer HTTP requests, by route.\n");
         out.push_str("# TYPE m365bot_http_request_duration_seconds histogram\n");
-        for (route, histogram) in &inner.latency {
+        for (route, stats) in &inner.routes {
             let route = escape(route);
+            let histogram = &stats.latency;
             for (bound, count) in BUCKETS.iter().zip(histogram.counts) {
                 let _ = writeln!(
                     out,

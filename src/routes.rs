@@ -85,13 +85,14 @@ async fn payload_too_large_as_json(response: Response) -> Response {
 }
 
 async fn record_metrics(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    // `MatchedPath` shares its text: cloning it does not copy the route.
+    let route = request.extensions().get::<MatchedPath>().cloned();
     let started = Instant::now();
     let response = next.run(request).await;
-    app.metrics
-        .record_request(&route, response.status().as_u16(), started.elapsed());
+    app.metrics.record_request(
+        route.as_ref().map_or("unmatched", MatchedPath::as_str),
+        response.status().as_u16(),
+        started.elapsed(),
+    );
     response
 }

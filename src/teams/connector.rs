@@ -279,12 +279,15 @@ fn normalize_host(host: &str) -> String {
 
 /// Percent-encodes one path segment: everything but ASCII letters, digits and `-._~`.
 pub fn encode_segment(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut out = String::with_capacity(value.len() + 16);
     for byte in value.bytes() {
         if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
             out.push(char::from(byte));
         } else {
-            out.push_str(&format!("%{byte:02X}"));
+            out.push('%');
+            out.push(char::from(HEX[usize::from(byte >> 4)]));
+            out.push(char::from(HEX[usize::from(byte & 0x0f)]));
         }
     }
     out
@@ -436,16 +439,18 @@ impl ConnectorClient {
     }
 
     /// `POST /v3/conversations/{conversation}/activities/{activity}`: a reply in the thread of
-    /// `activity_id`.
+    /// `activity_id`. The activity (here and in [`Self::send`] and [`Self::update`]) is anything
+    /// serialisable: a `serde_json::Value`, or a [`CardMessage`](super::CardMessage) borrowing
+    /// from the inbound activity.
     pub async fn reply(
         &self,
         service_url: &str,
         conversation_id: &str,
         activity_id: &str,
-        activity: &Value,
+        activity: &(impl Serialize + ?Sized),
     ) -> Result<ResourceResponse, ConnectorError> {
         let path = activities_path(conversation_id, Some(activity_id))?;
-        self.resource(Method::POST, service_url, &path, activity)
+        self.resource(Method::POST, service_url, &path, json_body(activity)?)
             .await
     }
 
@@ -455,10 +460,10 @@ impl ConnectorClient {
         &self,
         service_url: &str,
         conversation_id: &str,
-        activity: &Value,
+        activity: &(impl Serialize + ?Sized),
     ) -> Result<ResourceResponse, ConnectorError> {
         let path = activities_path(conversation_id, None)?;
-        self.resource(Method::POST, service_url, &path, activity)
+        self.resource(Method::POST, service_url, &path, json_body(activity)?)
             .await
     }
 
@@ -469,10 +474,10 @@ impl ConnectorClient {
         service_url: &str,
         conversation_id: &str,
         activity_id: &str,
-        activity: &Value,
+        activity: &(impl Serialize + ?Sized),
     ) -> Result<ResourceResponse, ConnectorError> {
         let path = activities_path(conversation_id, Some(activity_id))?;
-        self.resource(Method::PUT, service_url, &path, activity)
+        self.resource(Method::PUT, service_url, &path, json_body(activity)?)
             .await
     }
 
@@ -496,10 +501,10 @@ impl ConnectorClient {
         service_url: &str,
         parameters: &P,
     ) -> Result<ConversationResourceResponse, ConnectorError> {
-        let body = serde_json::to_value(parameters)
+        let body = serde_json::to_vec(parameters)
             .map_err(|e| ConnectorError::InvalidRequest(format!("conversation parameters: {e}")))?;
         let bytes = self
-            .call(Method::POST, service_url, "v3/conversations", Some(&body))
+            .call(Method::POST, service_url, "v3/conversations", Some(body))
             .await?;
         let answer: ConversationResourceResponse = serde_json::from_slice(&bytes)
             .map_err(|e| ConnectorError::Decode(decode_problem(&e, &bytes)))?;
@@ -516,7 +521,7 @@ impl ConnectorClient {
         method: Method,
         service_url: &str,
         path: &str,
-        activity: &Value,
+        activity: Vec<u8>,
     ) -> Result<ResourceResponse, ConnectorError> {
         let bytes = self.call(method, service_url, path, Some(activity)).await?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
@@ -526,13 +531,14 @@ impl ConnectorClient {
             .map_err(|e| ConnectorError::Decode(decode_problem(&e, &bytes)))
     }
 
-    /// One connector call: host check, token, request, one retry after a 401.
+    /// One connector call with a JSON `body`: host check, token, request, one retry after a
+    /// 401.
     async fn call(
         &self,
         method: Method,
         service_url: &str,
         path: &str,
-        body: Option<&Value>,
+        body: Option<Vec<u8>>,
     ) -> Result<Vec<u8>, ConnectorError> {
         let base = checked_service_url(&self.allowed_hosts, service_url)?;
         let url = base
@@ -543,8 +549,10 @@ impl ConnectorClient {
         loop {
             let token = self.bearer().await?;
             let mut request = self.http.request(method.clone(), url.clone());
-            if let Some(body) = body {
-                request = request.json(body);
+            if let Some(body) = &body {
+                request = request
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(body.clone());
             }
             if let Some(token) = &token {
                 request = request.bearer_auth(token);
@@ -781,6 +789,13 @@ impl ConnectorClient {
             refresh_at,
         })
     }
+}
+
+/// The JSON text of an outgoing activity.
+fn json_body(activity: &(impl Serialize + ?Sized)) -> Result<Vec<u8>, ConnectorError> {
+    serde_json::to_vec(activity).map_err(|e| {
+        ConnectorError::InvalidRequest(format!("the activity does not serialise: {e}"))
+    })
 }
 
 /// `expires_in` as a number or a string of digits, capped at one day.

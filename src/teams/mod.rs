@@ -11,13 +11,15 @@ use axum::Json;
 use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use crate::app::App;
 use crate::core::{self, Actor, EventKind, InboundEvent, Reply};
 use crate::db::conversations::ConversationRef;
 use crate::error::ApiError;
-use activity::Activity;
+use activity::{Activity, ChannelAccount, ConversationAccount};
 
 /// Content type of an Adaptive Card attachment or invoke response.
 pub const ADAPTIVE_CARD: &str = "application/vnd.microsoft.card.adaptive";
@@ -72,7 +74,7 @@ async fn dispatch(app: &App, activity: Activity) -> Result<Response, ApiError> {
                 return Ok(StatusCode::OK.into_response());
             };
             let replies = core::handle(app, event).await;
-            send_replies(app, &activity, &replies).await;
+            send_replies(app, &activity, replies).await;
             Ok(StatusCode::OK.into_response())
         }
         "invoke" => invoke(app, &activity).await,
@@ -82,7 +84,7 @@ async fn dispatch(app: &App, activity: Activity) -> Result<Response, ApiError> {
             } else {
                 remember_conversation(app, &activity).await?;
                 if activity.bot_was_added() && activity.conversation_type() == "personal" {
-                    send_replies(app, &activity, &[core::help_card()]).await;
+                    send_replies(app, &activity, vec![core::help_card()]).await;
                 }
             }
             Ok(StatusCode::OK.into_response())
@@ -174,7 +176,7 @@ async fn invoke(app: &App, activity: &Activity) -> Result<Response, ApiError> {
     };
     let rest: Vec<Value> = rendered.collect();
     for card in rest {
-        post_card(app, activity, card).await;
+        post_card(app, activity, &card).await;
     }
     Ok(Json(body).into_response())
 }
@@ -196,28 +198,73 @@ pub fn render(app: &App, reply: &Reply) -> Option<Value> {
     }
 }
 
-/// A message activity carrying one Adaptive Card, addressed as a reply to `activity`.
-pub fn card_message(activity: &Activity, card: Value) -> Value {
-    json!({
-        "type": "message",
-        "from": activity.recipient,
-        "recipient": activity.from,
-        "conversation": activity.conversation,
-        "replyToId": activity.id,
-        "attachments": [{"contentType": ADAPTIVE_CARD, "content": card}],
-    })
-}
-
-async fn send_replies(app: &App, activity: &Activity, replies: &[Reply]) {
-    for reply in replies {
-        if let Some(card) = render(app, reply) {
-            post_card(app, activity, card).await;
+/// Renders a reply as compact Adaptive Card JSON, embedded as is in the outgoing activity; a
+/// template failure is logged and yields nothing.
+pub fn render_raw(app: &App, reply: Reply) -> Option<Box<RawValue>> {
+    let Reply::Card { template, data } = reply;
+    match app.cards.render_raw(&format!("teams/{template}"), data) {
+        Ok(card) => Some(card),
+        Err(err) => {
+            tracing::error!(card.template = template, error = %err, "card rendering failed");
+            None
         }
     }
 }
 
-async fn post_card(app: &App, activity: &Activity, card: Value) {
-    let message = card_message(activity, card);
+/// A message activity carrying one Adaptive Card, addressed as a reply to `activity`; it
+/// borrows from the inbound activity and serializes without building a JSON tree.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CardMessage<'a, C: ?Sized> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    from: &'a ChannelAccount,
+    recipient: &'a ChannelAccount,
+    conversation: &'a ConversationAccount,
+    reply_to_id: Option<&'a str>,
+    attachments: [CardAttachment<'a, C>; 1],
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct CardAttachment<'a, C: ?Sized> {
+    content_type: &'static str,
+    content: &'a C,
+}
+
+impl<'a, C: Serialize + ?Sized> CardMessage<'a, C> {
+    /// The reply to `activity` (from its recipient, to its sender, in its conversation).
+    pub fn new(activity: &'a Activity, card: &'a C) -> Self {
+        Self {
+            kind: "message",
+            from: &activity.recipient,
+            recipient: &activity.from,
+            conversation: &activity.conversation,
+            reply_to_id: activity.id.as_deref(),
+            attachments: [CardAttachment {
+                content_type: ADAPTIVE_CARD,
+                content: card,
+            }],
+        }
+    }
+}
+
+/// A message activity carrying one Adaptive Card, addressed as a reply to `activity`, as a
+/// JSON value (see [`CardMessage`] for the form sent on the reply path).
+pub fn card_message(activity: &Activity, card: Value) -> Value {
+    serde_json::to_value(CardMessage::new(activity, &card)).unwrap_or_default()
+}
+
+async fn send_replies(app: &App, activity: &Activity, replies: Vec<Reply>) {
+    for reply in replies {
+        if let Some(card) = render_raw(app, reply) {
+            post_card(app, activity, &*card).await;
+        }
+    }
+}
+
+async fn post_card<C: Serialize + ?Sized>(app: &App, activity: &Activity, card: &C) {
+    let message = CardMessage::new(activity, card);
     let result = match activity.id.as_deref() {
         Some(activity_id) => {
             app.connector
