@@ -98,7 +98,7 @@ impl CardRenderer {
         registry.register_helper("has", Box::new(HasHelper));
         for (name, source) in TEMPLATES {
             registry
-                .register_template_string(name, source)
+                .register_template_string(name, compact_template(source))
                 .map_err(|err| CardError::Compile {
                     name: (*name).to_owned(),
                     message: err.to_string(),
@@ -131,27 +131,19 @@ impl CardRenderer {
         else {
             return Err(CardError::UnknownTemplate(name.to_owned()));
         };
+        // The registered template is compact, so the output is too (values only add escaped
+        // string content and compact `{{json}}` text).
         let mut text = Vec::with_capacity(source.len() + 1024);
         self.registry
             .render_with_context_to_write(name, context, &mut text)
             .map_err(|err| render_error(name, &err))?;
-        compact_json(&mut text);
         let size = text.len();
         let invalid = |message: String| CardError::InvalidJson {
             name: name.to_owned(),
             message,
         };
         let text = String::from_utf8(text).map_err(|err| invalid(err.to_string()))?;
-        let card = RawValue::from_string(text).map_err(|_| {
-            // Report the position in the rendered text, not in its compact form.
-            let message = self
-                .registry
-                .render_with_context(name, context)
-                .ok()
-                .and_then(|text| serde_json::from_str::<&RawValue>(&text).err())
-                .map_or_else(|| "invalid JSON".to_owned(), |err| err.to_string());
-            invalid(message)
-        })?;
+        let card = RawValue::from_string(text).map_err(|err| invalid(err.to_string()))?;
         if size > MAX_CARD_BYTES {
             return Err(CardError::TooLarge {
                 name: name.to_owned(),
@@ -170,35 +162,70 @@ fn render_error(name: &str, err: &RenderError) -> CardError {
     }
 }
 
-/// Removes the whitespace between JSON tokens, in place. Whitespace inside strings is kept, and
-/// so is whitespace between two tokens neither of which is a string or a structural character
-/// (`1 2`, `tru e`), so that invalid JSON stays invalid. Only ASCII bytes are removed, so UTF-8
-/// text stays UTF-8.
-fn compact_json(text: &mut Vec<u8>) {
+/// A handlebars JSON template without the whitespace between JSON tokens, so that it renders
+/// compact JSON. Handlebars tags (`{{…}}`, `{{{…}}}`, `{{!-- … --}}`) are copied as they are and
+/// count as bare tokens; whitespace inside JSON strings is kept, and so is whitespace between two
+/// bare tokens (`1 2`, `tru e`, `1 {{json x}}`), so that a template rendering invalid JSON still
+/// does.
+fn compact_template(source: &str) -> String {
+    let bytes = source.as_bytes();
     let is_space = |b: u8| matches!(b, b' ' | b'\t' | b'\n' | b'\r');
+    // 0 stands for the start or the end of the text.
     let delimits = |b: u8| matches!(b, 0 | b'{' | b'}' | b'[' | b']' | b',' | b':' | b'"');
+    let tag_at = |index: usize| {
+        bytes
+            .get(index..)
+            .is_some_and(|rest| rest.starts_with(b"{{"))
+    };
+    // The length of the tag at `index`, and whether it renders nothing by itself.
+    let tag = |index: usize| {
+        let rest = &source[index..];
+        let close = if rest.starts_with("{{!--") {
+            "--}}"
+        } else if rest.starts_with("{{{") {
+            "}}}"
+        } else {
+            "}}"
+        };
+        let len = rest
+            .get(2..)
+            .and_then(|after| after.find(close))
+            .map_or(rest.len(), |at| at + 2 + close.len());
+        let inner = rest.get(2..).unwrap_or_default().trim_start_matches('~');
+        let silent = !rest.starts_with("{{{")
+            && (inner.starts_with(['#', '/', '^', '!']) || inner.trim_start().starts_with("else"));
+        (len, silent)
+    };
+    // The first token at or after `index`, past whitespace and silent tags: its byte, `b'h'`
+    // for a value tag, 0 at the end.
+    let next_token = |mut index: usize| loop {
+        match bytes.get(index) {
+            None => return 0,
+            Some(&b) if is_space(b) => index += 1,
+            Some(_) if tag_at(index) => match tag(index) {
+                (len, true) => index += len,
+                (_, false) => return b'h',
+            },
+            Some(&b) => return b,
+        }
+    };
+    let mut out = String::with_capacity(source.len());
     let mut in_string = false;
     let mut escaped = false;
-    // The last byte kept outside a string, or 0 at the start.
+    // The last token byte outside strings; `b'h'` after a value tag (a bare token).
     let mut previous = 0u8;
-    let mut read = 0;
-    let mut write = 0;
-    while read < text.len() {
-        let byte = text[read];
-        if !in_string && is_space(byte) {
-            let run_start = read;
-            while read < text.len() && is_space(text[read]) {
-                read += 1;
-            }
-            let next = text.get(read).copied().unwrap_or(0);
-            if !delimits(previous) && !delimits(next) {
-                for index in run_start..read {
-                    text[write] = text[index];
-                    write += 1;
-                }
+    let mut index = 0;
+    while index < bytes.len() {
+        if tag_at(index) {
+            let (len, silent) = tag(index);
+            out.push_str(&source[index..index + len]);
+            index += len;
+            if !in_string && !silent {
+                previous = b'h';
             }
             continue;
         }
+        let byte = bytes[index];
         if in_string {
             if escaped {
                 escaped = false;
@@ -208,15 +235,24 @@ fn compact_json(text: &mut Vec<u8>) {
                 in_string = false;
                 previous = b'"';
             }
+        } else if is_space(byte) {
+            let run_start = index;
+            while index < bytes.len() && is_space(bytes[index]) {
+                index += 1;
+            }
+            if !delimits(previous) && !delimits(next_token(index)) {
+                out.push_str(&source[run_start..index]);
+            }
+            continue;
         } else {
             in_string = byte == b'"';
             previous = byte;
         }
-        text[write] = byte;
-        write += 1;
-        read += 1;
+        let len = source[index..].chars().next().map_or(1, char::len_utf8);
+        out.push_str(&source[index..index + len]);
+        index += len;
     }
-    text.truncate(write);
+    out
 }
 
 /// The names of every compiled-in template, e.g. `teams/help`.
@@ -235,6 +271,14 @@ fn render_error_message(err: &RenderError) -> String {
 /// Escapes text for the inside of a JSON string literal: quotes, backslashes, control
 /// characters and U+2028/U+2029 (which break JavaScript embedding).
 pub fn escape_json_string(text: &str) -> String {
+    // U+2028 and U+2029 are E2 80 A8 and E2 80 A9 in UTF-8; their first byte is enough to take
+    // the slow path.
+    if !text
+        .bytes()
+        .any(|b| b < 0x20 || b == b'"' || b == b'\\' || b == 0xE2)
+    {
+        return text.to_owned();
+    }
     let mut out = String::with_capacity(text.len() + 8);
     for c in text.chars() {
         match c {
@@ -371,34 +415,70 @@ mod tests {
         assert!(render(json!({})).is_err());
     }
 
-    fn compacted(text: &str) -> String {
-        let mut bytes = text.as_bytes().to_vec();
-        compact_json(&mut bytes);
-        String::from_utf8(bytes).expect("still UTF-8")
+    /// Whether `json` has no whitespace outside strings.
+    fn is_compact(json: &str) -> bool {
+        let (mut in_string, mut escaped) = (false, false);
+        json.chars().all(|c| {
+            if in_string {
+                if escaped {
+                    escaped = false;
+                } else if c == '\\' {
+                    escaped = true;
+                } else if c == '"' {
+                    in_string = false;
+                }
+                true
+            } else {
+                in_string = c == '"';
+                !c.is_ascii_whitespace()
+            }
+        })
     }
 
     #[test]
-    fn compaction_drops_only_whitespace_between_tokens() {
+    fn template_compaction_keeps_tags_strings_and_bare_token_gaps() {
+        let source = "{{!-- a  comment --}}\n{\n  \"a b\" : [ 1 , true ,\tnull ] ,\r\n  \"s\": \"{{#if (eq x \"y  z\")}} k {{else}}\\\" q{{/if}}\",\n  \"items\": [\n    {{#each xs}}\n    { \"v\": {{json this}} }{{#unless @last}},{{/unless}}\n    {{/each}}\n  ],\n  \"raw\": {{{ raw }}} \n}\n";
         assert_eq!(
-            compacted(" {\n  \"a b\" : [ 1 , true ,\tnull ] ,\r\n \"c\":\"x\\\" y\\\\\" } \n"),
-            r#"{"a b":[1,true,null],"c":"x\" y\\"}"#
+            compact_template(source),
+            "{{!-- a  comment --}}{\"a b\":[1,true,null],\"s\":\"{{#if (eq x \"y  z\")}} k {{else}}\\\" q{{/if}}\",\"items\":[{{#each xs}}{\"v\":{{json this}}}{{#unless @last}},{{/unless}}{{/each}}],\"raw\":{{{ raw }}}}"
         );
         assert_eq!(
-            compacted(r#"{"k": "  é 😀\u2028 "}"#),
-            r#"{"k":"  é 😀\u2028 "}"#
+            compact_template("{\"k\": \"  é 😀 \"}"),
+            "{\"k\":\"  é 😀 \"}"
         );
         // Whitespace that separates two bare tokens stays, so invalid JSON stays invalid.
-        for invalid in ["[1 2]", "tru e", "[true false]", "{\"a\": nu ll}"] {
-            let out = compacted(invalid);
-            assert!(serde_json::from_str::<Value>(invalid).is_err());
-            assert!(
-                serde_json::from_str::<Value>(&out).is_err(),
-                "{invalid} -> {out}"
-            );
+        for (invalid, expected) in [
+            ("[1 2]", "[1 2]"),
+            ("[tru e]", "[tru e]"),
+            ("[1 {{json x}}]", "[1 {{json x}}]"),
+            ("[{{json x}}  {{json y}}]", "[{{json x}}  {{json y}}]"),
+            ("[1 {{#if x}} 2{{/if}}]", "[1 {{#if x}} 2{{/if}}]"),
+            // Branches look adjacent in the source: the gap between them stays.
+            (
+                "[1, {{#if x}} 2 {{else}} 3 {{/if}} ]",
+                "[1,{{#if x}}2 {{else}} 3{{/if}}]",
+            ),
+        ] {
+            assert_eq!(compact_template(invalid), expected);
         }
-        assert_eq!(compacted("[1 2]"), "[1 2]");
-        assert_eq!(compacted(""), "");
-        assert_eq!(compacted("  "), "");
+        assert_eq!(compact_template(""), "");
+        assert_eq!(compact_template("  {{x"), "{{x");
+    }
+
+    #[test]
+    fn compiled_templates_render_compact_json() {
+        let renderer = CardRenderer::new().expect("templates compile");
+        let help = json!({"title": "T  \"q\"\n", "intro": "i\u{2028}",
+                          "commands": [{"usage": "help", "description": "d  e"},
+                                       {"usage": "x y", "description": "\t"}]});
+        let notices = ["default", "good", "warning", "attention"]
+            .map(|tone| json!({"tone": tone, "title": "a  b", "text": "c\nd", "next_step": "e f"}));
+        for (name, data) in std::iter::once(("teams/help", help))
+            .chain(notices.into_iter().map(|data| ("teams/notice", data)))
+        {
+            let raw = renderer.render_raw(name, data).expect("renders");
+            assert!(is_compact(raw.get()), "{name}: {}", raw.get());
+        }
     }
 
     #[test]

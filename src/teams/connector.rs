@@ -1,17 +1,18 @@
 //! Bot Connector REST client (bot → channel): token cache, reply, send, update, delete, create
 //! conversation.
 //!
-//! The bearer token is fetched with the client-credentials grant, cached per scope and refreshed
-//! five minutes before it expires; one refresh runs at a time and concurrent callers share its
-//! result. The token is only ever sent to allow-listed `serviceUrl` hosts over HTTPS (plain HTTP
-//! only for allow-listed loopback hosts). Failures are classified once, in [`ConnectorError`];
-//! the client itself retries only once, after a 401, with a fresh token.
+//! The bearer token is fetched with the client-credentials grant, cached (read without waiting
+//! while it is fresh) and refreshed five minutes before it expires; one refresh runs at a time
+//! and concurrent callers share its result. The token is only ever sent to allow-listed
+//! `serviceUrl` hosts over HTTPS (plain HTTP only for allow-listed loopback hosts). Failures are
+//! classified once, in [`ConnectorError`]; the client itself retries only once, after a 401,
+//! with a fresh token.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use reqwest::header::{AUTHORIZATION, HeaderValue};
 use reqwest::{Method, StatusCode};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
@@ -353,26 +354,55 @@ pub fn checked_service_url(allowed: &[String], service_url: &str) -> Result<Url,
     Ok(url)
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 struct CachedToken {
-    value: String,
+    value: Arc<str>,
+    /// `Bearer <value>`, marked sensitive; built once per token.
+    header: HeaderValue,
     refresh_at: Instant,
+}
+
+impl std::fmt::Debug for CachedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CachedToken")
+            .field("refresh_at", &self.refresh_at)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Default)]
 struct SlotState {
-    token: Option<CachedToken>,
     /// The last refresh's error and the `completed` count it was stored at.
     last_error: Option<(u64, TokenError)>,
 }
 
-/// One scope's token, refreshed by one caller at a time.
+/// The token of the configured scope, refreshed by one caller at a time.
 #[derive(Default)]
 struct TokenSlot {
     /// Refreshes finished (success or failure), read before waiting for `state`.
     completed: AtomicU64,
+    /// The current token, readable without waiting; written only under the `state` lock.
+    current: Mutex<Option<CachedToken>>,
+    /// Held while a refresh runs (and to invalidate), so refreshes happen one at a time.
     state: tokio::sync::Mutex<SlotState>,
 }
+
+impl TokenSlot {
+    fn current(&self) -> std::sync::MutexGuard<'_, Option<CachedToken>> {
+        self.current.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The current token if it does not need a refresh yet.
+    fn fresh(&self) -> Option<CachedToken> {
+        self.current()
+            .as_ref()
+            .filter(|token| Instant::now() < token.refresh_at)
+            .cloned()
+    }
+}
+
+/// Resolved `serviceUrl`s remembered by [`ConnectorClient`]; more are checked again.
+const CHECKED_URLS: usize = 32;
 
 #[derive(Deserialize)]
 struct TokenAnswer {
@@ -414,7 +444,10 @@ pub struct ConnectorClient {
     token_url: String,
     scope: String,
     allowed_hosts: Vec<String>,
-    tokens: Mutex<HashMap<String, Arc<TokenSlot>>>,
+    token: TokenSlot,
+    /// `serviceUrl`s that passed [`checked_service_url`], with the result (the allow-list does
+    /// not change, so neither does the answer).
+    checked_urls: Mutex<Vec<(String, Arc<Url>)>>,
 }
 
 impl ConnectorClient {
@@ -434,7 +467,8 @@ impl ConnectorClient {
             token_url: settings.outbound_token_url(),
             scope: settings.bot.outbound_scope.clone(),
             allowed_hosts: settings.bot.allowed_service_url_hosts.clone(),
-            tokens: Mutex::new(HashMap::new()),
+            token: TokenSlot::default(),
+            checked_urls: Mutex::new(Vec::new()),
         }
     }
 
@@ -540,11 +574,11 @@ impl ConnectorClient {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<Vec<u8>, ConnectorError> {
-        let base = checked_service_url(&self.allowed_hosts, service_url)?;
+        let base = self.checked_base(service_url)?;
         let url = base
             .join(path)
             .map_err(|e| ConnectorError::InvalidServiceUrl(format!("cannot join the path: {e}")))?;
-        let host = base.host_str().unwrap_or_default().to_owned();
+        let host = base.host_str().unwrap_or_default();
         let mut retried = false;
         loop {
             let token = self.bearer().await?;
@@ -555,9 +589,11 @@ impl ConnectorClient {
                     .body(body.clone());
             }
             if let Some(token) = &token {
-                request = request.bearer_auth(token);
+                request = request.header(AUTHORIZATION, token.header.clone());
             }
-            let result = self.exchange(request, &host, token.as_deref()).await;
+            let result = self
+                .exchange(request, host, token.as_ref().map(|t| &*t.value))
+                .await;
             match result {
                 Ok(bytes) => {
                     self.metrics.record_upstream("connector", "ok");
@@ -570,7 +606,7 @@ impl ConnectorClient {
                         && let Some(token) = token
                     {
                         tracing::info!(host, "connector answered 401; refreshing the token once");
-                        self.invalidate(&token).await;
+                        self.invalidate(&token.value).await;
                         retried = true;
                         continue;
                     }
@@ -631,18 +667,38 @@ impl ConnectorClient {
         })
     }
 
+    /// `service_url` checked against the allow-list ([`checked_service_url`]), remembered.
+    fn checked_base(&self, service_url: &str) -> Result<Arc<Url>, ConnectorError> {
+        let lock = || {
+            self.checked_urls
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+        };
+        if let Some((_, url)) = lock().iter().find(|(text, _)| text == service_url) {
+            return Ok(url.clone());
+        }
+        let url = Arc::new(checked_service_url(&self.allowed_hosts, service_url)?);
+        let mut checked = lock();
+        if checked.len() >= CHECKED_URLS {
+            checked.remove(0);
+        }
+        checked.push((service_url.to_owned(), url.clone()));
+        Ok(url)
+    }
+
     /// The bearer token for the configured scope, or `None` without a client secret.
-    async fn bearer(&self) -> Result<Option<String>, ConnectorError> {
+    async fn bearer(&self) -> Result<Option<CachedToken>, ConnectorError> {
         let Some(password) = &self.app_password else {
             return Ok(None);
         };
-        let slot = self.slot(&self.scope);
+        let slot = &self.token;
         let seen = slot.completed.load(Ordering::Acquire);
+        if let Some(token) = slot.fresh() {
+            return Ok(Some(token));
+        }
         let mut state = slot.state.lock().await;
-        if let Some(token) = &state.token
-            && Instant::now() < token.refresh_at
-        {
-            return Ok(Some(token.value.clone()));
+        if let Some(token) = slot.fresh() {
+            return Ok(Some(token));
         }
         // A refresh that finished while this caller waited failed: share its error.
         if let Some((at, err)) = &state.last_error
@@ -654,33 +710,25 @@ impl ConnectorClient {
         let completed = slot.completed.fetch_add(1, Ordering::AcqRel) + 1;
         match result {
             Ok(token) => {
-                let value = token.value.clone();
-                state.token = Some(token);
+                *slot.current() = Some(token.clone());
                 state.last_error = None;
-                Ok(Some(value))
+                Ok(Some(token))
             }
             Err(err) => {
-                state.token = None;
+                *slot.current() = None;
                 state.last_error = Some((completed, err.clone()));
                 Err(err.into())
             }
         }
     }
 
-    fn slot(&self, scope: &str) -> Arc<TokenSlot> {
-        let mut slots = match self.tokens.lock() {
-            Ok(slots) => slots,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        slots.entry(scope.to_owned()).or_default().clone()
-    }
-
     /// Drops the cached token if it is still `used` (another caller may have refreshed it).
     async fn invalidate(&self, used: &str) {
-        let slot = self.slot(&self.scope);
-        let mut state = slot.state.lock().await;
-        if state.token.as_ref().is_some_and(|t| t.value == used) {
-            state.token = None;
+        let slot = &self.token;
+        let _refreshing = slot.state.lock().await;
+        let mut current = slot.current();
+        if current.as_ref().is_some_and(|t| &*t.value == used) {
+            *current = None;
         }
     }
 
@@ -784,8 +832,14 @@ impl ConnectorClient {
         let refresh_at = (started + lifetime)
             .checked_sub(REFRESH_MARGIN)
             .unwrap_or(started);
+        let mut header =
+            HeaderValue::try_from(format!("Bearer {}", answer.access_token)).map_err(|_| {
+                TokenError::Decode("the access_token cannot be sent in a header".to_owned())
+            })?;
+        header.set_sensitive(true);
         Ok(CachedToken {
-            value: answer.access_token,
+            value: answer.access_token.into(),
+            header,
             refresh_at,
         })
     }
