@@ -10,28 +10,19 @@
 //! The rendered text is compacted (whitespace between tokens dropped) and validated as JSON
 //! with `serde_json`, so a template that produces invalid JSON fails with an error naming it.
 //! [`CardRenderer::render_raw`] returns that text as a [`RawValue`], which is embedded as is in
-//! an outgoing activity (no JSON tree is built on the reply path), and
-//! [`CardRenderer::render_shared`] also reuses the card of an equal recent request (the help
-//! card, say); [`CardRenderer::render`] parses the text into a [`Value`].
+//! an outgoing activity (no JSON tree is built on the reply path); [`CardRenderer::render`]
+//! parses it into a [`Value`].
 
 use handlebars::{
     Context, Handlebars, Helper, HelperDef, HelperResult, Output, RenderContext, RenderError,
     RenderErrorReason, ScopedJson,
 };
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, PoisonError};
-
 use serde_json::Value;
 use serde_json::value::RawValue;
 
 /// The largest compact card (in bytes) that [`CardRenderer::render`] returns; Teams rejects
 /// bot messages above 100 KB, and the rest of the activity needs room too.
 pub const MAX_CARD_BYTES: usize = 80 * 1024;
-
-/// How many recent cards [`CardRenderer::render_shared`] keeps.
-const RECENT_CARDS: usize = 16;
-/// Larger cards are not kept for reuse.
-const MAX_SHARED_CARD_BYTES: usize = 16 * 1024;
 
 /// The templates compiled into the binary: (name, handlebars source).
 const TEMPLATES: &[(&str, &str)] = &[
@@ -87,9 +78,6 @@ pub enum CardError {
 /// Renders the templates compiled into the binary.
 pub struct CardRenderer {
     registry: Handlebars<'static>,
-    /// The last cards [`CardRenderer::render_shared`] rendered, newest first: (template, view
-    /// model, card). Rendering is a pure function of the two, so an equal request reuses the card.
-    recent: Mutex<VecDeque<(String, Value, Arc<RawValue>)>>,
 }
 
 impl std::fmt::Debug for CardRenderer {
@@ -116,10 +104,7 @@ impl CardRenderer {
                     message: err.to_string(),
                 })?;
         }
-        Ok(Self {
-            registry,
-            recent: Mutex::new(VecDeque::with_capacity(RECENT_CARDS)),
-        })
+        Ok(Self { registry })
     }
 
     /// Renders `name` (e.g. `teams/help`) with `data` into a JSON value.
@@ -136,28 +121,6 @@ impl CardRenderer {
     /// in a serialized activity. Takes the view model by value to avoid copying it.
     pub fn render_raw(&self, name: &str, data: Value) -> Result<Box<RawValue>, CardError> {
         self.render_context(name, &Context::from(data))
-    }
-
-    /// Like [`Self::render_raw`], but reuses the card of an equal recent request (same template,
-    /// equal view model), e.g. the help card every user gets.
-    pub fn render_shared(&self, name: &str, data: Value) -> Result<Arc<RawValue>, CardError> {
-        let recent = || self.recent.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((_, _, card)) = recent()
-            .iter()
-            .find(|(template, model, _)| template == name && *model == data)
-        {
-            return Ok(card.clone());
-        }
-        let key = data.clone();
-        let card: Arc<RawValue> = self.render_raw(name, data)?.into();
-        if card.get().len() <= MAX_SHARED_CARD_BYTES {
-            let mut recent = recent();
-            if recent.len() >= RECENT_CARDS {
-                recent.pop_back();
-            }
-            recent.push_front((name.to_owned(), key, card.clone()));
-        }
-        Ok(card)
     }
 
     fn render_context(&self, name: &str, context: &Context) -> Result<Box<RawValue>, CardError> {
@@ -541,49 +504,6 @@ mod tests {
             renderer.render_raw("teams/help", json!({})),
             Err(CardError::Render { .. })
         ));
-    }
-
-    #[test]
-    fn shared_renders_reuse_equal_requests_only() {
-        let renderer = CardRenderer::new().expect("templates compile");
-        let notice =
-            |title: &str| json!({"tone": "good", "title": title, "text": "x", "next_step": null});
-        let first = renderer
-            .render_shared("teams/notice", notice("A"))
-            .expect("renders");
-        let again = renderer
-            .render_shared("teams/notice", notice("A"))
-            .expect("renders");
-        assert!(
-            Arc::ptr_eq(&first, &again),
-            "an equal request reuses the card"
-        );
-        let other = renderer
-            .render_shared("teams/notice", notice("B"))
-            .expect("renders");
-        assert!(!Arc::ptr_eq(&first, &other));
-        assert!(other.get().contains("\"B\""));
-        assert_eq!(
-            renderer
-                .render_raw("teams/notice", notice("A"))
-                .expect("renders")
-                .get(),
-            first.get()
-        );
-        // Errors are not kept: a failing request fails every time.
-        for _ in 0..2 {
-            assert!(matches!(
-                renderer.render_shared("teams/notice", json!({})),
-                Err(CardError::Render { .. })
-            ));
-        }
-        // The cache stays bounded.
-        for n in 0..(RECENT_CARDS * 2) {
-            renderer
-                .render_shared("teams/notice", notice(&n.to_string()))
-                .expect("renders");
-        }
-        assert_eq!(renderer.recent.lock().expect("lock").len(), RECENT_CARDS);
     }
 
     #[test]

@@ -198,11 +198,11 @@ pub fn render(app: &App, reply: &Reply) -> Option<Value> {
     }
 }
 
-/// Renders a reply as compact Adaptive Card JSON, embedded as is in the outgoing activity (an
-/// equal recent reply's card is reused); a template failure is logged and yields nothing.
-pub fn render_raw(app: &App, reply: Reply) -> Option<Arc<RawValue>> {
+/// Renders a reply as compact Adaptive Card JSON, embedded as is in the outgoing activity; a
+/// template failure is logged and yields nothing.
+pub fn render_raw(app: &App, reply: Reply) -> Option<Box<RawValue>> {
     let Reply::Card { template, data } = reply;
-    match app.cards.render_shared(&format!("teams/{template}"), data) {
+    match app.cards.render_raw(&format!("teams/{template}"), data) {
         Ok(card) => Some(card),
         Err(err) => {
             tracing::error!(card.template = template, error = %err, "card rendering failed");
