@@ -31,7 +31,10 @@ fn a_bad_value_names_its_key_and_source() {
         .expect("runs");
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.to_lowercase().contains("server.max_body_bytes"), "{stderr}");
+    assert!(
+        stderr.to_lowercase().contains("server.max_body_bytes"),
+        "{stderr}"
+    );
 }
 
 #[test]
