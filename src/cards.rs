@@ -7,11 +7,11 @@
 //! `{{#if (has value)}}` tests an optional value (null, false or empty is absent) while still
 //! failing when the field itself is missing, which the plain `#if` would not.
 //!
-//! The rendered text is compacted (whitespace between tokens dropped) and validated as JSON
-//! with `serde_json`, so a template that produces invalid JSON fails with an error naming it.
-//! [`CardRenderer::render_raw`] returns that text as a [`RawValue`], which is embedded as is in
-//! an outgoing activity (no JSON tree is built on the reply path); [`CardRenderer::render`]
-//! parses it into a [`Value`].
+//! The templates are compacted once when loaded (whitespace between JSON tokens dropped), so
+//! they render compact JSON, which is validated with `serde_json`: a template that produces
+//! invalid JSON fails with an error naming it. [`CardRenderer::render_raw`] returns that text as
+//! a [`RawValue`], embedded as is in an outgoing activity (no JSON tree is built on the reply
+//! path); [`CardRenderer::render`] parses the text into a [`Value`].
 
 use handlebars::{
     Context, Handlebars, Helper, HelperDef, HelperResult, Output, RenderContext, RenderError,
@@ -163,10 +163,10 @@ fn render_error(name: &str, err: &RenderError) -> CardError {
 }
 
 /// A handlebars JSON template without the whitespace between JSON tokens, so that it renders
-/// compact JSON. Handlebars tags (`{{…}}`, `{{{…}}}`, `{{!-- … --}}`) are copied as they are and
-/// count as bare tokens; whitespace inside JSON strings is kept, and so is whitespace between two
-/// bare tokens (`1 2`, `tru e`, `1 {{json x}}`), so that a template rendering invalid JSON still
-/// does.
+/// compact JSON. Handlebars tags (`{{x}}`, `{{{x}}}`, `{{!-- x --}}`) are copied as they are:
+/// value tags count as bare tokens, block and comment tags (`#`, `/`, `^`, `else`, `!`) as
+/// nothing. Whitespace inside JSON strings is kept, and so is whitespace between two bare tokens
+/// (`1 2`, `tru e`, `1 {{json x}}`), so that a template rendering invalid JSON still does.
 fn compact_template(source: &str) -> String {
     let bytes = source.as_bytes();
     let is_space = |b: u8| matches!(b, b' ' | b'\t' | b'\n' | b'\r');

@@ -2,19 +2,18 @@
 //!
 //! Every request to `/api/messages` carries `Authorization: Bearer <JWT>` signed by the Bot
 //! Framework. The token is checked in this order: header shape, algorithm (RS256/384/512 only,
-//! before any key lookup), key id, signature, issuer, audience, lifetime (with clock skew);
-//! then, once the body is parsed, the `serviceurl` claim and the signing key's endorsements
-//! ([`VerifiedToken::check_activity`]).
+//! before any key lookup), key id, signature, then the claims (required `exp`, `iss` and `aud`;
+//! lifetime with clock skew; issuer; audience); then, once the body is parsed, the `serviceurl`
+//! claim and the signing key's endorsements ([`VerifiedToken::check_activity`]). The claim rules
+//! and the reasons given are those `jsonwebtoken::Validation` applied when this module used it;
+//! the claims are read from the payload without building a JSON tree.
 //!
 //! Signing keys come from the OpenID metadata document's `jwks_uri`. Only RSA keys are kept, each
 //! imported once per fetch into prepared `aws-lc-rs` public keys (one per accepted algorithm), so
-//! a request pays for the signature check only, not for importing the key again. The claims are
-//! read from the payload without copying it into a JSON tree; the rules are those of
-//! `jsonwebtoken`'s `Validation` (required `exp`, `iss`, `aud`; `exp` and `nbf` with the configured
-//! leeway; one issuer, one audience), applied after the signature check. The set is refreshed in the background
-//! after 24 h, and at most once an hour when a token names an unknown `kid`. Concurrent requests
-//! that miss share one refresh. Nothing here logs above debug, and the token text never reaches a
-//! log line or an error message.
+//! a request pays for the signature check only. The set is refreshed in the background after
+//! 24 h, and at most once an hour when a token names an unknown `kid`. Concurrent requests that
+//! miss share one refresh. Nothing here logs above debug, and the token text never reaches a log
+//! line or an error message.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
