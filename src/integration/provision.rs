@@ -46,20 +46,7 @@ pub async fn provision_aad(
     upstreams: &Upstreams,
     request: &ProvisionRequest,
 ) -> Result<(IntegrationSpec, Vec<String>), ProvisionError> {
-    let graph = upstreams.graph.as_ref().ok_or_else(|| ProvisionError {
-        step: "Microsoft Graph",
-        message: "Graph access is not configured (entra.graph_client_id / graph_client_secret)"
-            .to_owned(),
-    })?;
-    let servicenow = upstreams
-        .servicenow
-        .as_ref()
-        .ok_or_else(|| ProvisionError {
-            step: "ServiceNow",
-            message:
-                "ServiceNow access is not configured (servicenow.instance_url and credentials)"
-                    .to_owned(),
-        })?;
+    let (graph, servicenow) = clients(upstreams)?;
     let mut log = Vec::new();
     let redirect = format!(
         "{}/oauth_redirect.do",
@@ -103,13 +90,8 @@ pub async fn provision_aad(
     Ok((spec, log))
 }
 
-/// Provisions the Basic-auth branch: the outbound app and OAuth provider, and an integration
-/// user `user_name` with a generated password and `incident_manager` (no inbound apps, no OIDC).
-pub async fn provision_basic(
-    upstreams: &Upstreams,
-    request: &ProvisionRequest,
-    user_name: &str,
-) -> Result<(IntegrationSpec, Vec<String>), ProvisionError> {
+/// The Graph and ServiceNow clients provisioning needs, or which one is not configured.
+fn clients(upstreams: &Upstreams) -> Result<(&GraphClient, &ServiceNowClient), ProvisionError> {
     let graph = upstreams.graph.as_ref().ok_or_else(|| ProvisionError {
         step: "Microsoft Graph",
         message: "Graph access is not configured (entra.graph_client_id / graph_client_secret)"
@@ -124,6 +106,17 @@ pub async fn provision_basic(
                 "ServiceNow access is not configured (servicenow.instance_url and credentials)"
                     .to_owned(),
         })?;
+    Ok((graph, servicenow))
+}
+
+/// Provisions the Basic-auth branch: the outbound app and OAuth provider, and an integration
+/// user `user_name` with a generated password and `incident_manager` (no inbound apps, no OIDC).
+pub async fn provision_basic(
+    upstreams: &Upstreams,
+    request: &ProvisionRequest,
+    user_name: &str,
+) -> Result<(IntegrationSpec, Vec<String>), ProvisionError> {
+    let (graph, servicenow) = clients(upstreams)?;
     let mut log = Vec::new();
     let redirect = format!(
         "{}/oauth_redirect.do",
