@@ -735,7 +735,7 @@ async fn check_basic_login(upstreams: &Upstreams, spec: &IntegrationSpec) -> Che
         return CheckOutcome::skip(id, title, "ServiceNow access is not configured.");
     };
     let as_user = ServiceNowClient::new(
-        reqwest::Client::new(),
+        upstreams.http.clone(),
         admin.base_url().clone(),
         crate::upstream::servicenow::ServiceNowAuth::Basic {
             user: user.clone(),

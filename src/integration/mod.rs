@@ -154,6 +154,8 @@ pub struct Upstreams {
     pub authority: Url,
     /// Scope of the Microsoft 365 support app.
     pub app_scope: String,
+    /// The shared HTTP client (timeouts, extra CA), for clients made per check.
+    pub http: reqwest::Client,
 }
 
 impl Upstreams {
@@ -163,6 +165,7 @@ impl Upstreams {
         http: reqwest::Client,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let http_for_checks = http.clone();
         let entra = EntraClient::new(http.clone(), settings.entra.authority_url.clone())
             .with_metrics(metrics.clone());
         let graph_client_id = settings
@@ -220,6 +223,7 @@ impl Upstreams {
             servicenow,
             authority: settings.entra.authority_url.clone(),
             app_scope: sn.app_scope.clone(),
+            http: http_for_checks,
         }
     }
 }
