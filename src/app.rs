@@ -33,6 +33,10 @@ pub struct App {
     pub http: reqwest::Client,
     /// Conversation references already stored unchanged, to skip redundant writes.
     pub stored_conversations: crate::db::conversations::RecentlyStored,
+    /// Entra ID, Graph and the bot's own ServiceNow account.
+    pub upstreams: crate::integration::Upstreams,
+    /// Chat users' e-mail and UPN, as the platform reported them recently.
+    pub identities: crate::core::identity::IdentityCache,
 }
 
 /// A built application, bound to its port and ready to serve.
@@ -80,6 +84,8 @@ impl Application {
             }
         };
         let connector = ConnectorClient::new(&settings, http.clone(), metrics.clone());
+        let upstreams =
+            crate::integration::Upstreams::from_settings(&settings, http.clone(), metrics.clone());
         let listener = TcpListener::bind(settings.server.listen)
             .await
             .with_context(|| {
@@ -94,6 +100,8 @@ impl Application {
             metrics,
             http,
             stored_conversations: Default::default(),
+            upstreams,
+            identities: Default::default(),
         });
         Ok(Self { listener, app })
     }
@@ -113,6 +121,7 @@ impl Application {
     /// Serves until `shutdown` is cancelled, then finishes in-flight requests.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let router = crate::routes::router(self.app.clone());
+        crate::notify::start_background(self.app.clone(), shutdown.clone());
         tracing::info!(listen = %self.local_addr(), "m365bot listening");
         axum::serve(self.listener, router)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })

@@ -39,6 +39,15 @@ pub struct Settings {
     /// The integration to verify (`doctor`), when not read from the database.
     #[serde(default)]
     pub integration: Option<crate::integration::IntegrationSpec>,
+    /// The setup wizard.
+    #[serde(default)]
+    pub setup: crate::setup::SetupSettings,
+    /// Account linking and role enablement.
+    #[serde(default)]
+    pub link: crate::link::LinkSettings,
+    /// Case-status and service-health notifications.
+    #[serde(default)]
+    pub notifications: crate::notify::NotifySettings,
 }
 
 /// The bot's own ServiceNow account, used to set up and verify the integration.

@@ -89,8 +89,7 @@ fn command_lists() -> Value {
     let lists: Vec<Value> = ["personal", "team", "groupChat"]
         .into_iter()
         .map(|scope| {
-            let commands: Vec<Value> = crate::core::WORKING_COMMANDS
-                .iter()
+            let commands: Vec<Value> = crate::core::working_commands()
                 .filter(|command| command.scopes.contains(&scope))
                 .map(|command| {
                     serde_json::json!({"title": command.usage, "description": command.description})

@@ -24,6 +24,9 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/privacy", get(|| page("m365bot privacy", PRIVACY)))
         .route("/terms", get(|| page("m365bot terms of use", TERMS)))
         .route("/api/messages", post(crate::teams::messages))
+        .merge(crate::setup::routes())
+        .merge(crate::link::routes())
+        .merge(crate::notify::routes())
         .fallback(not_found)
         // One middleware for both (each layer costs an allocation or two per request).
         .layer(middleware::from_fn_with_state(app.clone(), record_metrics))

@@ -114,8 +114,7 @@ fn bot_scopes_and_command_lists_agree() {
         .filter_map(Value::as_str)
         .collect();
     assert_eq!(scopes, BTreeSet::from(["groupChat", "personal", "team"]));
-    let known: BTreeSet<&str> = m365bot::core::WORKING_COMMANDS
-        .iter()
+    let known: BTreeSet<&str> = m365bot::core::working_commands()
         .map(|command| command.usage)
         .collect();
     let mut covered = BTreeSet::new();
@@ -137,7 +136,7 @@ fn bot_scopes_and_command_lists_agree() {
         assert!(commands.iter().any(|c| c["title"] == "help"));
     }
     assert_eq!(covered, scopes, "every bot scope has a command list");
-    for command in m365bot::core::WORKING_COMMANDS {
+    for command in m365bot::core::working_commands() {
         for scope in command.scopes {
             let listed = lists.iter().any(|list| {
                 list["scopes"]

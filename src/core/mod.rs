@@ -1,6 +1,7 @@
 //! The platform-neutral core: events in, replies out. Adapters translate to and from it.
 
 pub mod command;
+pub mod identity;
 
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -17,6 +18,49 @@ pub struct Actor {
     pub aad_object_id: Option<String>,
     /// Display name.
     pub name: Option<String>,
+}
+
+/// The chat platform an event came from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Platform {
+    /// Microsoft Teams (Bot Framework).
+    #[default]
+    Teams,
+    /// Slack.
+    Slack,
+}
+
+/// Where an event happened, with what a proactive message or a threaded reply needs.
+#[derive(Debug, Clone, Default)]
+pub struct ConversationAddress {
+    /// Teams `serviceUrl` (empty for Slack).
+    pub service_url: String,
+    /// Tenant of the conversation.
+    pub tenant_id: String,
+    /// The bot's id in the conversation (`28:…`).
+    pub bot_id: String,
+    /// The bot's display name.
+    pub bot_name: Option<String>,
+    /// The conversation id as received (a channel thread keeps its `;messageid=` suffix).
+    pub thread_conversation_id: String,
+    /// The id of the inbound activity (the message, or the card message for card actions).
+    pub activity_id: Option<String>,
+    /// Team id of a channel conversation.
+    pub team_id: Option<String>,
+    /// Channel id of a channel conversation.
+    pub channel_id: Option<String>,
+}
+
+/// A user mentioned in a message (other than the bot).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mention {
+    /// Platform user id.
+    pub user_id: String,
+    /// Display name.
+    pub name: Option<String>,
+    /// The mention's text as it appears in the message (`<at>Jane Doe</at>`).
+    pub text: String,
 }
 
 /// What happened.
@@ -38,12 +82,25 @@ pub enum EventKind {
 pub struct InboundEvent {
     /// The actor.
     pub actor: Actor,
+    /// The platform.
+    pub platform: Platform,
     /// Conversation id (without thread suffix).
     pub conversation_id: String,
     /// `personal`, `channel` or `groupChat`.
     pub conversation_type: String,
+    /// Where it happened.
+    pub address: ConversationAddress,
+    /// Users mentioned besides the bot.
+    pub mentions: Vec<Mention>,
     /// The event.
     pub kind: EventKind,
+}
+
+impl InboundEvent {
+    /// True in a 1:1 chat with the bot.
+    pub fn is_personal(&self) -> bool {
+        self.conversation_type == "personal"
+    }
 }
 
 /// A reply in platform-neutral form.
@@ -92,17 +149,26 @@ pub struct CommandHelp {
     pub scopes: &'static [&'static str],
 }
 
-/// The commands that work in this version; the Teams manifest lists the same.
-pub const WORKING_COMMANDS: &[CommandHelp] = &[CommandHelp {
+/// The commands of the core itself.
+const CORE_COMMANDS: &[CommandHelp] = &[CommandHelp {
     usage: "help",
     description: "Show the commands I understand.",
     scopes: &["personal", "team", "groupChat"],
 }];
 
+/// The commands that work in this version, in help-card order; the Teams manifest lists the
+/// same. Each feature module declares its own.
+pub fn working_commands() -> impl Iterator<Item = &'static CommandHelp> {
+    CORE_COMMANDS
+        .iter()
+        .chain(crate::setup::COMMANDS)
+        .chain(crate::link::COMMANDS)
+        .chain(crate::notify::COMMANDS)
+}
+
 /// The help card.
 pub fn help_card() -> Reply {
-    let commands: Vec<Value> = WORKING_COMMANDS
-        .iter()
+    let commands: Vec<Value> = working_commands()
         .map(|c| json!({"usage": c.usage, "description": c.description}))
         .collect();
     Reply::Card {
@@ -115,45 +181,77 @@ pub fn help_card() -> Reply {
     }
 }
 
-/// Handles one event and returns the replies to show.
-pub async fn handle(_app: &App, event: InboundEvent) -> Vec<Reply> {
-    match event.kind {
-        EventKind::Message(text) => handle_text(&text),
-        EventKind::CardAction { verb, .. } => match verb.as_str() {
-            "help" => vec![help_card()],
-            _ => vec![Reply::notice(
-                Tone::Warning,
-                "This card is out of date",
-                "I no longer know what this button does.",
-                Some("Type **help** to start again."),
+/// Handles one event and returns the replies to show. For a card action the first reply
+/// replaces the card.
+pub async fn handle(app: &App, event: InboundEvent) -> Vec<Reply> {
+    match &event.kind {
+        EventKind::Message(text) => match command::parse(text) {
+            Ok(Command::Help) | Err(ParseError::Empty) => vec![help_card()],
+            Ok(command) => dispatch_command(app, &event, command).await,
+            Err(err) => vec![Reply::notice(
+                Tone::Attention,
+                "I didn't understand that",
+                &err.to_string(),
+                None,
             )],
         },
+        EventKind::CardAction { verb, data } => {
+            let feature = verb.split('.').next().unwrap_or_default();
+            match feature {
+                "help" => vec![help_card()],
+                "setup" => crate::setup::handle_action(app, &event, verb, data).await,
+                "link" => crate::link::handle_action(app, &event, verb, data).await,
+                "notify" => crate::notify::handle_action(app, &event, verb, data).await,
+                _ => vec![out_of_date_card()],
+            }
+        }
     }
 }
 
-fn handle_text(text: &str) -> Vec<Reply> {
-    match command::parse(text) {
-        Ok(Command::Help) => vec![help_card()],
-        Ok(other) => vec![Reply::notice(
-            Tone::Warning,
-            "Not available yet",
-            &format!(
-                "**{}** is not available in this version of m365bot.",
-                command_word(&other)
-            ),
-            Some("Type **help** to see the commands that work."),
-        )],
-        Err(ParseError::Empty) => vec![help_card()],
-        Err(err) => vec![Reply::notice(
-            Tone::Attention,
-            "I didn't understand that",
-            &err.to_string(),
-            None,
-        )],
+async fn dispatch_command(app: &App, event: &InboundEvent, command: Command) -> Vec<Reply> {
+    match command {
+        Command::Help => vec![help_card()],
+        Command::Setup | Command::SetupStatus | Command::Doctor { .. } => {
+            crate::setup::handle_command(app, event, command).await
+        }
+        Command::LinkAccount
+        | Command::LinkAccountStatus
+        | Command::UnlinkAccount
+        | Command::Grant { .. }
+        | Command::Revoke { .. }
+        | Command::Roles => crate::link::handle_command(app, event, command).await,
+        Command::Subscribe { .. }
+        | Command::Unsubscribe
+        | Command::Subscriptions
+        | Command::Status { .. } => crate::notify::handle_command(app, event, command).await,
     }
 }
 
-fn command_word(command: &Command) -> &'static str {
+/// The answer to a button whose verb nobody handles any more.
+pub fn out_of_date_card() -> Reply {
+    Reply::notice(
+        Tone::Warning,
+        "This card is out of date",
+        "I no longer know what this button does.",
+        Some("Type **help** to start again."),
+    )
+}
+
+/// The answer to a command this version does not offer.
+pub fn not_available(command: &Command) -> Reply {
+    Reply::notice(
+        Tone::Warning,
+        "Not available yet",
+        &format!(
+            "**{}** is not available in this version of m365bot.",
+            command_word(command)
+        ),
+        Some("Type **help** to see the commands that work."),
+    )
+}
+
+/// The command's name as a user types it.
+pub fn command_word(command: &Command) -> &'static str {
     match command {
         Command::Help => "help",
         Command::Setup => "setup",
@@ -186,14 +284,16 @@ mod tests {
             .iter()
             .filter_map(|c| c["usage"].as_str())
             .collect();
-        assert_eq!(usages, ["help"]);
+        let expected: Vec<&str> = working_commands().map(|c| c.usage).collect();
+        assert_eq!(usages, expected);
+        assert_eq!(usages[0], "help");
     }
 
     #[test]
-    fn unknown_command_gets_a_hint() {
-        let replies = handle_text("frobnicate");
-        let Reply::Card { template, data } = &replies[0];
-        assert_eq!(*template, "notice");
-        assert!(data["text"].as_str().expect("text").contains("help"));
+    fn every_command_has_a_word() {
+        let parsed = command::parse("subscribe").expect("parses");
+        assert_eq!(command_word(&parsed), "subscribe");
+        let Reply::Card { data, .. } = not_available(&parsed);
+        assert!(data["text"].as_str().expect("text").contains("subscribe"));
     }
 }

@@ -159,6 +159,32 @@ impl Activity {
             .to_owned()
     }
 
+    /// The users mentioned in the message, the bot excluded.
+    pub fn user_mentions(&self) -> Vec<crate::core::Mention> {
+        self.entities
+            .iter()
+            .filter(|entity| entity.get("type").and_then(Value::as_str) == Some("mention"))
+            .filter_map(|entity| {
+                let user_id = entity.pointer("/mentioned/id")?.as_str()?;
+                if user_id == self.recipient.id || user_id.is_empty() {
+                    return None;
+                }
+                Some(crate::core::Mention {
+                    user_id: user_id.to_owned(),
+                    name: entity
+                        .pointer("/mentioned/name")
+                        .and_then(Value::as_str)
+                        .map(str::to_owned),
+                    text: entity
+                        .get("text")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_owned(),
+                })
+            })
+            .collect()
+    }
+
     /// True when the bot itself is among `members_added`.
     pub fn bot_was_added(&self) -> bool {
         self.members_added
@@ -196,6 +222,10 @@ mod tests {
         }))
         .expect("parses");
         assert_eq!(activity.text_without_bot_mention(), "setup status");
+        let mentions = activity.user_mentions();
+        assert_eq!(mentions.len(), 1);
+        assert_eq!(mentions[0].user_id, "29:alex");
+        assert_eq!(mentions[0].text, "<at>Alex</at>");
     }
 
     #[test]

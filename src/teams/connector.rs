@@ -251,6 +251,31 @@ pub struct ConversationResourceResponse {
     pub service_url: Option<String>,
 }
 
+/// A member of a conversation as `GET /v3/conversations/{id}/members/{member}` returns it
+/// (`TeamsChannelAccount`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TeamsMember {
+    /// The member's id in the channel (`29:…`).
+    #[serde(default)]
+    pub id: String,
+    /// Display name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Entra object id.
+    #[serde(default)]
+    pub aad_object_id: Option<String>,
+    /// E-mail address.
+    #[serde(default)]
+    pub email: Option<String>,
+    /// User principal name (also accepted with the Playground's spelling).
+    #[serde(default, alias = "userPrincipleName")]
+    pub user_principal_name: Option<String>,
+    /// Home tenant.
+    #[serde(default)]
+    pub tenant_id: Option<String>,
+}
+
 /// True when `host` matches one allow-list entry: an exact host, or `*.suffix` matching any
 /// sub-domain of `suffix` (not `suffix` itself). Case-insensitive; a trailing dot is ignored.
 pub fn host_allowed(allowed: &[String], host: &str) -> bool {
@@ -548,6 +573,23 @@ impl ConnectorClient {
             ));
         }
         Ok(answer)
+    }
+
+    /// `GET /v3/conversations/{conversation}/members/{member}`: one member with e-mail and UPN.
+    pub async fn get_member(
+        &self,
+        service_url: &str,
+        conversation_id: &str,
+        member_id: &str,
+    ) -> Result<TeamsMember, ConnectorError> {
+        let path = format!(
+            "v3/conversations/{}/members/{}",
+            id_segment(conversation_id, "conversation")?,
+            id_segment(member_id, "member")?
+        );
+        let bytes = self.call(Method::GET, service_url, &path, None).await?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| ConnectorError::Decode(decode_problem(&e, &bytes)))
     }
 
     async fn resource(

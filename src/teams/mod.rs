@@ -16,7 +16,7 @@ use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use crate::app::App;
-use crate::core::{self, Actor, EventKind, InboundEvent, Reply};
+use crate::core::{self, Actor, ConversationAddress, EventKind, InboundEvent, Platform, Reply};
 use crate::db::conversations::ConversationRef;
 use crate::error::ApiError;
 use activity::{Activity, ChannelAccount, ConversationAccount};
@@ -116,19 +116,36 @@ fn message_event(activity: &Activity) -> Option<InboundEvent> {
             EventKind::Message(text)
         }
     };
-    Some(InboundEvent {
-        actor: actor(activity),
-        conversation_id: activity.base_conversation_id().to_owned(),
-        conversation_type: activity.conversation_type().to_owned(),
-        kind,
-    })
+    Some(inbound_event(activity, kind))
 }
 
-fn actor(activity: &Activity) -> Actor {
-    Actor {
-        user_id: activity.from.id.clone(),
-        aad_object_id: activity.from.aad_object_id.clone(),
-        name: activity.from.name.clone(),
+/// The core event of `activity`: actor, address, mentions and `kind`.
+pub fn inbound_event(activity: &Activity, kind: EventKind) -> InboundEvent {
+    InboundEvent {
+        actor: Actor {
+            user_id: activity.from.id.clone(),
+            aad_object_id: activity.from.aad_object_id.clone(),
+            name: activity.from.name.clone(),
+        },
+        platform: Platform::Teams,
+        conversation_id: activity.base_conversation_id().to_owned(),
+        conversation_type: activity.conversation_type().to_owned(),
+        address: ConversationAddress {
+            service_url: activity.service_url.clone(),
+            tenant_id: activity.tenant_id().unwrap_or_default().to_owned(),
+            bot_id: activity.recipient.id.clone(),
+            bot_name: activity.recipient.name.clone(),
+            thread_conversation_id: activity.conversation.id.clone(),
+            activity_id: activity
+                .reply_to_id
+                .clone()
+                .filter(|_| activity.kind == "invoke")
+                .or_else(|| activity.id.clone()),
+            team_id: activity.team_id().map(str::to_owned),
+            channel_id: activity.teams_channel_id().map(str::to_owned),
+        },
+        mentions: activity.user_mentions(),
+        kind,
     }
 }
 
@@ -157,15 +174,13 @@ async fn invoke(app: &App, activity: &Activity) -> Result<Response, ApiError> {
         .and_then(|a| a.get("data"))
         .cloned()
         .unwrap_or_else(|| json!({}));
-    let event = InboundEvent {
-        actor: actor(activity),
-        conversation_id: activity.base_conversation_id().to_owned(),
-        conversation_type: activity.conversation_type().to_owned(),
-        kind: EventKind::CardAction {
+    let event = inbound_event(
+        activity,
+        EventKind::CardAction {
             verb: verb.to_owned(),
             data,
         },
-    };
+    );
     let replies = core::handle(app, event).await;
     let mut rendered = replies.iter().filter_map(|reply| render(app, reply));
     let body = match rendered.next() {

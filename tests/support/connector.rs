@@ -212,6 +212,8 @@ struct Inner {
     token_expires_in: Option<Value>,
     token_delay: Option<Duration>,
     require_auth: bool,
+    members: HashMap<String, Value>,
+    member_requests: usize,
 }
 
 struct FakeState {
@@ -246,6 +248,10 @@ impl FakeConnector {
         let router = Router::new()
             .route("/token", post(token))
             .route("/v3/conversations", post(create_conversation))
+            .route(
+                "/v3/conversations/{conversation_id}/members/{member_id}",
+                axum::routing::get(get_member),
+            )
             .route(
                 "/v3/conversations/{conversation_id}/activities",
                 post(send_activity),
@@ -377,6 +383,49 @@ impl FakeConnector {
     /// the Agents Playground does).
     pub fn set_require_auth(&self, require: bool) {
         self.state.lock().require_auth = require;
+    }
+}
+
+impl FakeConnector {
+    /// Makes `GET …/members/{id}` answer with a Teams member: `email` is both the e-mail and
+    /// the UPN. Unknown members get 404 `MemberNotFoundInConversation`.
+    pub fn add_member(&self, user_id: &str, name: &str, email: &str, aad_object_id: &str) {
+        self.state.lock().members.insert(
+            user_id.to_owned(),
+            json!({
+                "id": user_id,
+                "name": name,
+                "aadObjectId": aad_object_id,
+                "email": email,
+                "userPrincipalName": email,
+                "givenName": name.split(' ').next().unwrap_or(name),
+                "surname": name.split(' ').nth(1).unwrap_or(""),
+                "tenantId": super::TEST_TENANT_ID,
+                "userRole": "user"
+            }),
+        );
+    }
+
+    /// How many member look-ups arrived.
+    pub fn member_request_count(&self) -> usize {
+        self.state.lock().member_requests
+    }
+}
+
+async fn get_member(
+    State(state): State<Arc<FakeState>>,
+    Path((_conversation_id, member_id)): Path<(String, String)>,
+) -> Response {
+    let mut inner = state.lock();
+    inner.member_requests += 1;
+    match inner.members.get(&member_id) {
+        Some(member) => axum::Json(member.clone()).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            axum::Json(json!({"error": {"code": "MemberNotFoundInConversation",
+                "message": "The member is not part of the conversation."}})),
+        )
+            .into_response(),
     }
 }
 

@@ -1,0 +1,351 @@
+//! Who is the chat user in ServiceNow, and may they do this: chat user → e-mail / UPN (from the
+//! platform) → `sys_user` → roles (`sys_user_has_role`). Every refusal is a card naming the
+//! missing role.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::app::App;
+use crate::core::{InboundEvent, Platform, Reply, Tone};
+use crate::integration::roles;
+use crate::upstream::servicenow::{EncodedQuery, Record, ServiceNowClient, ServiceNowError};
+
+/// How long a resolved chat identity is reused.
+const IDENTITY_TTL: Duration = Duration::from_secs(600);
+
+/// What the platform says about a chat user.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PlatformIdentity {
+    /// Platform user id.
+    pub user_id: String,
+    /// Display name.
+    pub name: Option<String>,
+    /// Entra object id.
+    pub aad_object_id: Option<String>,
+    /// E-mail address.
+    pub email: Option<String>,
+    /// User principal name.
+    pub user_principal_name: Option<String>,
+}
+
+impl PlatformIdentity {
+    /// The distinct non-empty e-mail and UPN values, lower-cased.
+    pub fn addresses(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for value in [&self.email, &self.user_principal_name]
+            .into_iter()
+            .flatten()
+        {
+            let value = value.trim().to_lowercase();
+            if !value.is_empty() && !out.contains(&value) {
+                out.push(value);
+            }
+        }
+        out
+    }
+}
+
+/// A chat user mapped to ServiceNow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatUser {
+    /// What the platform said.
+    pub platform: PlatformIdentity,
+    /// `sys_user.sys_id`.
+    pub sys_id: String,
+    /// `sys_user.user_name`.
+    pub user_name: String,
+    /// `sys_user.name`.
+    pub display_name: Option<String>,
+    /// `sys_user.email`.
+    pub email: Option<String>,
+    /// Names of the roles the user holds (directly or inherited, as `sys_user_has_role` lists).
+    pub roles: Vec<String>,
+}
+
+impl ChatUser {
+    /// True when the user holds `role`.
+    pub fn has_role(&self, role: &str) -> bool {
+        self.roles.iter().any(|held| held == role)
+    }
+}
+
+/// What an action needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoleNeed {
+    /// The ServiceNow admin role (`servicenow.admin_role`, default `admin`): setup, doctor,
+    /// grant, revoke.
+    ServiceNowAdmin,
+    /// `<scope>.administrator`: link-account.
+    AppAdministrator,
+    /// `<scope>.insights_user` or `<scope>.administrator`: subscribe, status.
+    InsightsOrAdministrator,
+}
+
+impl RoleNeed {
+    /// The role names that satisfy the need (any one of them).
+    pub fn roles(self, app: &App) -> Vec<String> {
+        let scope = &app.settings.servicenow.app_scope;
+        match self {
+            Self::ServiceNowAdmin => vec![app.settings.servicenow.admin_role.clone()],
+            Self::AppAdministrator => vec![format!("{scope}.{}", roles::ADMINISTRATOR)],
+            Self::InsightsOrAdministrator => vec![
+                format!("{scope}.{}", roles::INSIGHTS_USER),
+                format!("{scope}.{}", roles::ADMINISTRATOR),
+            ],
+        }
+    }
+}
+
+/// Cache of platform identities by platform user id.
+#[derive(Debug, Default)]
+pub struct IdentityCache {
+    entries: Mutex<HashMap<String, (Instant, PlatformIdentity)>>,
+}
+
+impl IdentityCache {
+    fn get(&self, user_id: &str) -> Option<PlatformIdentity> {
+        let entries = self.entries.lock().ok()?;
+        let (at, identity) = entries.get(user_id)?;
+        (at.elapsed() < IDENTITY_TTL).then(|| identity.clone())
+    }
+
+    fn put(&self, identity: &PlatformIdentity) {
+        if let Ok(mut entries) = self.entries.lock() {
+            if entries.len() > 10_000 {
+                entries.retain(|_, (at, _)| at.elapsed() < IDENTITY_TTL);
+            }
+            entries.insert(identity.user_id.clone(), (Instant::now(), identity.clone()));
+        }
+    }
+}
+
+/// Asks the platform for the e-mail and UPN of `user_id` in the event's conversation (Teams:
+/// `GET /v3/conversations/{id}/members/{user}`), cached for ten minutes.
+pub async fn platform_identity(
+    app: &App,
+    event: &InboundEvent,
+    user_id: &str,
+) -> Result<PlatformIdentity, Reply> {
+    if let Some(identity) = app.identities.get(user_id) {
+        return Ok(identity);
+    }
+    let identity = match event.platform {
+        Platform::Teams => {
+            let member = app
+                .connector
+                .get_member(
+                    &event.address.service_url,
+                    &event.conversation_id,
+                    user_id,
+                )
+                .await
+                .map_err(|err| {
+                    tracing::warn!(error = %err, "cannot read the chat member's e-mail");
+                    Reply::notice(
+                        Tone::Attention,
+                        "I could not find out who you are",
+                        &format!("Teams did not tell me the e-mail address of this user ({err})."),
+                        Some("Try again in a minute; if it keeps failing, ask your Teams admin whether the bot is installed for this user."),
+                    )
+                })?;
+            PlatformIdentity {
+                user_id: user_id.to_owned(),
+                name: member.name,
+                aad_object_id: member.aad_object_id,
+                email: member.email,
+                user_principal_name: member.user_principal_name,
+            }
+        }
+        Platform::Slack => {
+            return Err(Reply::notice(
+                Tone::Attention,
+                "Not available in Slack yet",
+                "Mapping Slack users to ServiceNow is not available in this version.",
+                None,
+            ));
+        }
+    };
+    app.identities.put(&identity);
+    Ok(identity)
+}
+
+/// The bot's own ServiceNow client, or a card saying what to configure.
+pub fn servicenow(app: &App) -> Result<&ServiceNowClient, Reply> {
+    app.upstreams.servicenow.as_ref().ok_or_else(|| {
+        Reply::notice(
+            Tone::Attention,
+            "ServiceNow is not configured",
+            "The bot has no ServiceNow account, so it cannot check your roles.",
+            Some("Ask the bot's operator to set **servicenow.instance_url** and **servicenow.username** / **servicenow.password** (or client id and secret)."),
+        )
+    })
+}
+
+/// Finds the active `sys_user` whose e-mail or user name is one of `addresses`.
+pub async fn find_sys_user(
+    client: &ServiceNowClient,
+    addresses: &[String],
+) -> Result<Option<Record>, ServiceNowError> {
+    let mut query = EncodedQuery::new();
+    for (index, address) in addresses.iter().enumerate() {
+        if index > 0 {
+            query = query.new_query();
+        }
+        query = query.eq("active", "true").eq("email", address);
+        query = query
+            .new_query()
+            .eq("active", "true")
+            .eq("user_name", address);
+    }
+    let users = client
+        .query(
+            "sys_user",
+            query.as_str(),
+            &["sys_id", "user_name", "name", "email"],
+            Some(2),
+        )
+        .await?;
+    Ok(users.into_iter().next())
+}
+
+/// The names of the roles `sys_user_id` holds.
+pub async fn user_roles(
+    client: &ServiceNowClient,
+    sys_user_id: &str,
+) -> Result<Vec<String>, ServiceNowError> {
+    let query = EncodedQuery::new().eq("user", sys_user_id);
+    let rows = client
+        .query(
+            "sys_user_has_role",
+            query.as_str(),
+            &["role", "role.name"],
+            None,
+        )
+        .await?;
+    let mut names: Vec<String> = rows
+        .iter()
+        .filter_map(|row| {
+            row.str("role.name")
+                .map(str::to_owned)
+                .or_else(|| row.reference("role").and_then(|r| r.display_value))
+        })
+        .filter(|name| !name.is_empty())
+        .collect();
+    names.sort();
+    names.dedup();
+    Ok(names)
+}
+
+/// Maps a platform identity to its ServiceNow user with roles; `Ok(None)` when no active
+/// user has that e-mail or user name.
+pub async fn servicenow_user(
+    client: &ServiceNowClient,
+    identity: &PlatformIdentity,
+) -> Result<Option<ChatUser>, ServiceNowError> {
+    let addresses = identity.addresses();
+    if addresses.is_empty() {
+        return Ok(None);
+    }
+    let Some(record) = find_sys_user(client, &addresses).await? else {
+        return Ok(None);
+    };
+    let sys_id = record.sys_id().unwrap_or_default().to_owned();
+    let roles = user_roles(client, &sys_id).await?;
+    Ok(Some(ChatUser {
+        platform: identity.clone(),
+        sys_id,
+        user_name: record.str("user_name").unwrap_or_default().to_owned(),
+        display_name: record.non_empty("name").map(str::to_owned),
+        email: record.non_empty("email").map(str::to_owned),
+        roles,
+    }))
+}
+
+/// Resolves the acting chat user to ServiceNow (any role).
+pub async fn resolve_actor(app: &App, event: &InboundEvent) -> Result<ChatUser, Reply> {
+    let identity = platform_identity(app, event, &event.actor.user_id).await?;
+    resolve_identity(app, &identity).await
+}
+
+/// Resolves a platform identity to ServiceNow, or a card saying why not.
+pub async fn resolve_identity(app: &App, identity: &PlatformIdentity) -> Result<ChatUser, Reply> {
+    let client = servicenow(app)?;
+    match servicenow_user(client, identity).await {
+        Ok(Some(user)) => Ok(user),
+        Ok(None) => {
+            let who = identity.addresses().first().cloned().unwrap_or_else(|| {
+                identity
+                    .name
+                    .clone()
+                    .unwrap_or_else(|| "this user".to_owned())
+            });
+            Err(Reply::notice(
+                Tone::Attention,
+                "No ServiceNow user matches",
+                &format!("I found no active ServiceNow user whose e-mail or user ID is **{who}**."),
+                Some(
+                    "Ask a ServiceNow admin to set that e-mail address on the user's record (User Administration > Users), then try again.",
+                ),
+            ))
+        }
+        Err(err) => Err(upstream_failure_card(&err)),
+    }
+}
+
+/// Resolves the actor and checks that they hold one of the roles `need` names; otherwise a
+/// card naming the missing role and who can grant it.
+pub async fn require(app: &App, event: &InboundEvent, need: RoleNeed) -> Result<ChatUser, Reply> {
+    let user = resolve_actor(app, event).await?;
+    let accepted = need.roles(app);
+    if accepted.iter().any(|role| user.has_role(role)) {
+        return Ok(user);
+    }
+    Err(missing_role_card(app, &user, need, &accepted))
+}
+
+/// The refusal card: which role is missing and who can grant it.
+pub fn missing_role_card(app: &App, user: &ChatUser, need: RoleNeed, accepted: &[String]) -> Reply {
+    let wanted = accepted
+        .iter()
+        .map(|role| format!("**{role}**"))
+        .collect::<Vec<_>>()
+        .join(" or ");
+    let granter = match need {
+        RoleNeed::ServiceNowAdmin => {
+            "a ServiceNow admin (User Administration > Users > Roles)".to_owned()
+        }
+        RoleNeed::AppAdministrator | RoleNeed::InsightsOrAdministrator => format!(
+            "a ServiceNow admin, in ServiceNow or here with **grant @you {}**",
+            if need == RoleNeed::AppAdministrator {
+                roles::ADMINISTRATOR
+            } else {
+                roles::INSIGHTS_USER
+            }
+        ),
+    };
+    let _ = app;
+    Reply::Card {
+        template: "notice",
+        data: json!({
+            "tone": Tone::Attention,
+            "title": "You need another ServiceNow role",
+            "text": format!("This needs the role {wanted}, and your ServiceNow user **{}** does not hold it.", user.user_name),
+            "next_step": format!("Ask {granter}."),
+        }),
+    }
+}
+
+/// A card for a ServiceNow call that failed.
+pub fn upstream_failure_card(err: &ServiceNowError) -> Reply {
+    Reply::notice(
+        Tone::Attention,
+        "ServiceNow did not answer as expected",
+        &format!("{err}"),
+        Some(
+            "Check that the instance is up and that the bot's ServiceNow account may read **sys_user** and **sys_user_has_role**; then try again.",
+        ),
+    )
+}

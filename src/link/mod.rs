@@ -1,0 +1,39 @@
+//! Account linking (`link-account`, `unlink-account`) and role enablement (`grant`, `revoke`, `roles`).
+
+use std::sync::Arc;
+
+use axum::Router;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::app::App;
+use crate::core::command::Command;
+use crate::core::{CommandHelp, InboundEvent, Reply};
+
+/// The commands this module answers, for the help card and the manifest.
+pub const COMMANDS: &[CommandHelp] = &[];
+
+/// The `[link]` configuration section.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkSettings {}
+
+/// Answers one of this module's commands.
+pub async fn handle_command(_app: &App, _event: &InboundEvent, command: Command) -> Vec<Reply> {
+    vec![crate::core::not_available(&command)]
+}
+
+/// Answers a card action whose verb starts with this module's prefix.
+pub async fn handle_action(
+    _app: &App,
+    _event: &InboundEvent,
+    _verb: &str,
+    _data: &Value,
+) -> Vec<Reply> {
+    vec![crate::core::out_of_date_card()]
+}
+
+/// This module's HTTP routes.
+pub fn routes() -> Router<Arc<App>> {
+    Router::new()
+}
