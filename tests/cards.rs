@@ -11,17 +11,51 @@ use serde_json::{Value, json};
 
 /// One snapshot: file stem, template and view model.
 struct Sample {
-    snapshot: &'static str,
-    template: &'static str,
+    snapshot: String,
+    template: String,
     model: Value,
 }
 
+/// The built-in samples plus one per file in `tests/card_samples/<snapshot>.json`
+/// (`{"template": "teams/…", "model": {…}}`), so each feature keeps its samples in its own files.
 fn samples() -> Vec<Sample> {
-    vec![
-        Sample {
-            snapshot: "teams_help",
-            template: "teams/help",
-            model: json!({
+    let mut samples = core_samples();
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("card_samples");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map(|entries| entries.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    files.sort();
+    for path in files
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+    {
+        let text = std::fs::read_to_string(&path).expect("card sample readable");
+        let sample: Value =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        samples.push(Sample {
+            snapshot: path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .expect("file stem")
+                .to_owned(),
+            template: sample["template"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{}: no template", path.display()))
+                .to_owned(),
+            model: sample["model"].clone(),
+        });
+    }
+    samples
+}
+
+fn core_samples() -> Vec<Sample> {
+    [
+        (
+            "teams_help",
+            "teams/help",
+            json!({
                 "title": "m365bot commands",
                 "intro": "Type a command in this chat, or mention me in a channel (@m365bot help). /m365 in front works too.",
                 "commands": [
@@ -35,48 +69,55 @@ fn samples() -> Vec<Sample> {
                     {"usage": "status <case>", "description": "Show the current state of one case."}
                 ]
             }),
-        },
-        Sample {
-            snapshot: "teams_notice_default",
-            template: "teams/notice",
-            model: json!({
+        ),
+        (
+            "teams_notice_default",
+            "teams/notice",
+            json!({
                 "tone": "default",
                 "title": "Setup is waiting for you",
                 "text": "The wizard is at step 3 of 9: **Tenant domain**.",
                 "next_step": "Type **setup** in a 1:1 chat with me to continue."
             }),
-        },
-        Sample {
-            snapshot: "teams_notice_good",
-            template: "teams/notice",
-            model: json!({
+        ),
+        (
+            "teams_notice_good",
+            "teams/notice",
+            json!({
                 "tone": "good",
                 "title": "Account linked",
                 "text": "Your Microsoft 365 admin account admin@contoso.onmicrosoft.com is now linked.",
                 "next_step": null
             }),
-        },
-        Sample {
-            snapshot: "teams_notice_warning",
-            template: "teams/notice",
-            model: json!({
+        ),
+        (
+            "teams_notice_warning",
+            "teams/notice",
+            json!({
                 "tone": "warning",
                 "title": "Not available yet",
                 "text": "**subscribe** is not available in this version of m365bot.",
                 "next_step": "Type **help** to see the commands that work."
             }),
-        },
-        Sample {
-            snapshot: "teams_notice_attention",
-            template: "teams/notice",
-            model: json!({
+        ),
+        (
+            "teams_notice_attention",
+            "teams/notice",
+            json!({
                 "tone": "attention",
                 "title": "I didn't understand that",
                 "text": "Unknown command \"frobnicate\".",
                 "next_step": null
             }),
-        },
+        ),
     ]
+    .into_iter()
+    .map(|(snapshot, template, model)| Sample {
+        snapshot: snapshot.to_owned(),
+        template: template.to_owned(),
+        model,
+    })
+    .collect()
 }
 
 fn renderer() -> CardRenderer {
@@ -161,9 +202,9 @@ fn cards_match_snapshots() {
         .iter()
         .filter_map(|sample| {
             let card = renderer
-                .render(sample.template, &sample.model)
+                .render(&sample.template, &sample.model)
                 .unwrap_or_else(|err| panic!("{}: {err}", sample.snapshot));
-            check_snapshot(sample.snapshot, &card).err()
+            check_snapshot(&sample.snapshot, &card).err()
         })
         .collect();
     assert!(failures.is_empty(), "{}", failures.join("\n"));
@@ -185,7 +226,7 @@ fn cards_are_adaptive_cards_1_5() {
     let renderer = renderer();
     for sample in samples() {
         let card = renderer
-            .render(sample.template, &sample.model)
+            .render(&sample.template, &sample.model)
             .expect("renders");
         assert_eq!(card["type"], "AdaptiveCard", "{}", sample.snapshot);
         assert_eq!(card["version"], "1.5", "{}", sample.snapshot);

@@ -1,5 +1,9 @@
 //! Case-status and service-health notifications (`subscribe`, `unsubscribe`, `subscriptions`, `status`).
 
+pub mod event;
+pub mod outbox;
+pub mod sources;
+
 use std::sync::Arc;
 
 use axum::Router;
@@ -34,9 +38,11 @@ pub async fn handle_action(
 }
 
 /// Starts the background workers (outbox delivery, pollers); they stop with `shutdown`.
-pub fn start_background(_app: Arc<App>, _shutdown: tokio_util::sync::CancellationToken) {}
+pub fn start_background(app: Arc<App>, shutdown: tokio_util::sync::CancellationToken) {
+    sources::start(app, shutdown);
+}
 
 /// This module's HTTP routes.
 pub fn routes() -> Router<Arc<App>> {
-    Router::new()
+    Router::new().merge(sources::routes())
 }
