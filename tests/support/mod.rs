@@ -4,6 +4,9 @@
 pub mod botframework;
 pub mod connector;
 pub mod db;
+pub mod link;
+pub mod notify;
+pub mod setup;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
