@@ -84,6 +84,10 @@ pub fn manifest_json(app_id: &str, domain: &str) -> anyhow::Result<Value> {
     Ok(manifest)
 }
 
+/// Teams shows at most 12 commands per menu (manifest schema `commandLists[].commands`); the
+/// first ones in help-card order are offered, the help card lists them all.
+pub const MAX_MENU_COMMANDS: usize = 12;
+
 /// The command menus, one per scope, from the commands that work in this version.
 fn command_lists() -> Value {
     let lists: Vec<Value> = ["personal", "team", "groupChat"]
@@ -91,6 +95,7 @@ fn command_lists() -> Value {
         .map(|scope| {
             let commands: Vec<Value> = crate::core::working_commands()
                 .filter(|command| command.scopes.contains(&scope))
+                .take(MAX_MENU_COMMANDS)
                 .map(|command| {
                     serde_json::json!({"title": command.usage, "description": command.description})
                 })
