@@ -31,6 +31,42 @@ const TEMPLATES: &[(&str, &str)] = &[
         "teams/notice",
         include_str!("../cards/teams/notice.json.hbs"),
     ),
+    (
+        "teams/setup_step",
+        include_str!("../cards/teams/setup_step.json.hbs"),
+    ),
+    (
+        "teams/setup_complete",
+        include_str!("../cards/teams/setup_complete.json.hbs"),
+    ),
+    (
+        "teams/setup_results",
+        include_str!("../cards/teams/setup_results.json.hbs"),
+    ),
+    (
+        "teams/notify_case",
+        include_str!("../cards/teams/notify_case.json.hbs"),
+    ),
+    (
+        "teams/notify_update",
+        include_str!("../cards/teams/notify_update.json.hbs"),
+    ),
+    (
+        "teams/notify_status",
+        include_str!("../cards/teams/notify_status.json.hbs"),
+    ),
+    (
+        "teams/notify_subscriptions",
+        include_str!("../cards/teams/notify_subscriptions.json.hbs"),
+    ),
+    (
+        "teams/link_signin",
+        include_str!("../cards/teams/link_signin.json.hbs"),
+    ),
+    (
+        "teams/link_roles",
+        include_str!("../cards/teams/link_roles.json.hbs"),
+    ),
 ];
 
 /// A template could not be rendered.

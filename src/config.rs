@@ -454,6 +454,9 @@ impl Settings {
                 &format!("{} is not a readable file", path.display()),
             ));
         }
+        self.setup
+            .validate()
+            .map_err(|problem| invalid("setup", &problem))?;
         Ok(())
     }
 

@@ -51,6 +51,8 @@ pub struct Demo {
     pub spec: IntegrationSpec,
     /// What provisioning created.
     pub provision_log: Vec<String>,
+    /// False with `--fresh`: nothing was provisioned.
+    pub provisioned: bool,
 }
 
 impl Demo {
@@ -60,6 +62,19 @@ impl Demo {
         bot_listen: SocketAddr,
         database_url: &str,
     ) -> anyhow::Result<Self> {
+        Self::start_with(options, bot_listen, database_url, false).await
+    }
+
+    /// Like [`Self::start`]; with `fresh` nothing is provisioned, so the setup wizard starts
+    /// from an empty tenant and instance (`spec` then only names the tenant and instance, and
+    /// `provisioned` is false).
+    pub async fn start_with(
+        options: SandboxOptions,
+        bot_listen: SocketAddr,
+        database_url: &str,
+        fresh: bool,
+    ) -> anyhow::Result<Self> {
+        let setup_key = crate::setup::crypto::sandbox_key(database_url)?;
         let sandbox = Sandbox::start(options.clone()).await?;
         let urls = sandbox.urls().clone();
         let demo = sandbox.demo().clone();
@@ -83,6 +98,18 @@ authority_url = "{entra}/"
 graph_url = "{graph}/"
 graph_client_id = "{graph_client_id}"
 graph_client_secret = "{graph_client_secret}"
+[setup]
+encryption_key = "{setup_key}"
+[notifications.sources.servicenow]
+poll = true
+interval_secs = 3
+case_reference_field = "{case_field}"
+[notifications.sources.push]
+hmac_secret = "{push_secret}"
+[notifications.sources.service_health]
+poll = true
+interval_secs = 10
+mirror = true
 "#,
             tenant_id = demo.tenant_id,
             servicenow = urls.servicenow,
@@ -92,6 +119,8 @@ graph_client_secret = "{graph_client_secret}"
             graph = urls.graph_v1(),
             graph_client_id = demo.graph_client_id,
             graph_client_secret = demo.graph_client_secret,
+            case_field = options.case_reference_field,
+            push_secret = crate::upstream::entra::random_token(32),
         );
         let mut settings = Settings::from_toml_str(&toml).context("sandbox settings")?;
         let upstreams = Upstreams::from_settings(
@@ -105,23 +134,114 @@ graph_client_secret = "{graph_client_secret}"
             instance_url: url::Url::parse(&urls.servicenow).context("emulator URL")?,
             app_name_prefix: "Microsoft 365 support".to_owned(),
         };
-        let (mut spec, provision_log) = provision_aad(&upstreams, &request)
-            .await
-            .context("provisioning the demo integration")?;
+        let (mut spec, provision_log) = if fresh {
+            (
+                crate::setup::effects::placeholder_spec(&request),
+                Vec::new(),
+            )
+        } else {
+            provision_aad(&upstreams, &request)
+                .await
+                .context("provisioning the demo integration")?
+        };
         spec.tenant_id = Some(demo.tenant_id.clone());
-        settings.integration = Some(spec.clone());
+        if !fresh {
+            settings.integration = Some(spec.clone());
+        }
         // The demo gives the admin the app's administrator role, as a finished setup would.
         let handle = sandbox.handle();
         handle.sn_grant_role(
             &demo.servicenow_admin_user,
             &format!("{}.{}", settings.servicenow.app_scope, roles::ADMINISTRATOR),
         );
-        Ok(Self {
+        crate::link::sandbox_defaults(&handle, &mut settings);
+        let demo = Self {
             sandbox,
             settings,
             spec,
             provision_log,
-        })
+            provisioned: !fresh,
+        };
+        if bot_listen.port() != 0 {
+            demo.connect_push(bot_listen);
+            demo.start_health_ticker(std::time::Duration::from_secs(45));
+        }
+        Ok(demo)
+    }
+
+    /// Makes the ServiceNow emulator push signed case changes to the bot at `bot_addr`, as the
+    /// Business Rule of `m365bot servicenow-script` would.
+    pub fn connect_push(&self, bot_addr: SocketAddr) {
+        let sources = &self.settings.notifications.sources;
+        let Some(secret) = &sources.push.hmac_secret else {
+            return;
+        };
+        self.sandbox
+            .handle()
+            .sn_set_push_target(Some(crate::sandbox::servicenow::PushTarget {
+                url: format!("http://{bot_addr}{}", crate::notify::sources::push::PATH),
+                secret: secret.expose_secret().to_owned(),
+                table: sources.servicenow.table.clone(),
+                filter: sources.servicenow.filter(),
+                fields: sources.servicenow.fields(),
+            }));
+    }
+
+    /// Moves the demo Teams service-health issue along every `every` (two updates, then
+    /// resolution), so a subscribed channel sees its thread grow.
+    pub fn start_health_ticker(&self, every: std::time::Duration) {
+        let handle = self.sandbox.handle();
+        let steps = [
+            (
+                "RestoringService",
+                "Current status: We've identified a recent configuration change as the cause and are reverting it.",
+                false,
+            ),
+            (
+                "VerifyingService",
+                "Current status: The change was reverted; we're monitoring meeting joins to confirm recovery.",
+                false,
+            ),
+            (
+                "ServiceRestored",
+                "Final status: Meeting joins from the desktop client have recovered.",
+                true,
+            ),
+        ];
+        tokio::spawn(async move {
+            for (status, post, resolve) in steps {
+                tokio::time::sleep(every).await;
+                handle.advance_issue(
+                    "TM498765",
+                    crate::sandbox::IssueAdvance {
+                        post: Some(post.to_owned()),
+                        status: Some(status.to_owned()),
+                        resolve,
+                    },
+                );
+            }
+        });
+    }
+
+    /// The `curl` that changes a demo case through the ServiceNow emulator's Table API.
+    pub fn case_change_command(&self) -> Option<String> {
+        let sources = &self.settings.notifications.sources.servicenow;
+        let query = format!("{}^active=true^ORDERBYnumber", sources.filter());
+        let case = self
+            .sandbox
+            .handle()
+            .sn_query(&sources.table, &query)?
+            .into_iter()
+            .next()?;
+        let sys_id = case.get("sys_id")?.as_str()?.to_owned();
+        let demo = self.sandbox.demo();
+        Some(format!(
+            "curl -u {user}:{password} -X PATCH -H 'Content-Type: application/json' -H 'Accept: application/json' \\\n\x20   {sn}/api/now/table/{table}/{sys_id} \\\n\x20   -d '{{\"state\":\"3\",\"comments\":\"Waiting for Microsoft support\"}}'",
+            user = demo.servicenow_admin_user,
+            password = demo.servicenow_admin_password,
+            sn = self.sandbox.urls().servicenow,
+            table = sources.table,
+        ))
     }
 
     /// Injects a misconfiguration into the emulators.
@@ -150,7 +270,15 @@ graph_client_secret = "{graph_client_secret}"
         let listen = self.settings.server.listen;
         let urls = self.sandbox.urls();
         let demo = self.sandbox.demo();
-        let outbound = &self.spec.outbound_app.client_id;
+        let outbound = if self.provisioned {
+            format!(
+                "outbound app {}; {} provisioning steps",
+                self.spec.outbound_app.client_id,
+                self.provision_log.len()
+            )
+        } else {
+            "none (--fresh): type `setup` in a 1:1 chat to build it".to_owned()
+        };
         format!(
             "m365bot sandbox is running (local no-auth mode; everything on this machine only).\n\
              \n\
@@ -158,7 +286,7 @@ graph_client_secret = "{graph_client_secret}"
              ServiceNow emulator {sn}  (admin / {sn_pw})\n\
              Entra ID emulator   {entra}  (tenant {domain}, {tenant})\n\
              Graph emulator      {graph}\n\
-             Demo integration    outbound app {outbound}; {steps} provisioning steps\n\
+             Demo integration    {outbound}\n\
              \n\
              Talk to the bot with the Microsoft 365 Agents Playground (Node.js 20):\n\
              \x20 npm ci --prefix tools/node\n\
@@ -166,6 +294,17 @@ graph_client_secret = "{graph_client_secret}"
              \x20 BOT_ENDPOINT=http://{listen}/api/messages TEAMSAPPTESTER_BROWSER=none \\\n\
              \x20   node tools/node/node_modules/@microsoft/m365agentsplayground/cli.js --port 56150\n\
              \x20 then open http://localhost:56150 and type: help\n\
+             \n\
+             Case notifications: in a channel of the Playground type `subscribe`, then change a\n\
+             \x20 demo case (the emulator pushes it to the bot; the poller would catch it too):\n\
+             \x20 {case_change}\n\
+             \x20 Microsoft 365 service health (Graph emulator) is polled every 10 s and mirrored\n\
+             \x20 into ServiceNow incidents; the Teams issue TM498765 gets an update every 45 s.\n\
+             \n\
+             Link your Microsoft 365 account: type `link-account` (the emulated sign-in is admin@{domain}).\n\
+             \n\
+             Set up the integration in chat: type `setup` (tenant {domain}; start with --fresh for\n\
+             \x20 an empty tenant and instance, else the wizard reuses the demo's apps and records).\n\
              \n\
              Verify the demo integration:   m365bot sandbox --doctor\n\
              See doctor find a problem:     m365bot sandbox --doctor --break wrong-secret\n\
@@ -177,7 +316,9 @@ graph_client_secret = "{graph_client_secret}"
             domain = demo.tenant_domain,
             tenant = demo.tenant_id,
             graph = urls.graph_v1(),
-            steps = self.provision_log.len(),
+            case_change = self
+                .case_change_command()
+                .unwrap_or_else(|| "(no open demo case found)".to_owned()),
         )
     }
 

@@ -44,6 +44,9 @@ enum Commands {
         /// With --doctor: print JSON.
         #[arg(long)]
         json: bool,
+        /// Start without the demo integration, so `setup` in chat builds it from scratch.
+        #[arg(long)]
+        fresh: bool,
     },
     /// Verify the integration end to end: one line per check, a fix for every failure.
     /// Reads the `[integration]` section of the configuration file.
@@ -54,6 +57,13 @@ enum Commands {
         /// Apply the fixes the bot may apply (cross-scope access).
         #[arg(long)]
         repair: bool,
+    },
+    /// Print the ServiceNow Business Rule that pushes case updates to the bot (JavaScript,
+    /// for the configured case table; replace <SECRET> with notifications.sources.push.hmac_secret).
+    ServicenowScript {
+        /// The bot's push endpoint; defaults to server.public_url + /api/servicenow/events.
+        #[arg(long)]
+        endpoint: Option<String>,
     },
     /// Write the Teams app package (manifest.json and icons, zipped).
     Manifest {
@@ -88,11 +98,22 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
         doctor,
         break_it,
         json,
+        fresh,
     } = command
     {
-        return sandbox(listen, &database, doctor, &break_it, json).await;
+        return sandbox(listen, &database, doctor, &break_it, json, fresh).await;
     }
     let settings = Settings::load(cli.config.as_deref())?;
+    if let Commands::ServicenowScript { endpoint } = &command {
+        let endpoint = endpoint
+            .clone()
+            .unwrap_or_else(|| m365bot::notify::sources::script::endpoint(&settings));
+        print!(
+            "{}",
+            m365bot::notify::sources::script::business_rule(&settings, &endpoint)
+        );
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
     m365bot::telemetry::init(&settings.log, std::io::stderr);
     match command {
         Commands::Serve => serve(settings)
@@ -105,12 +126,18 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
             Ok(std::process::ExitCode::SUCCESS)
         }
         Commands::Doctor { json, repair } => {
-            let spec = settings.integration.clone().context(
-                "no integration to check: add an [integration] section to the configuration file (see README), or run setup",
+            // The integration the last completed setup stored wins over `[integration]`.
+            let stored = m365bot::setup::stored_integration_spec(&settings).await?;
+            let spec = stored.or_else(|| settings.integration.clone()).context(
+                "no integration to check: run setup in chat, or add an [integration] section to the configuration file (see README)",
             )?;
+            let mut settings = settings;
+            settings.integration = Some(spec.clone());
             doctor(&settings, &spec, json, repair).await
         }
-        Commands::Manifest { .. } | Commands::Sandbox { .. } => Ok(std::process::ExitCode::SUCCESS),
+        Commands::Manifest { .. }
+        | Commands::Sandbox { .. }
+        | Commands::ServicenowScript { .. } => Ok(std::process::ExitCode::SUCCESS),
     }
 }
 
@@ -157,7 +184,13 @@ async fn sandbox(
     run_doctor: bool,
     problems: &[m365bot::demo::Misconfiguration],
     json: bool,
+    fresh: bool,
 ) -> anyhow::Result<std::process::ExitCode> {
+    if fresh && (run_doctor || !problems.is_empty()) {
+        anyhow::bail!(
+            "--fresh starts without the demo integration: run setup in chat instead of --doctor / --break"
+        );
+    }
     if !listen.ip().is_loopback() {
         anyhow::bail!(
             "the sandbox runs without authentication: --listen must be a loopback address"
@@ -165,10 +198,11 @@ async fn sandbox(
     }
     let log = m365bot::config::LogSettings::default();
     m365bot::telemetry::init(&log, std::io::stderr);
-    let demo = m365bot::demo::Demo::start(
+    let demo = m365bot::demo::Demo::start_with(
         m365bot::sandbox::SandboxOptions::default(),
         listen,
         database,
+        fresh,
     )
     .await?;
     for problem in problems {

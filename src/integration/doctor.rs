@@ -114,6 +114,70 @@ pub async fn run(upstreams: &Upstreams, spec: &IntegrationSpec, repair: bool) ->
     outcomes
 }
 
+/// Runs only the checks whose ids are in `ids` (concurrently), in report order; unknown ids
+/// are ignored. Used by the setup wizard to verify one step.
+pub async fn run_only(
+    upstreams: &Upstreams,
+    spec: &IntegrationSpec,
+    ids: &[&str],
+    repair: bool,
+) -> Vec<CheckOutcome> {
+    type Check<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = CheckOutcome> + Send + 'a>>;
+    let mut checks: Vec<Check<'_>> = Vec::new();
+    for id in ids {
+        let check: Option<Check<'_>> = match *id {
+            "tenant" => Some(Box::pin(check_tenant(upstreams, spec))),
+            "outbound_app.token" => Some(Box::pin(check_app_token(
+                upstreams,
+                spec,
+                AppRole::Outbound,
+            ))),
+            "outbound_app.registration" => Some(Box::pin(check_app_registration(
+                upstreams,
+                spec,
+                AppRole::Outbound,
+            ))),
+            "inbound_app.token" => {
+                Some(Box::pin(check_app_token(upstreams, spec, AppRole::Inbound)))
+            }
+            "inbound_app.registration" => Some(Box::pin(check_app_registration(
+                upstreams,
+                spec,
+                AppRole::Inbound,
+            ))),
+            "rest_user_app.token" => Some(Box::pin(check_app_token(
+                upstreams,
+                spec,
+                AppRole::RestUser,
+            ))),
+            "rest_user_app.registration" => Some(Box::pin(check_app_registration(
+                upstreams,
+                spec,
+                AppRole::RestUser,
+            ))),
+            "servicenow.oauth_provider" => Some(Box::pin(check_oauth_provider(upstreams, spec))),
+            "servicenow.oidc_provider" => Some(Box::pin(check_oidc_provider(upstreams, spec))),
+            "servicenow.oidc_entity" => Some(Box::pin(check_oidc_entity(upstreams, spec))),
+            "servicenow.integration_user" => {
+                Some(Box::pin(check_integration_user(upstreams, spec)))
+            }
+            "servicenow.basic_login" => Some(Box::pin(check_basic_login(upstreams, spec))),
+            "servicenow.cross_scope" => Some(Box::pin(check_cross_scope(upstreams, repair))),
+            "servicenow.app_roles" => Some(Box::pin(check_app_roles_assigned(upstreams))),
+            _ => None,
+        };
+        checks.extend(check);
+    }
+    let mut outcomes = join_all(checks).await;
+    outcomes.sort_by_key(|outcome| {
+        ORDER
+            .iter()
+            .position(|id| *id == outcome.id)
+            .unwrap_or(usize::MAX)
+    });
+    outcomes
+}
+
 /// Report order: the guide's order.
 const ORDER: &[&str] = &[
     "tenant",

@@ -17,12 +17,53 @@ pub struct ProvisionError {
     pub step: &'static str,
     /// What went wrong (never a secret).
     pub message: String,
+    /// HTTP status of the upstream refusal, when there was one (403: not allowed).
+    pub status: Option<u16>,
+    /// True when retrying later can help (429, 5xx, network).
+    pub transient: bool,
 }
 
-fn failed(step: &'static str) -> impl Fn(&dyn std::fmt::Display) -> ProvisionError {
+/// An upstream error as provisioning reports it.
+pub trait UpstreamFailure: std::fmt::Display {
+    /// HTTP status, if any.
+    fn http_status(&self) -> Option<u16>;
+    /// Whether a retry can help.
+    fn retry(&self) -> crate::error::RetryKind;
+}
+
+impl UpstreamFailure for crate::upstream::graph::GraphError {
+    fn http_status(&self) -> Option<u16> {
+        self.status()
+    }
+    fn retry(&self) -> crate::error::RetryKind {
+        self.retry_kind()
+    }
+}
+
+impl UpstreamFailure for crate::upstream::servicenow::ServiceNowError {
+    fn http_status(&self) -> Option<u16> {
+        self.status()
+    }
+    fn retry(&self) -> crate::error::RetryKind {
+        self.retry_kind()
+    }
+}
+
+fn failed<E: UpstreamFailure>(step: &'static str) -> impl Fn(E) -> ProvisionError {
     move |err| ProvisionError {
         step,
         message: err.to_string(),
+        status: err.http_status(),
+        transient: !matches!(err.retry(), crate::error::RetryKind::Permanent),
+    }
+}
+
+fn problem(step: &'static str, message: &str) -> ProvisionError {
+    ProvisionError {
+        step,
+        message: message.to_owned(),
+        status: None,
+        transient: false,
     }
 }
 
@@ -58,6 +99,7 @@ pub async fn provision_aad(
         &format!("{prefix} outbound"),
         std::slice::from_ref(&redirect),
         false,
+        None,
         &mut log,
     )
     .await?;
@@ -66,10 +108,19 @@ pub async fn provision_aad(
         &format!("{prefix} inbound REST API"),
         &[],
         true,
+        None,
         &mut log,
     )
     .await?;
-    let rest_user = ensure_app(graph, &format!("{prefix} REST user"), &[], false, &mut log).await?;
+    let rest_user = ensure_app(
+        graph,
+        &format!("{prefix} REST user"),
+        &[],
+        false,
+        None,
+        &mut log,
+    )
+    .await?;
     let spec = IntegrationSpec {
         tenant: request.tenant.clone(),
         tenant_id: None,
@@ -83,8 +134,8 @@ pub async fn provision_aad(
         integration_user_password: None,
     };
     ensure_oauth_provider(servicenow, &spec, &upstreams.authority, &mut log).await?;
-    let provider_id =
-        ensure_oidc_provider(servicenow, &spec, &upstreams.authority, &mut log).await?;
+    let provider = ensure_oidc_provider(servicenow, &spec, &upstreams.authority, &mut log).await?;
+    let provider_id = provider.sys_id().unwrap_or_default().to_owned();
     ensure_oidc_entity(servicenow, &spec, &provider_id, &mut log).await?;
     ensure_integration_user(servicenow, &spec, &mut log).await?;
     Ok((spec, log))
@@ -92,21 +143,27 @@ pub async fn provision_aad(
 
 /// The Graph and ServiceNow clients provisioning needs, or which one is not configured.
 fn clients(upstreams: &Upstreams) -> Result<(&GraphClient, &ServiceNowClient), ProvisionError> {
-    let graph = upstreams.graph.as_ref().ok_or_else(|| ProvisionError {
-        step: "Microsoft Graph",
-        message: "Graph access is not configured (entra.graph_client_id / graph_client_secret)"
-            .to_owned(),
-    })?;
-    let servicenow = upstreams
-        .servicenow
-        .as_ref()
-        .ok_or_else(|| ProvisionError {
-            step: "ServiceNow",
-            message:
-                "ServiceNow access is not configured (servicenow.instance_url and credentials)"
-                    .to_owned(),
-        })?;
-    Ok((graph, servicenow))
+    Ok((graph_client(upstreams)?, servicenow_client(upstreams)?))
+}
+
+/// The bot's Graph client, or why there is none.
+pub fn graph_client(upstreams: &Upstreams) -> Result<&GraphClient, ProvisionError> {
+    upstreams.graph.as_ref().ok_or_else(|| {
+        problem(
+            "Microsoft Graph",
+            "Graph access is not configured (entra.graph_client_id / graph_client_secret)",
+        )
+    })
+}
+
+/// The bot's ServiceNow client, or why there is none.
+pub fn servicenow_client(upstreams: &Upstreams) -> Result<&ServiceNowClient, ProvisionError> {
+    upstreams.servicenow.as_ref().ok_or_else(|| {
+        problem(
+            "ServiceNow",
+            "ServiceNow access is not configured (servicenow.instance_url and credentials)",
+        )
+    })
 }
 
 /// Provisions the Basic-auth branch: the outbound app and OAuth provider, and an integration
@@ -127,6 +184,7 @@ pub async fn provision_basic(
         &format!("{} outbound", request.app_name_prefix),
         std::slice::from_ref(&redirect),
         false,
+        None,
         &mut log,
     )
     .await?;
@@ -148,18 +206,20 @@ pub async fn provision_basic(
 }
 
 /// Finds the app by display name or creates it (single tenant), makes sure it has a service
-/// principal, the redirect URIs and (for the inbound app) v1 tokens, and adds a new secret.
-async fn ensure_app(
+/// principal, the redirect URIs and (for the inbound app) v1 tokens, and adds a new secret,
+/// unless `known` holds a secret of this very app (then it is reused and nothing is added).
+pub async fn ensure_app(
     graph: &GraphClient,
     name: &str,
     redirect_uris: &[String],
     v1_tokens: bool,
+    known: Option<&AppCredentials>,
     log: &mut Vec<String>,
 ) -> Result<AppCredentials, ProvisionError> {
     let existing = graph
         .find_applications_by_name(name)
         .await
-        .map_err(|e| failed("find the app")(&e))?;
+        .map_err(failed("find the app"))?;
     let application: Application = match existing.into_iter().next() {
         Some(app) => {
             log.push(format!("reused app {name} ({})", app.app_id));
@@ -169,7 +229,7 @@ async fn ensure_app(
             let app = graph
                 .create_application(name, redirect_uris, SignInAudience::AzureAdMyOrg)
                 .await
-                .map_err(|e| failed("create the app")(&e))?;
+                .map_err(failed("create the app"))?;
             log.push(format!("created app {name} ({})", app.app_id));
             app
         }
@@ -194,25 +254,38 @@ async fn ensure_app(
         graph
             .update_application(&application.id, &update)
             .await
-            .map_err(|e| failed("update the app")(&e))?;
-        log.push(format!("updated app {name}"));
+            .map_err(failed("update the app"))?;
+        let mut changes = Vec::new();
+        if missing_redirects {
+            changes.push("added the redirect URI");
+        }
+        if needs_v1 {
+            changes.push("set requestedAccessTokenVersion to 1 (v1 tokens)");
+        }
+        log.push(format!("updated app {name}: {}", changes.join(", ")));
     }
     if graph
         .find_service_principal(&application.app_id)
         .await
-        .map_err(|e| failed("find the service principal")(&e))?
+        .map_err(failed("find the service principal"))?
         .is_none()
     {
         graph
             .create_service_principal(&application.app_id)
             .await
-            .map_err(|e| failed("create the service principal")(&e))?;
+            .map_err(failed("create the service principal"))?;
         log.push(format!("created service principal for {name}"));
+    }
+    if let Some(known) = known.filter(|k| k.client_id == application.app_id) {
+        log.push(format!(
+            "kept the client secret already recorded for {name}"
+        ));
+        return Ok(known.clone());
     }
     let secret = graph
         .add_password(&application.id, "m365bot")
         .await
-        .map_err(|e| failed("add a client secret")(&e))?;
+        .map_err(failed("add a client secret"))?;
     log.push(format!("added a client secret to {name}"));
     Ok(AppCredentials {
         client_id: application.app_id,
@@ -231,28 +304,55 @@ async fn upsert(
     let found = client
         .query(table, query.as_str(), &[], Some(1))
         .await
-        .map_err(|e| failed("read ServiceNow")(&e))?
+        .map_err(failed("read ServiceNow"))?
         .into_iter()
         .next();
-    match found.as_ref().and_then(Record::sys_id) {
-        Some(sys_id) => {
+    match found.as_ref().and_then(|r| Some((r, r.sys_id()?))) {
+        Some((existing, sys_id)) => {
+            let differs: Vec<String> = fields
+                .iter()
+                .filter(|(key, want)| {
+                    !SECRET_FIELDS.contains(&key.as_str())
+                        && !existing
+                            .str(key)
+                            .unwrap_or_default()
+                            .eq_ignore_ascii_case(want.as_str().unwrap_or_default())
+                })
+                .map(|(key, want)| {
+                    format!(
+                        "{key} was {:?}, now {:?}",
+                        existing.str(key).unwrap_or_default(),
+                        want.as_str().unwrap_or_default()
+                    )
+                })
+                .collect();
             let record = client
                 .update(table, sys_id, &fields)
                 .await
-                .map_err(|e| failed("update a ServiceNow record")(&e))?;
-            log.push(format!("updated {what}"));
+                .map_err(failed("update a ServiceNow record"))?;
+            if differs.is_empty() {
+                log.push(format!("reused {what} (it matches)"));
+            } else {
+                log.push(format!(
+                    "reused and corrected {what}: {}",
+                    differs.join("; ")
+                ));
+            }
             Ok(record)
         }
         None => {
             let record = client
                 .create(table, &fields)
                 .await
-                .map_err(|e| failed("create a ServiceNow record")(&e))?;
+                .map_err(failed("create a ServiceNow record"))?;
             log.push(format!("created {what}"));
             Ok(record)
         }
     }
 }
+
+/// Fields never reported (values are secrets or write-only).
+const SECRET_FIELDS: &[&str] = &["client_secret", "user_password"];
 
 fn fields(pairs: &[(&str, &str)]) -> Map<String, Value> {
     pairs
@@ -261,12 +361,13 @@ fn fields(pairs: &[(&str, &str)]) -> Map<String, Value> {
         .collect()
 }
 
-async fn ensure_oauth_provider(
+/// Creates or corrects the outbound OAuth provider (`oauth_entity`, looked up by client id).
+pub async fn ensure_oauth_provider(
     client: &ServiceNowClient,
     spec: &IntegrationSpec,
     authority: &url::Url,
     log: &mut Vec<String>,
-) -> Result<(), ProvisionError> {
+) -> Result<Record, ProvisionError> {
     let token_url = spec.token_url(authority);
     let redirect = spec.redirect_url();
     let name = format!("{} Microsoft 365 outbound", spec.tenant);
@@ -293,15 +394,15 @@ async fn ensure_oauth_provider(
         log,
     )
     .await
-    .map(drop)
 }
 
-async fn ensure_oidc_provider(
+/// Creates or corrects the OIDC provider configuration (looked up by name).
+pub async fn ensure_oidc_provider(
     client: &ServiceNowClient,
     spec: &IntegrationSpec,
     authority: &url::Url,
     log: &mut Vec<String>,
-) -> Result<String, ProvisionError> {
+) -> Result<Record, ProvisionError> {
     let name = spec.oidc_provider_name();
     let metadata_url = spec.metadata_url(authority);
     let record = fields(&[
@@ -321,23 +422,25 @@ async fn ensure_oidc_provider(
         log,
     )
     .await?;
-    saved
-        .sys_id()
-        .map(str::to_owned)
-        .ok_or_else(|| ProvisionError {
-            step: "create the OIDC provider configuration",
-            message: "ServiceNow returned no sys_id".to_owned(),
-        })
+    if saved.sys_id().is_none() {
+        return Err(problem(
+            "create the OIDC provider configuration",
+            "ServiceNow returned no sys_id",
+        ));
+    }
+    Ok(saved)
 }
 
-async fn ensure_oidc_entity(
+/// Creates or corrects the OIDC entity of the inbound app (looked up by client id); `None`
+/// without an inbound app.
+pub async fn ensure_oidc_entity(
     client: &ServiceNowClient,
     spec: &IntegrationSpec,
     provider_id: &str,
     log: &mut Vec<String>,
-) -> Result<(), ProvisionError> {
+) -> Result<Option<Record>, ProvisionError> {
     let Some(inbound) = &spec.inbound_app else {
-        return Ok(());
+        return Ok(None);
     };
     let name = spec.oidc_entity_name();
     let redirect = spec.redirect_url();
@@ -360,16 +463,18 @@ async fn ensure_oidc_entity(
         log,
     )
     .await
-    .map(drop)
+    .map(Some)
 }
 
-async fn ensure_integration_user(
+/// Creates or corrects the integration user (looked up by User ID) and grants
+/// `incident_manager`; `None` when the spec names no user.
+pub async fn ensure_integration_user(
     client: &ServiceNowClient,
     spec: &IntegrationSpec,
     log: &mut Vec<String>,
-) -> Result<(), ProvisionError> {
+) -> Result<Option<Record>, ProvisionError> {
     let Some(user_name) = spec.integration_user_name() else {
-        return Ok(());
+        return Ok(None);
     };
     let mut record = fields(&[
         ("user_name", &user_name),
@@ -402,16 +507,16 @@ async fn ensure_integration_user(
             Some(1),
         )
         .await
-        .map_err(|e| failed("find the incident_manager role")(&e))?;
+        .map_err(failed("find the incident_manager role"))?;
     let Some(role_id) = roles_found
         .first()
         .and_then(Record::sys_id)
         .map(str::to_owned)
     else {
-        return Err(ProvisionError {
-            step: "grant incident_manager",
-            message: "the role incident_manager does not exist on this instance".to_owned(),
-        });
+        return Err(problem(
+            "grant incident_manager",
+            "the role incident_manager does not exist on this instance",
+        ));
     };
     let assignment = EncodedQuery::new()
         .eq("user", &user_id)
@@ -424,7 +529,7 @@ async fn ensure_integration_user(
             Some(1),
         )
         .await
-        .map_err(|e| failed("read the user's roles")(&e))?;
+        .map_err(failed("read the user's roles"))?;
     if existing.is_empty() {
         client
             .create(
@@ -432,10 +537,10 @@ async fn ensure_integration_user(
                 &fields(&[("user", &user_id), ("role", &role_id)]),
             )
             .await
-            .map_err(|e| failed("grant incident_manager")(&e))?;
+            .map_err(failed("grant incident_manager"))?;
         log.push("granted incident_manager to the integration user".to_owned());
     }
-    Ok(())
+    Ok(Some(user))
 }
 
 /// A random password for a Basic-auth integration user (24 characters, mixed classes).

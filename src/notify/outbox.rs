@@ -1,7 +1,31 @@
-//! The durable outbox: events and their deliveries written in one transaction.
+//! The durable outbox: events and their deliveries written in one transaction, then claimed
+//! by delivery workers with a lease.
+//!
+//! Tables (migration `0004_notify`):
+//! - `notify_events`: one row per `(case_key, revision)`; a duplicate event writes nothing.
+//! - `notify_lanes`: one row per (case, conversation): the root card's activity id, the
+//!   count of pending deliveries, the next attempt time and the lease. A lane is the unit a
+//!   worker claims, so one case in one conversation is only ever delivered by one worker at a
+//!   time (root card created once, updates in order, queued updates merged).
+//! - `notify_outbox`: one row per (event, subscription), unique; `pending` until it becomes
+//!   `delivered`, `merged` (a later update of the same case was delivered instead) or `dead`
+//!   (dead letter, with the reason).
+//! - `notify_destinations`: conversations frozen until a `Retry-After` has passed.
+//!
+//! A lane is claimed with `UPDATE … WHERE lease_until < now … RETURNING` (on PostgreSQL the
+//! candidate lanes are picked `FOR UPDATE SKIP LOCKED`, and the outer `UPDATE` re-checks the
+//! lease, so two instances never hold one lane); a crashed worker's lease expires and the lane
+//! is claimed again. Rows are finished with `… WHERE status = 'pending' RETURNING lane_id`, and
+//! the lane's pending count is lowered by exactly the rows that changed.
 
-use crate::db::Db;
+use std::collections::{BTreeMap, HashMap};
+
+use sqlx::any::AnyRow;
+use sqlx::{Any, Row, Transaction};
+
+use crate::db::{Backend, Db, now_millis};
 use crate::notify::event::CaseEvent;
+use crate::notify::filter::Filter;
 
 /// What recording an event did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -12,10 +36,685 @@ pub struct RecordOutcome {
     pub deliveries: usize,
 }
 
+/// Status of an outbox row.
+pub mod status {
+    /// Waiting for delivery.
+    pub const PENDING: &str = "pending";
+    /// Delivered.
+    pub const DELIVERED: &str = "delivered";
+    /// Superseded by a later update of the same case, delivered in its place.
+    pub const MERGED: &str = "merged";
+    /// Dead letter: not delivered, with the reason in `last_error`.
+    pub const DEAD: &str = "dead";
+}
+
+/// Rows per multi-row statement, and lanes per `CASE`-batched lane update (about seven
+/// parameters each). Small on SQLite, which looks `$N` parameters up linearly (binding cost
+/// grows with the square of the count); large on PostgreSQL, where round trips cost more.
+fn chunk_sizes(db: &Db) -> (usize, usize) {
+    match db.backend {
+        Backend::Sqlite => (100, 40),
+        Backend::Postgres => (500, 200),
+    }
+}
+/// Attempts at a transaction that PostgreSQL aborted for a deadlock or serialization failure.
+const TRANSACTION_ATTEMPTS: usize = 4;
+
 /// Records `event` and one outbox row per matching subscription, atomically; a duplicate
-/// event writes nothing.
-pub async fn record_event(_db: &Db, _event: &CaseEvent) -> Result<RecordOutcome, sqlx::Error> {
-    Err(sqlx::Error::Protocol(
-        "the outbox is not built yet".to_owned(),
-    ))
+/// event writes nothing. When several subscriptions of one conversation match, the oldest one
+/// carries the delivery, so a conversation never gets the same update twice.
+pub async fn record_event(db: &Db, event: &CaseEvent) -> Result<RecordOutcome, sqlx::Error> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match record_once(db, event).await {
+            Err(err) if attempt < TRANSACTION_ATTEMPTS && is_retryable_conflict(&err) => {
+                tokio::time::sleep(std::time::Duration::from_millis(5 * attempt as u64)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// True for PostgreSQL deadlock (`40P01`) and serialization (`40001`) failures.
+pub fn is_retryable_conflict(err: &sqlx::Error) -> bool {
+    err.as_database_error()
+        .and_then(|e| e.code())
+        .is_some_and(|code| code == "40P01" || code == "40001")
+}
+
+async fn record_once(db: &Db, event: &CaseEvent) -> Result<RecordOutcome, sqlx::Error> {
+    let payload = serde_json::to_string(event)
+        .map_err(|e| sqlx::Error::Protocol(format!("the event does not serialise: {e}")))?;
+    let now = now_millis();
+    let mut tx = db.pool.begin().await?;
+    // The insert comes first: it takes the write lock (SQLite) before anything is read.
+    let inserted = sqlx::query(
+        "INSERT INTO notify_events (case_key, revision, number, state, source, updated_at, payload, recorded_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (case_key, revision) DO NOTHING RETURNING id",
+    )
+    .bind(&event.case_key)
+    .bind(&event.revision)
+    .bind(&event.number)
+    .bind(&event.state)
+    .bind(event.source.as_str())
+    .bind(event.updated_at.timestamp_millis())
+    .bind(&payload)
+    .bind(now)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(inserted) = inserted else {
+        tx.rollback().await?;
+        return Ok(RecordOutcome {
+            new: false,
+            deliveries: 0,
+        });
+    };
+    let event_id: i64 = inserted.try_get(0)?;
+    let state_changed = match &event.previous_state {
+        Some(previous) => !previous.eq_ignore_ascii_case(&event.state),
+        None => {
+            let previous: Option<String> = sqlx::query_scalar(
+                "SELECT state FROM notify_events WHERE case_key = $1 AND id <> $2 \
+                 ORDER BY updated_at DESC, id DESC LIMIT 1",
+            )
+            .bind(&event.case_key)
+            .bind(event_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            previous.is_none_or(|previous| !previous.eq_ignore_ascii_case(&event.state))
+        }
+    };
+    let subscriptions = sqlx::query(
+        "SELECT id, conversation_id, filter_json FROM notify_subscriptions WHERE enabled = 1 \
+         ORDER BY created_at, id",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    // One delivery per conversation: the oldest matching subscription carries it.
+    let mut targets: BTreeMap<String, String> = BTreeMap::new();
+    for row in &subscriptions {
+        let id: String = row.try_get(0)?;
+        let conversation_id: String = row.try_get(1)?;
+        let filter_json: String = row.try_get(2)?;
+        let Ok(filter) = serde_json::from_str::<Filter>(&filter_json) else {
+            tracing::warn!(
+                subscription = %id,
+                "a stored subscription filter does not parse; it matches nothing"
+            );
+            continue;
+        };
+        if filter.matches(event, state_changed) && !targets.contains_key(&conversation_id) {
+            targets.insert(conversation_id, id);
+        }
+    }
+    let targets: Vec<(String, String)> = targets.into_iter().collect();
+    for chunk in targets.chunks(chunk_sizes(db).0) {
+        let lanes = upsert_lanes(&mut tx, &event.case_key, chunk, now).await?;
+        insert_rows(&mut tx, event_id, chunk, &lanes, now).await?;
+    }
+    tx.commit().await?;
+    Ok(RecordOutcome {
+        new: true,
+        deliveries: targets.len(),
+    })
+}
+
+/// Creates or bumps the lanes of `case_key` in the conversations of `targets`; returns the
+/// lane id per conversation.
+async fn upsert_lanes(
+    tx: &mut Transaction<'static, Any>,
+    case_key: &str,
+    targets: &[(String, String)],
+    now: i64,
+) -> Result<HashMap<String, i64>, sqlx::Error> {
+    let mut sql = String::from(
+        "INSERT INTO notify_lanes (case_key, conversation_id, pending_count, next_attempt_at) VALUES ",
+    );
+    for index in 0..targets.len() {
+        if index > 0 {
+            sql.push(',');
+        }
+        sql.push_str(&format!("($1, ${}, 1, $2)", index + 3));
+    }
+    sql.push_str(
+        " ON CONFLICT (case_key, conversation_id) DO UPDATE SET \
+         pending_count = notify_lanes.pending_count + 1 RETURNING id, conversation_id",
+    );
+    let mut query = sqlx::query(&sql).bind(case_key).bind(now);
+    for (conversation_id, _) in targets {
+        query = query.bind(conversation_id);
+    }
+    let rows = query.fetch_all(&mut **tx).await?;
+    rows.iter()
+        .map(|row| Ok((row.try_get::<String, _>(1)?, row.try_get::<i64, _>(0)?)))
+        .collect()
+}
+
+async fn insert_rows(
+    tx: &mut Transaction<'static, Any>,
+    event_id: i64,
+    targets: &[(String, String)],
+    lanes: &HashMap<String, i64>,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    let mut sql = String::from(
+        "INSERT INTO notify_outbox (event_id, subscription_id, lane_id, status, created_at) VALUES ",
+    );
+    for index in 0..targets.len() {
+        if index > 0 {
+            sql.push(',');
+        }
+        sql.push_str(&format!(
+            "($1, ${}, ${}, 'pending', $2)",
+            2 * index + 3,
+            2 * index + 4
+        ));
+    }
+    let mut query = sqlx::query(&sql).bind(event_id).bind(now);
+    for (conversation_id, subscription_id) in targets {
+        let lane = lanes.get(conversation_id).copied().ok_or_else(|| {
+            sqlx::Error::Protocol("a lane was not returned by its upsert".to_owned())
+        })?;
+        query = query.bind(subscription_id).bind(lane);
+    }
+    query.execute(&mut **tx).await.map(drop)
+}
+
+/// One pending delivery of a claimed lane.
+#[derive(Debug, Clone)]
+pub struct PendingRow {
+    /// Outbox row id.
+    pub id: i64,
+    /// The subscription that matched.
+    pub subscription_id: String,
+    /// Failed attempts so far.
+    pub attempts: i64,
+    /// The event.
+    pub event: CaseEvent,
+    /// `Some(reason)` when the subscription was removed or disabled since.
+    pub subscription_gone: Option<String>,
+}
+
+/// A lane (one case in one conversation) claimed by a worker, with its pending rows oldest
+/// update first.
+#[derive(Debug, Clone)]
+pub struct ClaimedLane {
+    /// Lane id.
+    pub id: i64,
+    /// The case.
+    pub case_key: String,
+    /// The conversation.
+    pub conversation_id: String,
+    /// The root card's activity id, once posted.
+    pub root_activity_id: Option<String>,
+    /// `updated_at` (ms) of the update the root card shows.
+    pub delivered_updated_at: i64,
+    /// The state the root card shows.
+    pub delivered_state: Option<String>,
+    /// Pending rows, oldest update first.
+    pub rows: Vec<PendingRow>,
+    /// The conversation's `serviceUrl`, when a reference is stored.
+    pub service_url: Option<String>,
+}
+
+/// Claims up to `limit` due lanes for `owner` until `lease_until` (ms), with their pending
+/// rows. Lanes of frozen conversations are left alone.
+pub async fn claim(
+    db: &Db,
+    owner: &str,
+    now: i64,
+    lease_until: i64,
+    limit: usize,
+) -> Result<Vec<ClaimedLane>, sqlx::Error> {
+    let lock = match db.backend {
+        Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+        Backend::Sqlite => "",
+    };
+    let sql = format!(
+        "UPDATE notify_lanes SET lease_owner = $1, lease_until = $2 WHERE id IN (\
+         SELECT id FROM notify_lanes WHERE pending_count > 0 AND next_attempt_at <= $3 \
+         AND lease_until < $3 AND conversation_id NOT IN \
+         (SELECT conversation_id FROM notify_destinations WHERE frozen_until > $3) \
+         ORDER BY next_attempt_at, id LIMIT $4{lock}) AND lease_until < $3 \
+         RETURNING id, case_key, conversation_id, root_activity_id, delivered_updated_at, delivered_state"
+    );
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = sqlx::query(&sql)
+        .bind(owner)
+        .bind(lease_until)
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&db.pool)
+        .await?;
+    let mut lanes: Vec<ClaimedLane> = rows
+        .iter()
+        .map(|row| {
+            Ok(ClaimedLane {
+                id: row.try_get(0)?,
+                case_key: row.try_get(1)?,
+                conversation_id: row.try_get(2)?,
+                root_activity_id: row.try_get(3)?,
+                delivered_updated_at: row.try_get(4)?,
+                delivered_state: row.try_get(5)?,
+                rows: Vec::new(),
+                service_url: None,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()?;
+    if lanes.is_empty() {
+        return Ok(lanes);
+    }
+    lanes.sort_by_key(|lane| lane.id);
+    let index: HashMap<i64, usize> = lanes
+        .iter()
+        .enumerate()
+        .map(|(i, lane)| (lane.id, i))
+        .collect();
+    // The claimed lanes' pending rows, found by this claim's owner and lease (no id list).
+    let rows = sqlx::query(
+        "SELECT o.id, o.lane_id, o.subscription_id, o.attempts, e.payload, s.enabled, s.disabled_reason, \
+         c.service_url FROM notify_outbox o JOIN notify_lanes l ON l.id = o.lane_id \
+         JOIN notify_events e ON e.id = o.event_id \
+         LEFT JOIN notify_subscriptions s ON s.id = o.subscription_id \
+         LEFT JOIN conversation_refs c ON c.conversation_id = l.conversation_id \
+         WHERE o.status = 'pending' AND l.lease_owner = $1 AND l.lease_until = $2 \
+         ORDER BY o.lane_id, e.updated_at, o.id",
+    )
+    .bind(owner)
+    .bind(lease_until)
+    .fetch_all(&db.pool)
+    .await?;
+    for row in rows {
+        let lane_id: i64 = row.try_get(1)?;
+        let Some(&at) = index.get(&lane_id) else {
+            continue;
+        };
+        let lane = &mut lanes[at];
+        if lane.service_url.is_none() {
+            lane.service_url = row.try_get(7)?;
+        }
+        lane.rows.push(pending_row(&row)?);
+    }
+    Ok(lanes)
+}
+
+fn pending_row(row: &AnyRow) -> Result<PendingRow, sqlx::Error> {
+    let payload: String = row.try_get(4)?;
+    let event: CaseEvent = serde_json::from_str(&payload)
+        .map_err(|e| sqlx::Error::Decode(format!("stored event: {e}").into()))?;
+    let enabled: Option<i64> = row.try_get(5)?;
+    let reason: Option<String> = row.try_get(6)?;
+    let subscription_gone = match enabled {
+        None => Some("the subscription was removed (unsubscribe)".to_owned()),
+        Some(0) => Some(format!(
+            "the subscription is disabled: {}",
+            reason.as_deref().unwrap_or("no reason recorded")
+        )),
+        Some(_) => None,
+    };
+    Ok(PendingRow {
+        id: row.try_get(0)?,
+        subscription_id: row.try_get(2)?,
+        attempts: row.try_get(3)?,
+        event,
+        subscription_gone,
+    })
+}
+
+/// `$start, $start+1, …` (`count` of them).
+pub fn placeholders(start: usize, count: usize) -> String {
+    (start..start + count)
+        .map(|n| format!("${n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// What happened to one claimed lane.
+#[derive(Debug, Clone, Default)]
+pub struct LaneResult {
+    /// Lane id.
+    pub lane_id: i64,
+    /// The conversation.
+    pub conversation_id: String,
+    /// Rows delivered (the latest update).
+    pub delivered: Vec<i64>,
+    /// Rows superseded by the delivered one.
+    pub merged: Vec<i64>,
+    /// Rows given up, with the reason.
+    pub dead: Vec<(i64, String)>,
+    /// Rows to try again; `count_attempt` says whether this try counts towards the limit.
+    pub retry: Vec<i64>,
+    /// Whether the retry counts as a failed attempt (not for throttling or deferral).
+    pub count_attempt: bool,
+    /// The error of the failed attempt, for the rows and the subscription's health.
+    pub error: Option<String>,
+    /// When the lane is due again (ms), for retries and deferrals.
+    pub next_attempt_at: Option<i64>,
+    /// A new root card (or `Some(None)` to forget a root that no longer exists).
+    pub root_activity_id: Option<Option<String>>,
+    /// `updated_at` (ms) and state of the update now shown.
+    pub shown: Option<(i64, String)>,
+    /// Freeze the conversation until then (ms), after a `Retry-After`.
+    pub freeze_until: Option<i64>,
+    /// The bot was removed from the conversation: disable its subscriptions with this reason.
+    pub bot_removed: Option<String>,
+    /// Subscriptions of the failed or dead rows (for their failure and dead-letter counts).
+    pub failed_subscriptions: Vec<String>,
+}
+
+/// Writes the results of a batch in one transaction and releases the lanes held by `owner`.
+/// Retried a few times when PostgreSQL reports a deadlock.
+pub async fn complete(db: &Db, owner: &str, results: &[LaneResult]) -> Result<(), sqlx::Error> {
+    if results.is_empty() {
+        return Ok(());
+    }
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match complete_once(db, owner, results).await {
+            Err(err) if attempt < TRANSACTION_ATTEMPTS && is_retryable_conflict(&err) => {
+                tokio::time::sleep(std::time::Duration::from_millis(5 * attempt as u64)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn complete_once(db: &Db, owner: &str, results: &[LaneResult]) -> Result<(), sqlx::Error> {
+    let now = now_millis();
+    let mut tx = db.pool.begin().await?;
+    // Finished rows, grouped by (status, reason): one statement per group.
+    let mut finished: BTreeMap<(&str, Option<&str>), Vec<i64>> = BTreeMap::new();
+    for result in results {
+        if !result.delivered.is_empty() {
+            finished
+                .entry((status::DELIVERED, None))
+                .or_default()
+                .extend(&result.delivered);
+        }
+        if !result.merged.is_empty() {
+            finished
+                .entry((status::MERGED, None))
+                .or_default()
+                .extend(&result.merged);
+        }
+        for (id, reason) in &result.dead {
+            finished
+                .entry((status::DEAD, Some(reason.as_str())))
+                .or_default()
+                .push(*id);
+        }
+    }
+    let mut changed_per_lane: HashMap<i64, i64> = HashMap::new();
+    for ((state, reason), ids) in &finished {
+        for chunk in ids.chunks(chunk_sizes(db).0) {
+            let sql = format!(
+                "UPDATE notify_outbox SET status = $1, last_error = COALESCE($2, last_error), finished_at = $3 \
+                 WHERE status = 'pending' AND id IN ({}) RETURNING lane_id",
+                placeholders(4, chunk.len())
+            );
+            let mut query = sqlx::query(&sql).bind(*state).bind(*reason).bind(now);
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            for row in query.fetch_all(&mut *tx).await? {
+                *changed_per_lane
+                    .entry(row.try_get::<i64, _>(0)?)
+                    .or_default() += 1;
+            }
+        }
+    }
+    // Failed attempts.
+    for result in results.iter().filter(|r| !r.retry.is_empty()) {
+        let sql = format!(
+            "UPDATE notify_outbox SET attempts = attempts + $1, last_error = COALESCE($2, last_error) \
+             WHERE status = 'pending' AND id IN ({})",
+            placeholders(3, result.retry.len())
+        );
+        let mut query = sqlx::query(&sql)
+            .bind(i64::from(result.count_attempt))
+            .bind(result.error.as_deref());
+        for id in &result.retry {
+            query = query.bind(*id);
+        }
+        query.execute(&mut *tx).await?;
+    }
+    // Lanes: pending counts lowered by what changed, roots, next attempts, leases released.
+    for chunk in results.chunks(chunk_sizes(db).1) {
+        update_lanes(&mut tx, owner, chunk, &changed_per_lane).await?;
+    }
+    // Frozen conversations.
+    for result in results {
+        if let Some(until) = result.freeze_until {
+            sqlx::query(
+                "INSERT INTO notify_destinations (conversation_id, frozen_until) VALUES ($1, $2) \
+                 ON CONFLICT (conversation_id) DO UPDATE SET frozen_until = CASE \
+                 WHEN excluded.frozen_until > notify_destinations.frozen_until \
+                 THEN excluded.frozen_until ELSE notify_destinations.frozen_until END",
+            )
+            .bind(&result.conversation_id)
+            .bind(until)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if let Some(reason) = &result.bot_removed {
+            sqlx::query(
+                "UPDATE notify_subscriptions SET enabled = 0, disabled_reason = $1, disabled_at = $2, \
+                 owner_notice_due = 1 WHERE conversation_id = $3 AND enabled = 1",
+            )
+            .bind(reason)
+            .bind(now)
+            .bind(&result.conversation_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+    }
+    // Subscription health: failed attempts and dead letters.
+    let mut health: BTreeMap<&str, (i64, i64, Option<&str>)> = BTreeMap::new();
+    for result in results {
+        let dead = i64::try_from(result.dead.len()).unwrap_or(i64::MAX);
+        let failed = i64::from(result.count_attempt && !result.retry.is_empty() || dead > 0);
+        for subscription in &result.failed_subscriptions {
+            let entry = health.entry(subscription.as_str()).or_default();
+            entry.0 += failed;
+            entry.1 += dead;
+            let reason = result
+                .error
+                .as_deref()
+                .or_else(|| result.dead.first().map(|(_, r)| r.as_str()));
+            if reason.is_some() {
+                entry.2 = reason;
+            }
+        }
+    }
+    for (subscription, (failed, dead, reason)) in health {
+        sqlx::query(
+            "UPDATE notify_subscriptions SET failure_count = failure_count + $1, \
+             dead_letter_count = dead_letter_count + $2, last_error = COALESCE($3, last_error) WHERE id = $4",
+        )
+        .bind(failed)
+        .bind(dead)
+        .bind(reason)
+        .bind(subscription)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await
+}
+
+/// One `UPDATE … SET x = CASE id WHEN … END` for a chunk of lanes.
+async fn update_lanes(
+    tx: &mut Transaction<'static, Any>,
+    owner: &str,
+    chunk: &[LaneResult],
+    changed: &HashMap<i64, i64>,
+) -> Result<(), sqlx::Error> {
+    #[derive(Default)]
+    struct Case {
+        sql: String,
+    }
+    let mut n = 2; // $1 is the owner.
+    let mut next = || {
+        n += 1;
+        format!("${}", n - 1)
+    };
+    let mut binds: Vec<Bind> = vec![Bind::Text(Some(owner.to_owned()))];
+    let mut pending = Case::default();
+    let mut root = Case::default();
+    let mut shown_at = Case::default();
+    let mut shown_state = Case::default();
+    let mut due = Case::default();
+    let mut ids = Vec::new();
+    for result in chunk {
+        let id = result.lane_id;
+        ids.push(id);
+        if let Some(count) = changed.get(&id).filter(|c| **c > 0) {
+            pending
+                .sql
+                .push_str(&format!(" WHEN {} THEN {}", next(), next()));
+            binds.push(Bind::Int(id));
+            binds.push(Bind::Int(*count));
+        }
+        if let Some(new_root) = &result.root_activity_id {
+            root.sql
+                .push_str(&format!(" WHEN {} THEN {}", next(), next()));
+            binds.push(Bind::Int(id));
+            binds.push(Bind::Text(new_root.clone()));
+        }
+        if let Some((at, state)) = &result.shown {
+            shown_at
+                .sql
+                .push_str(&format!(" WHEN {} THEN {}", next(), next()));
+            binds.push(Bind::Int(id));
+            binds.push(Bind::Int(*at));
+            shown_state
+                .sql
+                .push_str(&format!(" WHEN {} THEN {}", next(), next()));
+            binds.push(Bind::Int(id));
+            binds.push(Bind::Text(Some(state.clone())));
+        }
+        if let Some(at) = result.next_attempt_at {
+            due.sql
+                .push_str(&format!(" WHEN {} THEN {}", next(), next()));
+            binds.push(Bind::Int(id));
+            binds.push(Bind::Int(at));
+        }
+    }
+    let mut sets = vec![
+        "lease_owner = CASE WHEN lease_owner = $1 THEN NULL ELSE lease_owner END".to_owned(),
+        "lease_until = CASE WHEN lease_owner = $1 THEN 0 ELSE lease_until END".to_owned(),
+    ];
+    if !pending.sql.is_empty() {
+        // Lowered by what changed, never replaced: new rows may have arrived meanwhile.
+        sets.push(format!(
+            "pending_count = pending_count - (CASE id{} ELSE 0 END)",
+            pending.sql
+        ));
+    }
+    for (column, case) in [
+        ("root_activity_id", &root),
+        ("delivered_updated_at", &shown_at),
+        ("delivered_state", &shown_state),
+        ("next_attempt_at", &due),
+    ] {
+        if !case.sql.is_empty() {
+            sets.push(format!("{column} = CASE id{} ELSE {column} END", case.sql));
+        }
+    }
+    let mut in_list = Vec::new();
+    for id in &ids {
+        in_list.push(next());
+        binds.push(Bind::Int(*id));
+    }
+    let sql = format!(
+        "UPDATE notify_lanes SET {} WHERE id IN ({})",
+        sets.join(", "),
+        in_list.join(", ")
+    );
+    let mut query = sqlx::query(&sql);
+    for bind in binds {
+        query = match bind {
+            Bind::Int(v) => query.bind(v),
+            Bind::Text(v) => query.bind(v),
+        };
+    }
+    query.execute(&mut **tx).await.map(drop)
+}
+
+enum Bind {
+    Int(i64),
+    Text(Option<String>),
+}
+
+/// Counts of outbox rows by status (for tests, benches and `subscriptions`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OutboxCounts {
+    /// Waiting.
+    pub pending: i64,
+    /// Delivered.
+    pub delivered: i64,
+    /// Merged into a later update.
+    pub merged: i64,
+    /// Dead letters.
+    pub dead: i64,
+}
+
+/// Counts the outbox rows by status.
+pub async fn counts(db: &Db) -> Result<OutboxCounts, sqlx::Error> {
+    let rows = sqlx::query("SELECT status, COUNT(*) FROM notify_outbox GROUP BY status")
+        .fetch_all(&db.pool)
+        .await?;
+    let mut counts = OutboxCounts::default();
+    for row in rows {
+        let state: String = row.try_get(0)?;
+        let count: i64 = row.try_get(1)?;
+        match state.as_str() {
+            status::PENDING => counts.pending = count,
+            status::DELIVERED => counts.delivered = count,
+            status::MERGED => counts.merged = count,
+            status::DEAD => counts.dead = count,
+            _ => {}
+        }
+    }
+    Ok(counts)
+}
+
+/// Pending rows whose lane is leased right now: the deliveries in flight.
+pub async fn in_flight(db: &Db, now: i64) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT COUNT(*) FROM notify_outbox o JOIN notify_lanes l ON l.id = o.lane_id \
+         WHERE o.status = 'pending' AND l.lease_until >= $1",
+    )
+    .bind(now)
+    .fetch_one(&db.pool)
+    .await
+}
+
+/// Deletes delivered and merged rows finished before `before` (ms); returns how many.
+pub async fn purge_finished(db: &Db, before: i64) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(
+        "DELETE FROM notify_outbox WHERE status IN ('delivered', 'merged') AND finished_at < $1",
+    )
+    .bind(before)
+    .execute(&db.pool)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// The latest recorded event of a case by its number (`INC0010001`) or case key.
+pub async fn latest_event(db: &Db, reference: &str) -> Result<Option<CaseEvent>, sqlx::Error> {
+    let payload: Option<String> = sqlx::query_scalar(
+        "SELECT payload FROM notify_events WHERE number = $1 OR case_key = $1 \
+         ORDER BY updated_at DESC, id DESC LIMIT 1",
+    )
+    .bind(reference)
+    .fetch_optional(&db.pool)
+    .await?;
+    payload
+        .map(|p| {
+            serde_json::from_str(&p)
+                .map_err(|e| sqlx::Error::Decode(format!("stored event: {e}").into()))
+        })
+        .transpose()
 }

@@ -52,8 +52,11 @@ pub(crate) const GRAPH_RESOURCE: &str = "https://graph.microsoft.com";
 const SEED_GRAPH_CLIENT_ID: &str = "5e7b2a1c-0d4f-4c3b-9a8e-1f2d3c4b5a69";
 /// Its secret (sandbox only).
 const SEED_GRAPH_CLIENT_SECRET: &str = "Sbx8Q~sandbox.graph-management_secret.0001";
-/// Object id of the default signed-in user.
-const SEED_USER_OID: &str = "4d3c2b1a-9f8e-4a7b-8c6d-5e4f3a2b1c0d";
+/// Object id of the default signed-in user: the Agents Playground's default user
+/// (`sandbox/m365agentsplayground.yml`), so account linking works from the Playground.
+pub(crate) const SEED_USER_OID: &str = "7c1e0f4a-0000-4000-8000-000000000001";
+/// Template id of the built-in Entra role Global Administrator.
+pub(crate) const GLOBAL_ADMINISTRATOR_ROLE: &str = "62e90394-69f5-4237-9190-012177145e10";
 /// Access-token lifetime in seconds (the `expires_in` of the samples).
 const TOKEN_SECS: i64 = 3599;
 /// Lifetime of an authorization code.
@@ -310,6 +313,49 @@ struct RefreshGrant {
     user: SignedInUser,
 }
 
+/// A tenant-wide directory role assignment (Graph `unifiedRoleAssignment`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirectoryRoleAssignment {
+    /// `id`: in Entra the role template id and the principal id, both as .NET GUID bytes in
+    /// base64url, then `-1`.
+    pub id: String,
+    /// `principalId`: object id of the user.
+    pub principal_id: String,
+    /// `roleDefinitionId`: the built-in role's template id.
+    pub role_definition_id: String,
+    /// `directoryScopeId` (`/` = the whole tenant).
+    pub directory_scope_id: String,
+}
+
+impl DirectoryRoleAssignment {
+    /// A tenant-wide assignment of `role_definition_id` to `principal_id`.
+    pub fn new(principal_id: &str, role_definition_id: &str) -> Self {
+        let mut bytes = guid_bytes_le(role_definition_id);
+        bytes.extend(guid_bytes_le(principal_id));
+        Self {
+            id: format!("{}-1", URL_SAFE_NO_PAD.encode(bytes)),
+            principal_id: principal_id.to_ascii_lowercase(),
+            role_definition_id: role_definition_id.to_ascii_lowercase(),
+            directory_scope_id: "/".to_owned(),
+        }
+    }
+}
+
+/// A GUID's 16 bytes in .NET order (first three groups little-endian); empty if malformed.
+fn guid_bytes_le(guid: &str) -> Vec<u8> {
+    let hex: String = guid.chars().filter(|c| *c != '-').collect();
+    if hex.len() != 32 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Vec::new();
+    }
+    let mut bytes: Vec<u8> = (0..16)
+        .filter_map(|i| u8::from_str_radix(&hex[i * 2..i * 2 + 2], 16).ok())
+        .collect();
+    bytes[0..4].reverse();
+    bytes[4..6].reverse();
+    bytes[6..8].reverse();
+    bytes
+}
+
 /// The demo tenant's directory: tenant facts, app registry, pending codes.
 pub(crate) struct Directory {
     pub(crate) tenant_id: String,
@@ -320,6 +366,10 @@ pub(crate) struct Directory {
     pub(crate) service_principals: Vec<ServicePrincipal>,
     pub(crate) authorize_outcome: AuthorizeOutcome,
     pub(crate) graph_writes_denied: bool,
+    /// Directory role assignments (`roleManagement/directory/roleAssignments`).
+    pub(crate) role_assignments: Vec<DirectoryRoleAssignment>,
+    /// Graph answers 403 to role-assignment reads (no `RoleManagement.Read.Directory`).
+    pub(crate) role_reads_denied: bool,
     codes: HashMap<String, PendingCode>,
     redeemed: HashSet<String>,
     refresh_tokens: HashMap<String, RefreshGrant>,
@@ -365,6 +415,12 @@ impl Directory {
                 tenant_id: None,
             }),
             graph_writes_denied: false,
+            // The default signed-in user is a Global Administrator, as a tenant's first admin is.
+            role_assignments: vec![DirectoryRoleAssignment::new(
+                SEED_USER_OID,
+                GLOBAL_ADMINISTRATOR_ROLE,
+            )],
+            role_reads_denied: false,
             codes: HashMap::new(),
             redeemed: HashSet::new(),
             refresh_tokens: HashMap::new(),
@@ -1495,6 +1551,19 @@ async fn authorize(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn role_assignment_ids_have_the_entra_shape() {
+        // The example of the Graph docs (`rbacapplication-list-roleassignments.md`).
+        let assignment = DirectoryRoleAssignment::new(
+            "f1847572-48aa-47aa-96a3-2ec61904f41f",
+            "62e90394-69f5-4237-9190-012177145e10",
+        );
+        assert_eq!(
+            assignment.id,
+            "lAPpYvVpN0KRkAEhdxReEHJ1hPGqSKpHlqMuxhkE9B8-1"
+        );
+    }
 
     #[test]
     fn embedded_public_key_matches_the_private_key() {

@@ -588,6 +588,7 @@ fn dispatch(ctx: &Ctx<'_>, segments: &[String]) -> Response {
         ["organization", id] if get => organization(ctx, Some(id)),
         ["domains"] if get => domains(ctx, None),
         ["domains", id] if get => domains(ctx, Some(id)),
+        ["roleManagement", "directory", "roleAssignments"] if get => list_role_assignments(ctx),
         ["admin", "serviceAnnouncement", "issues"] if get => list_issues(ctx),
         ["admin", "serviceAnnouncement", "issues", id] if get => get_issue(ctx, id),
         ["admin", "serviceAnnouncement", "healthOverviews"] if get => health_overviews(ctx, None),
@@ -1210,6 +1211,110 @@ fn list_service_principals(ctx: &Ctx<'_>) -> Response {
     }
     drop(world);
     page(ctx, "servicePrincipals", "servicePrincipals", items)
+}
+
+/// Display names of the built-in Entra roles the bot cares about, by template id.
+const BUILT_IN_ROLES: &[(&str, &str)] = &[
+    (
+        "62e90394-69f5-4237-9190-012177145e10",
+        "Global Administrator",
+    ),
+    (
+        "f023fd81-a637-4b56-95fd-791ac0226033",
+        "Service Support Administrator",
+    ),
+    (
+        "729827e3-9c14-49f7-bb1b-9608f156bbb8",
+        "Helpdesk Administrator",
+    ),
+    ("f2ef992c-3afb-46b9-b7cf-a126ee74c451", "Global Reader"),
+    ("fe930be7-5e62-47db-91af-98c3a49a38b1", "User Administrator"),
+];
+
+/// `GET /roleManagement/directory/roleAssignments` (`rbacapplication-list-roleassignments.md`):
+/// `$filter` on `principalId`, `roleDefinitionId`, `directoryScopeId` (eq), `$expand=roleDefinition`.
+fn list_role_assignments(ctx: &Ctx<'_>) -> Response {
+    let unsupported = |detail: &str| {
+        bad_request(
+            &ctx.headers,
+            "Request_UnsupportedQuery",
+            &format!(
+                "Unsupported or invalid query filter clause specified for {detail} of resource 'RoleAssignment'."
+            ),
+        )
+    };
+    let filters = match ctx.param("$filter").map(parse_filter) {
+        Some(Some(f)) => f,
+        Some(None) => return unsupported("the filter"),
+        None => Vec::new(),
+    };
+    let expand_definition = match ctx.param("$expand") {
+        None => false,
+        Some(expand) if expand.trim() == "roleDefinition" => true,
+        Some(_) => {
+            return bad_request(
+                &ctx.headers,
+                "BadRequest",
+                "Only roleDefinition can be expanded in this emulator.",
+            );
+        }
+    };
+    let world = ctx.shared.world();
+    if world.dir.role_reads_denied {
+        return denied(&ctx.headers);
+    }
+    let mut items = Vec::new();
+    for assignment in &world.dir.role_assignments {
+        let mut keep = true;
+        for (prop, op, value) in &filters {
+            let actual = match prop.as_str() {
+                "principalId" => &assignment.principal_id,
+                "roleDefinitionId" => &assignment.role_definition_id,
+                "directoryScopeId" => &assignment.directory_scope_id,
+                other => return unsupported(&format!("property '{other}'")),
+            };
+            if op != "eq" {
+                return unsupported(&format!("operator '{op}'"));
+            }
+            keep &= actual.eq_ignore_ascii_case(value);
+        }
+        if !keep {
+            continue;
+        }
+        let mut item = json!({
+            "id": assignment.id,
+            "principalId": assignment.principal_id,
+            "resourceScope": assignment.directory_scope_id,
+            "directoryScopeId": assignment.directory_scope_id,
+            "roleDefinitionId": assignment.role_definition_id,
+        });
+        if expand_definition {
+            let name = BUILT_IN_ROLES
+                .iter()
+                .find(|(id, _)| id.eq_ignore_ascii_case(&assignment.role_definition_id))
+                .map_or("Custom role", |(_, name)| *name);
+            item["roleDefinition"] = json!({
+                "id": assignment.role_definition_id,
+                "templateId": assignment.role_definition_id,
+                "displayName": name,
+                "isBuiltIn": true,
+                "isEnabled": true,
+            });
+        }
+        items.push(item);
+    }
+    drop(world);
+    let context = if expand_definition {
+        "roleManagement/directory/roleAssignments(roleDefinition())"
+    } else {
+        "roleManagement/directory/roleAssignments"
+    };
+    page(
+        ctx,
+        "roleManagement/directory/roleAssignments",
+        context,
+        items,
+    )
 }
 
 fn get_service_principal(ctx: &Ctx<'_>, id: &str) -> Response {

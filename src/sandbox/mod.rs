@@ -38,7 +38,9 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use entra::{AppRegistration, AuthorizeOutcome, PasswordCredential, SignedInUser};
+pub use entra::{
+    AppRegistration, AuthorizeOutcome, DirectoryRoleAssignment, PasswordCredential, SignedInUser,
+};
 pub use faults::{Emulator, FaultConfig};
 pub use graph::{IssueAdvance, IssuePost, ServiceHealthIssue};
 
@@ -449,6 +451,18 @@ impl SandboxHandle {
             .set_cross_scope_readable("oauth_entity", readable);
     }
 
+    /// Makes the ServiceNow emulator push signed case changes to the bot, acting as the
+    /// Business Rule of `m365bot servicenow-script` (`None` stops it).
+    pub fn sn_set_push_target(&self, target: Option<servicenow::PushTarget>) {
+        self.shared.world().sn.set_push_target(target);
+    }
+
+    /// Row ACL knob: hides a record from every caller but `admin` (lists then come back
+    /// short, as `sysparm_limit` is applied before ACLs).
+    pub fn sn_set_row_hidden(&self, sys_id: &str, hidden: bool) {
+        self.shared.world().sn.set_row_hidden(sys_id, hidden);
+    }
+
     // ---- Entra / Graph app registry ----
 
     /// Every application registration of the demo tenant.
@@ -502,6 +516,52 @@ impl SandboxHandle {
     /// What the authorize endpoint does next: sign in a user or let the user cancel.
     pub fn set_authorize_outcome(&self, outcome: AuthorizeOutcome) {
         self.shared.world().dir.authorize_outcome = outcome;
+    }
+
+    /// Assigns a built-in directory role (by template id, e.g. Global Administrator
+    /// `62e90394-69f5-4237-9190-012177145e10`) to the user `oid`, tenant-wide; returns the
+    /// assignment id. Assigning it twice keeps one assignment.
+    pub fn assign_directory_role(&self, oid: &str, role_template_id: &str) -> String {
+        let assignment = DirectoryRoleAssignment::new(oid, role_template_id);
+        let mut world = self.shared.world();
+        let assignments = &mut world.dir.role_assignments;
+        if !assignments.iter().any(|a| a.id == assignment.id) {
+            assignments.push(assignment.clone());
+        }
+        assignment.id
+    }
+
+    /// Removes the assignment of a directory role from `oid`; false if it had none.
+    pub fn unassign_directory_role(&self, oid: &str, role_template_id: &str) -> bool {
+        let id = DirectoryRoleAssignment::new(oid, role_template_id).id;
+        let mut world = self.shared.world();
+        let before = world.dir.role_assignments.len();
+        world.dir.role_assignments.retain(|a| a.id != id);
+        world.dir.role_assignments.len() != before
+    }
+
+    /// The directory role assignments of `oid`.
+    pub fn directory_roles(&self, oid: &str) -> Vec<DirectoryRoleAssignment> {
+        self.shared
+            .world()
+            .dir
+            .role_assignments
+            .iter()
+            .filter(|a| a.principal_id.eq_ignore_ascii_case(oid))
+            .cloned()
+            .collect()
+    }
+
+    /// Misconfiguration knob: Graph answers 403 `Authorization_RequestDenied` to role
+    /// assignment reads, as for an app without `RoleManagement.Read.Directory`.
+    pub fn set_directory_role_reads_denied(&self, denied: bool) {
+        self.shared.world().dir.role_reads_denied = denied;
+    }
+
+    /// Object id of the user the authorize endpoint signs in by default (the Agents
+    /// Playground's default user; a Global Administrator).
+    pub fn default_signed_in_oid(&self) -> &'static str {
+        entra::SEED_USER_OID
     }
 
     // ---- Graph service health ----

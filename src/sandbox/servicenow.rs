@@ -128,6 +128,26 @@ pub(crate) struct SnState {
     tokens: HashMap<String, Grant>,
     refresh_tokens: HashMap<String, Grant>,
     next_incident: u64,
+    /// Where case changes are pushed, as the bot's Business Rule would (`None`: no push).
+    push_target: Option<PushTarget>,
+    /// sys_ids of rows only `admin` may read (a row ACL), for short-page tests.
+    hidden_rows: HashSet<String>,
+}
+
+/// Where the emulator posts signed case changes, acting as the Business Rule that
+/// `m365bot servicenow-script` prints.
+#[derive(Debug, Clone)]
+pub struct PushTarget {
+    /// The bot's push endpoint, e.g. `http://127.0.0.1:3978/api/servicenow/events`.
+    pub url: String,
+    /// The shared HMAC secret.
+    pub secret: String,
+    /// The case table (`incident`).
+    pub table: String,
+    /// Encoded query a record must match to be pushed.
+    pub filter: String,
+    /// Fields sent as `{value, display_value}`.
+    pub fields: Vec<String>,
 }
 
 /// Who is calling.
@@ -651,6 +671,8 @@ impl SnState {
             tokens: HashMap::new(),
             refresh_tokens: HashMap::new(),
             next_incident: 10001,
+            push_target: None,
+            hidden_rows: HashSet::new(),
         };
         state.seed_metadata();
         state.seed_data(options);
@@ -1377,6 +1399,12 @@ impl SnState {
         if caller.is_admin() {
             return true;
         }
+        if record
+            .get("sys_id")
+            .is_some_and(|id| self.hidden_rows.contains(id))
+        {
+            return false;
+        }
         let root = self.root(table);
         if ADMIN_READ_TABLES.contains(&root.as_str()) {
             return false;
@@ -1510,10 +1538,12 @@ impl SnState {
             .entry(table.to_owned())
             .or_default()
             .push(record.clone());
+        let journal_note = journal.last().map(|(_, value)| value.clone());
         for (element, value) in journal {
             self.add_journal(table, &sys_id, &element, &value, &caller.user_name);
         }
         self.after_insert(table, &record);
+        self.fire_push(table, &sys_id, None, journal_note);
         Ok(sys_id)
     }
 
@@ -1595,7 +1625,8 @@ impl SnState {
         fields: Record,
         caller: &Caller,
     ) -> Option<String> {
-        let (concrete, _) = self.find_record(table, sys_id)?;
+        let (concrete, before) = self.find_record(table, sys_id)?;
+        let previous_state = before.get("state").cloned();
         let mut journal = Vec::new();
         let mut changes = Record::new();
         for (key, value) in fields {
@@ -1643,8 +1674,12 @@ impl SnState {
             record.insert("sys_updated_on".to_owned(), stamp);
             record.insert("sys_updated_by".to_owned(), caller.user_name.clone());
         }
+        let journal_note = journal.last().map(|(_, value)| value.clone());
         for (element, value) in journal {
             self.add_journal(&concrete, sys_id, &element, &value, &caller.user_name);
+        }
+        if changed {
+            self.fire_push(&concrete, sys_id, previous_state, journal_note);
         }
         Some(concrete)
     }
@@ -1902,6 +1937,101 @@ impl SnState {
         self.ensure_db_object(name);
         self.write_dictionary(name);
         Ok(())
+    }
+
+    pub(crate) fn set_push_target(&mut self, target: Option<PushTarget>) {
+        self.push_target = target;
+    }
+
+    pub(crate) fn set_row_hidden(&mut self, sys_id: &str, hidden: bool) {
+        if hidden {
+            self.hidden_rows.insert(sys_id.to_owned());
+        } else {
+            self.hidden_rows.remove(sys_id);
+        }
+    }
+
+    /// Posts a signed change of a case record to the push target, like the Business Rule;
+    /// sent from a task so the world lock is not held, unordered like async rules.
+    fn fire_push(
+        &self,
+        table: &str,
+        sys_id: &str,
+        previous_state: Option<String>,
+        note: Option<String>,
+    ) {
+        let Some(target) = &self.push_target else {
+            return;
+        };
+        if self.root(table) != target.table && table != target.table {
+            return;
+        }
+        let Some((concrete, record)) = self.find_record(table, sys_id) else {
+            return;
+        };
+        if !target.filter.trim().is_empty() {
+            let query = EncodedQuery::parse(self, &concrete, &target.filter);
+            if !query.matches(self, &concrete, record) {
+                return;
+            }
+        }
+        let mut fields = Map::new();
+        for name in &target.fields {
+            let Some(column) = self.column(&concrete, name) else {
+                continue;
+            };
+            let value = record.get(name).cloned().unwrap_or_default();
+            let display = self.display_of(&column, &concrete, &value);
+            fields.insert(
+                name.clone(),
+                json!({"value": value, "display_value": display}),
+            );
+        }
+        let current_state = record.get("state").cloned();
+        let previous_display = match (previous_state, self.column(&concrete, "state")) {
+            (Some(previous), Some(column)) if Some(&previous) != current_state.as_ref() => {
+                Some(self.display_of(&column, &concrete, &previous))
+            }
+            _ => None,
+        };
+        let mut body = json!({"table": target.table, "record": fields});
+        if let Some(previous) = previous_display {
+            body["previous_state"] = Value::String(previous);
+        }
+        if let Some(note) = note {
+            body["note"] = Value::String(note);
+        }
+        let Ok(body) = serde_json::to_vec(&body) else {
+            return;
+        };
+        let timestamp = now().timestamp();
+        let signature =
+            crate::notify::sources::push::sign(target.secret.as_bytes(), timestamp, &body);
+        let url = target.url.clone();
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
+            let sent = reqwest::Client::new()
+                .post(&url)
+                .header("content-type", "application/json")
+                .header("x-m365bot-timestamp", timestamp.to_string())
+                .header("x-m365bot-signature", signature)
+                .body(body)
+                .send()
+                .await;
+            match sent {
+                Ok(response) if response.status().is_success() => {}
+                Ok(response) => tracing::warn!(
+                    status = response.status().as_u16(),
+                    "sandbox ServiceNow: the bot refused a pushed case change"
+                ),
+                Err(err) => tracing::warn!(
+                    error = %err,
+                    "sandbox ServiceNow: cannot push a case change to the bot"
+                ),
+            }
+        });
     }
 
     pub(crate) fn remove_role(&mut self, user_name: &str, role: &str) -> bool {

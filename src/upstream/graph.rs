@@ -41,6 +41,8 @@ pub const PERMISSION_ORGANIZATION: &str = "Organization.Read.All";
 pub const PERMISSION_DOMAINS: &str = "Domain.Read.All";
 /// Permission hint for service health reads.
 pub const PERMISSION_SERVICE_HEALTH: &str = "ServiceHealth.Read.All";
+/// Permission hint for directory role assignment reads.
+pub const PERMISSION_ROLE_ASSIGNMENTS: &str = "RoleManagement.Read.Directory";
 
 /// Where Graph bearer tokens come from.
 pub trait TokenSource: Send + Sync {
@@ -550,6 +552,21 @@ pub struct ServicePrincipal {
     /// Identifier URIs and the client id.
     #[serde(default, deserialize_with = "super::null_default")]
     pub service_principal_names: Vec<String>,
+}
+
+/// A directory role assignment (`unifiedRoleAssignment`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UnifiedRoleAssignment {
+    /// Assignment id.
+    pub id: String,
+    /// Object id of the user, group or service principal.
+    pub principal_id: String,
+    /// The role definition; for built-in roles its template id.
+    pub role_definition_id: String,
+    /// Scope of the assignment (`/` = the whole tenant).
+    #[serde(default)]
+    pub directory_scope_id: Option<String>,
 }
 
 /// A verified domain of the organization.
@@ -1115,6 +1132,24 @@ impl GraphClient {
             let url = self.url(&["servicePrincipals"], &[("$filter", filter)])?;
             let found: Vec<ServicePrincipal> = self.list_all(url, PERMISSION_APPLICATIONS).await?;
             Ok(found.into_iter().next())
+        }
+        .await;
+        self.observe(result)
+    }
+
+    /// The directory role assignments of one principal
+    /// (`GET /roleManagement/directory/roleAssignments?$filter=principalId eq '…'`).
+    pub async fn role_assignments_of(
+        &self,
+        principal_id: &str,
+    ) -> Result<Vec<UnifiedRoleAssignment>, GraphError> {
+        let result = async {
+            let filter = format!("principalId eq {}", odata_quote(principal_id));
+            let url = self.url(
+                &["roleManagement", "directory", "roleAssignments"],
+                &[("$filter", filter)],
+            )?;
+            self.list_all(url, PERMISSION_ROLE_ASSIGNMENTS).await
         }
         .await;
         self.observe(result)

@@ -1,0 +1,634 @@
+//! The slow work of each step: creating or reading the Entra apps and ServiceNow records
+//! (through `integration::provision`) and verifying them live (through `integration::doctor`).
+//! Every effect is idempotent, so a retried effect (429 storm, restart) creates nothing twice.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use secrecy::SecretString;
+
+use super::state::{
+    AppChoice, AppRecord, AppSlot, Collected, Effect, EffectResult, RecordChoice, RecordRef,
+    RecordSlot, SecretSlot, Secrets, Step, StepError, UserChoice, Verdict,
+};
+use crate::app::App;
+use crate::db::now_millis;
+use crate::integration::doctor::{self, CheckOutcome, Status};
+use crate::integration::provision::{self, ProvisionError};
+use crate::integration::{AppCredentials, AuthType, IntegrationSpec, Upstreams};
+use crate::upstream::servicenow::Record;
+
+/// A spec naming only the tenant and instance of a provisioning request (no apps yet).
+pub fn placeholder_spec(
+    request: &crate::integration::provision::ProvisionRequest,
+) -> IntegrationSpec {
+    IntegrationSpec {
+        tenant: request.tenant.clone(),
+        tenant_id: None,
+        organization_name: request.organization_name.clone(),
+        instance_url: request.instance_url.clone(),
+        auth_type: AuthType::Aad,
+        outbound_app: AppCredentials {
+            client_id: String::new(),
+            client_secret: SecretString::from(String::new()),
+        },
+        inbound_app: None,
+        rest_user_app: None,
+        integration_user: None,
+        integration_user_password: None,
+    }
+}
+
+/// Clients for the integration's tenant: Graph tokens are requested in the tenant the admin
+/// entered (the bot's own tenant may differ). Cached per tenant and endpoints.
+pub fn upstreams_for(app: &App, tenant: &str) -> Arc<Upstreams> {
+    static CACHE: Mutex<Vec<(String, Arc<Upstreams>)>> = Mutex::new(Vec::new());
+    if tenant.is_empty() {
+        return Arc::new(Upstreams::from_settings(
+            &app.settings,
+            app.http.clone(),
+            app.metrics.clone(),
+        ));
+    }
+    let key = format!(
+        "{tenant}|{}|{}|{:?}",
+        app.settings.entra.graph_url,
+        app.settings.entra.authority_url,
+        app.settings
+            .servicenow
+            .instance_url
+            .as_ref()
+            .map(url::Url::as_str)
+    );
+    if let Ok(cache) = CACHE.lock()
+        && let Some((_, found)) = cache.iter().find(|(k, _)| *k == key)
+    {
+        return found.clone();
+    }
+    let mut settings = app.settings.clone();
+    let instance_url = settings
+        .servicenow
+        .instance_url
+        .clone()
+        .unwrap_or_else(|| settings.entra.graph_url.clone());
+    settings.integration = Some(IntegrationSpec {
+        tenant: tenant.to_owned(),
+        tenant_id: None,
+        organization_name: None,
+        instance_url,
+        auth_type: AuthType::Aad,
+        outbound_app: AppCredentials {
+            client_id: String::new(),
+            client_secret: SecretString::from(String::new()),
+        },
+        inbound_app: None,
+        rest_user_app: None,
+        integration_user: None,
+        integration_user_password: None,
+    });
+    let built = Arc::new(Upstreams::from_settings(
+        &settings,
+        app.http.clone(),
+        app.metrics.clone(),
+    ));
+    if let Ok(mut cache) = CACHE.lock() {
+        if cache.len() > 16 {
+            cache.clear();
+        }
+        cache.push((key, built.clone()));
+    }
+    built
+}
+
+/// Attempts of an effect whose failure is transient (429, 5xx, network).
+const ATTEMPTS: u32 = 3;
+
+/// The integration as far as the wizard knows it (missing apps have an empty client id).
+pub fn spec(app: &App, data: &Collected, secrets: &Secrets) -> Option<IntegrationSpec> {
+    spec_from(&app.settings, data, secrets)
+}
+
+/// [`spec`] from the settings alone (for the command line).
+pub fn spec_from(
+    settings: &crate::config::Settings,
+    data: &Collected,
+    secrets: &Secrets,
+) -> Option<IntegrationSpec> {
+    let instance_url = settings.servicenow.instance_url.clone()?;
+    let creds = |slot: AppSlot| {
+        data.app(slot).map(|record| AppCredentials {
+            client_id: record.client_id.clone(),
+            client_secret: secrets
+                .get(slot.secret())
+                .cloned()
+                .unwrap_or_else(|| SecretString::from(String::new())),
+        })
+    };
+    let auth_type = data.auth_type.unwrap_or(AuthType::Aad);
+    Some(IntegrationSpec {
+        tenant: data.tenant.clone().unwrap_or_default(),
+        tenant_id: data.tenant_id.clone(),
+        organization_name: None,
+        instance_url,
+        auth_type,
+        outbound_app: creds(AppSlot::Outbound).unwrap_or(AppCredentials {
+            client_id: String::new(),
+            client_secret: SecretString::from(String::new()),
+        }),
+        inbound_app: creds(AppSlot::Inbound).filter(|_| auth_type == AuthType::Aad),
+        rest_user_app: creds(AppSlot::RestUser).filter(|_| auth_type == AuthType::Aad),
+        integration_user: data
+            .integration_user
+            .clone()
+            .filter(|_| auth_type == AuthType::Basic),
+        integration_user_password: secrets.get(SecretSlot::IntegrationPassword).cloned(),
+    })
+}
+
+fn set_app(spec: &mut IntegrationSpec, slot: AppSlot, creds: AppCredentials) {
+    match slot {
+        AppSlot::Outbound => spec.outbound_app = creds,
+        AppSlot::Inbound => spec.inbound_app = Some(creds),
+        AppSlot::RestUser => spec.rest_user_app = Some(creds),
+    }
+}
+
+/// True when an error text shows a failure a retry can fix.
+fn transient_text(text: &str) -> bool {
+    [
+        "answered 429",
+        "answered 502",
+        "answered 503",
+        "answered 504",
+        "unreachable",
+    ]
+    .iter()
+    .any(|needle| text.contains(needle))
+}
+
+/// Runs an effect, retrying transient failures a few times (the effects are idempotent).
+pub async fn run(
+    app: &App,
+    step: Step,
+    data: &Collected,
+    secrets: &Secrets,
+    effect: &Effect,
+) -> EffectResult {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let mut result = run_once(app, step, data, secrets, effect).await;
+        result.step = Some(step);
+        let transient = result
+            .error
+            .as_ref()
+            .is_some_and(|e| transient_text(&e.message));
+        if !transient || attempt >= ATTEMPTS {
+            if transient && let Some(error) = result.error.as_mut() {
+                error.fix = Some(
+                    "The service is throttling or briefly unavailable. Nothing was left half-done: wait a minute and submit this step again.".to_owned(),
+                );
+            }
+            return result;
+        }
+        tokio::time::sleep(Duration::from_millis(700 * u64::from(attempt))).await;
+    }
+}
+
+async fn run_once(
+    app: &App,
+    step: Step,
+    data: &Collected,
+    secrets: &Secrets,
+    effect: &Effect,
+) -> EffectResult {
+    let Some(mut spec) = spec(app, data, secrets) else {
+        return failure(
+            None,
+            "servicenow.instance_url is not configured",
+            Some(
+                "Configure the bot's ServiceNow access ([servicenow] instance_url, username, password).",
+            ),
+        );
+    };
+    let tenant_upstreams = upstreams_for(app, &spec.tenant);
+    let ups: &Upstreams = &tenant_upstreams;
+    let auth = spec.auth_type;
+    match effect {
+        Effect::VerifyTenant { domain } => verify_tenant(ups, domain).await,
+        Effect::App { slot, choice } => {
+            let mut notes = Vec::new();
+            let (creds, record) = match choice {
+                AppChoice::Create => {
+                    let graph = match provision::graph_client(ups) {
+                        Ok(graph) => graph,
+                        Err(err) => return provision_failure(&err, None),
+                    };
+                    let name = format!(
+                        "{} {}",
+                        app.settings.setup.app_name_prefix,
+                        slot.name_suffix()
+                    );
+                    let redirects = if *slot == AppSlot::Outbound {
+                        vec![spec.redirect_url()]
+                    } else {
+                        Vec::new()
+                    };
+                    let known = data.app(*slot).and_then(|record| {
+                        Some(AppCredentials {
+                            client_id: record.client_id.clone(),
+                            client_secret: secrets.get(slot.secret())?.clone(),
+                        })
+                    });
+                    match provision::ensure_app(
+                        graph,
+                        &name,
+                        &redirects,
+                        *slot == AppSlot::Inbound,
+                        known.as_ref(),
+                        &mut notes,
+                    )
+                    .await
+                    {
+                        Ok(creds) => {
+                            let record = AppRecord {
+                                client_id: creds.client_id.clone(),
+                                name: Some(name),
+                                created: true,
+                            };
+                            (creds, record)
+                        }
+                        Err(err) => return provision_failure(&err, None),
+                    }
+                }
+                AppChoice::Existing { client_id, secret } => (
+                    AppCredentials {
+                        client_id: client_id.clone(),
+                        client_secret: secret.clone(),
+                    },
+                    AppRecord {
+                        client_id: client_id.clone(),
+                        name: None,
+                        created: false,
+                    },
+                ),
+            };
+            let secret = creds.client_secret.clone();
+            set_app(&mut spec, *slot, creds);
+            let mut result = verify(ups, &spec, step.checks(auth), false, |outcome| {
+                let text = outcome.detail.as_str();
+                if text.contains("7000215") || text.contains("7000222") || text.contains("7000218")
+                {
+                    "client_secret"
+                } else {
+                    "client_id"
+                }
+            })
+            .await;
+            result.notes.splice(0..0, notes);
+            if result.error.is_none() {
+                result.app = Some((*slot, record));
+                result.secrets.push((slot.secret(), secret));
+            }
+            result
+        }
+        Effect::Record { slot, choice } => {
+            record_effect(ups, &spec, data, *slot, choice, step).await
+        }
+        Effect::User(choice) => user_effect(ups, &mut spec, choice, step).await,
+        Effect::CrossScope { repair } => {
+            verify(ups, &spec, step.checks(auth), *repair, |_| "repair").await
+        }
+    }
+}
+
+fn failure(field: Option<&str>, message: &str, fix: Option<&str>) -> EffectResult {
+    EffectResult {
+        error: Some(StepError {
+            field: field.map(str::to_owned),
+            message: message.to_owned(),
+            fix: fix.map(str::to_owned),
+        }),
+        ..EffectResult::default()
+    }
+}
+
+fn provision_failure(err: &ProvisionError, field: Option<&str>) -> EffectResult {
+    let fix = match err.status {
+        Some(403) => Some(
+            "The bot's account is not allowed to do this. Give the bot's ServiceNow account the admin role (or the Graph app Application.ReadWrite.All), or choose *Use an existing one*.",
+        ),
+        _ if err.transient => None,
+        _ => Some("Check the bot's access and try again, or choose *Use an existing one*."),
+    };
+    failure(field, &err.to_string(), fix)
+}
+
+async fn verify_tenant(ups: &Upstreams, domain: &str) -> EffectResult {
+    match ups.entra.openid_configuration(domain).await {
+        Ok(config) => {
+            let tenant_id = config.tenant_id.clone();
+            EffectResult {
+                tenant_id: tenant_id.clone(),
+                verdicts: vec![(
+                    "tenant".to_owned(),
+                    Verdict {
+                        status: "pass".to_owned(),
+                        detail: format!("tenant id {}", tenant_id.as_deref().unwrap_or("unknown")),
+                        at: now_millis(),
+                    },
+                )],
+                notes: vec![format!(
+                    "{domain} is tenant {}",
+                    tenant_id.as_deref().unwrap_or("(id not published)")
+                )],
+                ..EffectResult::default()
+            }
+        }
+        Err(err) => failure(
+            Some("domain"),
+            &err.to_string(),
+            Some(err.hint().unwrap_or(
+                "Enter the tenant's domain, e.g. contoso.onmicrosoft.com (Entra ID > Overview > Primary domain).",
+            )),
+        ),
+    }
+}
+
+fn verdict(outcome: &CheckOutcome) -> (String, Verdict) {
+    (
+        outcome.id.to_owned(),
+        Verdict {
+            status: match outcome.status {
+                Status::Pass => "pass",
+                Status::Fail => "fail",
+                Status::Skip => "skip",
+            }
+            .to_owned(),
+            detail: outcome.detail.clone(),
+            at: now_millis(),
+        },
+    )
+}
+
+/// Runs the step's checks; the first failure becomes the step's error, beside the field
+/// `field_of` names.
+async fn verify(
+    ups: &Upstreams,
+    spec: &IntegrationSpec,
+    ids: &[&str],
+    repair: bool,
+    field_of: impl Fn(&CheckOutcome) -> &'static str,
+) -> EffectResult {
+    let outcomes = doctor::run_only(ups, spec, ids, repair).await;
+    let mut result = EffectResult {
+        verdicts: outcomes.iter().map(verdict).collect(),
+        ..EffectResult::default()
+    };
+    for outcome in &outcomes {
+        match outcome.status {
+            Status::Pass => result
+                .notes
+                .push(format!("verified: {}: {}", outcome.title, outcome.detail)),
+            Status::Skip => result.notes.push(format!(
+                "not verified: {}: {}",
+                outcome.title, outcome.detail
+            )),
+            Status::Fail => {}
+        }
+    }
+    if let Some(failed) = outcomes.iter().find(|o| o.status == Status::Fail) {
+        result.error = Some(StepError {
+            field: Some(field_of(failed).to_owned()),
+            message: format!("{}: {}", failed.title, failed.detail),
+            fix: failed.fix.clone(),
+        });
+    }
+    result
+}
+
+async fn record_effect(
+    ups: &Upstreams,
+    spec: &IntegrationSpec,
+    data: &Collected,
+    slot: RecordSlot,
+    choice: &RecordChoice,
+    step: Step,
+) -> EffectResult {
+    let client = match provision::servicenow_client(ups) {
+        Ok(client) => client,
+        Err(err) => return provision_failure(&err, None),
+    };
+    let mut notes = Vec::new();
+    let record: Record = match choice {
+        RecordChoice::Create => {
+            let saved = match slot {
+                RecordSlot::OauthProvider => {
+                    provision::ensure_oauth_provider(client, spec, &ups.authority, &mut notes)
+                        .await
+                        .map(Some)
+                }
+                RecordSlot::OidcProvider => {
+                    provision::ensure_oidc_provider(client, spec, &ups.authority, &mut notes)
+                        .await
+                        .map(Some)
+                }
+                RecordSlot::OidcEntity => {
+                    let provider = data
+                        .record(RecordSlot::OidcProvider)
+                        .map(|r| r.sys_id.clone())
+                        .unwrap_or_default();
+                    provision::ensure_oidc_entity(client, spec, &provider, &mut notes).await
+                }
+            };
+            match saved {
+                Ok(Some(record)) => record,
+                Ok(None) => {
+                    return failure(
+                        None,
+                        "the inbound app is not recorded yet",
+                        Some("Go back to the inbound app step."),
+                    );
+                }
+                Err(err) => return provision_failure(&err, None),
+            }
+        }
+        RecordChoice::Existing(sys_id) => match client.get(slot.table(), sys_id, &[]).await {
+            Ok(Some(record)) => {
+                let expected = match slot {
+                    RecordSlot::OauthProvider => {
+                        Some(("client_id", spec.outbound_app.client_id.clone()))
+                    }
+                    RecordSlot::OidcEntity => spec
+                        .inbound_app
+                        .as_ref()
+                        .map(|a| ("client_id", a.client_id.clone())),
+                    RecordSlot::OidcProvider => None,
+                };
+                if let Some((field, want)) = expected
+                    && record.str(field).unwrap_or_default() != want
+                {
+                    return failure(
+                        Some("record"),
+                        &format!(
+                            "The record you picked has {field} {:?}, but the app recorded in this setup is {want:?}.",
+                            record.str(field).unwrap_or_default()
+                        ),
+                        Some(
+                            "Pick the record that uses this app's client id, or choose *Create it for me* to create or correct it.",
+                        ),
+                    );
+                }
+                notes.push(format!(
+                    "using the existing record {}",
+                    record_name(slot, &record)
+                ));
+                record
+            }
+            Ok(None) => {
+                return failure(
+                    Some("record"),
+                    "That record no longer exists (or the bot may not read it).",
+                    Some("Pick another record, or choose *Create it for me*."),
+                );
+            }
+            Err(err) => return failure(Some("record"), &err.to_string(), None),
+        },
+    };
+    let mut result = verify(ups, spec, step.checks(spec.auth_type), false, |_| "record").await;
+    result.notes.splice(0..0, notes);
+    if result.error.is_none() {
+        result.record = Some((
+            slot,
+            RecordRef {
+                sys_id: record.sys_id().unwrap_or_default().to_owned(),
+                name: record_name(slot, &record),
+                created: matches!(choice, RecordChoice::Create),
+            },
+        ));
+    }
+    result
+}
+
+/// The display name of a record.
+pub fn record_name(slot: RecordSlot, record: &Record) -> String {
+    let field = match slot {
+        RecordSlot::OidcProvider => "oidc_provider",
+        RecordSlot::OauthProvider | RecordSlot::OidcEntity => "name",
+    };
+    record.str(field).unwrap_or_default().to_owned()
+}
+
+async fn user_effect(
+    ups: &Upstreams,
+    spec: &mut IntegrationSpec,
+    choice: &UserChoice,
+    step: Step,
+) -> EffectResult {
+    let client = match provision::servicenow_client(ups) {
+        Ok(client) => client,
+        Err(err) => return provision_failure(&err, None),
+    };
+    let basic = spec.auth_type == AuthType::Basic;
+    let mut notes = Vec::new();
+    let mut secrets = Vec::new();
+    let created = match choice {
+        UserChoice::Create { user_name } => {
+            if basic {
+                spec.integration_user = user_name.clone();
+                let password = provision::generate_password();
+                spec.integration_user_password = Some(password.clone());
+                secrets.push((SecretSlot::IntegrationPassword, password));
+            }
+            if let Err(err) = provision::ensure_integration_user(client, spec, &mut notes).await {
+                return provision_failure(&err, None);
+            }
+            true
+        }
+        UserChoice::Existing {
+            user_name,
+            password,
+        } => {
+            if basic {
+                spec.integration_user = Some(user_name.clone());
+                spec.integration_user_password = password.clone();
+                if let Some(password) = password {
+                    secrets.push((SecretSlot::IntegrationPassword, password.clone()));
+                }
+            } else if spec.integration_user_name().as_deref() != Some(user_name.as_str()) {
+                return failure(
+                    Some("user_name"),
+                    &format!(
+                        "With AAD auth the integration user's User ID must be the REST-user app's client id ({}).",
+                        spec.integration_user_name().unwrap_or_default()
+                    ),
+                    Some("Enter that client id, or choose *Create it for me*."),
+                );
+            }
+            false
+        }
+    };
+    let mut result = verify(ups, spec, step.checks(spec.auth_type), false, |outcome| {
+        if outcome.id == "servicenow.basic_login" {
+            "password"
+        } else {
+            "user_name"
+        }
+    })
+    .await;
+    result.notes.splice(0..0, notes);
+    if result.error.is_none() {
+        result.user = spec.integration_user_name().map(|name| (name, created));
+        result.secrets = secrets;
+    }
+    result
+}
+
+/// The records of a table the admin may pick from: (sys_id, label).
+pub async fn pick_list(app: &App, slot: RecordSlot) -> Vec<(String, String)> {
+    let Some(client) = app.upstreams.servicenow.as_ref() else {
+        return Vec::new();
+    };
+    let query = match slot {
+        RecordSlot::OauthProvider => "type=oauth_provider",
+        RecordSlot::OidcProvider | RecordSlot::OidcEntity => "",
+    };
+    match client.query(slot.table(), query, &[], Some(50)).await {
+        Ok(records) => records
+            .iter()
+            .filter_map(|r| {
+                let sys_id = r.sys_id()?.to_owned();
+                let name = record_name(slot, r);
+                let client_id = r.str("client_id").unwrap_or_default();
+                let label = if client_id.is_empty() {
+                    name
+                } else {
+                    format!("{name} (client id {client_id})")
+                };
+                Some((sys_id, label))
+            })
+            .collect(),
+        Err(err) => {
+            tracing::warn!(table = slot.table(), error = %err, "setup: cannot list records to pick from");
+            Vec::new()
+        }
+    }
+}
+
+/// Runs every doctor check on the finished integration (Run tests).
+pub async fn run_tests(
+    app: &App,
+    data: &Collected,
+    secrets: &Secrets,
+    repair: bool,
+) -> Vec<CheckOutcome> {
+    match spec(app, data, secrets) {
+        Some(spec) => doctor::run(&upstreams_for(app, &spec.tenant), &spec, repair).await,
+        None => Vec::new(),
+    }
+}
+
+/// Verdicts of outcomes, for the stored state.
+pub fn verdicts(outcomes: &[CheckOutcome]) -> Vec<(String, Verdict)> {
+    outcomes.iter().map(verdict).collect()
+}

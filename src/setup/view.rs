@@ -1,0 +1,711 @@
+//! Card view models of the wizard: one per step, the completion card, check results and
+//! `setup status`. Secrets appear only in the completion card, only when asked to.
+
+use secrecy::ExposeSecret;
+use serde_json::{Value, json};
+
+use super::state::{AppSlot, RecordSlot, SecretSlot, Secrets, Step, Wizard};
+use super::store::{AuditEntry, SetupRow};
+use crate::app::App;
+use crate::core::Reply;
+use crate::integration::AuthType;
+use crate::integration::doctor::{CheckOutcome, Status};
+
+/// Data every button of a setup card carries.
+fn action(
+    title: &str,
+    verb: &str,
+    style: &str,
+    row: &SetupRow,
+    extra: Value,
+    with_inputs: bool,
+) -> Value {
+    let mut data = json!({"setup_id": row.setup_id, "version": row.version});
+    if let (Some(data), Value::Object(extra)) = (data.as_object_mut(), extra) {
+        data.extend(extra);
+    }
+    json!({"title": title, "verb": verb, "style": style, "data": data, "with_inputs": with_inputs})
+}
+
+fn back_cancel(row: &SetupRow) -> Vec<Value> {
+    vec![
+        action("Back", "setup.back", "default", row, json!({}), false),
+        action(
+            "Cancel setup",
+            "setup.cancel",
+            "destructive",
+            row,
+            json!({}),
+            false,
+        ),
+    ]
+}
+
+fn input(kind: &str, id: &str, label: &str, value: &str, placeholder: Option<&str>) -> Value {
+    let password = kind == "password";
+    json!({"toggle": kind == "toggle", "choice": false, "password": password, "id": id,
+           "label": label, "value": if password { None } else { Some(value) },
+           "placeholder": placeholder, "choices": [], "expanded": false, "error": null})
+}
+
+fn choice(id: &str, label: &str, value: &str, choices: &[(&str, &str)], expanded: bool) -> Value {
+    let choices: Vec<Value> = choices
+        .iter()
+        .map(|(value, title)| json!({"title": title, "value": value}))
+        .collect();
+    json!({"toggle": false, "choice": true, "password": false, "id": id, "label": label,
+           "value": value, "placeholder": null, "choices": choices, "expanded": expanded,
+           "error": null})
+}
+
+fn mode_choice(create: &str, existing: &str) -> Value {
+    choice(
+        "mode",
+        "How",
+        "create",
+        &[("create", create), ("existing", existing)],
+        true,
+    )
+}
+
+/// The repository id the admin center needs.
+pub fn repository_id(app: &App) -> String {
+    app.settings.setup.repository_id.clone().unwrap_or_else(|| {
+        app.settings
+            .servicenow
+            .instance_url
+            .as_ref()
+            .and_then(|u| {
+                u.host_str()
+                    .map(|h| h.split('.').next().unwrap_or(h).to_owned())
+            })
+            .unwrap_or_default()
+    })
+}
+
+/// The card of the wizard's current state. `pick` lists existing records for record steps;
+/// `note` is shown first (e.g. "this card was already answered").
+pub fn step_card(
+    app: &App,
+    row: &SetupRow,
+    pick: &[(String, String)],
+    note: Option<&str>,
+) -> Reply {
+    step_card_with(app, row, pick, note, true)
+}
+
+/// [`step_card`]; `can_repair` says whether the bot's ServiceNow account may apply the
+/// cross-scope fix (else the card only explains it).
+pub fn step_card_with(
+    app: &App,
+    row: &SetupRow,
+    pick: &[(String, String)],
+    note: Option<&str>,
+    can_repair: bool,
+) -> Reply {
+    let wizard = &row.wizard;
+    let data = &wizard.data;
+    let (position, total) = wizard.position();
+    let progress = format!("Setup · step {position} of {total}");
+    let mut notes: Vec<String> = note.map(str::to_owned).into_iter().collect();
+    notes.extend(data.notes.iter().cloned());
+    let mut facts: Vec<Value> = Vec::new();
+    let mut inputs: Vec<Value> = Vec::new();
+    let mut actions: Vec<Value> = Vec::new();
+    let prefix = &app.settings.setup.app_name_prefix;
+    let instance = app
+        .settings
+        .servicenow
+        .instance_url
+        .as_ref()
+        .map(|u| u.as_str().trim_end_matches('/').to_owned())
+        .unwrap_or_default();
+    let tenant = data.tenant.clone().unwrap_or_default();
+    if wizard.busy_since.is_some() {
+        let text = format!(
+            "I am working on **{}** (creating and verifying). This card shows the result when it is done; press Refresh to look again.",
+            wizard.step.title()
+        );
+        return step_reply(
+            "Working on it",
+            &progress,
+            "default",
+            &text,
+            facts,
+            notes,
+            wizard,
+            inputs,
+            vec![action(
+                "Refresh",
+                "setup.refresh",
+                "default",
+                row,
+                json!({}),
+                false,
+            )],
+        );
+    }
+    let text = match wizard.step {
+        Step::Consent => {
+            actions.push(action(
+                "Agree",
+                "setup.agree",
+                "positive",
+                row,
+                json!({}),
+                false,
+            ));
+            actions.push(action(
+                "Cancel setup",
+                "setup.cancel",
+                "destructive",
+                row,
+                json!({}),
+                false,
+            ));
+            "I will set up the Microsoft 365 support integration with you, step by step, and verify every step live. For each piece you choose **Create it for me** or **Use an existing one**; I look up what exists first and never create anything twice.\n\nWith AAD Auth I create or check: three Entra ID apps (outbound, inbound REST API, REST user), the ServiceNow outbound OAuth provider, the OIDC provider configuration, the OIDC entity, and the integration user with the role incident_manager. Basic Auth needs only the outbound app, the OAuth provider and an integration user with a password.\n\nI use: Microsoft Graph (Application.ReadWrite.All, to create apps and secrets) and the bot's ServiceNow account (admin, Table API). Secrets are entered only here, in password fields, stored encrypted, and shown once at the end.".to_owned()
+        }
+        Step::Environment => {
+            inputs.push(input(
+                "toggle",
+                "test_environment",
+                "This is a test environment (you can switch it off later)",
+                if data.test_environment {
+                    "true"
+                } else {
+                    "false"
+                },
+                None,
+            ));
+            let auth = match data.auth_type {
+                Some(AuthType::Basic) => "basic",
+                _ => "aad",
+            };
+            inputs.push(choice(
+                "auth",
+                "Does your instance allow Basic authentication for inbound connections?",
+                auth,
+                &[
+                    ("aad", "No: AAD Auth (Entra ID tokens, three apps)"),
+                    (
+                        "basic",
+                        "Yes: Basic Auth (integration user with a password)",
+                    ),
+                ],
+                true,
+            ));
+            actions.push(action(
+                "Start setup",
+                "setup.environment",
+                "positive",
+                row,
+                json!({}),
+                true,
+            ));
+            actions.extend(back_cancel(row));
+            "Choose the environment and the setup type.".to_owned()
+        }
+        Step::Tenant => {
+            inputs.push(input(
+                "text",
+                "domain",
+                "Microsoft 365 tenant domain",
+                &tenant,
+                Some("contoso.onmicrosoft.com"),
+            ));
+            actions.push(action(
+                "Verify and continue",
+                "setup.tenant",
+                "positive",
+                row,
+                json!({}),
+                true,
+            ));
+            actions.extend(back_cancel(row));
+            "Enter your Microsoft 365 tenant domain. I check it live against Entra ID (its OpenID metadata) and note the tenant id.".to_owned()
+        }
+        Step::OutboundApp | Step::InboundApp | Step::RestUserApp => {
+            let slot = AppSlot::of(wizard.step).unwrap_or(AppSlot::Outbound);
+            let name = format!("{prefix} {}", slot.name_suffix());
+            if let Some(app_record) = data.app(slot) {
+                facts.push(json!({"title": "Recorded client id", "value": app_record.client_id}));
+            }
+            inputs.push(mode_choice(
+                &format!("Create it for me (app \"{name}\")"),
+                "Use an existing app registration",
+            ));
+            inputs.push(input(
+                "text",
+                "client_id",
+                "Existing app: Application (client) ID",
+                "",
+                Some("00000000-0000-0000-0000-000000000000"),
+            ));
+            inputs.push(input(
+                "password",
+                "client_secret",
+                "Existing app: client secret value",
+                "",
+                Some("the secret's Value, not its ID"),
+            ));
+            actions.push(action(
+                "Continue",
+                "setup.app",
+                "positive",
+                row,
+                json!({}),
+                true,
+            ));
+            actions.extend(back_cancel(row));
+            match slot {
+                AppSlot::Outbound => format!("The **outbound app** lets ServiceNow call Microsoft (client credentials against https://login.microsoftonline.com/{tenant}/oauth2/token). It is single-tenant with the Web redirect URI {instance}/oauth_redirect.do. I verify it with a live v1 token request."),
+                AppSlot::Inbound => "The **inbound REST API app** is what Microsoft uses to call your instance. Its access tokens must be **v1** (requestedAccessTokenVersion null or 1), because the OIDC provider reads the appid claim. I verify both live.".to_owned(),
+                AppSlot::RestUser => "The **REST-user app** identifies the integration user: its client id becomes the user's User ID. I verify it with a live token request.".to_owned(),
+            }
+        }
+        Step::OauthProvider | Step::OidcProvider | Step::OidcEntity => {
+            let slot = RecordSlot::of(wizard.step).unwrap_or(RecordSlot::OauthProvider);
+            inputs.push(mode_choice(
+                "Create it for me (or correct the one that exists)",
+                "Use an existing record",
+            ));
+            let mut choices: Vec<(&str, &str)> = pick
+                .iter()
+                .map(|(id, label)| (id.as_str(), label.as_str()))
+                .collect();
+            if choices.is_empty() {
+                choices.push(("", "(no records found)"));
+            }
+            let selected = data
+                .record(slot)
+                .map(|r| r.sys_id.clone())
+                .unwrap_or_default();
+            inputs.push(choice(
+                "record",
+                "Existing record",
+                &selected,
+                &choices,
+                false,
+            ));
+            actions.push(action(
+                "Continue",
+                "setup.record",
+                "positive",
+                row,
+                json!({}),
+                true,
+            ));
+            actions.extend(back_cancel(row));
+            match slot {
+                RecordSlot::OauthProvider => format!(
+                    "The **outbound OAuth provider** (System OAuth > Application Registry, third-party provider): the outbound app's client id and secret, grant type Client Credentials, token URL https://login.microsoftonline.com/{tenant}/oauth2/token, redirect URL {instance}/oauth_redirect.do. I read it back and compare every field."
+                ),
+                RecordSlot::OidcProvider => format!(
+                    "The **OIDC provider configuration**: metadata URL https://login.microsoftonline.com/{tenant}/.well-known/openid-configuration, user claim appid, user field User ID."
+                ),
+                RecordSlot::OidcEntity => format!(
+                    "The **OIDC entity** {tenant}_application_inbound_api: the inbound app's client id and secret, the provider configuration above, redirect URL {instance}/oauth_redirect.do."
+                ),
+            }
+        }
+        Step::IntegrationUser => {
+            let basic = data.auth_type == Some(AuthType::Basic);
+            let default_name = if basic {
+                data.integration_user
+                    .clone()
+                    .unwrap_or_else(|| "m365_integration".to_owned())
+            } else {
+                data.app(AppSlot::RestUser)
+                    .map(|a| a.client_id.clone())
+                    .unwrap_or_default()
+            };
+            inputs.push(mode_choice(
+                if basic {
+                    "Create it for me (with a generated password)"
+                } else {
+                    "Create it for me"
+                },
+                "Use an existing user",
+            ));
+            inputs.push(input("text", "user_name", "User ID", &default_name, None));
+            if basic {
+                inputs.push(input(
+                    "password",
+                    "password",
+                    "Existing user: password",
+                    "",
+                    None,
+                ));
+            }
+            actions.push(action(
+                "Continue",
+                "setup.user",
+                "positive",
+                row,
+                json!({}),
+                true,
+            ));
+            actions.extend(back_cancel(row));
+            if basic {
+                "The **integration user** Microsoft signs in with (Basic Auth): web service access only, role incident_manager.".to_owned()
+            } else {
+                "The **integration user**: User ID = the REST-user app's client id, web service access only, role incident_manager. I check the role and the flag.".to_owned()
+            }
+        }
+        Step::CrossScope => {
+            actions.push(action(
+                "Check again",
+                "setup.cross_scope",
+                "positive",
+                row,
+                json!({"repair": false}),
+                false,
+            ));
+            if can_repair {
+                actions.push(action(
+                    "Fix it for me",
+                    "setup.cross_scope",
+                    "default",
+                    row,
+                    json!({"repair": true}),
+                    false,
+                ));
+            }
+            actions.extend(back_cancel(row));
+            format!(
+                "The app (scope {}) reads **oauth_entity** from its own scope. That works only when the table is accessible from all application scopes with **Can read** ticked; a REST caller never sees the refusal, so I read the table's configuration.{}",
+                app.settings.servicenow.app_scope,
+                if can_repair {
+                    ""
+                } else {
+                    " The bot's ServiceNow account lacks the admin role, so it cannot apply the fix: apply it by hand, then Check again."
+                }
+            )
+        }
+        Step::Complete => {
+            return complete_card(app, row, &Secrets::default(), false, None);
+        }
+        Step::Cancelled => {
+            return Reply::notice(
+                crate::core::Tone::Warning,
+                "Setup cancelled",
+                "This setup was cancelled; its secrets were deleted.",
+                Some("Type **setup** to start again."),
+            );
+        }
+    };
+    let tone = if wizard.error.is_some() {
+        "attention"
+    } else {
+        "default"
+    };
+    step_reply(
+        wizard.step.title(),
+        &progress,
+        tone,
+        &text,
+        facts,
+        notes,
+        wizard,
+        inputs,
+        actions,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn step_reply(
+    title: &str,
+    progress: &str,
+    tone: &str,
+    text: &str,
+    facts: Vec<Value>,
+    notes: Vec<String>,
+    wizard: &Wizard,
+    mut inputs: Vec<Value>,
+    actions: Vec<Value>,
+) -> Reply {
+    let mut error = Value::Null;
+    if let Some(step_error) = &wizard.error {
+        let beside = step_error
+            .field
+            .as_deref()
+            .and_then(|field| inputs.iter_mut().find(|i| i["id"].as_str() == Some(field)));
+        match beside {
+            Some(field_input) => {
+                field_input["error"] = json!(step_error.message);
+                error = json!({"message": "Please correct the field marked below.", "fix": step_error.fix});
+            }
+            None => error = json!({"message": step_error.message, "fix": step_error.fix}),
+        }
+    }
+    Reply::Card {
+        template: "setup_step",
+        data: json!({
+            "title": title, "progress": progress, "tone": tone, "text": text,
+            "facts": facts, "notes": notes, "error": error, "inputs": inputs, "actions": actions,
+        }),
+    }
+}
+
+/// The completion card: every value for the Microsoft 365 admin center. Secrets only when
+/// `show_secrets` (once, 1:1).
+pub fn complete_card(
+    app: &App,
+    row: &SetupRow,
+    secrets: &Secrets,
+    show_secrets: bool,
+    handover_error: Option<&str>,
+) -> Reply {
+    let data = &row.wizard.data;
+    let aad = data.auth_type != Some(AuthType::Basic);
+    let hidden = "•••••• (shown once; use Hand over to send it to the Microsoft 365 admin)";
+    let secret = |slot: SecretSlot| -> String {
+        if show_secrets {
+            secrets
+                .get(slot)
+                .map(|s| s.expose_secret().to_owned())
+                .unwrap_or_else(|| "(not recorded)".to_owned())
+        } else {
+            hidden.to_owned()
+        }
+    };
+    let client = |slot: AppSlot| {
+        data.app(slot)
+            .map(|a| a.client_id.clone())
+            .unwrap_or_default()
+    };
+    let endpoint = app
+        .settings
+        .servicenow
+        .instance_url
+        .as_ref()
+        .map(|u| u.as_str().trim_end_matches('/').to_owned())
+        .unwrap_or_default();
+    let mut values = vec![
+        json!({"label": "Application ID to issue Auth Token (outbound app id)", "value": client(AppSlot::Outbound)}),
+        json!({"label": "Repository ID", "value": repository_id(app)}),
+        json!({"label": "Endpoint", "value": endpoint}),
+        json!({"label": "Authentication type", "value": if aad { "AAD Auth" } else { "Basic Auth" }}),
+    ];
+    if aad {
+        values.push(json!({"label": "Client ID", "value": client(AppSlot::Inbound)}));
+        values.push(json!({"label": "Client secret", "value": secret(SecretSlot::InboundSecret)}));
+        values.push(json!({"label": "Rest username", "value": client(AppSlot::RestUser)}));
+        values.push(
+            json!({"label": "Rest user password", "value": secret(SecretSlot::RestUserSecret)}),
+        );
+    } else {
+        values.push(json!({"label": "Client ID", "value": "(not used with Basic Auth)"}));
+        values.push(json!({"label": "Client secret", "value": "(not used with Basic Auth)"}));
+        values.push(json!({"label": "Rest username", "value": data.integration_user.clone().unwrap_or_default()}));
+        values.push(json!({"label": "Rest user password", "value": secret(SecretSlot::IntegrationPassword)}));
+    }
+    let mut advice = vec![
+        "Select Basic information > Internal support tool > ServiceNow and enter the outbound app id; then Repositories > New repository with the other values.".to_owned(),
+        "Optional: if your network limits internet access, allow the bot's outbound address; the retired Microsoft service's IP list no longer applies.".to_owned(),
+    ];
+    if data.test_environment {
+        advice.push("This setup is marked as a test environment.".to_owned());
+    }
+    let actions = vec![
+        action(
+            "Run tests",
+            "setup.run_tests",
+            "positive",
+            row,
+            json!({}),
+            false,
+        ),
+        action(
+            "Hand over",
+            "setup.handover",
+            "default",
+            row,
+            json!({}),
+            true,
+        ),
+        action(
+            "Start a new setup",
+            "setup.new",
+            "default",
+            row,
+            json!({}),
+            false,
+        ),
+    ];
+    Reply::Card {
+        template: "setup_complete",
+        data: json!({
+            "title": "Setup complete: hand these values to the Microsoft 365 admin",
+            "text": if show_secrets { "Copy the secrets now: this is the only time I show them here." } else { "Every step is verified. Run tests checks everything again, live." },
+            "where": "Microsoft 365 admin center > Settings > Org settings > Organization profiles",
+            "values": values,
+            "advice": advice,
+            "notes": data.notes,
+            "handover_error": handover_error,
+            "handed_over_to": data.handed_over_to,
+            "actions": actions,
+        }),
+    }
+}
+
+fn mark(status: Status) -> (&'static str, &'static str) {
+    match status {
+        Status::Pass => ("✅", "Good"),
+        Status::Fail => ("❌", "Attention"),
+        Status::Skip => ("⏭️", "Warning"),
+    }
+}
+
+/// Check results (Run tests, doctor).
+pub fn results_card(title: &str, outcomes: &[CheckOutcome], actions: Vec<Value>) -> Reply {
+    let failed = outcomes.iter().filter(|o| o.status == Status::Fail).count();
+    let passed = outcomes.iter().filter(|o| o.status == Status::Pass).count();
+    let skipped = outcomes.len() - failed - passed;
+    let checks: Vec<Value> = outcomes
+        .iter()
+        .map(|o| {
+            let (mark, color) = mark(o.status);
+            json!({"mark": mark, "title": o.title, "detail": o.detail, "color": color,
+                   "fix": if o.status == Status::Pass { None } else { o.fix.clone() }})
+        })
+        .collect();
+    let summary = if outcomes.is_empty() {
+        "No checks ran: the integration is not known yet.".to_owned()
+    } else {
+        format!("{passed} passed, {failed} failed, {skipped} not verified")
+    };
+    Reply::Card {
+        template: "setup_results",
+        data: json!({
+            "title": title,
+            "summary": summary,
+            "tone": if failed > 0 || outcomes.is_empty() { "attention" } else { "good" },
+            "facts": [],
+            "checks": checks,
+            "lines": [],
+            "actions": actions,
+        }),
+    }
+}
+
+/// Buttons under Run-tests results.
+pub fn results_actions(row: &SetupRow) -> Vec<Value> {
+    vec![
+        action(
+            "Run tests again",
+            "setup.run_tests",
+            "positive",
+            row,
+            json!({}),
+            false,
+        ),
+        action(
+            "Show the values",
+            "setup.show",
+            "default",
+            row,
+            json!({}),
+            false,
+        ),
+    ]
+}
+
+/// `setup status`: progress, verified checks with drift, the audit trail.
+pub fn status_card(
+    row: &SetupRow,
+    drift: &[(String, String, bool)],
+    audit: &[AuditEntry],
+) -> Reply {
+    let wizard = &row.wizard;
+    let (position, total) = wizard.position();
+    let when = |ms: i64| {
+        chrono::DateTime::from_timestamp_millis(ms)
+            .map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
+            .unwrap_or_default()
+    };
+    let facts = vec![
+        json!({"title": "Setup", "value": row.setup_id}),
+        json!({"title": "Status", "value": row.status}),
+        json!({"title": "Step", "value": format!("{position} of {total}: {}", wizard.step.title())}),
+        json!({"title": "Branch", "value": match wizard.data.auth_type { Some(AuthType::Basic) => "Basic Auth", Some(AuthType::Aad) => "AAD Auth", None => "not chosen yet" }}),
+        json!({"title": "Started by", "value": row.started_by}),
+        json!({"title": "Last change", "value": when(row.updated_at)}),
+    ];
+    let checks: Vec<Value> = wizard
+        .data
+        .verified
+        .iter()
+        .map(|(id, verdict)| {
+            let now = drift.iter().find(|(check, _, _)| check == id);
+            let (mark, color, detail) = match now {
+                Some((_, detail, true)) => (
+                    "⚠️ drifted:",
+                    "Attention",
+                    format!(
+                        "verified {} at {}, now: {detail}",
+                        verdict.status,
+                        when(verdict.at)
+                    ),
+                ),
+                Some((_, detail, false)) => (
+                    if verdict.status == "pass" {
+                        "✅"
+                    } else {
+                        "❌"
+                    },
+                    if verdict.status == "pass" {
+                        "Good"
+                    } else {
+                        "Attention"
+                    },
+                    format!("{} (verified {}; unchanged now)", detail, when(verdict.at)),
+                ),
+                None => (
+                    if verdict.status == "pass" {
+                        "✅"
+                    } else {
+                        "❌"
+                    },
+                    if verdict.status == "pass" {
+                        "Good"
+                    } else {
+                        "Attention"
+                    },
+                    format!("{} (verified {})", verdict.detail, when(verdict.at)),
+                ),
+            };
+            json!({"mark": mark, "title": id, "detail": detail, "fix": null, "color": color})
+        })
+        .collect();
+    let drifted = drift.iter().filter(|(_, _, d)| *d).count();
+    let lines: Vec<String> = audit
+        .iter()
+        .map(|e| {
+            format!(
+                "{} · {} · {} · {}{}",
+                when(e.at),
+                e.actor,
+                e.action,
+                e.outcome,
+                if e.detail.is_empty() {
+                    String::new()
+                } else {
+                    format!(" · {}", e.detail)
+                }
+            )
+        })
+        .collect();
+    Reply::Card {
+        template: "setup_results",
+        data: json!({
+            "title": "Setup status",
+            "summary": format!("{} verified, {drifted} drifted since", checks.len()),
+            "tone": if drifted > 0 { "warning" } else { "default" },
+            "facts": facts,
+            "checks": checks,
+            "lines": lines,
+            "actions": [],
+        }),
+    }
+}

@@ -1,0 +1,207 @@
+//! `subscribe`, `unsubscribe`, `subscriptions` and `status`: role checks against the
+//! ServiceNow emulator, filter usage errors, and the cards (rendered by the shared renderer).
+
+mod support;
+
+use m365bot::core::command::Command;
+use m365bot::core::{Actor, ConversationAddress, EventKind, InboundEvent, Platform, Reply};
+use m365bot::notify::{self, outbox};
+use m365bot::sandbox::{Sandbox, SandboxOptions};
+use serde_json::Value;
+use support::TestApp;
+use support::connector::FakeConnector;
+
+const CHANNEL: &str = "19:ops@thread.tacv2";
+
+async fn setup() -> (Sandbox, FakeConnector, TestApp) {
+    let sandbox = Sandbox::start(SandboxOptions::default())
+        .await
+        .expect("sandbox starts");
+    let connector = FakeConnector::start().await;
+    let demo = sandbox.demo().clone();
+    let toml = format!(
+        "{}\n[servicenow]\ninstance_url = \"{}\"\nusername = \"{}\"\npassword = \"{}\"\n[notifications]\ndeliver = false\n",
+        support::connector::connector_settings_toml(&connector),
+        sandbox.urls().servicenow,
+        demo.servicenow_admin_user,
+        demo.servicenow_admin_password,
+    );
+    let app = TestApp::spawn(&toml).await;
+    connector.add_member(
+        "29:beth",
+        "Beth Anglin",
+        "beth.anglin@contoso.onmicrosoft.com",
+        "7c1e0f4a-0000-4000-8000-000000000004",
+    );
+    connector.add_member(
+        "29:abel",
+        "Abel Tuter",
+        "abel.tuter@contoso.onmicrosoft.com",
+        "7c1e0f4a-0000-4000-8000-000000000005",
+    );
+    (sandbox, connector, app)
+}
+
+fn event(connector: &FakeConnector, user_id: &str) -> InboundEvent {
+    InboundEvent {
+        actor: Actor {
+            user_id: user_id.to_owned(),
+            aad_object_id: None,
+            name: None,
+        },
+        platform: Platform::Teams,
+        conversation_id: CHANNEL.to_owned(),
+        conversation_type: "channel".to_owned(),
+        address: ConversationAddress {
+            service_url: connector.service_url(),
+            tenant_id: support::TEST_TENANT_ID.to_owned(),
+            bot_id: "28:bot".to_owned(),
+            thread_conversation_id: format!("{CHANNEL};messageid=1"),
+            channel_id: Some(CHANNEL.to_owned()),
+            team_id: Some("19:team@thread.tacv2".to_owned()),
+            ..ConversationAddress::default()
+        },
+        mentions: Vec::new(),
+        kind: EventKind::Message(String::new()),
+    }
+}
+
+fn parts(reply: &Reply) -> (&'static str, &Value) {
+    let Reply::Card { template, data } = reply;
+    (template, data)
+}
+
+async fn run(app: &TestApp, connector: &FakeConnector, user: &str, command: Command) -> Reply {
+    let mut replies = notify::handle_command(&app.app, &event(connector, user), command).await;
+    assert_eq!(replies.len(), 1, "{replies:?}");
+    let reply = replies.remove(0);
+    // Every reply renders with the shared renderer (as the Teams adapter does).
+    let (template, data) = parts(&reply);
+    app.app
+        .cards
+        .render(&format!("teams/{template}"), data)
+        .unwrap_or_else(|e| panic!("{template}: {e}"));
+    reply
+}
+
+#[tokio::test]
+async fn subscribe_list_status_and_unsubscribe() {
+    let (_sandbox, connector, app) = setup().await;
+    let subscribe = |filter: &str| Command::Subscribe {
+        filter: filter.to_owned(),
+    };
+
+    // A user without the insights or administrator role is refused, naming the role.
+    let refused = run(&app, &connector, "29:abel", subscribe("")).await;
+    let (_, data) = parts(&refused);
+    assert!(
+        data.to_string().contains("insights_user"),
+        "the refusal names the role: {data}"
+    );
+
+    // A bad filter gets a usage error.
+    let bad = run(&app, &connector, "29:beth", subscribe("colour=red")).await;
+    let (template, data) = parts(&bad);
+    assert_eq!(template, "notice");
+    assert_eq!(data["title"], "That filter is not valid");
+    assert!(data["text"].as_str().is_some_and(|t| t.contains("colour")));
+    assert!(
+        data["next_step"]
+            .as_str()
+            .is_some_and(|t| t.contains("subscribe [source="))
+    );
+
+    let filter = r#"source=servicenow priority=1,2 group="Service Desk" changes-only"#;
+    let ok = run(&app, &connector, "29:beth", subscribe(filter)).await;
+    assert_eq!(parts(&ok).1["title"], "Subscribed");
+    assert!(
+        parts(&ok).1["text"]
+            .as_str()
+            .is_some_and(|t| t.contains(filter))
+    );
+    let again = run(&app, &connector, "29:beth", subscribe(filter)).await;
+    assert_eq!(parts(&again).1["title"], "Already subscribed");
+
+    // An incident update is routed to the channel.
+    let mut update = support::notify::incident(42, 1, "In Progress");
+    update.priority = Some("1 - Critical".to_owned());
+    let recorded = outbox::record_event(&app.app.db, &update)
+        .await
+        .expect("record");
+    assert_eq!(recorded.deliveries, 1);
+
+    let listed = run(&app, &connector, "29:beth", Command::Subscriptions).await;
+    let (template, data) = parts(&listed);
+    assert_eq!(template, "notify_subscriptions");
+    let items = data["subscriptions"].as_array().expect("list");
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0]["filter"], filter);
+    assert_eq!(items[0]["status"], "Active");
+    assert!(
+        items[0]["counts"]
+            .as_str()
+            .is_some_and(|c| c.contains("1 waiting"))
+    );
+    assert!(
+        items[0]["created"]
+            .as_str()
+            .is_some_and(|c| c.contains("Beth Anglin"))
+    );
+
+    let status = run(
+        &app,
+        &connector,
+        "29:beth",
+        Command::Status {
+            reference: update.number.clone(),
+        },
+    )
+    .await;
+    let (template, data) = parts(&status);
+    assert_eq!(template, "notify_status");
+    assert_eq!(data["state"], "In Progress");
+    assert_eq!(data["tone"], "attention");
+    assert_eq!(data["live"], false, "from the last recorded update");
+
+    let unknown = run(
+        &app,
+        &connector,
+        "29:beth",
+        Command::Status {
+            reference: "INC9999999".to_owned(),
+        },
+    )
+    .await;
+    let (template, data) = parts(&unknown);
+    assert_eq!(template, "notice");
+    assert!(
+        data["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("INC9999999")),
+        "{data}"
+    );
+
+    let gone = run(&app, &connector, "29:beth", Command::Unsubscribe).await;
+    assert_eq!(parts(&gone).1["title"], "Unsubscribed");
+    let listed = run(&app, &connector, "29:beth", Command::Subscriptions).await;
+    assert_eq!(
+        parts(&listed).1["subscriptions"].as_array().map(Vec::len),
+        Some(0)
+    );
+    let none = run(&app, &connector, "29:beth", Command::Unsubscribe).await;
+    assert_eq!(parts(&none).1["title"], "No subscriptions here");
+}
+
+#[test]
+fn the_commands_are_in_the_help_card() {
+    let usages: Vec<&str> = notify::COMMANDS.iter().map(|c| c.usage).collect();
+    assert_eq!(
+        usages,
+        [
+            "subscribe [filter]",
+            "unsubscribe",
+            "subscriptions",
+            "status <case or incident>"
+        ]
+    );
+}
