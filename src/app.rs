@@ -70,6 +70,7 @@ impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let db = Db::connect(&settings.database.url, settings.database.max_connections).await?;
         db.migrate().await?;
+        crate::setup::check_stored_secrets(&db, &settings).await?;
         let cards = CardRenderer::new().context("card templates")?;
         let http = http_client(&settings)?;
         let metrics = Arc::new(Metrics::default());

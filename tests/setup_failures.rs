@@ -479,3 +479,30 @@ async fn a_step_interrupted_by_a_crash_is_offered_again() {
     let next = bot.press(&world, ADMIN, &card, "Continue", create()).await;
     assert_eq!(heading(&next), "ServiceNow outbound OAuth provider");
 }
+
+#[tokio::test]
+async fn start_up_refuses_stored_secrets_without_the_key() {
+    let world = World::start().await;
+    {
+        let bot = world.bot().await;
+        let card = to_step(&bot, &world, false, "contoso.onmicrosoft.com").await;
+        let next = bot.press(&world, ADMIN, &card, "Continue", create()).await;
+        assert_eq!(heading(&next), "ServiceNow outbound OAuth provider");
+    }
+    let mut settings = world.settings_with("");
+    settings.setup.encryption_key = None;
+    let refused = m365bot::app::Application::build(settings).await;
+    let message = format!("{:#}", refused.err().expect("start-up refused"));
+    assert!(
+        message.contains("setup.encryption_key is not set"),
+        "{message}"
+    );
+    assert!(
+        message.contains("M365BOT_SETUP__ENCRYPTION_KEY"),
+        "{message}"
+    );
+    // With the key it starts and resumes.
+    let bot = world.bot().await;
+    let resumed = bot.say(&world, ADMIN, "setup").await;
+    assert_eq!(heading(&resumed), "ServiceNow outbound OAuth provider");
+}

@@ -15,6 +15,7 @@ pub mod view;
 
 use std::sync::Arc;
 
+use anyhow::Context;
 use axum::Router;
 use serde_json::Value;
 
@@ -23,6 +24,26 @@ use crate::core::command::Command;
 use crate::core::{CommandHelp, InboundEvent, Reply};
 
 pub use settings::SetupSettings;
+
+/// Refuses to start when the database holds encrypted setup secrets but no
+/// `setup.encryption_key` is configured (they could never be read, and a new key would not fit).
+pub async fn check_stored_secrets(
+    db: &crate::db::Db,
+    settings: &crate::config::Settings,
+) -> anyhow::Result<()> {
+    if settings.setup.encryption_key.is_some() {
+        return Ok(());
+    }
+    let stored = store::count_with_secrets(db)
+        .await
+        .context("reading the stored setups")?;
+    if stored > 0 {
+        anyhow::bail!(
+            "setup.encryption_key is not set, but the database holds {stored} setup(s) with encrypted secrets: configure the key they were stored with (M365BOT_SETUP__ENCRYPTION_KEY)"
+        );
+    }
+    Ok(())
+}
 
 /// The commands this module answers, for the help card and the manifest.
 pub const COMMANDS: &[CommandHelp] = &[
@@ -63,7 +84,6 @@ pub async fn handle_action(
 pub async fn stored_integration_spec(
     settings: &crate::config::Settings,
 ) -> anyhow::Result<Option<crate::integration::IntegrationSpec>> {
-    use anyhow::Context;
     let db = crate::db::Db::connect(&settings.database.url, 1).await?;
     db.migrate().await?;
     let Some(row) = store::latest_completed(&db)

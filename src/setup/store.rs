@@ -130,6 +130,16 @@ pub async fn latest_completed(db: &Db) -> Result<Option<SetupRow>, StoreError> {
     row.as_ref().map(row_to_setup).transpose()
 }
 
+/// How many setups hold encrypted secrets.
+pub async fn count_with_secrets(db: &Db) -> Result<i64, StoreError> {
+    let count: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM setup_wizards WHERE secrets IS NOT NULL AND secrets <> ''",
+    )
+    .fetch_one(&db.pool)
+    .await?;
+    Ok(count)
+}
+
 /// Inserts a new active setup; `Ok(false)` when another one is active already.
 pub async fn insert(db: &Db, row: &SetupRow) -> Result<bool, StoreError> {
     let state = serde_json::to_string(&row.wizard)?;

@@ -121,14 +121,19 @@ impl World {
         self.dir.path().join("setup.db")
     }
 
-    /// Starts a bot on the world's database with `extra` TOML merged in.
-    pub async fn bot_with(&self, extra: &str) -> Bot {
+    /// The settings of a bot on the world's database with `extra` TOML merged in.
+    pub fn settings_with(&self, extra: &str) -> Settings {
         let base = format!(
             "[server]\nlisten = \"127.0.0.1:0\"\n[database]\nurl = \"sqlite://{}\"\n",
             self.db_path().display()
         );
         let toml = super::merge_toml(&super::merge_toml(&base, &self.toml), extra);
-        let settings = Settings::from_toml_str(&toml).expect("settings");
+        Settings::from_toml_str(&toml).expect("settings")
+    }
+
+    /// Starts a bot on the world's database with `extra` TOML merged in.
+    pub async fn bot_with(&self, extra: &str) -> Bot {
+        let settings = self.settings_with(extra);
         let application = Application::build(settings).await.expect("bot builds");
         let addr = application.local_addr();
         let app = application.app();
