@@ -10,7 +10,7 @@ use super::crypto::SecretBox;
 use super::effects;
 use super::state::{
     AppChoice, Input, RecordChoice, RecordSlot, Rejection, SecretSlot, Secrets, Step, StepError,
-    UserChoice, transition,
+    UserChoice, Wizard, transition,
 };
 use super::store::{self, AuditEntry, SetupRow, status};
 use super::view;
@@ -834,23 +834,7 @@ async fn run_tests(app: &App, secret_box: &SecretBox, row: SetupRow, actor: &str
     for (id, verdict) in effects::verdicts(&outcomes) {
         wizard.data.verified.insert(id, verdict);
     }
-    let mut shown = row.clone();
-    if let Ok(Some(version)) = store::compare_and_set(
-        &app.db,
-        &row.setup_id,
-        row.version,
-        &wizard,
-        row.sealed_secrets.as_deref(),
-        &row.status,
-    )
-    .await
-    {
-        shown = SetupRow {
-            wizard,
-            version,
-            ..row
-        };
-    }
+    let shown = save_wizard(app, row, wizard).await;
     audit(
         app,
         &shown.setup_id,
@@ -954,23 +938,7 @@ async fn handover(
     let mut wizard = row.wizard.clone();
     wizard.data.handed_over_to =
         Some(name.map_or_else(|| email.clone(), |n| format!("{n} ({email})")));
-    let mut shown = row.clone();
-    if let Ok(Some(version)) = store::compare_and_set(
-        &app.db,
-        &row.setup_id,
-        row.version,
-        &wizard,
-        row.sealed_secrets.as_deref(),
-        &row.status,
-    )
-    .await
-    {
-        shown = SetupRow {
-            wizard,
-            version,
-            ..row
-        };
-    }
+    let shown = save_wizard(app, row, wizard).await;
     audit(
         app,
         &shown.setup_id,
@@ -1102,4 +1070,26 @@ async fn doctor(app: &App, user: &ChatUser, repair: bool) -> Vec<Reply> {
         "Doctor"
     };
     vec![view::results_card(title, &outcomes, Vec::new())]
+}
+
+/// Stores `wizard` on `row` if nobody changed the row meanwhile (same version) and returns the
+/// row as it now is; when the write loses the race, the row as it was.
+async fn save_wizard(app: &App, row: SetupRow, wizard: Wizard) -> SetupRow {
+    match store::compare_and_set(
+        &app.db,
+        &row.setup_id,
+        row.version,
+        &wizard,
+        row.sealed_secrets.as_deref(),
+        &row.status,
+    )
+    .await
+    {
+        Ok(Some(version)) => SetupRow {
+            wizard,
+            version,
+            ..row
+        },
+        _ => row,
+    }
 }
