@@ -256,6 +256,8 @@ pub struct ClaimedLane {
     pub rows: Vec<PendingRow>,
     /// The conversation's `serviceUrl`, when a reference is stored.
     pub service_url: Option<String>,
+    /// The conversation's type (`channel`, `groupChat`, `personal`), when a reference is stored.
+    pub conversation_type: Option<String>,
 }
 
 /// Claims up to `limit` due lanes for `owner` until `lease_until` (ms), with their pending
@@ -299,6 +301,7 @@ pub async fn claim(
                 delivered_state: row.try_get(5)?,
                 rows: Vec::new(),
                 service_url: None,
+                conversation_type: None,
             })
         })
         .collect::<Result<_, sqlx::Error>>()?;
@@ -314,7 +317,7 @@ pub async fn claim(
     // The claimed lanes' pending rows, found by this claim's owner and lease (no id list).
     let rows = sqlx::query(
         "SELECT o.id, o.lane_id, o.subscription_id, o.attempts, e.payload, s.enabled, s.disabled_reason, \
-         c.service_url FROM notify_outbox o JOIN notify_lanes l ON l.id = o.lane_id \
+         c.service_url, c.conversation_type FROM notify_outbox o JOIN notify_lanes l ON l.id = o.lane_id \
          JOIN notify_events e ON e.id = o.event_id \
          LEFT JOIN notify_subscriptions s ON s.id = o.subscription_id \
          LEFT JOIN conversation_refs c ON c.conversation_id = l.conversation_id \
@@ -333,6 +336,7 @@ pub async fn claim(
         let lane = &mut lanes[at];
         if lane.service_url.is_none() {
             lane.service_url = row.try_get(7)?;
+            lane.conversation_type = row.try_get(8)?;
         }
         lane.rows.push(pending_row(&row)?);
     }

@@ -51,6 +51,9 @@ const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(15);
 #[derive(Debug, Clone)]
 struct Destination {
     service_url: String,
+    /// True for a Teams channel, where a reply goes to `<channel>;messageid=<root>` (Teams
+    /// ignores the reply target of `POST …/activities/{id}` there).
+    is_channel: bool,
 }
 
 /// One delivery worker (one per bot instance); several instances may share a database.
@@ -219,10 +222,11 @@ impl Worker {
         let deliver = async move {
             let mut deliveries = futures_util::stream::iter(lanes)
                 .map(|lane| {
-                    let destination = lane
-                        .service_url
-                        .clone()
-                        .map(|service_url| Destination { service_url });
+                    let is_channel = lane.conversation_type.as_deref() == Some("channel");
+                    let destination = lane.service_url.clone().map(|service_url| Destination {
+                        service_url,
+                        is_channel,
+                    });
                     async move { self.deliver_lane(lane, destination, lease_deadline).await }
                 })
                 .buffer_unordered(concurrency);
@@ -396,16 +400,28 @@ impl Worker {
                         .render_raw("teams/notify_update", model)
                         .map_err(|e| Attempt::Render(e.to_string()))?;
                     self.slot(conversation, lease_deadline).await?;
-                    call(
-                        timeout,
-                        self.app.connector.reply(
-                            &destination.service_url,
-                            conversation,
-                            root,
-                            &message(None, &summary, &update_card),
-                        ),
-                    )
-                    .await?;
+                    let update = message(None, &summary, &update_card);
+                    if destination.is_channel {
+                        let thread = format!("{conversation};messageid={root}");
+                        call(
+                            timeout,
+                            self.app
+                                .connector
+                                .send(&destination.service_url, &thread, &update),
+                        )
+                        .await?;
+                    } else {
+                        call(
+                            timeout,
+                            self.app.connector.reply(
+                                &destination.service_url,
+                                conversation,
+                                root,
+                                &update,
+                            ),
+                        )
+                        .await?;
+                    }
                     Ok(None)
                 }
             }

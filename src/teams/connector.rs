@@ -497,8 +497,10 @@ impl ConnectorClient {
         }
     }
 
-    /// `POST /v3/conversations/{conversation}/activities/{activity}`: a reply in the thread of
-    /// `activity_id`. The activity (here and in [`Self::send`] and [`Self::update`]) is anything
+    /// `POST /v3/conversations/{conversation}/activities/{activity}`: a reply to `activity_id`.
+    /// Teams keeps it in the thread only when `conversation_id` names the thread
+    /// (`<channel>;messageid=<root>`, as inbound channel activities do); a proactive reply in a
+    /// channel thread is a [`Self::send`] to that thread id. The activity (here and in [`Self::send`] and [`Self::update`]) is anything
     /// serialisable: a `serde_json::Value`, or a [`CardMessage`](super::CardMessage) borrowing
     /// from the inbound activity.
     pub async fn reply(
