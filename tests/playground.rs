@@ -5,94 +5,21 @@
 
 mod support;
 
-use std::io::Read;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 use support::TestApp;
+use support::playground::{assert_playground_installed, repo, run_node_script};
 
 /// The tenant of `sandbox/m365agentsplayground.yml`.
 const PLAYGROUND_TENANT: &str = "8eaef023-2b34-4da1-9baa-8bc8c9d6a490";
 /// Longer than the script's own 60 s timeout, so the script reports its failure itself.
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(120);
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn playground_installed(repo: &Path) -> bool {
-    repo.join("tools/node/node_modules/@microsoft/m365agentsplayground/cli.js")
-        .is_file()
-}
-
-struct ScriptRun {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-    elapsed: Duration,
-}
-
-fn read_in_thread(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
-    std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = pipe.read_to_string(&mut text);
-        text
-    })
-}
-
-/// Runs the smoke script against `endpoint`. Its stdin is a pipe that the script watches
-/// (`--watch-stdin`): if this test dies or times out, the script stops its Playground.
-fn run_smoke_script(repo: &Path, endpoint: &str) -> ScriptRun {
-    let started = Instant::now();
-    let mut child: Child = Command::new("node")
-        .arg("--experimental-websocket")
-        .arg(repo.join("tools/node/playground-smoke.js"))
-        .arg(endpoint)
-        .arg("--watch-stdin")
-        .current_dir(repo)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("`node` (>= 20) must be on PATH to run the Agents Playground smoke test");
-    let stdin = child.stdin.take();
-    let stdout = read_in_thread(child.stdout.take().expect("stdout piped"));
-    let stderr = read_in_thread(child.stderr.take().expect("stderr piped"));
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for node") {
-            break status;
-        }
-        if started.elapsed() > SCRIPT_TIMEOUT {
-            // Closing stdin makes the script stop the Playground; then make sure it is gone.
-            drop(stdin);
-            std::thread::sleep(Duration::from_secs(5));
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "playground-smoke.js did not finish within {SCRIPT_TIMEOUT:?}; stderr:\n{}",
-                stderr.join().unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    drop(stdin);
-    ScriptRun {
-        status,
-        stdout: stdout.join().expect("stdout reader"),
-        stderr: stderr.join().expect("stderr reader"),
-        elapsed: started.elapsed(),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_playground_drives_the_teams_endpoint() {
     let repo = repo();
-    assert!(
-        playground_installed(&repo),
-        "the Microsoft 365 Agents Playground is not installed: run `npm ci --prefix tools/node`"
-    );
+    assert_playground_installed(&repo);
     let bot = TestApp::spawn(&format!(
         "[bot]\nauth_mode = \"insecure-local\"\ntenant_id = \"{PLAYGROUND_TENANT}\"\n\
          allowed_service_url_hosts = [\"localhost\", \"127.0.0.1\"]\n"
@@ -100,9 +27,11 @@ async fn agents_playground_drives_the_teams_endpoint() {
     .await;
     let endpoint = format!("{}/api/messages", bot.base_url);
 
-    let run = tokio::task::spawn_blocking(move || run_smoke_script(&repo, &endpoint))
-        .await
-        .expect("script runner");
+    let run = tokio::task::spawn_blocking(move || {
+        run_node_script(&repo, "playground-smoke.js", &[&endpoint], SCRIPT_TIMEOUT)
+    })
+    .await
+    .expect("script runner");
     assert!(
         run.status.success(),
         "playground-smoke.js failed ({}):\n{}\n{}",

@@ -6,24 +6,22 @@
 //! the demo case's change command from its welcome text and checks the script's summary.
 //! Needs Node >= 20 and `npm ci --prefix tools/node`.
 
+mod support;
+
 use std::io::{BufRead, BufReader, Read};
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use support::playground::{assert_playground_installed, repo, run_node_script};
 
 /// Longer than the script's own 90 s timeout, so the script reports its failure itself.
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(150);
 /// How long the sandbox may take to print its welcome text.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 /// `m365bot sandbox --fresh` on a free loopback port with a temporary SQLite file; killed on drop.
 struct SandboxProcess {
@@ -155,71 +153,6 @@ fn case_change(welcome: &str) -> (String, String) {
     (url, auth)
 }
 
-fn playground_installed(repo: &Path) -> bool {
-    repo.join("tools/node/node_modules/@microsoft/m365agentsplayground/cli.js")
-        .is_file()
-}
-
-struct ScriptRun {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-    elapsed: Duration,
-}
-
-fn read_in_thread(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
-    std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = pipe.read_to_string(&mut text);
-        text
-    })
-}
-
-/// Runs the journeys script. Its stdin is a pipe the script watches (`--watch-stdin`): if this
-/// test dies or times out, the script stops its Playground.
-fn run_journeys(repo: &Path, endpoint: &str, case_url: &str, auth: &str) -> ScriptRun {
-    let started = Instant::now();
-    let mut child = Command::new("node")
-        .arg("--experimental-websocket")
-        .arg(repo.join("tools/node/playground-journeys.js"))
-        .arg(endpoint)
-        .args(["--case-url", case_url, "--servicenow-auth", auth])
-        .arg("--watch-stdin")
-        .current_dir(repo)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("`node` (>= 20) must be on PATH to run the Agents Playground journeys");
-    let stdin = child.stdin.take();
-    let stdout = read_in_thread(child.stdout.take().expect("stdout piped"));
-    let stderr = read_in_thread(child.stderr.take().expect("stderr piped"));
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for node") {
-            break status;
-        }
-        if started.elapsed() > SCRIPT_TIMEOUT {
-            // Closing stdin makes the script stop the Playground; then make sure it is gone.
-            drop(stdin);
-            std::thread::sleep(Duration::from_secs(5));
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "playground-journeys.js did not finish within {SCRIPT_TIMEOUT:?}; stderr:\n{}",
-                stderr.join().unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    drop(stdin);
-    ScriptRun {
-        status,
-        stdout: stdout.join().expect("stdout reader"),
-        stderr: stderr.join().expect("stderr reader"),
-        elapsed: started.elapsed(),
-    }
-}
-
 fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
@@ -228,10 +161,7 @@ fn tail(text: &str, lines: usize) -> String {
 #[test]
 fn agents_playground_runs_the_three_journeys_against_the_sandbox() {
     let repo = repo();
-    assert!(
-        playground_installed(&repo),
-        "the Microsoft 365 Agents Playground is not installed: run `npm ci --prefix tools/node`"
-    );
+    assert_playground_installed(&repo);
     let mut sandbox = SandboxProcess::start();
     assert!(
         sandbox.welcome.contains("none (--fresh)"),
@@ -246,7 +176,18 @@ fn agents_playground_runs_the_three_journeys_against_the_sandbox() {
     );
     let (case_url, auth) = case_change(&sandbox.welcome);
 
-    let run = run_journeys(&repo, &sandbox.endpoint, &case_url, &auth);
+    let run = run_node_script(
+        &repo,
+        "playground-journeys.js",
+        &[
+            &sandbox.endpoint,
+            "--case-url",
+            &case_url,
+            "--servicenow-auth",
+            &auth,
+        ],
+        SCRIPT_TIMEOUT,
+    );
     assert!(
         run.status.success(),
         "playground-journeys.js failed ({}):\n{}\n{}\n--- m365bot sandbox log (last lines) ---\n{}",

@@ -6,6 +6,7 @@ pub mod connector;
 pub mod db;
 pub mod link;
 pub mod notify;
+pub mod playground;
 pub mod setup;
 
 use std::net::SocketAddr;
