@@ -20,6 +20,8 @@ use crate::upstream::servicenow::{EncodedQuery, ServiceNowAuth, ServiceNowClient
 pub const DEFAULT_CONFIG_FILE: &str = "m365bot.toml";
 /// Scope of the bot's own token for the Bot Connector.
 const BOT_FRAMEWORK_SCOPE: &str = "https://api.botframework.com/.default";
+/// The Debian package's state directory (systemd `StateDirectory=m365bot`).
+const PACKAGE_STATE_DIRECTORY: &str = "/var/lib/m365bot";
 /// How long the PostgreSQL check may take.
 const DATABASE_TIMEOUT: Duration = Duration::from_secs(15);
 /// How many times an interactive answer is asked again after a failed check.
@@ -285,7 +287,7 @@ async fn collect(
         out,
         args.database_url.as_deref(),
         "Database URL: sqlite://PATH or postgres://USER:PASSWORD@HOST/DB (--database-url)",
-        Some("sqlite://m365bot.db"),
+        Some(default_database_url()),
         false,
         |answer| Ok(answer.to_owned()),
     )?;
@@ -529,6 +531,15 @@ fn check_servicenow_url(answer: &str) -> Result<Url, String> {
     base_url(answer, "the ServiceNow instance URL")
 }
 
+/// The package's state directory when it exists, else a file in the working directory.
+fn default_database_url() -> &'static str {
+    if Path::new(PACKAGE_STATE_DIRECTORY).is_dir() {
+        "sqlite:///var/lib/m365bot/m365bot.db"
+    } else {
+        "sqlite://m365bot.db"
+    }
+}
+
 /// PostgreSQL: connects and reads the migration level (nothing is created). SQLite: the
 /// file's directory must exist (the file is created by `migrate`).
 async fn check_database(url: &str, out: &mut dyn Write) -> anyhow::Result<()> {
@@ -610,8 +621,20 @@ fn parent_directory(path: &Path) -> PathBuf {
     }
 }
 
+/// True when `path` holds settings: any line that is neither blank nor a comment (the
+/// package's commented template holds none).
+fn holds_settings(path: &Path) -> bool {
+    match std::fs::read_to_string(path) {
+        Ok(text) => text.lines().any(|line| {
+            let line = line.trim();
+            !line.is_empty() && !line.starts_with('#')
+        }),
+        Err(_) => path.exists(),
+    }
+}
+
 fn refuse_overwrite(path: &Path, force: bool) -> anyhow::Result<()> {
-    if !force && path.exists() {
+    if !force && holds_settings(path) {
         bail!(
             "{} already exists: refusing to overwrite it (give --force to replace it; keep its setup.encryption_key with --encryption-key)",
             path.display()
@@ -738,6 +761,7 @@ fn write_config(path: &Path, answers: &Answers, force: bool) -> anyhow::Result<(
         Settings::from_figment(figment)
             .context("the written configuration does not load (this is a bug in init)")?;
         refuse_overwrite(path, force)?;
+        keep_owner(path, &temporary)?;
         std::fs::rename(&temporary, path)
             .with_context(|| format!("cannot move the configuration to {}", path.display()))
     })();
@@ -745,6 +769,33 @@ fn write_config(path: &Path, answers: &Answers, force: bool) -> anyhow::Result<(
         let _ = std::fs::remove_file(&temporary);
     }
     result
+}
+
+/// Gives `replacement` the owner and group of the file it replaces (the package's file belongs
+/// to the service user); nothing to do for a new file.
+#[cfg(unix)]
+fn keep_owner(existing: &Path, replacement: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(metadata) = std::fs::metadata(existing) else {
+        return Ok(());
+    };
+    let current = std::fs::metadata(replacement)
+        .with_context(|| format!("cannot read {}", replacement.display()))?;
+    if (metadata.uid(), metadata.gid()) == (current.uid(), current.gid()) {
+        return Ok(());
+    }
+    std::os::unix::fs::chown(replacement, Some(metadata.uid()), Some(metadata.gid()))
+        .with_context(|| {
+            format!(
+                "cannot give the new configuration the owner of {} (run init as root, or as its owner)",
+                existing.display()
+            )
+        })
+}
+
+#[cfg(not(unix))]
+fn keep_owner(_existing: &Path, _replacement: &Path) -> anyhow::Result<()> {
+    Ok(())
 }
 
 #[cfg(unix)]

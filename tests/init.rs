@@ -294,18 +294,18 @@ async fn a_malformed_app_id_fails_before_any_request() {
     assert!(world.files().is_empty());
 }
 
+/// A configuration someone wrote before.
+const MINE: &str = "[server]\nlisten = \"127.0.0.1:3978\"\n";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_existing_file_is_kept_unless_forced() {
     let world = World::start().await;
-    std::fs::write(world.config(), "# mine\n").expect("write");
+    std::fs::write(world.config(), MINE).expect("write");
     let output = run(world.init_command(free_port())).await;
     let all = text(&output);
     assert!(!output.status.success(), "{all}");
     assert!(all.contains("--force"), "{all}");
-    assert_eq!(
-        std::fs::read_to_string(world.config()).expect("read"),
-        "# mine\n"
-    );
+    assert_eq!(std::fs::read_to_string(world.config()).expect("read"), MINE);
     let mut forced = world.init_command(free_port());
     forced.arg("--force");
     let output = run(forced).await;
@@ -314,6 +314,20 @@ async fn an_existing_file_is_kept_unless_forced() {
     assert!(written.contains("[setup]"), "{written}");
     #[cfg(unix)]
     assert_eq!(mode(&world.config()), 0o600);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_packages_commented_template_is_replaced_without_force() {
+    let world = World::start().await;
+    std::fs::copy("debian/m365bot.toml", world.config()).expect("copy the template");
+    let output = run(world.init_command(free_port())).await;
+    assert!(output.status.success(), "{}", text(&output));
+    let written = std::fs::read_to_string(world.config()).expect("read");
+    assert!(written.contains("\napp_id = "), "{written}");
+    assert!(
+        !written.contains("Write this file with"),
+        "replaced: {written}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
