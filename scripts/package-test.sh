@@ -135,6 +135,9 @@ verify_output=$(systemd-analyze verify "$unit" 2>&1) || {
     fail "systemd-analyze verify $unit printed warnings"
 }
 ok "systemd-analyze verify: clean"
+exposure=$(systemd-analyze security --offline=yes "$unit" 2>/dev/null | tail -n1) ||
+    fail "systemd-analyze security --offline=yes $unit failed"
+ok "systemd-analyze security: ${exposure#→ }"
 if command -v systemctl >/dev/null && systemctl is-system-running >/dev/null 2>&1; then
     state=$(systemctl is-enabled m365bot 2>&1 || true)
     [ "$state" = disabled ] || fail "m365bot.service is '$state' after installation, expected disabled until configured"
