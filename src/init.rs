@@ -90,12 +90,17 @@ pub trait Prompt {
     ) -> anyhow::Result<String>;
 }
 
-/// Never asks: each missing answer is an error naming its flag.
+/// Never asks: a missing answer takes its default, or is an error naming its flag.
 pub struct NoPrompt;
 
 impl Prompt for NoPrompt {
-    fn ask(&mut self, question: &str, _: Option<&str>, _: bool) -> anyhow::Result<String> {
-        bail!("missing answer: {question} (give it as a flag; see `m365bot init --help`)")
+    fn ask(&mut self, question: &str, default: Option<&str>, _: bool) -> anyhow::Result<String> {
+        match default {
+            Some(value) => Ok(value.to_owned()),
+            None => {
+                bail!("missing answer: {question} (give it as a flag; see `m365bot init --help`)")
+            }
+        }
     }
 }
 

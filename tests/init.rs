@@ -51,7 +51,8 @@ impl World {
         self.init_command_with(bot_port, &[])
     }
 
-    /// Like [`Self::init_command`], with some flags' values replaced.
+    /// Like [`Self::init_command`], with some flags' values replaced (an empty value leaves the
+    /// flag out).
     fn init_command_with(&self, bot_port: u16, replaced: &[(&str, &str)]) -> Command {
         let urls = self.sandbox.urls();
         let demo = self.sandbox.demo();
@@ -75,7 +76,9 @@ impl World {
                 .iter()
                 .find(|(name, _)| *name == flag)
                 .map_or(value, |(_, v)| (*v).to_owned());
-            command.arg(flag).arg(value);
+            if !value.is_empty() {
+                command.arg(flag).arg(value);
+            }
         }
         command.env("MicrosoftAppPassword", &self.app_secret).env(
             "M365BOT_INIT_SERVICENOW_PASSWORD",
@@ -439,4 +442,32 @@ async fn interactive_answers_are_checked_and_asked_again() {
     let written = std::fs::read_to_string(world.config()).expect("written");
     assert!(!written.contains("[servicenow]"), "{written}");
     std::io::stdout().flush().expect("flush");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_terminal_missing_answers_name_their_flag_and_defaults_apply() {
+    let world = World::start().await;
+    let mut command = world.init_command_with(free_port(), &[("--servicenow-url", "")]);
+    command.arg("--non-interactive");
+    let output = run(command).await;
+    let all = text(&output);
+    assert!(!output.status.success(), "{all}");
+    assert!(all.contains("(--servicenow-url)"), "{all}");
+    assert!(world.files().is_empty());
+
+    let mut command = world.init_command_with(free_port(), &[("--database-url", "")]);
+    command.current_dir(world.dir.path());
+    let output = run(command).await;
+    assert!(output.status.success(), "{}", text(&output));
+    let written = std::fs::read_to_string(world.config()).expect("read");
+    // The package's state directory when it is installed, else the working directory.
+    let expected = if Path::new("/var/lib/m365bot").is_dir() {
+        "url = \"sqlite:///var/lib/m365bot/m365bot.db\""
+    } else {
+        "url = \"sqlite://m365bot.db\""
+    };
+    assert!(
+        written.contains(expected),
+        "the default database: {written}"
+    );
 }
