@@ -48,6 +48,9 @@ const SIGNING_KEY_X5T: &str = "KChIFb-rQW68hfrqC4WxH1zcSjw";
 pub(crate) const GRAPH_APP_ID: &str = "00000003-0000-0000-c000-000000000000";
 /// Graph's resource URI.
 pub(crate) const GRAPH_RESOURCE: &str = "https://graph.microsoft.com";
+/// The Bot Framework's resource: every tenant's apps get app-only tokens for it (the bot's own
+/// token for the Bot Connector, scope `https://api.botframework.com/.default`).
+pub(crate) const BOT_FRAMEWORK_RESOURCE: &str = "https://api.botframework.com";
 /// Client id of the pre-registered Graph management app (fixed so configs survive restarts).
 const SEED_GRAPH_CLIENT_ID: &str = "5e7b2a1c-0d4f-4c3b-9a8e-1f2d3c4b5a69";
 /// Its secret (sandbox only).
@@ -871,6 +874,13 @@ fn resolve_resource(shared: &Shared, dir: &Directory, resource: &str) -> Option<
         return Some(Target {
             aud_v1: resource.to_owned(),
             aud_v2: GRAPH_APP_ID.to_owned(),
+            v2: false,
+        });
+    }
+    if trimmed.eq_ignore_ascii_case(BOT_FRAMEWORK_RESOURCE) {
+        return Some(Target {
+            aud_v1: BOT_FRAMEWORK_RESOURCE.to_owned(),
+            aud_v2: BOT_FRAMEWORK_RESOURCE.to_owned(),
             v2: false,
         });
     }
