@@ -49,6 +49,14 @@ pub(crate) const GRAPH_APP_ID: &str = "00000003-0000-0000-c000-000000000000";
 /// Graph's resource URI.
 pub(crate) const GRAPH_RESOURCE: &str = "https://graph.microsoft.com";
 /// Client id of the pre-registered Graph management app (fixed so configs survive restarts).
+/// Graph application permissions of the seeded bot app (admin consent given).
+pub const SEED_GRAPH_ROLES: &[&str] = &[
+    "Application.ReadWrite.OwnedBy",
+    "Organization.Read.All",
+    "Domain.Read.All",
+    "ServiceHealth.Read.All",
+    "RoleManagement.Read.Directory",
+];
 const SEED_GRAPH_CLIENT_ID: &str = "5e7b2a1c-0d4f-4c3b-9a8e-1f2d3c4b5a69";
 /// Its secret (sandbox only).
 const SEED_GRAPH_CLIENT_SECRET: &str = "Sbx8Q~sandbox.graph-management_secret.0001";
@@ -228,6 +236,9 @@ pub struct AppRegistration {
     pub created: DateTime<Utc>,
     /// Object id used for the app's service principal and as `oid` of its app-only tokens.
     pub principal_id: String,
+    /// Graph application permissions granted with admin consent: the `roles` of its app-only
+    /// Graph tokens (none: Graph refuses every app-only call with 403).
+    pub graph_roles: Vec<String>,
 }
 
 impl AppRegistration {
@@ -245,6 +256,7 @@ impl AppRegistration {
             required_resource_access: json!([]),
             created: now(),
             principal_id: new_guid(),
+            graph_roles: Vec::new(),
         }
     }
 
@@ -389,6 +401,7 @@ impl Directory {
         let upn = format!("admin@{}", options.tenant_domain);
         let mut app = AppRegistration::new("m365bot sandbox Graph management");
         app.app_id = SEED_GRAPH_CLIENT_ID.to_owned();
+        app.graph_roles = SEED_GRAPH_ROLES.iter().map(|r| (*r).to_owned()).collect();
         let start = now();
         let mut credential = PasswordCredential::new(
             Some("sandbox".to_owned()),
@@ -461,7 +474,7 @@ impl Directory {
             .find(|a| a.app_id.eq_ignore_ascii_case(client_id))
     }
 
-    fn app_by_client_id_mut(&mut self, client_id: &str) -> Option<&mut AppRegistration> {
+    pub(crate) fn app_by_client_id_mut(&mut self, client_id: &str) -> Option<&mut AppRegistration> {
         self.apps
             .iter_mut()
             .find(|a| a.app_id.eq_ignore_ascii_case(client_id))
@@ -668,7 +681,7 @@ pub(crate) fn fault_response(fault: Fault) -> Response {
             }
             response
         }
-        Fault::ServerError(status) => {
+        Fault::ServerError(status) | Fault::HtmlError(status) => {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
             AadError::new(
                 status,
@@ -969,6 +982,9 @@ fn app_token(shared: &Shared, tid: &str, app: &AppRegistration, target: &Target)
         claims["appid"] = json!(app.app_id);
         claims["appidacr"] = json!("1");
         claims["ver"] = json!("1.0");
+    }
+    if target.aud_v2 == GRAPH_APP_ID && !app.graph_roles.is_empty() {
+        claims["roles"] = json!(app.graph_roles);
     }
     let access_token = shared.keys.sign(&claims, !target.v2)?;
     Some(Issued {

@@ -367,7 +367,7 @@ pub(crate) fn fault_response(fault: Fault, headers: &HeaderMap) -> Response {
             }
             response
         }
-        Fault::ServerError(status) => {
+        Fault::ServerError(status) | Fault::HtmlError(status) => {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
             let code = if status == StatusCode::SERVICE_UNAVAILABLE {
                 "serviceNotAvailable"
@@ -468,6 +468,15 @@ fn authenticate(shared: &Shared, headers: &HeaderMap) -> Option<Response> {
             "Access token validation failure. Invalid tenant.",
             headers,
         ));
+    }
+    // An app-only token without application permissions is refused by every endpoint.
+    let app_only = claims.get("idtyp").and_then(Value::as_str) == Some("app");
+    let has_roles = claims
+        .get("roles")
+        .and_then(Value::as_array)
+        .is_some_and(|roles| !roles.is_empty());
+    if app_only && !has_roles {
+        return Some(denied(headers));
     }
     None
 }

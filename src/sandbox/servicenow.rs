@@ -2544,7 +2544,7 @@ pub(crate) fn fault_response(fault: Fault) -> Response {
             }
             response
         }
-        Fault::ServerError(status) => {
+        Fault::ServerError(status) | Fault::HtmlError(status) => {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
             error_response(
                 status,

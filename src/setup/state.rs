@@ -75,7 +75,7 @@ impl Step {
             Self::OidcEntity => &["servicenow.oidc_entity"],
             Self::RestUserApp => &["rest_user_app.token", "rest_user_app.registration"],
             Self::IntegrationUser => match auth {
-                AuthType::Aad => &["servicenow.integration_user"],
+                AuthType::Aad => &["servicenow.integration_user", "servicenow.inbound_flow"],
                 AuthType::Basic => &["servicenow.integration_user", "servicenow.basic_login"],
             },
             Self::CrossScope => &["servicenow.cross_scope"],
