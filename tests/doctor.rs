@@ -787,3 +787,42 @@ fn all_requests(handle: &m365bot::sandbox::SandboxHandle) -> Vec<m365bot::sandbo
     all.sort_by_key(|r| r.at);
     all
 }
+
+#[tokio::test]
+async fn a_new_secret_replaces_the_ones_setup_added_before() {
+    use m365bot::integration::provision::ensure_app;
+    let (demo, _dir) = demo().await;
+    let upstreams = Upstreams::from_settings(
+        &demo.settings,
+        reqwest::Client::new(),
+        std::sync::Arc::default(),
+    );
+    let graph = upstreams.graph.as_ref().expect("graph configured");
+    let mut log = Vec::new();
+    let first = ensure_app(graph, "Secrets test", &[], false, None, &mut log)
+        .await
+        .expect("created");
+    let second = ensure_app(graph, "Secrets test", &[], false, None, &mut log)
+        .await
+        .expect("reused");
+    assert_eq!(
+        first.client_id, second.client_id,
+        "the app is reused: {log:?}"
+    );
+    let app = demo
+        .sandbox
+        .handle()
+        .app(&first.client_id)
+        .expect("app exists");
+    assert_eq!(app.password_credentials.len(), 1, "{log:?}");
+    assert!(
+        log.iter()
+            .any(|line| line.contains("removed an unused client secret")),
+        "{log:?}"
+    );
+    use secrecy::ExposeSecret;
+    assert_eq!(
+        app.password_credentials[0].secret_text(),
+        second.client_secret.expose_secret()
+    );
+}

@@ -159,6 +159,8 @@ pub struct PasswordCredential {
     pub start: DateTime<Utc>,
     /// `endDateTime`.
     pub end: DateTime<Utc>,
+    /// When it was added (replication lag counts from here).
+    pub added: DateTime<Utc>,
     secret: String,
 }
 
@@ -171,6 +173,7 @@ impl PasswordCredential {
             hint: secret.chars().take(3).collect(),
             start,
             end,
+            added: now(),
             secret,
         }
     }
@@ -378,6 +381,9 @@ pub(crate) struct Directory {
     pub(crate) service_principals: Vec<ServicePrincipal>,
     pub(crate) authorize_outcome: AuthorizeOutcome,
     pub(crate) graph_writes_denied: bool,
+    /// How long a new app or secret stays invisible to token requests and Graph reads, as
+    /// Entra ID's replication makes it right after creation (zero: at once).
+    pub(crate) replication_lag: ChronoDuration,
     /// Directory role assignments (`roleManagement/directory/roleAssignments`).
     pub(crate) role_assignments: Vec<DirectoryRoleAssignment>,
     /// Graph answers 403 to role-assignment reads (no `RoleManagement.Read.Directory`).
@@ -410,6 +416,9 @@ impl Directory {
         );
         credential.secret = SEED_GRAPH_CLIENT_SECRET.to_owned();
         credential.hint = SEED_GRAPH_CLIENT_SECRET.chars().take(3).collect();
+        // Registered long ago: replication lag never hides the bot's own app.
+        app.created = start - ChronoDuration::days(30);
+        credential.added = app.created;
         app.password_credentials.push(credential);
         let sp = ServicePrincipal {
             id: app.principal_id.clone(),
@@ -428,6 +437,7 @@ impl Directory {
                 tenant_id: None,
             }),
             graph_writes_denied: false,
+            replication_lag: ChronoDuration::zero(),
             // The default signed-in user is a Global Administrator, as a tenant's first admin is.
             role_assignments: vec![DirectoryRoleAssignment::new(
                 SEED_USER_OID,
@@ -468,10 +478,16 @@ impl Directory {
             .unwrap_or_default()
     }
 
+    /// The app with this client id, once replication made it visible.
     pub(crate) fn app_by_client_id(&self, client_id: &str) -> Option<&AppRegistration> {
         self.apps
             .iter()
-            .find(|a| a.app_id.eq_ignore_ascii_case(client_id))
+            .find(|a| a.app_id.eq_ignore_ascii_case(client_id) && self.replicated(a.created))
+    }
+
+    /// True when something created at `since` is visible everywhere (replication done).
+    pub(crate) fn replicated(&self, since: DateTime<Utc>) -> bool {
+        now() - since >= self.replication_lag
     }
 
     pub(crate) fn app_by_client_id_mut(&mut self, client_id: &str) -> Option<&mut AppRegistration> {
@@ -543,7 +559,7 @@ impl Directory {
         match app
             .password_credentials
             .iter()
-            .find(|c| !secret.is_empty() && c.secret == secret)
+            .find(|c| !secret.is_empty() && c.secret == secret && self.replicated(c.added))
         {
             Some(c) if c.end > current && c.start <= current + ChronoDuration::minutes(5) => Ok(()),
             Some(_) => Err(AadError::new(

@@ -502,10 +502,15 @@ fn parse_app_segment(segments: &[String]) -> Option<(AppKey, &[String])> {
     Some((AppKey::AppId(app_id), &segments[1..]))
 }
 
+/// The app a key names, once replication made it visible (a new app 404s for a while).
 fn find_app<'a>(dir: &'a mut Directory, key: &AppKey) -> Option<&'a mut AppRegistration> {
-    dir.apps.iter_mut().find(|a| match key {
-        AppKey::ObjectId(id) => a.object_id.eq_ignore_ascii_case(id),
-        AppKey::AppId(id) => a.app_id.eq_ignore_ascii_case(id),
+    let lag = dir.replication_lag;
+    dir.apps.iter_mut().find(|a| {
+        let matches = match key {
+            AppKey::ObjectId(id) => a.object_id.eq_ignore_ascii_case(id),
+            AppKey::AppId(id) => a.app_id.eq_ignore_ascii_case(id),
+        };
+        matches && crate::sandbox::now() - a.created >= lag
     })
 }
 
@@ -868,6 +873,9 @@ fn list_applications(ctx: &Ctx<'_>) -> Response {
     let domain = world.dir.initial_domain();
     let mut items = Vec::new();
     for app in &world.dir.apps {
+        if !world.dir.replicated(app.created) {
+            continue;
+        }
         match app_matches(app, &filters) {
             Some(true) => items.push(application_json(app, &domain)),
             Some(false) => {}

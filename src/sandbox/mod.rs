@@ -509,6 +509,14 @@ impl SandboxHandle {
         }
     }
 
+    /// Entra ID replication lag: for `lag` after creation a new app is unknown to token
+    /// requests (AADSTS700016) and Graph (404, or 400 "does not reference a valid application
+    /// object"), and a new secret is refused (AADSTS7000215).
+    pub fn set_replication_lag(&self, lag: std::time::Duration) {
+        self.shared.world().dir.replication_lag =
+            chrono::Duration::from_std(lag).unwrap_or_else(|_| chrono::Duration::zero());
+    }
+
     /// Misconfiguration knob: sets the app's `signInAudience` (e.g. `AzureADMultipleOrgs`).
     pub fn set_sign_in_audience(&self, client_id: &str, audience: &str) -> bool {
         let mut world = self.shared.world();
