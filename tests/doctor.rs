@@ -439,6 +439,27 @@ fn the_sandbox_command_runs_doctor_and_sets_the_exit_status() {
         .filter_map(|c| c["id"].as_str())
         .collect();
     assert_eq!(failed, ["servicenow.integration_user"]);
+    // Graph refusing everything leaves no check failing but the permission check, and the
+    // registration checks skipped: the run still ends non-zero.
+    let graph_denied = Command::new(binary)
+        .args([
+            "sandbox",
+            "--doctor",
+            "--break",
+            "graph-403",
+            "--listen",
+            "127.0.0.1:0",
+            "--database",
+            &database,
+        ])
+        .output()
+        .expect("runs");
+    let stdout = String::from_utf8_lossy(&graph_denied.stdout);
+    assert_eq!(graph_denied.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("13 checks passed, 1 failed, 3 skipped"),
+        "{stdout}"
+    );
     let bad = Command::new(binary)
         .args(["sandbox", "--doctor", "--break", "nonsense"])
         .output()
@@ -824,5 +845,28 @@ async fn a_new_secret_replaces_the_ones_setup_added_before() {
     assert_eq!(
         app.password_credentials[0].secret_text(),
         second.client_secret.expose_secret()
+    );
+}
+
+#[tokio::test]
+async fn a_wait_longer_than_the_budget_is_not_taken_and_the_check_says_it_gave_up() {
+    let (demo, _dir) = demo().await;
+    demo.sandbox.handle().set_faults(
+        Emulator::ServiceNow,
+        FaultConfig::none().with_throttle_window(60_000, 120),
+    );
+    let started = std::time::Instant::now();
+    let outcomes = run(&demo, false).await;
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    let reachable = &outcomes["servicenow.reachable"];
+    assert_eq!(reachable.status, Status::Fail);
+    assert!(
+        reachable.detail.contains("429") && reachable.detail.contains("gave up"),
+        "{reachable:?}"
+    );
+    assert!(reachable.detail.contains("120 s"), "{reachable:?}");
+    assert_eq!(
+        outcomes["servicenow.integration_user"].blocked_by,
+        Some("servicenow.reachable")
     );
 }

@@ -308,6 +308,27 @@ impl AppRole {
     }
 }
 
+/// `detail`, with what the retry policy tried when the service kept throttling (429 / 503).
+fn with_retry_note(detail: String, status: Option<u16>, kind: RetryKind) -> String {
+    match kind {
+        RetryKind::Transient { retry_after } if matches!(status, Some(429 | 503)) => {
+            format!("{detail}; {}", retry::STANDARD.gave_up(retry_after))
+        }
+        _ => detail,
+    }
+}
+
+/// The error of an Entra ID call, with the retry note when it was throttled.
+fn entra_detail(err: &EntraError) -> String {
+    let status = match err {
+        EntraError::Aadsts { status, .. }
+        | EntraError::Http { status, .. }
+        | EntraError::Decode { status, .. } => Some(*status),
+        _ => None,
+    };
+    with_retry_note(err.to_string(), status, err.retry_kind())
+}
+
 fn entra_fix(err: &EntraError, app: &str) -> String {
     match err.hint() {
         Some(hint) => format!("{app}: {hint}"),
@@ -380,7 +401,7 @@ async fn check_app_token(
     {
         Ok(token) => token,
         Err(err) => {
-            return CheckOutcome::fail(id, title, err.to_string(), entra_fix(&err, app.label()));
+            return CheckOutcome::fail(id, title, entra_detail(&err), entra_fix(&err, app.label()));
         }
     };
     if app != AppRole::Inbound {
@@ -544,15 +565,11 @@ fn sn_fail(id: &'static str, title: &str, err: &ServiceNowError) -> CheckOutcome
         ),
         _ => "Check that the ServiceNow instance is reachable and try again.".to_owned(),
     };
-    let mut detail = match status {
+    let detail = match status {
         Some(500..=599) => format!("ServiceNow is failing: {err}"),
         _ => err.to_string(),
     };
-    if let RetryKind::Transient { retry_after } = err.retry_kind()
-        && matches!(status, Some(429 | 503))
-    {
-        detail = format!("{detail}; {}", retry::STANDARD.gave_up(retry_after));
-    }
+    let detail = with_retry_note(detail, status, err.retry_kind());
     CheckOutcome::fail(id, title, detail, fix)
 }
 
@@ -1197,12 +1214,7 @@ async fn check_graph_permissions(upstreams: &Upstreams, spec: &IntegrationSpec) 
             }
         }
         Err(err) => {
-            let detail = match err.retry_kind() {
-                RetryKind::Transient { retry_after } => {
-                    format!("{err}; {}", retry::STANDARD.gave_up(retry_after))
-                }
-                _ => err.to_string(),
-            };
+            let detail = with_retry_note(err.to_string(), err.status(), err.retry_kind());
             return CheckOutcome::fail(
                 id,
                 title,
@@ -1345,7 +1357,10 @@ async fn check_inbound_flow(upstreams: &Upstreams, spec: &IntegrationSpec) -> Ch
             return CheckOutcome::fail(
                 id,
                 title,
-                format!("no REST-user token for the inbound app: {err}"),
+                format!(
+                    "no REST-user token for the inbound app: {}",
+                    entra_detail(&err)
+                ),
                 entra_fix(&err, AppRole::RestUser.label()),
             );
         }
