@@ -562,6 +562,17 @@ fn first_sys_id(handle: &m365bot::sandbox::SandboxHandle, table: &str, query: &s
         .to_owned()
 }
 
+/// Sets `fields` on the first `table` row matching `query`, as an admin would in the form.
+fn set_fields(
+    handle: &m365bot::sandbox::SandboxHandle,
+    table: &str,
+    query: &str,
+    fields: serde_json::Value,
+) {
+    let sys_id = first_sys_id(handle, table, query);
+    handle.sn_update(table, &sys_id, fields).expect("update");
+}
+
 #[tokio::test]
 async fn a_multi_tenant_inbound_app_fails_its_registration() {
     let (demo, _dir) = demo().await;
@@ -580,22 +591,16 @@ async fn a_multi_tenant_inbound_app_fails_its_registration() {
 async fn a_token_url_of_another_tenant_fails_the_oauth_provider() {
     let (demo, _dir) = demo().await;
     let handle = demo.sandbox.handle();
-    let sys_id = first_sys_id(
-        &handle,
-        "oauth_entity",
-        &format!("client_id={}", demo.spec.outbound_app.client_id),
-    );
     let other = format!(
         "{}/fabrikam.onmicrosoft.com/oauth2/token",
         demo.sandbox.urls().entra.trim_end_matches('/')
     );
-    handle
-        .sn_update(
-            "oauth_entity",
-            &sys_id,
-            serde_json::json!({"token_url": other}),
-        )
-        .expect("update");
+    set_fields(
+        &handle,
+        "oauth_entity",
+        &format!("client_id={}", demo.spec.outbound_app.client_id),
+        serde_json::json!({"token_url": other}),
+    );
     let outcomes = run(&demo, false).await;
     assert_only_failures(&outcomes, &["servicenow.oauth_provider"]);
     assert!(
@@ -612,30 +617,18 @@ async fn urls_naming_the_tenant_by_id_or_in_another_case_pass() {
     let handle = demo.sandbox.handle();
     let tenant_id = demo.sandbox.demo().tenant_id.clone();
     let entra = demo.sandbox.urls().entra.trim_end_matches('/').to_owned();
-    let sys_id = first_sys_id(
+    set_fields(
         &handle,
         "oauth_entity",
         &format!("client_id={}", demo.spec.outbound_app.client_id),
+        serde_json::json!({"token_url": format!("{entra}/{}/OAuth2/Token/", tenant_id.to_uppercase())}),
     );
-    handle
-        .sn_update(
-            "oauth_entity",
-            &sys_id,
-            serde_json::json!({"token_url": format!("{entra}/{}/OAuth2/Token/", tenant_id.to_uppercase())}),
-        )
-        .expect("update");
-    let config = first_sys_id(
+    set_fields(
         &handle,
         "oidc_provider_configuration",
         "oidc_provider=Contoso Azure",
+        serde_json::json!({"oidc_metadata_url": format!("{entra}/{tenant_id}/.well-known/openid-configuration")}),
     );
-    handle
-        .sn_update(
-            "oidc_provider_configuration",
-            &config,
-            serde_json::json!({"oidc_metadata_url": format!("{entra}/{tenant_id}/.well-known/openid-configuration")}),
-        )
-        .expect("update");
     let outcomes = run(&demo, false).await;
     assert_only_failures(&outcomes, &[]);
 }
@@ -666,14 +659,12 @@ async fn an_interactive_integration_user_fails() {
     let (demo, _dir) = demo().await;
     let handle = demo.sandbox.handle();
     let user = demo.spec.integration_user_name().expect("user");
-    let sys_id = first_sys_id(&handle, "sys_user", &format!("user_name={user}"));
-    handle
-        .sn_update(
-            "sys_user",
-            &sys_id,
-            serde_json::json!({"web_service_access_only": "false"}),
-        )
-        .expect("update");
+    set_fields(
+        &handle,
+        "sys_user",
+        &format!("user_name={user}"),
+        serde_json::json!({"web_service_access_only": "false"}),
+    );
     let outcomes = run(&demo, false).await;
     assert_only_failures(&outcomes, &["servicenow.integration_user"]);
     assert!(
