@@ -617,20 +617,32 @@ async fn urls_naming_the_tenant_by_id_or_in_another_case_pass() {
     let handle = demo.sandbox.handle();
     let tenant_id = demo.sandbox.demo().tenant_id.clone();
     let entra = demo.sandbox.urls().entra.trim_end_matches('/').to_owned();
-    set_fields(
-        &handle,
-        "oauth_entity",
-        &format!("client_id={}", demo.spec.outbound_app.client_id),
-        serde_json::json!({"token_url": format!("{entra}/{}/OAuth2/Token/", tenant_id.to_uppercase())}),
-    );
-    set_fields(
-        &handle,
-        "oidc_provider_configuration",
-        "oidc_provider=Contoso Azure",
-        serde_json::json!({"oidc_metadata_url": format!("{entra}/{tenant_id}/.well-known/openid-configuration")}),
-    );
-    let outcomes = run(&demo, false).await;
-    assert_only_failures(&outcomes, &[]);
+    // The tenant id (upper case, trailing slash) and another verified domain of the tenant.
+    for (token_url, metadata_url) in [
+        (
+            format!("{entra}/{}/OAuth2/Token/", tenant_id.to_uppercase()),
+            format!("{entra}/{tenant_id}/.well-known/openid-configuration"),
+        ),
+        (
+            format!("{entra}/Contoso.com/oauth2/token"),
+            format!("{entra}/contoso.com/.well-known/openid-configuration/"),
+        ),
+    ] {
+        set_fields(
+            &handle,
+            "oauth_entity",
+            &format!("client_id={}", demo.spec.outbound_app.client_id),
+            serde_json::json!({ "token_url": token_url }),
+        );
+        set_fields(
+            &handle,
+            "oidc_provider_configuration",
+            "oidc_provider=Contoso Azure",
+            serde_json::json!({ "oidc_metadata_url": metadata_url }),
+        );
+        let outcomes = run(&demo, false).await;
+        assert_only_failures(&outcomes, &[]);
+    }
 }
 
 #[tokio::test]
