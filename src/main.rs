@@ -194,10 +194,7 @@ async fn doctor(
     } else {
         print!("{}", m365bot::integration::doctor::render_text(&outcomes));
     }
-    let failed = outcomes
-        .iter()
-        .any(|o| o.status == m365bot::integration::doctor::Status::Fail);
-    Ok(if failed {
+    Ok(if m365bot::integration::doctor::has_failures(&outcomes) {
         std::process::ExitCode::FAILURE
     } else {
         std::process::ExitCode::SUCCESS
