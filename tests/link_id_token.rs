@@ -96,7 +96,9 @@ async fn forged_or_misdirected_id_tokens_are_refused() {
             "other issuer",
             tokens::sandbox_signed(&with(
                 "iss",
-                json!("https://login.microsoftonline.com/9188040d-6c67-4c5b-b112-36a304b66dad/v2.0"),
+                json!(
+                    "https://login.microsoftonline.com/9188040d-6c67-4c5b-b112-36a304b66dad/v2.0"
+                ),
             )),
         ),
         (
