@@ -182,6 +182,7 @@ async fn recover_stale(app: &App, row: SetupRow) -> SetupRow {
         field: None,
         message: "The last attempt at this step was interrupted (the bot restarted).".to_owned(),
         fix: Some("Submit the step again: nothing is created twice.".to_owned()),
+        details: None,
     });
     match store::compare_and_set(
         &app.db,
@@ -490,7 +491,26 @@ pub async fn action(app: &App, event: &InboundEvent, verb: &str, data: &Value) -
             return vec![keep_entered(card_for(app, &shown, None).await, data)];
         }
     };
-    submit(app, &secret_box, row, input, &actor, verb).await
+    let submitted_step = row.wizard.step.title();
+    let replies = submit(app, &secret_box, row, input, &actor, verb).await;
+    keep_entered_after_failure(replies, submitted_step, data)
+}
+
+/// After a live check refused the step, the same card comes back with everything the admin
+/// entered (the choice included), so pressing Continue again retries what was submitted.
+fn keep_entered_after_failure(replies: Vec<Reply>, step: &str, submitted: &Value) -> Vec<Reply> {
+    replies
+        .into_iter()
+        .map(|reply| {
+            let failed_step = matches!(&reply, Reply::Card { template: "setup_step", data }
+                if data["tone"] == "attention" && data["title"] == step);
+            if failed_step {
+                keep_entered(reply, submitted)
+            } else {
+                reply
+            }
+        })
+        .collect()
 }
 
 /// Puts the submitted non-secret values back into the card's inputs (never a password).
@@ -706,6 +726,15 @@ fn is_user_name(value: &str) -> bool {
 pub fn parse_input(verb: &str, data: &Value, auth: Option<AuthType>) -> Result<Input, StepError> {
     let mode = text(data, "mode");
     let existing = mode == "existing";
+    if matches!(verb, "setup.app" | "setup.record" | "setup.user")
+        && !matches!(mode, "create" | "existing")
+    {
+        // Never guess the choice: an effect runs only for the mode the admin submitted.
+        return Err(StepError::field(
+            "mode",
+            "Choose Create it for me or Use an existing one.",
+        ));
+    }
     match verb {
         "setup.agree" => Ok(Input::Agree),
         "setup.back" => Ok(Input::Back),
@@ -736,6 +765,15 @@ pub fn parse_input(verb: &str, data: &Value, auth: Option<AuthType>) -> Result<I
         }
         "setup.app" => {
             if !existing {
+                let entered = ["client_id", "client_secret"]
+                    .into_iter()
+                    .any(|field| !text(data, field).is_empty());
+                if entered {
+                    return Err(StepError::field(
+                        "mode",
+                        "You chose Create it for me but also entered a client ID or secret: choose Use an existing app registration to use that app, or clear both fields.",
+                    ));
+                }
                 return Ok(Input::App(AppChoice::Create));
             }
             let client_id = text(data, "client_id").to_ascii_lowercase();
@@ -809,6 +847,7 @@ pub fn parse_input(verb: &str, data: &Value, auth: Option<AuthType>) -> Result<I
             field: None,
             message: "This button is not part of the current step.".to_owned(),
             fix: None,
+            details: None,
         }),
     }
 }
@@ -858,7 +897,35 @@ async fn handover(
     actor: &str,
     data: &Value,
 ) -> Vec<Reply> {
-    let email = text(data, "handover_email").to_ascii_lowercase();
+    let entered = text(data, "handover_email");
+    let replies = handover_to(app, secret_box, row, actor, entered).await;
+    // A refused hand-over keeps the address the admin typed.
+    replies
+        .into_iter()
+        .map(|reply| match reply {
+            Reply::Card {
+                template: "setup_complete",
+                mut data,
+            } if data["handover_error"].is_string() => {
+                data["handover_email"] = json!(entered);
+                Reply::Card {
+                    template: "setup_complete",
+                    data,
+                }
+            }
+            other => other,
+        })
+        .collect()
+}
+
+async fn handover_to(
+    app: &App,
+    secret_box: &SecretBox,
+    row: SetupRow,
+    actor: &str,
+    entered: &str,
+) -> Vec<Reply> {
+    let email = entered.to_ascii_lowercase();
     let at = email.find('@');
     if at.is_none_or(|i| i == 0 || !is_domain(&email[i + 1..])) {
         return vec![view::complete_card(

@@ -335,6 +335,9 @@ pub struct StepError {
     pub message: String,
     /// What to do.
     pub fix: Option<String>,
+    /// The upstream's own words (AADSTS code, trace id), shown collapsed under *Details*.
+    #[serde(default)]
+    pub details: Option<String>,
 }
 
 impl StepError {
@@ -344,6 +347,7 @@ impl StepError {
             field: Some(field.to_owned()),
             message: message.into(),
             fix: None,
+            details: None,
         }
     }
 }

@@ -45,7 +45,8 @@ fn input(kind: &str, id: &str, label: &str, value: &str, placeholder: Option<&st
     let password = kind == "password";
     json!({"toggle": kind == "toggle", "choice": false, "password": password, "id": id,
            "label": label, "value": if password { None } else { Some(value) },
-           "placeholder": placeholder, "choices": [], "expanded": false, "error": null})
+           "placeholder": placeholder, "choices": [], "expanded": false, "error": null,
+           "error_details": null})
 }
 
 fn choice(id: &str, label: &str, value: &str, choices: &[(&str, &str)], expanded: bool) -> Value {
@@ -55,7 +56,7 @@ fn choice(id: &str, label: &str, value: &str, choices: &[(&str, &str)], expanded
         .collect();
     json!({"toggle": false, "choice": true, "password": false, "id": id, "label": label,
            "value": value, "placeholder": null, "choices": choices, "expanded": expanded,
-           "error": null})
+           "error": null, "error_details": null})
 }
 
 fn mode_choice(create: &str, existing: &str) -> Value {
@@ -265,28 +266,40 @@ pub fn step_card_with(
         }
         Step::OauthProvider | Step::OidcProvider | Step::OidcEntity => {
             let slot = RecordSlot::of(wizard.step).unwrap_or(RecordSlot::OauthProvider);
-            inputs.push(mode_choice(
-                "Create it for me (or correct the one that exists)",
-                "Use an existing record",
-            ));
-            let mut choices: Vec<(&str, &str)> = pick
+            let choices: Vec<(&str, &str)> = pick
                 .iter()
                 .map(|(id, label)| (id.as_str(), label.as_str()))
                 .collect();
             if choices.is_empty() {
-                choices.push(("", "(no records found)"));
+                // Nothing to pick: no choice set (an empty choice is invalid in Adaptive Cards).
+                inputs.push(choice(
+                    "mode",
+                    "How",
+                    "create",
+                    &[("create", "Create it for me")],
+                    true,
+                ));
+                notes.push(format!(
+                    "No {} records exist on the instance yet, so there is none to pick.",
+                    slot.table()
+                ));
+            } else {
+                inputs.push(mode_choice(
+                    "Create it for me (or correct the one that exists)",
+                    "Use an existing record",
+                ));
+                let selected = data
+                    .record(slot)
+                    .map(|r| r.sys_id.clone())
+                    .unwrap_or_default();
+                inputs.push(choice(
+                    "record",
+                    "Existing record",
+                    &selected,
+                    &choices,
+                    false,
+                ));
             }
-            let selected = data
-                .record(slot)
-                .map(|r| r.sys_id.clone())
-                .unwrap_or_default();
-            inputs.push(choice(
-                "record",
-                "Existing record",
-                &selected,
-                &choices,
-                false,
-            ));
             actions.push(action(
                 "Continue",
                 "setup.record",
@@ -432,10 +445,21 @@ fn step_reply(
             .and_then(|field| inputs.iter_mut().find(|i| i["id"].as_str() == Some(field)));
         match beside {
             Some(field_input) => {
-                field_input["error"] = json!(step_error.message);
-                error = json!({"message": "Please correct the field marked below.", "fix": step_error.fix});
+                // One message, under the field; the top box only counts.
+                let message = match &step_error.fix {
+                    Some(fix) => {
+                        format!("{}. Fix: {fix}", step_error.message.trim_end_matches('.'))
+                    }
+                    None => step_error.message.clone(),
+                };
+                field_input["error"] = json!(message);
+                field_input["error_details"] = json!(step_error.details);
+                error = json!({"message": "1 field needs attention", "fix": null, "details": null});
             }
-            None => error = json!({"message": step_error.message, "fix": step_error.fix}),
+            None => {
+                error = json!({"message": step_error.message, "fix": step_error.fix,
+                               "details": step_error.details});
+            }
         }
     }
     Reply::Card {
@@ -543,6 +567,7 @@ pub fn complete_card(
             "advice": advice,
             "notes": data.notes,
             "handover_error": handover_error,
+            "handover_email": "",
             "handed_over_to": data.handed_over_to,
             "actions": actions,
         }),
