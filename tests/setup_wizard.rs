@@ -446,3 +446,47 @@ async fn started_in_a_channel_it_continues_in_a_personal_chat() {
             .is_some_and(|c| c.starts_with("19:channel"))
     );
 }
+
+#[tokio::test]
+async fn the_repository_id_is_asked_for_when_the_instance_address_does_not_tell_it() {
+    let world = World::start().await;
+    let bot = world.bot().await;
+    // The sandbox instance is http://127.0.0.1:<port>: no instance name in it.
+    let complete = aad_create_all(&bot, &world).await;
+    let text = card_text(&complete);
+    assert!(!text.contains("| 127 |"), "{text}");
+    assert!(text.contains("Repository ID | (enter it below)"), "{text}");
+    assert!(text.contains("not a *.service-now.com name"), "{text}");
+    let refused = bot
+        .press(
+            &world,
+            ADMIN,
+            &complete,
+            "Save Repository ID",
+            json!({"repository_id": "dev 1/2"}),
+        )
+        .await;
+    assert!(
+        card_text(&refused).contains("Enter the instance name"),
+        "{}",
+        card_text(&refused)
+    );
+    let saved = bot
+        .press(
+            &world,
+            ADMIN,
+            &complete,
+            "Save Repository ID",
+            json!({"repository_id": "dev12345"}),
+        )
+        .await;
+    let saved_text = card_text(&saved);
+    assert!(
+        saved_text.contains("Repository ID | dev12345"),
+        "{saved_text}"
+    );
+    assert!(
+        !saved_text.contains("Save Repository ID"),
+        "asked once: {saved_text}"
+    );
+}

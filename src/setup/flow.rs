@@ -453,6 +453,9 @@ pub async fn action(app: &App, event: &InboundEvent, verb: &str, data: &Value) -
         "setup.handover" if completed => {
             return handover(app, &secret_box, row, &actor, data).await;
         }
+        "setup.repository" if completed => {
+            return save_repository_id(app, row, &actor, data).await;
+        }
         _ if completed => {
             return vec![view::complete_card(
                 app,
@@ -887,6 +890,44 @@ async fn run_tests(app: &App, secret_box: &SecretBox, row: SetupRow, actor: &str
         "Run tests",
         &outcomes,
         view::results_actions(&shown),
+    )]
+}
+
+/// Stores the Repository ID the admin entered on the completion card.
+async fn save_repository_id(app: &App, row: SetupRow, actor: &str, data: &Value) -> Vec<Reply> {
+    let entered = text(data, "repository_id");
+    let valid = (1..=100).contains(&entered.len())
+        && entered
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if !valid {
+        return vec![view::complete_card_with(
+            app,
+            &row,
+            &Secrets::default(),
+            false,
+            None,
+            Some("Enter the instance name: letters, digits, - or _ (for example dev12345)."),
+        )];
+    }
+    let mut wizard = row.wizard.clone();
+    wizard.data.repository_id = Some(entered.to_owned());
+    let shown = save_wizard(app, row, wizard).await;
+    audit(
+        app,
+        &shown.setup_id,
+        actor,
+        "repository id",
+        "ok",
+        &format!("Repository ID set to {entered}"),
+    )
+    .await;
+    vec![view::complete_card(
+        app,
+        &shown,
+        &Secrets::default(),
+        false,
+        None,
     )]
 }
 

@@ -281,6 +281,9 @@ pub struct Collected {
     /// True once the completion card with secrets was shown (they are shown once).
     #[serde(default)]
     pub secrets_shown: bool,
+    /// The Repository ID the admin entered (when the instance URL does not tell it).
+    #[serde(default)]
+    pub repository_id: Option<String>,
     /// The Microsoft 365 admin the completion card was handed to.
     #[serde(default)]
     pub handed_over_to: Option<String>,

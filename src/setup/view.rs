@@ -69,19 +69,26 @@ fn mode_choice(create: &str, existing: &str) -> Value {
     )
 }
 
-/// The repository id the admin center needs.
-pub fn repository_id(app: &App) -> String {
-    app.settings.setup.repository_id.clone().unwrap_or_else(|| {
-        app.settings
-            .servicenow
-            .instance_url
-            .as_ref()
-            .and_then(|u| {
-                u.host_str()
-                    .map(|h| h.split('.').next().unwrap_or(h).to_owned())
-            })
-            .unwrap_or_default()
-    })
+/// The repository id the admin center needs: configured, entered on the completion card, or
+/// the instance name of a `*.service-now.com` host. `None` when it must be asked for (an IP
+/// address or a custom domain says nothing about it).
+pub fn repository_id(app: &App, data: &super::state::Collected) -> Option<String> {
+    app.settings
+        .setup
+        .repository_id
+        .clone()
+        .or_else(|| data.repository_id.clone())
+        .or_else(|| {
+            let host = app.settings.servicenow.instance_url.as_ref()?.host_str()?;
+            instance_name(host)
+        })
+}
+
+/// `dev12345` for `dev12345.service-now.com`; `None` for any other host.
+pub fn instance_name(host: &str) -> Option<String> {
+    let host = host.to_ascii_lowercase();
+    let name = host.strip_suffix(".service-now.com")?;
+    (!name.is_empty() && !name.contains('.')).then(|| name.to_owned())
 }
 
 /// The card of the wizard's current state. `pick` lists existing records for record steps;
@@ -480,6 +487,18 @@ pub fn complete_card(
     show_secrets: bool,
     handover_error: Option<&str>,
 ) -> Reply {
+    complete_card_with(app, row, secrets, show_secrets, handover_error, None)
+}
+
+/// [`complete_card`], with the error of a refused Repository ID.
+pub fn complete_card_with(
+    app: &App,
+    row: &SetupRow,
+    secrets: &Secrets,
+    show_secrets: bool,
+    handover_error: Option<&str>,
+    repository_error: Option<&str>,
+) -> Reply {
     let data = &row.wizard.data;
     let aad = data.auth_type != Some(AuthType::Basic);
     let hidden = "•••••• (shown once; use Hand over to send it to the Microsoft 365 admin)";
@@ -507,7 +526,7 @@ pub fn complete_card(
         .unwrap_or_default();
     let mut values = vec![
         json!({"label": "Application ID to issue Auth Token (outbound app id)", "value": client(AppSlot::Outbound)}),
-        json!({"label": "Repository ID", "value": repository_id(app)}),
+        json!({"label": "Repository ID", "value": repository_id(app, data).unwrap_or_else(|| "(enter it below)".to_owned())}),
         json!({"label": "Endpoint", "value": endpoint}),
         json!({"label": "Authentication type", "value": if aad { "AAD Auth" } else { "Basic Auth" }}),
     ];
@@ -531,6 +550,12 @@ pub fn complete_card(
     if data.test_environment {
         advice.push("This setup is marked as a test environment.".to_owned());
     }
+    let ask_repository = repository_id(app, data).is_none().then(|| {
+        json!({
+            "reason": "Your instance's address is not a *.service-now.com name, so I cannot tell its Repository ID (the instance name, as in <name>.service-now.com). Enter the name Microsoft 365 should use for this instance.",
+            "action": action("Save Repository ID", "setup.repository", "default", row, json!({}), true),
+        })
+    });
     let actions = vec![
         action(
             "Run tests",
@@ -568,6 +593,8 @@ pub fn complete_card(
             "notes": data.notes,
             "handover_error": handover_error,
             "handover_email": "",
+            "ask_repository": ask_repository,
+            "repository_error": repository_error,
             "handed_over_to": data.handed_over_to,
             "actions": actions,
         }),
@@ -732,5 +759,31 @@ pub fn status_card(
             "lines": lines,
             "actions": [],
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::instance_name;
+
+    #[test]
+    fn the_instance_name_comes_only_from_service_now_com_hosts() {
+        assert_eq!(
+            instance_name("dev12345.service-now.com").as_deref(),
+            Some("dev12345")
+        );
+        assert_eq!(
+            instance_name("Contoso.Service-Now.com").as_deref(),
+            Some("contoso")
+        );
+        for host in [
+            "127.0.0.1",
+            "servicenow.contoso.com",
+            "a.b.service-now.com",
+            "service-now.com",
+            "[::1]",
+        ] {
+            assert_eq!(instance_name(host), None, "{host}");
+        }
     }
 }
