@@ -1067,66 +1067,97 @@ async fn handover_to(
 
 async fn setup_status(app: &App, user: &ChatUser) -> Vec<Reply> {
     let _ = expire_idle(app).await;
-    let row = match store::active(&app.db).await {
-        Ok(Some(row)) => Some(row),
-        Ok(None) => store::latest_completed(&app.db).await.ok().flatten(),
+    let in_progress = match store::active(&app.db).await {
+        Ok(row) => row,
         Err(err) => return storage_failure(&err),
     };
-    let Some(row) = row else {
+    let live = store::latest_completed(&app.db).await.ok().flatten();
+    if in_progress.is_none() && live.is_none() {
         return notice(
             Tone::Default,
             "No setup yet",
             "Nobody has run setup on this bot yet.",
             Some("Type **setup** to start."),
         );
+    }
+    // The live integration's checks run again now (drift); a setup in progress shows its own
+    // verdicts only when nothing is live yet.
+    let verified_row = live.as_ref().or(in_progress.as_ref());
+    let drift = match verified_row {
+        Some(row) => drift_of(app, row).await,
+        None => Vec::new(),
     };
-    let drift = match (preconditions(app), row.wizard.data.verified.is_empty()) {
-        (Ok(secret_box), false) => {
-            let secrets = open_secrets(&secret_box, &row).unwrap_or_default();
-            match effects::spec(app, &row.wizard.data, &secrets) {
-                Some(spec) => {
-                    let ids: Vec<&str> = row
-                        .wizard
-                        .data
-                        .verified
-                        .keys()
-                        .map(String::as_str)
-                        .collect();
-                    crate::integration::doctor::run_only(
-                        &effects::upstreams_for(app, &spec.tenant),
-                        &spec,
-                        &ids,
-                        false,
-                    )
-                    .await
-                    .into_iter()
-                    .map(|o| {
-                        let now = effects::verdicts(std::slice::from_ref(&o));
-                        let status_now = now
-                            .first()
-                            .map(|(_, v)| v.status.clone())
-                            .unwrap_or_default();
-                        let before = row
-                            .wizard
-                            .data
-                            .verified
-                            .get(o.id)
-                            .map(|v| v.status.clone())
-                            .unwrap_or_default();
-                        (o.id.to_owned(), o.detail.clone(), status_now != before)
-                    })
-                    .collect()
-                }
-                None => Vec::new(),
-            }
+    let mut log = Vec::new();
+    for row in [&live, &in_progress].into_iter().flatten() {
+        log.extend(
+            store::audit_log(&app.db, &row.setup_id, view::AUDIT_SHOWN)
+                .await
+                .unwrap_or_default(),
+        );
+    }
+    log.sort_by_key(|entry| entry.at);
+    let keep = log.len().saturating_sub(view::AUDIT_SHOWN as usize);
+    log.drain(..keep);
+    let actor = actor_label(user);
+    for row in [&live, &in_progress].into_iter().flatten() {
+        audit(app, &row.setup_id, &actor, "status", "ok", "").await;
+    }
+    vec![view::status_card(
+        live.as_ref(),
+        in_progress.as_ref(),
+        &drift,
+        &log,
+    )]
+}
+
+/// Each verified check of `row` run again now: (id, title, detail now, drifted).
+async fn drift_of(app: &App, row: &SetupRow) -> Vec<view::CheckNow> {
+    let Ok(secret_box) = preconditions(app) else {
+        return Vec::new();
+    };
+    if row.wizard.data.verified.is_empty() {
+        return Vec::new();
+    }
+    let secrets = open_secrets(&secret_box, row).unwrap_or_default();
+    let Some(spec) = effects::spec(app, &row.wizard.data, &secrets) else {
+        return Vec::new();
+    };
+    let ids: Vec<&str> = row
+        .wizard
+        .data
+        .verified
+        .keys()
+        .map(String::as_str)
+        .collect();
+    crate::integration::doctor::run_only(
+        &effects::upstreams_for(app, &spec.tenant),
+        &spec,
+        &ids,
+        false,
+    )
+    .await
+    .into_iter()
+    .map(|o| {
+        let now = effects::verdicts(std::slice::from_ref(&o));
+        let status_now = now
+            .first()
+            .map(|(_, v)| v.status.clone())
+            .unwrap_or_default();
+        let before = row
+            .wizard
+            .data
+            .verified
+            .get(o.id)
+            .map(|v| v.status.clone())
+            .unwrap_or_default();
+        view::CheckNow {
+            id: o.id.to_owned(),
+            title: o.title.clone(),
+            detail: o.detail.clone(),
+            drifted: status_now != before,
         }
-        _ => Vec::new(),
-    };
-    let log = store::audit_log(&app.db, &row.setup_id, 15)
-        .await
-        .unwrap_or_default();
-    audit(app, &row.setup_id, &actor_label(user), "status", "ok", "").await;
-    vec![view::status_card(&row, &drift, &log)]
+    })
+    .collect()
 }
 
 /// The integration doctor verifies: the latest completed setup, else `[integration]`.

@@ -663,74 +663,128 @@ pub fn results_actions(row: &SetupRow) -> Vec<Value> {
     ]
 }
 
-/// `setup status`: progress, verified checks with drift, the audit trail.
+/// How many audit entries `setup status` shows (collapsed).
+pub const AUDIT_SHOWN: i64 = 5;
+
+/// A verified check run again for `setup status`.
+#[derive(Debug, Clone)]
+pub struct CheckNow {
+    /// Doctor check id.
+    pub id: String,
+    /// Its title, as Run tests shows it.
+    pub title: String,
+    /// What it finds now.
+    pub detail: String,
+    /// True when the verdict differs from the recorded one.
+    pub drifted: bool,
+}
+
+/// The title of a check when it was not run now: its step's title, and which part.
+fn check_title(id: &str) -> String {
+    let step = [Some(AuthType::Aad), Some(AuthType::Basic)]
+        .into_iter()
+        .flat_map(|auth| {
+            super::state::sequence(auth)
+                .iter()
+                .map(move |step| (step, auth.unwrap_or(AuthType::Aad)))
+        })
+        .find(|(step, auth)| step.checks(*auth).contains(&id))
+        .map(|(step, _)| step.title());
+    match (step, id.rsplit_once('.').map(|(_, part)| part)) {
+        (Some(title), Some("token")) => format!("{title}: gets a token"),
+        (Some(title), Some("registration")) => format!("{title}: registration"),
+        (Some(title), Some("basic_login")) => format!("{title}: Basic sign-in"),
+        (Some(title), _) => title.to_owned(),
+        (None, _) => id.replace(['_', '.'], " "),
+    }
+}
+
+fn when(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
+        .unwrap_or_default()
+}
+
+fn branch(wizard: &Wizard) -> &'static str {
+    match wizard.data.auth_type {
+        Some(AuthType::Basic) => "Basic Auth",
+        Some(AuthType::Aad) => "AAD Auth",
+        None => "not chosen yet",
+    }
+}
+
+/// `setup status`: the live integration (verified checks with drift) and the setup in
+/// progress, both when both exist; the last audit entries collapsed.
 pub fn status_card(
-    row: &SetupRow,
-    drift: &[(String, String, bool)],
+    live: Option<&SetupRow>,
+    in_progress: Option<&SetupRow>,
+    now: &[CheckNow],
     audit: &[AuditEntry],
 ) -> Reply {
-    let wizard = &row.wizard;
-    let (position, total) = wizard.position();
-    let when = |ms: i64| {
-        chrono::DateTime::from_timestamp_millis(ms)
-            .map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
-            .unwrap_or_default()
-    };
-    let facts = vec![
-        json!({"title": "Setup", "value": row.setup_id}),
-        json!({"title": "Status", "value": row.status}),
-        json!({"title": "Step", "value": format!("{position} of {total}: {}", wizard.step.title())}),
-        json!({"title": "Branch", "value": match wizard.data.auth_type { Some(AuthType::Basic) => "Basic Auth", Some(AuthType::Aad) => "AAD Auth", None => "not chosen yet" }}),
-        json!({"title": "Started by", "value": row.started_by}),
-        json!({"title": "Last change", "value": when(row.updated_at)}),
-    ];
-    let checks: Vec<Value> = wizard
-        .data
-        .verified
-        .iter()
+    let mut facts = Vec::new();
+    if let Some(row) = live {
+        facts.push(json!({"title": "Live integration", "value": format!(
+            "{}, completed {} (setup {}, started by {})",
+            branch(&row.wizard), when(row.updated_at), row.setup_id, row.started_by
+        )}));
+    }
+    if let Some(row) = in_progress {
+        let (position, total) = row.wizard.position();
+        facts.push(json!({"title": if live.is_some() { "New setup in progress" } else { "Setup in progress" },
+            "value": format!(
+                "step {position} of {total}: {} ({}, started by {}, last change {})",
+                row.wizard.step.title(), branch(&row.wizard), row.started_by, when(row.updated_at)
+            )}));
+    }
+    let verified = live.or(in_progress);
+    let checks: Vec<Value> = verified
+        .map(|row| row.wizard.data.verified.iter().collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
         .map(|(id, verdict)| {
-            let now = drift.iter().find(|(check, _, _)| check == id);
-            let (mark, color, detail) = match now {
-                Some((_, detail, true)) => (
-                    "⚠️ drifted:",
-                    "Attention",
-                    format!(
-                        "verified {} at {}, now: {detail}",
-                        verdict.status,
-                        when(verdict.at)
-                    ),
-                ),
-                Some((_, detail, false)) => (
-                    if verdict.status == "pass" {
-                        "✅"
-                    } else {
-                        "❌"
-                    },
-                    if verdict.status == "pass" {
-                        "Good"
-                    } else {
-                        "Attention"
-                    },
-                    format!("{} (verified {}; unchanged now)", detail, when(verdict.at)),
-                ),
-                None => (
-                    if verdict.status == "pass" {
-                        "✅"
-                    } else {
-                        "❌"
-                    },
-                    if verdict.status == "pass" {
-                        "Good"
-                    } else {
-                        "Attention"
-                    },
-                    format!("{} (verified {})", verdict.detail, when(verdict.at)),
-                ),
+            let found = now.iter().find(|check| &check.id == id);
+            let title = found.map_or_else(|| check_title(id), |check| check.title.clone());
+            let (mark, color) = match (found, verdict.status.as_str()) {
+                (Some(check), _) if check.drifted => ("⚠️", "Attention"),
+                (_, "pass") => ("✅", "Good"),
+                _ => ("❌", "Attention"),
             };
-            json!({"mark": mark, "title": id, "detail": detail, "fix": null, "color": color})
+            let detail = match found {
+                Some(check) if check.drifted => format!(
+                    "drifted: verified {} at {}, now: {}",
+                    verdict.status,
+                    when(verdict.at),
+                    check.detail
+                ),
+                Some(check) => format!(
+                    "{} (verified {}; unchanged now)",
+                    check.detail,
+                    when(verdict.at)
+                ),
+                None => format!("{} (verified {})", verdict.detail, when(verdict.at)),
+            };
+            json!({"mark": mark, "title": title, "detail": detail, "fix": null, "color": color})
         })
         .collect();
-    let drifted = drift.iter().filter(|(_, _, d)| *d).count();
+    let drifted = now.iter().filter(|check| check.drifted).count();
+    let mut summary = match live {
+        Some(_) => format!(
+            "Live integration: {} verified, {drifted} drifted since.",
+            checks.len()
+        ),
+        None => format!("{} verified so far, {drifted} drifted since.", checks.len()),
+    };
+    if let Some(row) = in_progress {
+        let (position, total) = row.wizard.position();
+        summary.push_str(&format!(
+            " {} in progress: step {position} of {total}.",
+            if live.is_some() {
+                "A new setup is"
+            } else {
+                "Setup is"
+            }
+        ));
+    }
     let lines: Vec<String> = audit
         .iter()
         .map(|e| {
@@ -752,11 +806,12 @@ pub fn status_card(
         template: "setup_results",
         data: json!({
             "title": "Setup status",
-            "summary": format!("{} verified, {drifted} drifted since", checks.len()),
+            "summary": summary,
             "tone": if drifted > 0 { "warning" } else { "default" },
             "facts": facts,
             "checks": checks,
             "lines": lines,
+            "lines_title": format!("Audit trail (last {})", lines.len()),
             "actions": [],
         }),
     }
