@@ -376,7 +376,12 @@ impl Settings {
                     .find(|(alias, _)| key.as_str().eq_ignore_ascii_case(alias))
                     .map(|(_, target)| (*target).into())
             }))
-            .merge(Env::prefixed("M365BOT_").split("__"));
+            // M365BOT_GIT_REVISION names the build (build.rs), not a setting.
+            .merge(
+                Env::prefixed("M365BOT_")
+                    .ignore(&["GIT_REVISION"])
+                    .split("__"),
+            );
         Ok(figment)
     }
 
