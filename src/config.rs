@@ -350,6 +350,10 @@ const BOT_FRAMEWORK_ALIASES: [(&str, &str); 3] = [
     ("microsoftapptenantid", "bot.tenant_id"),
 ];
 
+/// `M365BOT_` variables that are not settings: the configuration file's path and the test
+/// runner's switch. Any other unknown `M365BOT_` name is an error that names it.
+const NOT_SETTINGS: &[&str] = &["CONFIG", "TESTS_WITHOUT_POSTGRES"];
+
 impl Settings {
     /// Loads defaults, then `config_file` if given (it must exist), then the environment.
     pub fn load(config_file: Option<&Path>) -> Result<Self, ConfigError> {
@@ -376,7 +380,7 @@ impl Settings {
                     .find(|(alias, _)| key.as_str().eq_ignore_ascii_case(alias))
                     .map(|(_, target)| (*target).into())
             }))
-            .merge(Env::prefixed("M365BOT_").split("__"));
+            .merge(Env::prefixed("M365BOT_").ignore(NOT_SETTINGS).split("__"));
         Ok(figment)
     }
 
@@ -562,6 +566,26 @@ mod tests {
         clippy::result_large_err,
         reason = "figment's Jail API returns its own error type"
     )]
+    fn a_misspelt_environment_name_is_an_error_that_names_it() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("MicrosoftAppId", "11111111-2222-3333-4444-555555555555");
+            jail.set_env("MicrosoftAppPassword", "pw");
+            jail.set_env(
+                "MicrosoftAppTenantId",
+                "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee",
+            );
+            jail.set_env("M365BOT_SERVER_LISTEN", "127.0.0.1:1");
+            let err = Settings::load(None).expect_err("an unknown name is refused");
+            assert!(err.to_string().contains("server_listen"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[expect(
+        clippy::result_large_err,
+        reason = "figment's Jail API returns its own error type"
+    )]
     fn bot_framework_environment_names_are_accepted() {
         figment::Jail::expect_with(|jail| {
             jail.set_env("MicrosoftAppId", "11111111-2222-3333-4444-555555555555");
@@ -571,6 +595,8 @@ mod tests {
                 "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee",
             );
             jail.set_env("M365BOT_SERVER__MAX_BODY_BYTES", "4096");
+            jail.set_env("M365BOT_TESTS_WITHOUT_POSTGRES", "1");
+            jail.set_env("M365BOT_CONFIG", "");
             let settings = Settings::load(None).expect("loads");
             assert_eq!(settings.bot.app_id, "11111111-2222-3333-4444-555555555555");
             assert_eq!(settings.server.max_body_bytes, 4096);

@@ -313,9 +313,16 @@ async fn run_once(
                         .ok()
                         .and_then(|r| r.error.as_ref())
                         .is_some_and(|e| {
-                            e.message.contains("AADSTS700016")
-                                || e.message.contains("AADSTS7000215")
-                                || e.message.contains("no application with client id")
+                            // The upstream's words are in `details` (shown collapsed), the
+                            // plain-words message may carry them too.
+                            [Some(e.message.as_str()), e.details.as_deref()]
+                                .into_iter()
+                                .flatten()
+                                .any(|text| {
+                                    text.contains("AADSTS700016")
+                                        || text.contains("AADSTS7000215")
+                                        || text.contains("no application with client id")
+                                })
                         })
             };
             let verified = provision::while_replicating(&mut notes, lagging, || async {
