@@ -146,10 +146,14 @@ pub struct ServerSettings {
     /// Largest accepted request body, in bytes.
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
+    /// A separate, internal address for `/metrics`; when set, the public listener does not
+    /// serve it.
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Storage settings.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseSettings {
     /// `sqlite://path?mode=rwc` (default) or `postgres://user:pass@host/db`.
@@ -290,9 +294,38 @@ impl Default for ServerSettings {
             listen: default_listen(),
             public_url: default_public_url(),
             max_body_bytes: default_max_body_bytes(),
+            metrics_listen: None,
         }
     }
 }
+impl std::fmt::Debug for DatabaseSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseSettings")
+            .field("url", &redacted_url(&self.url))
+            .field("max_connections", &self.max_connections)
+            .finish()
+    }
+}
+
+/// A connection URL with its password (and any query, which may hold one) replaced by `***`.
+pub fn redacted_url(url: &str) -> String {
+    match Url::parse(url) {
+        Ok(mut parsed) => {
+            if parsed.password().is_some() {
+                let _ = parsed.set_password(Some("***"));
+            }
+            if parsed
+                .query()
+                .is_some_and(|q| q.to_ascii_lowercase().contains("password"))
+            {
+                parsed.set_query(Some("***"));
+            }
+            parsed.to_string()
+        }
+        Err(_) => "(unparsable URL, not shown)".to_owned(),
+    }
+}
+
 impl Default for DatabaseSettings {
     fn default() -> Self {
         Self {
