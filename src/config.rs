@@ -487,6 +487,24 @@ impl Settings {
                 &format!("{} is not a readable file", path.display()),
             ));
         }
+        let upstreams = [
+            ("servicenow.instance_url", self.servicenow.instance_url.as_ref()),
+            ("entra.authority_url", Some(&self.entra.authority_url)),
+            ("entra.graph_url", Some(&self.entra.graph_url)),
+            ("bot.openid_metadata_url", Some(&self.bot.openid_metadata_url)),
+        ];
+        for (key, url) in upstreams {
+            if let Some(url) = url
+                && !is_https_or_loopback(url)
+            {
+                return Err(invalid(
+                    key,
+                    &format!(
+                        "{url} must be https:// (plain http only for loopback hosts): credentials and signing keys would travel in clear"
+                    ),
+                ));
+            }
+        }
         self.setup
             .validate()
             .map_err(|problem| invalid("setup", &problem))?;
@@ -510,6 +528,21 @@ fn invalid(key: &'static str, problem: &str) -> ConfigError {
     ConfigError::Invalid {
         key,
         problem: problem.to_owned(),
+    }
+}
+
+/// True for an `https` URL, or an `http` URL of a loopback host (`localhost`, 127.0.0.0/8,
+/// `::1`), where nothing travels over a network.
+pub fn is_https_or_loopback(url: &Url) -> bool {
+    match url.scheme() {
+        "https" => true,
+        "http" => match url.host() {
+            Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            None => false,
+        },
+        _ => false,
     }
 }
 
@@ -553,6 +586,24 @@ mod tests {
             Settings::from_toml_str("[bot]\ntenant_id = \"aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee\"")
                 .expect_err("must fail");
         assert!(err.to_string().contains("bot.app_id"), "{err}");
+    }
+
+    #[test]
+    fn upstreams_must_be_https_unless_on_loopback() {
+        let base = "[bot]\nauth_mode = \"insecure-local\"\ntenant_id = \"t\"\n[server]\nlisten = \"127.0.0.1:3978\"\n";
+        for (section, key) in [
+            ("servicenow", "instance_url"),
+            ("entra", "authority_url"),
+            ("entra", "graph_url"),
+        ] {
+            let plain = format!("{base}[{section}]\n{key} = \"http://dev12345.service-now.com/\"\n");
+            let err = Settings::from_toml_str(&plain).expect_err("plain http refused");
+            assert!(err.to_string().contains("https"), "{err}");
+            for local in ["http://127.0.0.1:8080/", "http://localhost:9/", "http://[::1]:9/"] {
+                let ok = format!("{base}[{section}]\n{key} = \"{local}\"\n");
+                Settings::from_toml_str(&ok).unwrap_or_else(|e| panic!("{local}: {e}"));
+            }
+        }
     }
 
     #[test]
