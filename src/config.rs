@@ -460,6 +460,18 @@ impl Settings {
                         "insecure-local is only allowed when server.listen is a loopback address (127.0.0.1 or ::1)",
                     ));
                 }
+                // A real bot password means a real bot: never run it unauthenticated.
+                if self
+                    .bot
+                    .app_password
+                    .as_ref()
+                    .is_some_and(|p| !p.expose_secret().is_empty())
+                {
+                    return Err(invalid(
+                        "bot.auth_mode",
+                        "insecure-local is refused when bot.app_password is set: remove the password, or use bot-framework",
+                    ));
+                }
             }
         }
         let tenant_ok = match self.bot.auth_mode {
@@ -488,10 +500,16 @@ impl Settings {
             ));
         }
         let upstreams = [
-            ("servicenow.instance_url", self.servicenow.instance_url.as_ref()),
+            (
+                "servicenow.instance_url",
+                self.servicenow.instance_url.as_ref(),
+            ),
             ("entra.authority_url", Some(&self.entra.authority_url)),
             ("entra.graph_url", Some(&self.entra.graph_url)),
-            ("bot.openid_metadata_url", Some(&self.bot.openid_metadata_url)),
+            (
+                "bot.openid_metadata_url",
+                Some(&self.bot.openid_metadata_url),
+            ),
         ];
         for (key, url) in upstreams {
             if let Some(url) = url
@@ -596,14 +614,26 @@ mod tests {
             ("entra", "authority_url"),
             ("entra", "graph_url"),
         ] {
-            let plain = format!("{base}[{section}]\n{key} = \"http://dev12345.service-now.com/\"\n");
+            let plain =
+                format!("{base}[{section}]\n{key} = \"http://dev12345.service-now.com/\"\n");
             let err = Settings::from_toml_str(&plain).expect_err("plain http refused");
             assert!(err.to_string().contains("https"), "{err}");
-            for local in ["http://127.0.0.1:8080/", "http://localhost:9/", "http://[::1]:9/"] {
+            for local in [
+                "http://127.0.0.1:8080/",
+                "http://localhost:9/",
+                "http://[::1]:9/",
+            ] {
                 let ok = format!("{base}[{section}]\n{key} = \"{local}\"\n");
                 Settings::from_toml_str(&ok).unwrap_or_else(|e| panic!("{local}: {e}"));
             }
         }
+    }
+
+    #[test]
+    fn insecure_local_is_refused_with_a_bot_password() {
+        let toml = "[bot]\nauth_mode = \"insecure-local\"\ntenant_id = \"t\"\napp_password = \"real\"\n[server]\nlisten = \"127.0.0.1:3978\"\n";
+        let err = Settings::from_toml_str(toml).expect_err("refused");
+        assert!(err.to_string().contains("app_password"), "{err}");
     }
 
     #[test]
