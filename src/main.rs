@@ -23,7 +23,12 @@ struct Cli {
 #[derive(Subcommand)]
 enum Commands {
     /// Run the bot (the default).
-    Serve,
+    Serve {
+        /// Confirm `bot.auth_mode = insecure-local` (no inbound authentication, for the Agents
+        /// Playground on this machine); without it that mode is refused.
+        #[arg(long)]
+        insecure_local: bool,
+    },
     /// Create or upgrade the database schema, then exit.
     Migrate,
     /// Run the bot with in-process emulators of ServiceNow, Entra ID and Graph (SQLite, local
@@ -82,7 +87,9 @@ enum Commands {
 #[tokio::main]
 async fn main() -> anyhow::Result<std::process::ExitCode> {
     let cli = Cli::parse();
-    let command = cli.command.unwrap_or(Commands::Serve);
+    let command = cli.command.unwrap_or(Commands::Serve {
+        insecure_local: false,
+    });
     if let Commands::Manifest {
         out,
         app_id,
@@ -116,7 +123,7 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
     }
     m365bot::telemetry::init(&settings.log, std::io::stderr);
     match command {
-        Commands::Serve => serve(settings)
+        Commands::Serve { insecure_local } => serve(settings, insecure_local)
             .await
             .map(|()| std::process::ExitCode::SUCCESS),
         Commands::Migrate => {
@@ -141,7 +148,12 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
     }
 }
 
-async fn serve(settings: Settings) -> anyhow::Result<()> {
+async fn serve(settings: Settings, insecure_local: bool) -> anyhow::Result<()> {
+    if settings.bot.auth_mode == m365bot::config::AuthMode::InsecureLocal && !insecure_local {
+        anyhow::bail!(
+            "bot.auth_mode = insecure-local turns inbound authentication off: start with `m365bot serve --insecure-local` to confirm (local Agents Playground only), or run `m365bot sandbox`"
+        );
+    }
     let application = Application::build(settings).await?;
     let shutdown = CancellationToken::new();
     let on_signal = shutdown.clone();
