@@ -112,6 +112,58 @@ async fn subscribe_list_status_and_unsubscribe() {
             .is_some_and(|t| t.contains("subscribe [source="))
     );
 
+    // Every value is checked against what the sources can produce: a filter that can never
+    // match is refused with the accepted values, and nothing is stored.
+    for (filter, needle, accepted) in [
+        ("priority=banana", "priority=banana", "\"1 - Critical\""),
+        ("priority=9", "priority=9", "advisory"),
+        (
+            r#"group="No Such Team""#,
+            "group=No Such Team",
+            "no assignment group",
+        ),
+        (
+            "service=Frobnication",
+            "service=Frobnication",
+            "\"Inquiry / Help\"",
+        ),
+    ] {
+        let refused = run(&app, &connector, "29:beth", subscribe(filter)).await;
+        let (template, data) = parts(&refused);
+        assert_eq!(template, "notice", "{filter}");
+        assert_eq!(
+            data["title"], "That filter is not valid",
+            "{filter}: {data}"
+        );
+        let text = data["text"].as_str().unwrap_or_default();
+        assert!(text.contains(needle), "{filter}: {text}");
+        assert!(text.contains("can never match"), "{filter}: {text}");
+        assert!(
+            text.contains(accepted),
+            "{filter}: names what is accepted: {text}"
+        );
+    }
+    let listed = run(&app, &connector, "29:beth", Command::Subscriptions).await;
+    assert!(
+        !parts(&listed).1.to_string().contains("banana"),
+        "a refused filter is never listed"
+    );
+    // Values the sources produce pass: the instance's choice labels, service-health
+    // classifications, the case table's service choices, existing groups.
+    for filter in [
+        r#"priority="2 - High",advisory source=servicenow"#,
+        r#"service=software,"Inquiry / Help" group="Microsoft 365 Support""#,
+    ] {
+        let ok = run(&app, &connector, "29:beth", subscribe(filter)).await;
+        assert_eq!(
+            parts(&ok).1["title"],
+            "Subscribed",
+            "{filter}: {:?}",
+            parts(&ok).1
+        );
+        run(&app, &connector, "29:beth", Command::Unsubscribe).await;
+    }
+
     let filter = r#"source=servicenow priority=1,2 group="Service Desk" changes-only"#;
     let ok = run(&app, &connector, "29:beth", subscribe(filter)).await;
     assert_eq!(parts(&ok).1["title"], "Subscribed");

@@ -206,7 +206,8 @@ async fn slash_prefix_and_unknown_commands_are_understood() {
     let bot = bot_for(&base, &fake).await;
     for (n, (text, expected)) in [
         ("/m365 help", "m365bot commands"),
-        ("frobnicate", "I don't know the command"),
+        ("frobnicate", "frobnicate\\\" is not one of my commands"),
+        ("hi, anyone there?", "I understand commands; type help"),
         ("setup now", "Usage"),
     ]
     .into_iter()
@@ -219,6 +220,10 @@ async fn slash_prefix_and_unknown_commands_are_understood() {
         let requests = fake.wait_for_requests(n + 1, Duration::from_secs(5)).await;
         let card = card_text(&card_of(&requests[n]));
         assert!(card.contains(expected), "{text}: {card}");
+        assert!(
+            !card.contains("hi,"),
+            "free text is quoted without its punctuation: {card}"
+        );
     }
 }
 

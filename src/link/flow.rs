@@ -416,12 +416,17 @@ fn state_problem(used: &StateUse) -> Option<Outcome> {
     match used {
         StateUse::Fresh(_) => None,
         StateUse::Unknown => Some(unknown_state()),
-        StateUse::Replayed(pending) => Some(failed(
-            pending,
-            400,
-            "This sign-in link was already used",
-            "Each sign-in link works once. Nothing was changed by this attempt.",
-            "Type **link-account status** to see what is linked, or **link-account** for a new link.",
+        // Reopening a spent link (a reload, a second tab) shows the page only: the chat
+        // already has the outcome of its one use and gets no second card.
+        StateUse::Replayed(pending) => Some(Outcome::page_only(
+            failed(
+                pending,
+                400,
+                "This sign-in link was already used",
+                "Each sign-in link works once. Nothing was changed by this attempt.",
+                "Type **link-account status** to see what is linked, or **link-account** for a new link.",
+            )
+            .page,
         )),
         StateUse::Expired(pending) => Some(failed(
             pending,

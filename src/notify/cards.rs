@@ -109,6 +109,30 @@ pub fn case_model(event: &CaseEvent, live: bool) -> Value {
     })
 }
 
+fn is_closed_state(state: &str) -> bool {
+    let state = state.to_ascii_lowercase();
+    ["resolved", "closed", "cancel"]
+        .iter()
+        .any(|word| state.contains(word))
+}
+
+/// The colour of a thread reply: good when resolved, attention only for a reopen or an
+/// escalation, accent for any other state change (progress), default for a plain update.
+pub fn update_tone(event: &CaseEvent, previous_state: Option<&str>) -> &'static str {
+    if event.resolved {
+        return "good";
+    }
+    let reopened = previous_state.is_some_and(is_closed_state);
+    let escalated = event.state.to_ascii_lowercase().contains("escalat");
+    if reopened || escalated {
+        return "attention";
+    }
+    match previous_state {
+        Some(before) if !before.eq_ignore_ascii_case(&event.state) => "accent",
+        _ => "default",
+    }
+}
+
 /// The view model of an update posted in the thread (`teams/notify_update`); `merged` is how
 /// many queued updates this one stands for besides itself.
 pub fn update_model(event: &CaseEvent, previous_state: Option<&str>, merged: usize) -> Value {
@@ -132,7 +156,7 @@ pub fn update_model(event: &CaseEvent, previous_state: Option<&str>, merged: usi
         "number": untrusted(&event.number, 60),
         "headline": headline,
         "state": untrusted(&event.state, 100),
-        "tone": tone(event),
+        "tone": update_tone(event, previous_state),
         "latest_note": event.latest_note.as_deref().map(|n| untrusted(n, MAX_NOTE_CHARS)).unwrap_or_default(),
         "updated": updated(event),
         "merged_note": merged_note,
@@ -184,6 +208,7 @@ mod tests {
             .render("teams/notify_update", &update_model(&e, Some("New"), 2))
             .expect("update card");
         assert_eq!(update["body"][1]["text"], "New → In Progress");
+        assert_eq!(update["body"][1]["color"], "Accent", "progress is no alarm");
         let status = cards
             .render("teams/notify_status", &case_model(&e, true))
             .expect("status card");
@@ -209,5 +234,21 @@ mod tests {
             note,
             "\\- step one\n1\\. click \\<https:\u{200B}//evil.example\\>\n\\# Heading"
         );
+    }
+
+    #[test]
+    fn thread_replies_colour_progress_accent_and_only_reopen_or_escalation_attention() {
+        let mut e = event();
+        // Priority 1 colours the root card, not every step of progress.
+        assert_eq!(update_tone(&e, Some("New")), "accent");
+        assert_eq!(update_tone(&e, Some("In Progress")), "default");
+        assert_eq!(update_tone(&e, None), "default");
+        assert_eq!(update_tone(&e, Some("Resolved")), "attention", "reopened");
+        assert_eq!(update_tone(&e, Some("Closed")), "attention", "reopened");
+        e.state = "Escalated".to_owned();
+        assert_eq!(update_tone(&e, Some("In Progress")), "attention");
+        e.state = "Resolved".to_owned();
+        e.resolved = true;
+        assert_eq!(update_tone(&e, Some("In Progress")), "good");
     }
 }

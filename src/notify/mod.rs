@@ -176,13 +176,124 @@ pub async fn handle_command(app: &App, event: &InboundEvent, command: Command) -
     })
 }
 
+/// The values of the case table's choice list for `field` (values and labels).
+async fn choice_values(
+    client: &crate::upstream::servicenow::ServiceNowClient,
+    table: &str,
+    field: &str,
+) -> Result<Vec<String>, String> {
+    use crate::upstream::servicenow::EncodedQuery;
+    let query = EncodedQuery::new().eq("name", table).eq("element", field);
+    let rows = client
+        .query(
+            "sys_choice",
+            query.as_str(),
+            &["name", "element", "value", "label"],
+            Some(200),
+        )
+        .await
+        .map_err(|err| err.to_string())?;
+    Ok(rows
+        .iter()
+        // ServiceNow ignores query terms it cannot apply: check every row.
+        .filter(|row| row.str("name") == Some(table) && row.str("element") == Some(field))
+        .flat_map(|row| [row.str("value"), row.str("label")])
+        .flatten()
+        .filter(|v| !v.trim().is_empty())
+        .map(str::to_owned)
+        .collect())
+}
+
+/// What the sources can produce for the keys `filter` uses (only what it needs is read).
+async fn vocabulary(app: &App, filter: &Filter) -> filter::Vocabulary {
+    let source = &app.settings.notifications.sources.servicenow;
+    let client = app.upstreams.servicenow.as_ref();
+    let no_servicenow = "the bot has no ServiceNow access configured".to_owned();
+    let mut known = filter::Vocabulary {
+        priorities: Vec::new(),
+        services: Ok(Vec::new()),
+        groups: Ok(Vec::new()),
+    };
+    if !filter.priorities.is_empty()
+        && let Some(client) = client
+    {
+        known.priorities = choice_values(client, &source.table, &source.priority_field)
+            .await
+            .unwrap_or_default();
+    }
+    if !filter.services.is_empty() {
+        let mut services = Vec::new();
+        let mut problems = Vec::new();
+        match app.upstreams.graph.as_ref() {
+            Some(graph) => match graph.service_health_overviews().await {
+                Ok(overviews) => services.extend(
+                    overviews
+                        .into_iter()
+                        .flat_map(|o| [o.service, o.id])
+                        .filter(|s| !s.is_empty()),
+                ),
+                Err(err) => problems.push(format!("Microsoft 365 service health: {err}")),
+            },
+            None => problems.push("Microsoft Graph is not configured".to_owned()),
+        }
+        match client {
+            Some(client) => match choice_values(client, &source.table, &source.service_field).await
+            {
+                Ok(values) => services.extend(values),
+                Err(err) => problems.push(format!("ServiceNow: {err}")),
+            },
+            None => problems.push(no_servicenow.clone()),
+        }
+        known.services = if services.is_empty() {
+            Err(format!(
+                "no source lists services ({}). Try again later, or subscribe without service=.",
+                problems.join("; ")
+            ))
+        } else {
+            Ok(services)
+        };
+    }
+    if !filter.groups.is_empty() {
+        known.groups = match client {
+            Some(client) => {
+                use crate::upstream::servicenow::{EncodedQuery, Operator};
+                let query = filter
+                    .groups
+                    .iter()
+                    .fold(EncodedQuery::new(), |query, group| {
+                        query.or("name", Operator::Eq, group)
+                    });
+                client
+                    .query("sys_user_group", query.as_str(), &["name"], Some(100))
+                    .await
+                    .map(|rows| {
+                        rows.iter()
+                            .filter_map(|row| row.str("name").map(str::to_owned))
+                            .collect()
+                    })
+                    .map_err(|err| format!("{err}. Try again later."))
+            }
+            None => Err(no_servicenow),
+        };
+    }
+    known
+}
+
 async fn subscribe(
     app: &App,
     event: &InboundEvent,
     user: &identity::ChatUser,
     text: &str,
 ) -> Result<Vec<Reply>, sqlx::Error> {
-    let filter = match Filter::parse(text) {
+    let parsed = Filter::parse(text);
+    let checked = match parsed {
+        Ok(filter) => {
+            let known = vocabulary(app, &filter).await;
+            filter.validate(&known).map(|()| filter)
+        }
+        Err(err) => Err(err),
+    };
+    let filter = match checked {
         Ok(filter) => filter,
         Err(err) => {
             return Ok(vec![Reply::notice(
