@@ -146,10 +146,14 @@ pub struct ServerSettings {
     /// Largest accepted request body, in bytes.
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
+    /// A separate, internal address for `/metrics`; when set, the public listener does not
+    /// serve it.
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Storage settings.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseSettings {
     /// `sqlite://path?mode=rwc` (default) or `postgres://user:pass@host/db`.
@@ -290,9 +294,38 @@ impl Default for ServerSettings {
             listen: default_listen(),
             public_url: default_public_url(),
             max_body_bytes: default_max_body_bytes(),
+            metrics_listen: None,
         }
     }
 }
+impl std::fmt::Debug for DatabaseSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseSettings")
+            .field("url", &redacted_url(&self.url))
+            .field("max_connections", &self.max_connections)
+            .finish()
+    }
+}
+
+/// A connection URL with its password (and any query, which may hold one) replaced by `***`.
+pub fn redacted_url(url: &str) -> String {
+    match Url::parse(url) {
+        Ok(mut parsed) => {
+            if parsed.password().is_some() {
+                let _ = parsed.set_password(Some("***"));
+            }
+            if parsed
+                .query()
+                .is_some_and(|q| q.to_ascii_lowercase().contains("password"))
+            {
+                parsed.set_query(Some("***"));
+            }
+            parsed.to_string()
+        }
+        Err(_) => "(unparsable URL, not shown)".to_owned(),
+    }
+}
+
 impl Default for DatabaseSettings {
     fn default() -> Self {
         Self {
@@ -445,6 +478,18 @@ impl Settings {
                         "insecure-local is only allowed when server.listen is a loopback address (127.0.0.1 or ::1)",
                     ));
                 }
+                // A real bot password means a real bot: never run it unauthenticated.
+                if self
+                    .bot
+                    .app_password
+                    .as_ref()
+                    .is_some_and(|p| !p.expose_secret().is_empty())
+                {
+                    return Err(invalid(
+                        "bot.auth_mode",
+                        "insecure-local is refused when bot.app_password is set: remove the password, or use bot-framework",
+                    ));
+                }
             }
         }
         let tenant_ok = match self.bot.auth_mode {
@@ -472,6 +517,30 @@ impl Settings {
                 &format!("{} is not a readable file", path.display()),
             ));
         }
+        let upstreams = [
+            (
+                "servicenow.instance_url",
+                self.servicenow.instance_url.as_ref(),
+            ),
+            ("entra.authority_url", Some(&self.entra.authority_url)),
+            ("entra.graph_url", Some(&self.entra.graph_url)),
+            (
+                "bot.openid_metadata_url",
+                Some(&self.bot.openid_metadata_url),
+            ),
+        ];
+        for (key, url) in upstreams {
+            if let Some(url) = url
+                && !is_https_or_loopback(url)
+            {
+                return Err(invalid(
+                    key,
+                    &format!(
+                        "{url} must be https:// (plain http only for loopback hosts): credentials and signing keys would travel in clear"
+                    ),
+                ));
+            }
+        }
         self.setup
             .validate()
             .map_err(|problem| invalid("setup", &problem))?;
@@ -495,6 +564,21 @@ fn invalid(key: &'static str, problem: &str) -> ConfigError {
     ConfigError::Invalid {
         key,
         problem: problem.to_owned(),
+    }
+}
+
+/// True for an `https` URL, or an `http` URL of a loopback host (`localhost`, 127.0.0.0/8,
+/// `::1`), where nothing travels over a network.
+pub fn is_https_or_loopback(url: &Url) -> bool {
+    match url.scheme() {
+        "https" => true,
+        "http" => match url.host() {
+            Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            None => false,
+        },
+        _ => false,
     }
 }
 
@@ -538,6 +622,36 @@ mod tests {
             Settings::from_toml_str("[bot]\ntenant_id = \"aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee\"")
                 .expect_err("must fail");
         assert!(err.to_string().contains("bot.app_id"), "{err}");
+    }
+
+    #[test]
+    fn upstreams_must_be_https_unless_on_loopback() {
+        let base = "[bot]\nauth_mode = \"insecure-local\"\ntenant_id = \"t\"\n[server]\nlisten = \"127.0.0.1:3978\"\n";
+        for (section, key) in [
+            ("servicenow", "instance_url"),
+            ("entra", "authority_url"),
+            ("entra", "graph_url"),
+        ] {
+            let plain =
+                format!("{base}[{section}]\n{key} = \"http://dev12345.service-now.com/\"\n");
+            let err = Settings::from_toml_str(&plain).expect_err("plain http refused");
+            assert!(err.to_string().contains("https"), "{err}");
+            for local in [
+                "http://127.0.0.1:8080/",
+                "http://localhost:9/",
+                "http://[::1]:9/",
+            ] {
+                let ok = format!("{base}[{section}]\n{key} = \"{local}\"\n");
+                Settings::from_toml_str(&ok).unwrap_or_else(|e| panic!("{local}: {e}"));
+            }
+        }
+    }
+
+    #[test]
+    fn insecure_local_is_refused_with_a_bot_password() {
+        let toml = "[bot]\nauth_mode = \"insecure-local\"\ntenant_id = \"t\"\napp_password = \"real\"\n[server]\nlisten = \"127.0.0.1:3978\"\n";
+        let err = Settings::from_toml_str(toml).expect_err("refused");
+        assert!(err.to_string().contains("app_password"), "{err}");
     }
 
     #[test]

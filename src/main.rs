@@ -23,7 +23,12 @@ struct Cli {
 #[derive(Subcommand)]
 enum Commands {
     /// Run the bot (the default).
-    Serve,
+    Serve {
+        /// Confirm `bot.auth_mode = insecure-local` (no inbound authentication, for the Agents
+        /// Playground on this machine); without it that mode is refused.
+        #[arg(long)]
+        insecure_local: bool,
+    },
     /// Write a first configuration file: asks for (or takes as flags) the public URL, the bot's
     /// identity, the database and ServiceNow, checks each answer live, writes it with mode 0600.
     Init(Box<m365bot::init::InitArgs>),
@@ -85,7 +90,9 @@ enum Commands {
 #[tokio::main]
 async fn main() -> anyhow::Result<std::process::ExitCode> {
     let cli = Cli::parse();
-    let command = cli.command.unwrap_or(Commands::Serve);
+    let command = cli.command.unwrap_or(Commands::Serve {
+        insecure_local: false,
+    });
     if let Commands::Manifest {
         out,
         app_id,
@@ -122,7 +129,7 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
     }
     m365bot::telemetry::init(&settings.log, std::io::stderr);
     match command {
-        Commands::Serve => serve(settings)
+        Commands::Serve { insecure_local } => serve(settings, insecure_local)
             .await
             .map(|()| std::process::ExitCode::SUCCESS),
         Commands::Migrate => {
@@ -167,7 +174,12 @@ async fn init(
     Ok(std::process::ExitCode::SUCCESS)
 }
 
-async fn serve(settings: Settings) -> anyhow::Result<()> {
+async fn serve(settings: Settings, insecure_local: bool) -> anyhow::Result<()> {
+    if settings.bot.auth_mode == m365bot::config::AuthMode::InsecureLocal && !insecure_local {
+        anyhow::bail!(
+            "bot.auth_mode = insecure-local turns inbound authentication off: start with `m365bot serve --insecure-local` to confirm (local Agents Playground only), or run `m365bot sandbox`"
+        );
+    }
     let application = Application::build(settings).await?;
     let shutdown = CancellationToken::new();
     let on_signal = shutdown.clone();
