@@ -198,7 +198,6 @@ async function journeySetup(session) {
 
   session.step = "setup: completion card";
   expectHeading(card, "Setup complete: hand these values to the Microsoft 365 admin", "setup after the cross-scope check");
-  keep("setup_complete", card);
   visited.push(cardHeading(card));
   for (const label of ["Application ID", "Repository"]) expectText(card, label, "setup completion card");
   const completionValues = cardTexts(card).length;
@@ -212,6 +211,11 @@ async function journeySetup(session) {
   if (failed !== 0 || skipped !== 0 || passed === 0) {
     fail(`setup Run tests: not every check passed (${summaryLine}): ${textOf(card).slice(0, 1500)}`);
   }
+
+  session.step = "setup: Show the values";
+  const values = await press(session, messageId, card, "Show the values", {}, "setup Run tests");
+  expectHeading(values, "Setup complete: hand these values to the Microsoft 365 admin", "setup Show the values");
+  keep("setup_complete", values);
 
   session.step = "setup: `setup status`";
   let mark = stream.mark();
