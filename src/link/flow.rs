@@ -749,8 +749,18 @@ async fn complete(
                 );
             }
             Ok(RoleCheck::Skipped(reason)) => {
-                tracing::warn!(reason = %reason, "Microsoft 365 admin role not checked");
-                Vec::new()
+                // Fail closed: an account whose roles cannot be read is not linked.
+                tracing::warn!(reason = %reason, "Microsoft 365 admin role not checked; link refused");
+                return failed(
+                    pending,
+                    503,
+                    "The admin role could not be checked",
+                    &format!(
+                        "I could not check whether **{}** holds a Microsoft 365 admin role: {reason}. Nothing was linked.",
+                        claims.username
+                    ),
+                    "Ask the bot's operator to grant that permission (or to set **link.check_directory_roles = false** to link without the check); then type **link-account** again.",
+                );
             }
             Err(err) => {
                 return failed(
