@@ -197,11 +197,7 @@ async fn drifted_servicenow_records_are_reported_field_by_field() {
             serde_json::json!({"default_grant_type": "authorization_code"}),
         )
         .expect("update");
-    let configs = sn_query(
-        &handle,
-        "oidc_provider_configuration",
-        "oidc_provider=Contoso Azure",
-    );
+    let configs = sn_query(&handle, "oidc_provider_configuration", "name=Contoso Azure");
     let config_id = configs.first().expect("config")["sys_id"]
         .as_str()
         .expect("sys_id")

@@ -203,7 +203,7 @@ pub async fn find_sys_user(
     let users = client
         .query(
             "sys_user",
-            query.as_str(),
+            query.text()?,
             &["sys_id", "user_name", "name", "email"],
             Some(2),
         )
@@ -220,7 +220,7 @@ pub async fn user_roles(
     let rows = client
         .query(
             "sys_user_has_role",
-            query.as_str(),
+            query.text()?,
             &["role", "role.name"],
             None,
         )
@@ -340,6 +340,16 @@ pub fn missing_role_card(app: &App, user: &ChatUser, need: RoleNeed, accepted: &
 
 /// A card for a ServiceNow call that failed.
 pub fn upstream_failure_card(err: &ServiceNowError) -> Reply {
+    if let ServiceNowError::UnsafeValue(refused) = err {
+        return Reply::notice(
+            Tone::Attention,
+            "This value cannot be looked up",
+            &refused.to_string(),
+            Some(
+                "Check what was typed (no '^', no line breaks, nothing starting with javascript:) and try again.",
+            ),
+        );
+    }
     Reply::notice(
         Tone::Attention,
         "ServiceNow did not answer as expected",

@@ -54,7 +54,7 @@ impl<'a> Target<'a> {
         } else {
             let query = EncodedQuery::new().eq(self.user_field, sys_user_id);
             client
-                .query(self.table, query.as_str(), &["sys_id", self.field], Some(1))
+                .query(self.table, query.text()?, &["sys_id", self.field], Some(1))
                 .await?
                 .into_iter()
                 .next()
@@ -82,7 +82,7 @@ impl<'a> Target<'a> {
         }
         let query = EncodedQuery::new().eq(self.user_field, sys_user_id);
         let existing = client
-            .query(self.table, query.as_str(), &["sys_id", self.field], Some(1))
+            .query(self.table, query.text()?, &["sys_id", self.field], Some(1))
             .await?
             .into_iter()
             .next();

@@ -343,7 +343,7 @@ async fn live_incident(app: &App, reference: &str) -> Result<Option<event::CaseE
             reference,
         );
     let options = ListOptions {
-        query: query.as_str().to_owned(),
+        query: query.text().map_err(|e| e.to_string())?.to_owned(),
         fields: settings.fields(),
         limit: Some(1),
         page_size: Some(1),

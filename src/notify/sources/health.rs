@@ -12,7 +12,7 @@ use super::{PollReport, ServiceHealthSettings, SourceError, accept_event, store}
 use crate::app::App;
 use crate::notify::event::{CaseEvent, EventSource};
 use crate::upstream::graph::{ServiceHealthIssue, ServiceHealthStatus};
-use crate::upstream::servicenow::{EncodedQuery, ServiceNowClient};
+use crate::upstream::servicenow::{EncodedQuery, ServiceNowClient, ServiceNowError};
 
 /// The watermark key of the poller.
 pub const SOURCE_ID: &str = "service_health";
@@ -401,7 +401,12 @@ async fn existing_notes(
         .eq("element_id", sys_id)
         .eq("element", "work_notes");
     let rows = client
-        .query("sys_journal_field", query.as_str(), &["value"], None)
+        .query(
+            "sys_journal_field",
+            query.text().map_err(ServiceNowError::from)?,
+            &["value"],
+            None,
+        )
         .await?;
     Ok(rows
         .iter()
