@@ -1604,6 +1604,22 @@ impl ServiceNowClient {
         self.observe(result)
     }
 
+    /// The column `name` of `table` (own or inherited), for a [`CheckedQuery`]; a column the
+    /// table does not have is [`ServiceNowError::MissingFields`]. For configured column names.
+    pub async fn resolve_column(&self, table: &str, name: &str) -> Result<Column, ServiceNowError> {
+        let result = async {
+            self.dictionary_inner(table, false)
+                .await?
+                .column(name)
+                .ok_or_else(|| ServiceNowError::MissingFields {
+                    table: table.to_owned(),
+                    missing: vec![name.to_owned()],
+                })
+        }
+        .await;
+        self.observe(result)
+    }
+
     /// Forgets every cached dictionary (after a schema change on the instance).
     pub fn forget_dictionaries(&self) {
         if let Ok(mut cache) = self.inner.dictionaries.lock() {
