@@ -1541,12 +1541,20 @@ impl ServiceNowClient {
         check_table(table)?;
         let options = ListOptions {
             query: EncodedQuery::new().eq("name", table).text()?.to_owned(),
-            fields: vec!["name".to_owned(), "super_class".to_owned()],
+            // The parent's name and its parent come in the same answer (dot-walked fields).
+            fields: [
+                "name",
+                "super_class",
+                "super_class.name",
+                "super_class.super_class",
+            ]
+            .map(str::to_owned)
+            .to_vec(),
             limit: Some(1),
             ..ListOptions::default()
         };
         let rows = self.list_inner("sys_db_object", &options).await?;
-        let Some(mut row) = rows
+        let Some(row) = rows
             .into_iter()
             .next()
             .filter(|row| row.str("name") == Some(table))
@@ -1554,9 +1562,19 @@ impl ServiceNowClient {
             return Err(ServiceNowError::UnknownTable(table.to_owned()));
         };
         let mut chain = vec![table.to_owned()];
-        // Parents by sys_id: plain reads, no dot-walking needed.
+        let mut next_parent = row.reference("super_class").and_then(|r| r.sys_id);
+        if next_parent.is_some()
+            && let Some(parent_name) = row.non_empty("super_class.name").map(str::to_owned)
+            && parent_name != table
+        {
+            chain.push(parent_name);
+            next_parent = row
+                .reference("super_class.super_class")
+                .and_then(|r| r.sys_id);
+        }
+        // Further parents by sys_id: plain reads.
         for _ in 0..32 {
-            let Some(parent) = row.reference("super_class").and_then(|r| r.sys_id) else {
+            let Some(parent) = next_parent.take() else {
                 break;
             };
             let Some(parent_row) = self
@@ -1572,7 +1590,7 @@ impl ServiceNowClient {
                 break;
             }
             chain.push(name);
-            row = parent_row;
+            next_parent = parent_row.reference("super_class").and_then(|r| r.sys_id);
         }
         Ok(chain)
     }
