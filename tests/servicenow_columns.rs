@@ -269,3 +269,56 @@ async fn two_records_with_the_guides_name_refuse_the_update() {
             .is_err()
     );
 }
+
+#[tokio::test]
+async fn a_column_the_instance_does_not_describe_is_a_clear_failure_not_a_guess() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}", dir.path().join("unresolved.db").display());
+    let demo = Demo::start(
+        SandboxOptions::default(),
+        "127.0.0.1:0".parse().expect("addr"),
+        &url,
+    )
+    .await
+    .expect("provisioned");
+    let handle = demo.sandbox.handle();
+    // An instance whose dictionary has no "User Claim" column under any known name or label.
+    let entries = handle
+        .sn_query(
+            "sys_dictionary",
+            "name=oidc_provider_configuration^element=user_claim",
+        )
+        .expect("table");
+    assert_eq!(entries.len(), 1);
+    assert!(handle.sn_delete(
+        "sys_dictionary",
+        entries[0]["sys_id"].as_str().expect("sys_id")
+    ));
+    let before = snapshot(&handle);
+    let outcomes = doctor(&demo, &demo.spec).await;
+    let check = &outcomes["servicenow.oidc_provider"];
+    assert_eq!(check.status, Status::Fail, "{check:?}");
+    assert!(
+        check.detail.contains("oidc_provider_configuration"),
+        "{check:?}"
+    );
+    assert!(check.detail.contains("\"User Claim\""), "{check:?}");
+    assert!(check.detail.contains("user_claim"), "{check:?}");
+    let fix = check.fix.as_deref().unwrap_or_default();
+    assert!(fix.contains("by hand"), "{fix}");
+    assert!(fix.contains("oidc_provider_configuration.list"), "{fix}");
+    assert_eq!(outcomes["servicenow.oauth_provider"].status, Status::Pass);
+    let err = provision_aad(&upstreams(&demo), &request(&demo))
+        .await
+        .expect_err("setup stops at the unresolved column");
+    assert!(err.message.contains("\"User Claim\""), "{err}");
+    let after = snapshot(&handle);
+    for (sys_id, row) in &before {
+        if row.get("sys_class_name").and_then(Value::as_str) == Some("oauth_entity") {
+            // The outbound provider step ran before and may have been corrected; it is the
+            // bot's own record, found by its client id.
+            continue;
+        }
+        assert_eq!(after.get(sys_id), Some(row), "record {sys_id} changed");
+    }
+}
