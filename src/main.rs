@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 /// m365bot: sets up, verifies and operates the Microsoft 365 support integration between
 /// ServiceNow and Microsoft 365, from Microsoft Teams.
 #[derive(Parser)]
-#[command(version, about, long_about = None)]
+#[command(version = m365bot::VERSION, about, long_about = None)]
 struct Cli {
     /// Optional TOML configuration file (environment variables M365BOT_* override it).
     #[arg(long, short, global = true, env = "M365BOT_CONFIG")]
@@ -24,6 +24,9 @@ struct Cli {
 enum Commands {
     /// Run the bot (the default).
     Serve,
+    /// Write a first configuration file: asks for (or takes as flags) the public URL, the bot's
+    /// identity, the database and ServiceNow, checks each answer live, writes it with mode 0600.
+    Init(Box<m365bot::init::InitArgs>),
     /// Create or upgrade the database schema, then exit.
     Migrate,
     /// Run the bot with in-process emulators of ServiceNow, Entra ID and Graph (SQLite, local
@@ -97,6 +100,9 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
         manifest(cli.config.as_deref(), out, app_id.clone(), domain.clone())?;
         return Ok(std::process::ExitCode::SUCCESS);
     }
+    if let Commands::Init(args) = command {
+        return init(*args, cli.config.as_deref()).await;
+    }
     if let Commands::Sandbox {
         listen,
         database,
@@ -147,9 +153,29 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
             doctor(&settings, &spec, json, repair).await
         }
         Commands::Manifest { .. }
+        | Commands::Init(_)
         | Commands::Sandbox { .. }
         | Commands::ServicenowScript { .. } => Ok(std::process::ExitCode::SUCCESS),
     }
+}
+
+async fn init(
+    args: m365bot::init::InitArgs,
+    config: Option<&std::path::Path>,
+) -> anyhow::Result<std::process::ExitCode> {
+    let mut stdout = std::io::stdout();
+    if args.non_interactive || !m365bot::init::interactive() {
+        m365bot::init::run(args, config, &mut m365bot::init::NoPrompt, &mut stdout).await?;
+    } else {
+        m365bot::init::run(
+            args,
+            config,
+            &mut m365bot::init::TerminalPrompt,
+            &mut stdout,
+        )
+        .await?;
+    }
+    Ok(std::process::ExitCode::SUCCESS)
 }
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
@@ -179,10 +205,7 @@ async fn doctor(
     } else {
         print!("{}", m365bot::integration::doctor::render_text(&outcomes));
     }
-    let failed = outcomes
-        .iter()
-        .any(|o| o.status == m365bot::integration::doctor::Status::Fail);
-    Ok(if failed {
+    Ok(if m365bot::integration::doctor::has_failures(&outcomes) {
         std::process::ExitCode::FAILURE
     } else {
         std::process::ExitCode::SUCCESS

@@ -126,3 +126,28 @@ fn help_lists_the_commands() {
         assert!(text.contains(command), "{command} in --help:\n{text}");
     }
 }
+
+#[test]
+fn version_names_the_git_revision() {
+    let output = m365bot().arg("--version").output().expect("runs");
+    assert!(output.status.success());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(stdout.trim(), format!("m365bot {}", m365bot::VERSION));
+    assert!(stdout.contains(env!("CARGO_PKG_VERSION")), "{stdout}");
+    let manifest_dir = env!("CARGO_MANIFEST_DIR");
+    if std::path::Path::new(manifest_dir).join(".git").exists() {
+        let head = Command::new("git")
+            .args(["rev-parse", "--short=12", "HEAD"])
+            .current_dir(manifest_dir)
+            .output()
+            .expect("git runs");
+        let head = String::from_utf8_lossy(&head.stdout).trim().to_owned();
+        assert_eq!(
+            m365bot::GIT_REVISION,
+            head,
+            "built from a checkout: {stdout}"
+        );
+    } else {
+        assert_eq!(m365bot::GIT_REVISION, "unknown", "{stdout}");
+    }
+}

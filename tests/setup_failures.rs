@@ -506,3 +506,34 @@ async fn start_up_refuses_stored_secrets_without_the_key() {
     let resumed = bot.say(&world, ADMIN, "setup").await;
     assert_eq!(heading(&resumed), "ServiceNow outbound OAuth provider");
 }
+
+#[tokio::test]
+async fn entra_replication_lag_is_waited_out_without_a_second_app_or_secret() {
+    let world = World::start().await;
+    let handle = world.sandbox.handle();
+    handle.set_replication_lag(std::time::Duration::from_secs(3));
+    let bot = world.bot().await;
+    let card = to_step(&bot, &world, false, "contoso.onmicrosoft.com").await;
+    let apps_before = handle.apps().len();
+    let started = std::time::Instant::now();
+    let card = bot.press(&world, ADMIN, &card, "Continue", create()).await;
+    assert_eq!(
+        heading(&card),
+        "ServiceNow outbound OAuth provider",
+        "{}",
+        card_text(&card)
+    );
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(3),
+        "the step waited for replication"
+    );
+    assert!(
+        card_text(&card).contains("waiting for Entra ID to replicate the new app"),
+        "{}",
+        card_text(&card)
+    );
+    let apps = handle.apps();
+    assert_eq!(apps.len(), apps_before + 1, "exactly one app was created");
+    let created = apps.last().expect("the new app");
+    assert_eq!(created.password_credentials.len(), 1, "exactly one secret");
+}

@@ -111,6 +111,10 @@ async fn aad_branch_create_for_me_then_run_tests_all_green() {
     let results_text = card_text(&results);
     assert!(results_text.contains("0 failed"), "{results_text}");
     assert!(!results_text.contains('❌'), "{results_text}");
+    assert!(
+        results_text.contains("Microsoft's call path: REST-user token accepted by ServiceNow"),
+        "Run tests proves the inbound chain: {results_text}"
+    );
     // Typing setup again shows the completed setup without secrets; doctor uses it.
     let again = bot.say(&world, ADMIN, "setup").await;
     assert!(

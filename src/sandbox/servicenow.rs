@@ -1519,6 +1519,11 @@ impl SnState {
     /// tokens" does: the entity whose Client ID equals `aud`, the issuer of its provider
     /// configuration's metadata URL (v1 `sts.windows.net` or v2), then `sys_user` where the
     /// configured user field equals the configured claim.
+    ///
+    /// Column reads of the OIDC tables in this mapping (and nowhere else in the bearer path),
+    /// all through [`Self::field`] (so renamed columns are found):
+    /// `oauth_oidc_entity`: `client_id`, `active`, `oidc_provider_configuration`;
+    /// `oidc_provider_configuration`: `active`, `oidc_url`, `user_claim`, `user_field`.
     fn oidc_caller(
         &self,
         keys: &SigningKeys,
@@ -2712,7 +2717,7 @@ pub(crate) fn fault_response(fault: Fault) -> Response {
             }
             response
         }
-        Fault::ServerError(status) => {
+        Fault::ServerError(status) | Fault::HtmlError(status) => {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
             error_response(
                 status,

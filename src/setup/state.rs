@@ -75,7 +75,7 @@ impl Step {
             Self::OidcEntity => &["servicenow.oidc_entity"],
             Self::RestUserApp => &["rest_user_app.token", "rest_user_app.registration"],
             Self::IntegrationUser => match auth {
-                AuthType::Aad => &["servicenow.integration_user"],
+                AuthType::Aad => &["servicenow.integration_user", "servicenow.inbound_flow"],
                 AuthType::Basic => &["servicenow.integration_user", "servicenow.basic_login"],
             },
             Self::CrossScope => &["servicenow.cross_scope"],
@@ -650,9 +650,16 @@ fn apply(wizard: &Wizard, result: EffectResult, now: i64) -> Transition {
     next.data.notes = result.notes.clone();
     if let Some(error) = result.error {
         next.error = Some(error);
+        // An app this setup created before the failure is kept with its secret, so the retry
+        // reuses both instead of creating a second app or secret.
+        let mut secrets = Vec::new();
+        if let Some((slot, app)) = result.app.filter(|(_, app)| app.created) {
+            next.data.set_app(slot, app);
+            secrets = result.secrets;
+        }
         return Transition {
             wizard: next,
-            secrets: Vec::new(),
+            secrets,
             effects: Vec::new(),
         };
     }

@@ -611,19 +611,31 @@ impl EntraClient {
         self.inner.recorder.observe(result, EntraError::retry_kind)
     }
 
+    /// A GET, retried under [`super::retry::STANDARD`] when throttled.
     async fn get(&self, url: Url) -> Result<RawResponse, EntraError> {
-        let request = self.inner.http.get(url).header(ACCEPT, "application/json");
-        Ok(super::send(request).await?)
+        super::retry::with_retry(super::retry::STANDARD, || async {
+            let request = self
+                .inner
+                .http
+                .get(url.clone())
+                .header(ACCEPT, "application/json");
+            Ok(super::send(request).await?)
+        })
+        .await
     }
 
+    /// A form POST, retried under [`super::retry::STANDARD`] when throttled.
     async fn post_form(&self, url: Url, form: &[(&str, &str)]) -> Result<RawResponse, EntraError> {
-        let request = self
-            .inner
-            .http
-            .post(url)
-            .header(ACCEPT, "application/json")
-            .form(form);
-        Ok(super::send(request).await?)
+        super::retry::with_retry(super::retry::STANDARD, || async {
+            let request = self
+                .inner
+                .http
+                .post(url.clone())
+                .header(ACCEPT, "application/json")
+                .form(form);
+            Ok(super::send(request).await?)
+        })
+        .await
     }
 
     /// The v1 OpenID metadata of `tenant` (domain or id). An unknown tenant is
@@ -766,6 +778,14 @@ impl EntraClient {
         }
         Ok(url)
     }
+}
+
+/// The claims of a JWT without verifying it: for tokens straight from the token endpoint, to
+/// report what Entra ID put in them. `None` when it is not a readable JWT.
+pub fn unverified_claims(token: &str) -> Option<serde_json::Map<String, serde_json::Value>> {
+    let payload = token.split('.').nth(1)?;
+    let bytes = URL_SAFE_NO_PAD.decode(payload).ok()?;
+    serde_json::from_slice(&bytes).ok()
 }
 
 /// Checks a tenant: a domain name, a tenant id, or `common` / `organizations`.
