@@ -280,23 +280,37 @@ fn manifest(
     app_id: Option<String>,
     domain: Option<String>,
 ) -> anyhow::Result<()> {
-    // The package needs only the app id and domain, so a partial configuration is fine here.
-    let loaded = Settings::load(config).ok();
-    let app_id = app_id
-        .or_else(|| {
-            loaded
-                .as_ref()
-                .map(|s| s.bot.app_id.clone())
-                .filter(|id| !id.is_empty())
-        })
-        .context("give --app-id or set bot.app_id (MicrosoftAppId)")?;
-    let domain = domain
-        .or_else(|| {
-            loaded
-                .as_ref()
-                .and_then(|s| s.server.public_url.host_str().map(str::to_owned))
-        })
-        .context("give --domain or set server.public_url")?;
+    // The package needs only the app id and the domain: read those two keys on their own, so
+    // the rest of the configuration may be missing or incomplete.
+    let sources = Settings::sources(config)?;
+    let configured = |key: &str| -> Option<String> {
+        sources
+            .extract_inner::<String>(key)
+            .ok()
+            .map(|value| value.trim().to_owned())
+            .filter(|value| !value.is_empty())
+    };
+    let app_id = app_id.or_else(|| configured("bot.app_id")).context(
+        "the bot's app id is missing: give --app-id, or set bot.app_id (M365BOT_BOT__APP_ID or MicrosoftAppId)",
+    )?;
+    let domain = match domain {
+        Some(domain) => domain,
+        None => match configured("server.public_url") {
+            Some(url) => url::Url::parse(&url)
+                .ok()
+                .and_then(|u| u.host_str().map(str::to_owned))
+                .with_context(|| {
+                    format!("server.public_url {url:?} is not a URL with a host: give --domain, or correct it")
+                })?,
+            None => {
+                let host = Settings::default_public_host();
+                eprintln!(
+                    "server.public_url is not set: using its default host {host}; give --domain or set server.public_url (M365BOT_SERVER__PUBLIC_URL) for your own"
+                );
+                host
+            }
+        },
+    };
     m365bot::manifest::write_package(&app_id, &domain, out)?;
     println!("wrote {}", out.display());
     Ok(())

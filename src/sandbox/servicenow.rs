@@ -779,6 +779,28 @@ impl SnState {
             ),
             (
                 "incident",
+                "priority",
+                &[
+                    ("1", "1 - Critical"),
+                    ("2", "2 - High"),
+                    ("3", "3 - Moderate"),
+                    ("4", "4 - Low"),
+                    ("5", "5 - Planning"),
+                ],
+            ),
+            (
+                "incident",
+                "category",
+                &[
+                    ("inquiry", "Inquiry / Help"),
+                    ("software", "Software"),
+                    ("hardware", "Hardware"),
+                    ("network", "Network"),
+                    ("database", "Database"),
+                ],
+            ),
+            (
+                "incident",
                 "urgency",
                 &[("1", "1 - High"), ("2", "2 - Medium"), ("3", "3 - Low")],
             ),

@@ -344,12 +344,31 @@ async fn run_once(
 
 fn failure(field: Option<&str>, message: &str, fix: Option<&str>) -> EffectResult {
     EffectResult {
-        error: Some(StepError {
-            field: field.map(str::to_owned),
-            message: message.to_owned(),
-            fix: fix.map(str::to_owned),
-        }),
+        error: Some(plain_error(field, message, fix)),
         ..EffectResult::default()
+    }
+}
+
+/// A step error in plain words: an Entra ID refusal becomes what to do about its AADSTS code,
+/// and the raw answer (code, trace id) goes under *Details*.
+pub fn plain_error(field: Option<&str>, raw: &str, fix: Option<&str>) -> StepError {
+    match crate::upstream::entra::code_from_description(raw) {
+        Some(code) => {
+            let hint = crate::upstream::entra::hint_for(code);
+            let details = raw.strip_suffix(hint).unwrap_or(raw).trim_end();
+            StepError {
+                field: field.map(str::to_owned),
+                message: format!("{hint}."),
+                fix: None,
+                details: Some(details.to_owned()),
+            }
+        }
+        None => StepError {
+            field: field.map(str::to_owned),
+            message: raw.to_owned(),
+            fix: fix.map(str::to_owned),
+            details: None,
+        },
     }
 }
 
@@ -438,11 +457,11 @@ async fn verify(
         }
     }
     if let Some(failed) = outcomes.iter().find(|o| o.status == Status::Fail) {
-        result.error = Some(StepError {
-            field: Some(field_of(failed).to_owned()),
-            message: format!("{}: {}", failed.title, failed.detail),
-            fix: failed.fix.clone(),
-        });
+        result.error = Some(plain_error(
+            Some(field_of(failed)),
+            &format!("{}: {}", failed.title, failed.detail),
+            failed.fix.as_deref(),
+        ));
     }
     result
 }

@@ -281,6 +281,9 @@ pub struct Collected {
     /// True once the completion card with secrets was shown (they are shown once).
     #[serde(default)]
     pub secrets_shown: bool,
+    /// The Repository ID the admin entered (when the instance URL does not tell it).
+    #[serde(default)]
+    pub repository_id: Option<String>,
     /// The Microsoft 365 admin the completion card was handed to.
     #[serde(default)]
     pub handed_over_to: Option<String>,
@@ -335,6 +338,9 @@ pub struct StepError {
     pub message: String,
     /// What to do.
     pub fix: Option<String>,
+    /// The upstream's own words (AADSTS code, trace id), shown collapsed under *Details*.
+    #[serde(default)]
+    pub details: Option<String>,
 }
 
 impl StepError {
@@ -344,6 +350,7 @@ impl StepError {
             field: Some(field.to_owned()),
             message: message.into(),
             fix: None,
+            details: None,
         }
     }
 }

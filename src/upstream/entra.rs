@@ -33,7 +33,7 @@ pub enum EntraError {
     #[error("Entra ID is unreachable: {0}")]
     Network(NetworkError),
     /// An OAuth / AADSTS error answer.
-    #[error("Entra ID refused the request ({}{error}: {description}). {hint}", code_prefix(*code))]
+    #[error("Entra ID refused the request ({}{error}: {description}{}). {hint}", code_prefix(*code), trace_suffix(trace_id.as_deref()))]
     Aadsts {
         /// HTTP status.
         status: u16,
@@ -81,6 +81,10 @@ fn code_prefix(code: u32) -> String {
     } else {
         format!("AADSTS{code} ")
     }
+}
+
+fn trace_suffix(trace_id: Option<&str>) -> String {
+    trace_id.map_or_else(String::new, |id| format!("; trace id {id}"))
 }
 
 impl From<NetworkError> for EntraError {
@@ -179,7 +183,8 @@ struct AadErrorBody {
     trace_id: Option<String>,
 }
 
-fn code_from_description(description: &str) -> Option<u32> {
+/// The AADSTS number in an error text (`AADSTS7000215: …`), if there is one.
+pub fn code_from_description(description: &str) -> Option<u32> {
     let start = description.find("AADSTS")? + "AADSTS".len();
     let digits: String = description[start..]
         .chars()
