@@ -55,6 +55,11 @@ enum Commands {
         /// Start without the demo integration, so `setup` in chat builds it from scratch.
         #[arg(long)]
         fresh: bool,
+        /// Emulate another ServiceNow release: the columns no public source confirms carry
+        /// other names (labels kept), and the instance already holds the company's own SSO
+        /// OIDC provider and another OAuth provider, which setup must leave alone.
+        #[arg(long)]
+        other_release: bool,
     },
     /// Verify the integration end to end: one line per check, a fix for every failure.
     /// Reads the `[integration]` section of the configuration file.
@@ -112,9 +117,15 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
         break_it,
         json,
         fresh,
+        other_release,
     } = command
     {
-        return sandbox(listen, &database, doctor, &break_it, json, fresh).await;
+        let options = m365bot::sandbox::SandboxOptions {
+            servicenow_renamed_columns: other_release,
+            servicenow_decoys: other_release,
+            ..m365bot::sandbox::SandboxOptions::default()
+        };
+        return sandbox(listen, &database, doctor, &break_it, json, fresh, options).await;
     }
     let settings = Settings::load(cli.config.as_deref())?;
     if let Commands::ServicenowScript { endpoint } = &command {
@@ -220,6 +231,7 @@ async fn sandbox(
     problems: &[m365bot::demo::Misconfiguration],
     json: bool,
     fresh: bool,
+    options: m365bot::sandbox::SandboxOptions,
 ) -> anyhow::Result<std::process::ExitCode> {
     if fresh && (run_doctor || !problems.is_empty()) {
         anyhow::bail!(
@@ -233,13 +245,7 @@ async fn sandbox(
     }
     let log = m365bot::config::LogSettings::default();
     m365bot::telemetry::init(&log, std::io::stderr);
-    let demo = m365bot::demo::Demo::start_with(
-        m365bot::sandbox::SandboxOptions::default(),
-        listen,
-        database,
-        fresh,
-    )
-    .await?;
+    let demo = m365bot::demo::Demo::start_with(options, listen, database, fresh).await?;
     for problem in problems {
         demo.break_it(*problem);
     }
