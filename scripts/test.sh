@@ -3,7 +3,8 @@
 # Runs the whole test suite, the same way on a new developer machine and in CI:
 #   1. PostgreSQL: uses TEST_POSTGRES_URL when set; otherwise installs Debian's `postgresql` when
 #      missing and starts a private throwaway server on 127.0.0.1 (stopped and removed at exit).
-#   2. Node tools: `npm ci` in tools/node when its lock file exists and node_modules is stale.
+#   2. Node tools: `npm ci` in tools/node when its lock file exists and node_modules is stale;
+#      Debian's `chromium` (and an emoji font) for the Adaptive Cards renderer check.
 #   3. cargo fmt --check, cargo clippy --all-targets -D warnings, cargo test.
 # Every phase runs even when an earlier one failed; the exit status is non-zero if any failed.
 #
@@ -294,6 +295,23 @@ setup_node_tools() {
     fi
 }
 
+# Headless Chromium: the Playground journeys render every card with the official Adaptive Cards
+# renderer in it (tools/node/render-cards.js); the emoji font draws the check marks.
+setup_chromium() {
+    if command -v chromium >/dev/null && fc-list 2>/dev/null | grep -qi "color emoji"; then
+        echo "    using $(chromium --version 2>/dev/null | head -1)"
+        return 0
+    fi
+    echo "    installing Debian's chromium and fonts-noto-color-emoji"
+    if ! command -v apt-get >/dev/null; then
+        echo "    no apt-get here: install chromium (headless) for the card renderer check" >&2
+        return 1
+    fi
+    "${SUDO[@]}" apt-get update -qq || return 1
+    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -qq --no-install-recommends chromium fonts-noto-color-emoji >/dev/null || return 1
+}
+
 # ---------------------------------------------------------------------------------------------
 # cargo test, with one closing line that adds up every test binary's result.
 
@@ -340,6 +358,7 @@ fi
 if [ -f tools/node/package-lock.json ]; then
     phase npm setup_node_tools
 fi
+phase chromium setup_chromium
 
 phase fmt cargo fmt --check
 phase clippy cargo clippy --all-targets -- -D warnings

@@ -4,7 +4,8 @@
 //! Entra sign-in, and case notifications in a channel (root card, update in place, thread reply).
 //! `tools/node/playground-journeys.js` drives the Playground; this test starts the sandbox, reads
 //! the demo case's change command from its welcome text and checks the script's summary.
-//! Needs Node >= 20 and `npm ci --prefix tools/node`.
+//! Every card seen is rendered with the official Adaptive Cards renderer in headless Chromium.
+//! Needs Node >= 20, `npm ci --prefix tools/node` and Debian's `chromium`.
 
 mod support;
 
@@ -175,6 +176,8 @@ fn agents_playground_runs_the_three_journeys_against_the_sandbox() {
         sandbox.welcome
     );
     let (case_url, auth) = case_change(&sandbox.welcome);
+    let saved = tempfile::tempdir().expect("temp dir");
+    let saved_dir = saved.path().display().to_string();
 
     let run = run_node_script(
         &repo,
@@ -185,6 +188,8 @@ fn agents_playground_runs_the_three_journeys_against_the_sandbox() {
             &case_url,
             "--servicenow-auth",
             &auth,
+            "--save-cards",
+            &saved_dir,
         ],
         SCRIPT_TIMEOUT,
     );
@@ -264,6 +269,49 @@ fn agents_playground_runs_the_three_journeys_against_the_sandbox() {
         format!("19:sandboxM365Support@thread.tacv2;messageid={root}"),
         "{summary}"
     );
+    // What a careful admin meets along the way.
+    assert_eq!(setup["refusedApp"]["kept"]["mode"], "existing", "{summary}");
+    assert_eq!(
+        setup["refusedApp"]["kept"]["clientId"], "0badc0de-0000-4000-8000-00000000dead",
+        "{summary}"
+    );
+    assert!(
+        setup["refusedApp"]["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("Entra ID has no application with this client id")),
+        "{summary}"
+    );
+    assert_eq!(setup["status"], "Setup status", "{summary}");
+    assert_eq!(
+        setup["freeText"], "I understand commands; type help",
+        "{summary}"
+    );
+    assert_eq!(link["spentLink"]["status"], 400, "{summary}");
+    assert_eq!(link["spentLink"]["chatCards"], 0, "{summary}");
+    assert_eq!(notify["refused"], "That filter is not valid", "{summary}");
+    assert_eq!(notify["replyColour"], "Good", "{summary}");
+
+    // Every card seen went through the official Adaptive Cards renderer without a problem.
+    assert_eq!(summary["rendered"]["problems"], 0, "{summary}");
+    assert!(
+        summary["rendered"]["cards"]
+            .as_u64()
+            .is_some_and(|n| n >= 20),
+        "{summary}"
+    );
+    for name in [
+        "notify_root",
+        "setup_complete",
+        "setup_error",
+        "setup_status",
+        "setup_step",
+    ] {
+        let file = saved.path().join(format!("{name}.json"));
+        let card: Value = serde_json::from_slice(&std::fs::read(&file).expect("saved card"))
+            .expect("saved card is JSON");
+        assert_eq!(card["type"], "AdaptiveCard", "{name}");
+    }
+
     let exited = sandbox.child.try_wait().ok().flatten();
     assert!(
         exited.is_none(),

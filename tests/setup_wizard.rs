@@ -540,3 +540,37 @@ async fn setup_status_shows_the_live_integration_and_a_new_setup_by_title() {
     assert!(text.contains("New setup in progress"), "{text}");
     assert!(text.contains("Outbound app gets a token"), "{text}");
 }
+
+#[tokio::test]
+async fn a_refused_hand_over_keeps_the_address_that_was_typed() {
+    let world = World::start().await;
+    let bot = world.bot().await;
+    let complete = aad_create_all(&bot, &world).await;
+    for (typed, error) in [
+        (
+            "not an address",
+            "Enter the Microsoft 365 admin's e-mail address.",
+        ),
+        (
+            "nobody@contoso.com",
+            "I have no chat with nobody@contoso.com yet.",
+        ),
+    ] {
+        let refused = bot
+            .press(
+                &world,
+                ADMIN,
+                &complete,
+                "Hand over",
+                json!({"handover_email": typed}),
+            )
+            .await;
+        let text = card_text(&refused);
+        assert!(text.contains(error), "{typed}: {text}");
+        let input = refused["body"]
+            .as_array()
+            .and_then(|body| body.iter().find(|item| item["id"] == "handover_email"))
+            .expect("the e-mail input");
+        assert_eq!(input["value"], typed, "{typed}");
+    }
+}

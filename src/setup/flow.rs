@@ -912,16 +912,21 @@ async fn save_repository_id(app: &App, row: SetupRow, actor: &str, data: &Value)
     }
     let mut wizard = row.wizard.clone();
     wizard.data.repository_id = Some(entered.to_owned());
+    let detail = format!("Repository ID set to {entered}");
+    save_completed(app, row, wizard, actor, "repository id", &detail).await
+}
+
+/// Stores a change to a completed setup, audits it and shows the completion card (no secrets).
+async fn save_completed(
+    app: &App,
+    row: SetupRow,
+    wizard: Wizard,
+    actor: &str,
+    action: &str,
+    detail: &str,
+) -> Vec<Reply> {
     let shown = save_wizard(app, row, wizard).await;
-    audit(
-        app,
-        &shown.setup_id,
-        actor,
-        "repository id",
-        "ok",
-        &format!("Repository ID set to {entered}"),
-    )
-    .await;
+    audit(app, &shown.setup_id, actor, action, "ok", detail).await;
     vec![view::complete_card(
         app,
         &shown,
@@ -1046,23 +1051,8 @@ async fn handover_to(
     let mut wizard = row.wizard.clone();
     wizard.data.handed_over_to =
         Some(name.map_or_else(|| email.clone(), |n| format!("{n} ({email})")));
-    let shown = save_wizard(app, row, wizard).await;
-    audit(
-        app,
-        &shown.setup_id,
-        actor,
-        "hand over",
-        "ok",
-        &format!("completion card sent to {email}"),
-    )
-    .await;
-    vec![view::complete_card(
-        app,
-        &shown,
-        &Secrets::default(),
-        false,
-        None,
-    )]
+    let detail = format!("completion card sent to {email}");
+    save_completed(app, row, wizard, actor, "hand over", &detail).await
 }
 
 async fn setup_status(app: &App, user: &ChatUser) -> Vec<Reply> {

@@ -679,6 +679,19 @@ pub struct CheckNow {
     pub drifted: bool,
 }
 
+/// The position of a check in the wizard's step order (unknown checks last).
+fn check_order(id: &str) -> usize {
+    super::state::sequence(Some(AuthType::Aad))
+        .iter()
+        .flat_map(|step| {
+            step.checks(AuthType::Aad)
+                .iter()
+                .chain(step.checks(AuthType::Basic))
+        })
+        .position(|check| *check == id)
+        .unwrap_or(usize::MAX)
+}
+
 /// The title of a check when it was not run now: its step's title, and which part.
 fn check_title(id: &str) -> String {
     let step = [Some(AuthType::Aad), Some(AuthType::Basic)]
@@ -738,9 +751,12 @@ pub fn status_card(
             )}));
     }
     let verified = live.or(in_progress);
-    let checks: Vec<Value> = verified
+    let mut recorded = verified
         .map(|row| row.wizard.data.verified.iter().collect::<Vec<_>>())
-        .unwrap_or_default()
+        .unwrap_or_default();
+    // In the order of the wizard's steps, as Run tests lists them.
+    recorded.sort_by_key(|(id, _)| check_order(id));
+    let checks: Vec<Value> = recorded
         .into_iter()
         .map(|(id, verdict)| {
             let found = now.iter().find(|check| &check.id == id);

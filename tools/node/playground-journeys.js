@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // Usage: node --experimental-websocket tools/node/playground-journeys.js <bot endpoint URL>
 //          --case-url <ServiceNow Table API URL of a demo case> --servicenow-auth <user:password>
-//          [--watch-stdin] [--only setup,link,notify]
+//          [--watch-stdin] [--only setup,link,notify] [--save-cards DIR]
 //   The three user journeys of the release, driven through the real Microsoft 365 Agents
 //   Playground (HTTP + WebSocket APIs, no browser) against `m365bot sandbox --fresh`:
 //     setup   personal chat `setup`: Agree, Start setup (AAD Auth, test environment), the tenant
@@ -14,6 +14,14 @@
 //             the demo case through the ServiceNow emulator's Table API (as the sandbox's `curl`
 //             does) -> the case's root card in the channel; a second change -> the root card
 //             updated in place (WebSocket updateMessage) and a reply in its thread.
+//   Along the way it tries what a careful admin meets: an existing app that Entra ID refuses
+//   (the card keeps the choice and the client id, one plain error with collapsed details), free
+//   text, `setup status` (titles, not ids), reopening a spent sign-in link (page only, no chat
+//   card), `subscribe priority=banana` (refused, naming the accepted values). Every card seen
+//   (WebSocket messages and invoke answers) is rendered with the official Adaptive Cards
+//   renderer in headless Chromium (tools/node/render-cards.js); any parse or validation problem
+//   fails the run. --save-cards DIR writes the cards shown in the docs (setup step, error,
+//   completion, setup status, case root card) as JSON for render-cards.js.
 //   Every card is asserted by content. Prints one JSON summary line on stdout and exits 0; on any
 //   failure prints the reason (with the Playground's last output) on stderr and exits 1; usage
 //   errors exit 2. The Playground is always killed. Overall timeout 90 s (env
@@ -26,6 +34,9 @@ const lib = require("./playground-lib");
 
 if (lib.reexecWithWebSocket(__filename, "playground-journeys")) return;
 
+const fs = require("fs");
+const path = require("path");
+const { checkCards } = require("./render-cards");
 const { ADAPTIVE_CARD, cardActions, cardHeading, cardTexts, cardsOf, fail, ids } = lib;
 const { PERSONAL_CHAT, CHANNEL } = ids;
 
@@ -35,6 +46,28 @@ const started = Date.now();
 
 function log(line) {
   if (trace) process.stderr.write(`[journeys +${Date.now() - started} ms] ${line}\n`);
+}
+
+/** Every card the bot answered an invoke with, for the renderer check. */
+const invokeCards = [];
+/** Cards kept for the docs' screenshots, by file name. */
+const keptCards = {};
+
+function keep(name, card) {
+  keptCards[name] = card;
+}
+
+/** The input `id` of a card (any depth). */
+function inputOf(card, id) {
+  let found = null;
+  const visit = (node) => {
+    if (found || !node || typeof node !== "object") return;
+    if (Array.isArray(node)) return node.forEach(visit);
+    if (typeof node.type === "string" && node.type.startsWith("Input.") && node.id === id) found = node;
+    Object.values(node).forEach(visit);
+  };
+  visit(card.body);
+  return found;
 }
 
 function textOf(card) {
@@ -97,6 +130,7 @@ async function press(session, messageId, card, title, inputs, what) {
     fail(`${what}: pressing "${title}" (verb ${action.verb}) answered no card: ${JSON.stringify(answer).slice(0, 400)}`);
   }
   log(`${what}: [${title}] -> ${cardHeading(answer.value)}`);
+  invokeCards.push({ name: `${what}: [${title}] -> ${cardHeading(answer.value)}`, card: answer.value });
   return answer.value;
 }
 
@@ -138,10 +172,18 @@ async function journeySetup(session) {
   session.step = "setup: tenant";
   card = await press(session, messageId, card, "Verify and continue", { domain: ids.TENANT_DOMAIN }, "setup tenant");
   const created = [];
+  let refusedApp = null;
   for (const step of AAD_STEPS) {
     session.step = `setup: ${step.heading}`;
     expectHeading(card, step.heading, `setup step ${visited.length + 1}`);
     visited.push(cardHeading(card));
+    if (step === AAD_STEPS[0]) {
+      keep("setup_step", card);
+      refusedApp = await existingAppRefused(session, messageId, card);
+      card = refusedApp.card;
+      created.push(step.heading);
+      continue;
+    }
     const choice = findChoice(card, step.create, `setup step "${step.heading}"`);
     if (choice.value !== "create") fail(`setup step "${step.heading}": "${choice.title}" has the value ${choice.value}, not create`);
     const inputs = { [choice.id]: choice.value };
@@ -169,12 +211,85 @@ async function journeySetup(session) {
   if (failed !== 0 || skipped !== 0 || passed === 0) {
     fail(`setup Run tests: not every check passed (${summaryLine}): ${textOf(card).slice(0, 1500)}`);
   }
+
+  session.step = "setup: Show the values";
+  const values = await press(session, messageId, card, "Show the values", {}, "setup Run tests");
+  expectHeading(values, "Setup complete: hand these values to the Microsoft 365 admin", "setup Show the values");
+  keep("setup_complete", values);
+
+  session.step = "setup: `setup status`";
+  let mark = stream.mark();
+  await session.say(PERSONAL_CHAT, "setup status");
+  const statusMessage = await stream.waitFor(mark, cardMessageIn((c) => c === PERSONAL_CHAT), "setup: the status card");
+  const statusCard = cardsOf(statusMessage)[0];
+  expectHeading(statusCard, "Setup status", "setup status");
+  expectText(statusCard, "Outbound app gets a token", "setup status (titles as Run tests shows them)");
+  const internalId = cardTexts(statusCard).find((t) => /\b(outbound_app|inbound_app|rest_user_app|servicenow)\.[a-z_]+\b/.test(t));
+  if (internalId) fail(`setup status: shows an internal check id: ${internalId}`);
+  keep("setup_status", statusCard);
+
+  session.step = "setup: free text";
+  mark = stream.mark();
+  await session.say(PERSONAL_CHAT, "hi, can you help?");
+  const freeText = cardsOf(await stream.waitFor(mark, cardMessageIn((c) => c === PERSONAL_CHAT), "setup: the answer to free text"))[0];
+  expectHeading(freeText, "I understand commands; type help", "free text");
+  expectText(freeText, '"hi"', "free text (the first word without its comma)");
+  if (cardTexts(freeText).some((t) => t.includes("hi,"))) fail(`free text: the answer quotes the punctuation: ${textOf(freeText)}`);
+
+  session.step = "setup: help";
+  mark = stream.mark();
+  await session.say(PERSONAL_CHAT, "help");
+  const help = cardsOf(await stream.waitFor(mark, cardMessageIn((c) => c === PERSONAL_CHAT), "setup: the help card"))[0];
+  expectHeading(help, "m365bot commands", "help");
   return {
     cards: visited,
     created,
     completion: { title: visited[visited.length - 1], texts: completionValues },
+    refusedApp: refusedApp.summary,
+    status: cardHeading(statusCard),
+    freeText: cardHeading(freeText),
     runTests: { title: cardHeading(card), passed, failed, skipped },
   };
+}
+
+/**
+ * On the first app step: *Use an existing app registration* with a client id Entra ID does not
+ * know. The card must come back with the choice and the client id kept, one plain-words error
+ * under the field, the Entra answer behind a Details toggle, and only a count in the top box;
+ * then *Create it for me*, chosen explicitly, goes on. Returns the card to continue from.
+ */
+async function existingAppRefused(session, messageId, card) {
+  const what = "setup: an existing app Entra ID refuses";
+  const existing = findChoice(card, "Use an existing app registration", what);
+  const clientId = "0badc0de-0000-4000-8000-00000000dead";
+  const refused = await press(session, messageId, card, "Continue", { [existing.id]: existing.value, client_id: clientId, client_secret: "not-the-secret" }, what);
+  expectHeading(refused, "Outbound Entra app", what);
+  const mode = inputOf(refused, existing.id);
+  if (mode?.value !== "existing") fail(`${what}: the choice came back as ${JSON.stringify(mode?.value)}, not "existing" (the admin's choice was replaced)`);
+  const id = inputOf(refused, "client_id");
+  if (id?.value !== clientId) fail(`${what}: the client id came back as ${JSON.stringify(id?.value)}, not what was typed`);
+  const secret = inputOf(refused, "client_secret");
+  if (secret && "value" in secret) fail(`${what}: the secret input carries a value`);
+  const errors = [];
+  const visit = (node) => {
+    if (!node || typeof node !== "object") return;
+    if (Array.isArray(node)) return node.forEach(visit);
+    if (node.type === "TextBlock" && node.color === "Attention" && node.isVisible !== false) errors.push(node.text);
+    Object.values(node).forEach(visit);
+  };
+  visit(refused.body);
+  const underField = errors.filter((t) => t !== "1 field needs attention");
+  if (underField.length !== 1) fail(`${what}: expected one error under the field, found ${JSON.stringify(errors)}`);
+  if (/AADSTS/.test(underField[0])) fail(`${what}: the visible error is raw AADSTS text: ${underField[0]}`);
+  if (!errors.includes("1 field needs attention")) fail(`${what}: the top box does not just count: ${JSON.stringify(errors)}`);
+  const toggle = cardActions(refused).find((a) => a.type === "Action.ToggleVisibility" && a.title === "Details");
+  if (!toggle) fail(`${what}: no collapsed Details (Action.ToggleVisibility)`);
+  const details = cardTexts(refused).find((t) => /AADSTS\d+/.test(t));
+  if (!details || !/trace id/.test(details)) fail(`${what}: the Details do not hold the AADSTS code and trace id: ${details}`);
+  keep("setup_error", refused);
+  const create = findChoice(refused, "Create it for me (app", what);
+  const next = await press(session, messageId, refused, "Continue", { [create.id]: create.value, client_id: "", client_secret: "" }, `${what}, then Create it for me`);
+  return { card: next, summary: { kept: { mode: mode.value, clientId: id.value }, error: underField[0], details: details.slice(0, 120) } };
 }
 
 // ---- journey (b): link-account ----
@@ -256,6 +371,15 @@ async function journeyLink(session) {
   expectText(confirmCard, "Microsoft 365 account linked", "link confirmation");
   expectText(confirmCard, ids.USER_UPN, "link confirmation");
 
+  session.step = "link: reopening the spent sign-in link";
+  from = stream.mark();
+  const again = await followSignIn(open.url, "link: the spent sign-in link");
+  const againText = pageText(again.html);
+  if (again.status !== 400 || !/already used/i.test(againText)) fail(`link: reopening the spent link answered HTTP ${again.status}: ${againText.slice(0, 300)}`);
+  await new Promise((resolve) => setTimeout(resolve, 1500));
+  const posted = stream.messages.slice(from).filter(cardMessageIn((c) => c === PERSONAL_CHAT));
+  if (posted.length) fail(`link: reopening the spent link posted ${posted.length} card(s) into the chat: ${posted.map((m) => cardHeading(cardsOf(m)[0])).join(", ")}`);
+
   session.step = "link: `link-account status`";
   from = stream.mark();
   await session.say(PERSONAL_CHAT, "link-account status");
@@ -264,6 +388,7 @@ async function journeyLink(session) {
   expectText(statusCard, "is linked to your ServiceNow user", "link-account status");
   expectText(statusCard, ids.USER_UPN, "link-account status");
   return {
+    spentLink: { status: again.status, chatCards: posted.length },
     signInCard: cardHeading(signinCard),
     hops: page.hops,
     page: text.slice(0, 240),
@@ -305,8 +430,16 @@ async function patchCase(caseUrl, auth, body, what) {
 
 async function journeyNotify(session, options) {
   const { stream } = session;
-  session.step = "notify: `@m365bot subscribe` in the channel";
+  session.step = "notify: `@m365bot subscribe priority=banana`";
   let from = stream.mark();
+  const bananaPost = await session.say(CHANNEL, "subscribe priority=banana", { mention: true });
+  const banana = cardsOf(await stream.waitFor(from, cardMessageIn((c) => c === bananaPost.postConversationId), "notify: the answer to priority=banana"))[0];
+  expectHeading(banana, "That filter is not valid", "notify subscribe priority=banana");
+  expectText(banana, "can never match", "notify subscribe priority=banana");
+  expectText(banana, "1 - Critical", "notify subscribe priority=banana (the accepted values)");
+
+  session.step = "notify: `@m365bot subscribe` in the channel";
+  from = stream.mark();
   const posted = await session.say(CHANNEL, "subscribe", { mention: true });
   const thread = posted.postConversationId;
   if (typeof thread !== "string" || !thread.startsWith(`${CHANNEL};messageid=`)) {
@@ -325,6 +458,7 @@ async function journeyNotify(session, options) {
   if (!rootId) fail("notify: the root card has no messageId");
   const rootCard = cardsOf(root)[0];
   expectText(rootCard, "On Hold", "notify root card");
+  keep("notify_root", rootCard);
 
   session.step = "notify: second change of the demo case";
   // Anything the bot sends for this case after the root card counts from here.
@@ -357,7 +491,15 @@ async function journeyNotify(session, options) {
   // The reply must not be a second root post in the channel.
   const duplicateRoots = stream.messages.filter((m) => m.action === "createMessage" && m.actionConversationId === CHANNEL && cardsOf(m).some((card) => cardHeading(card) === cardHeading(rootCard)) && m.message?.messageId !== rootId);
   if (duplicateRoots.length) fail(`notify: a second root card for ${first.number} was posted instead of updating ${rootId}`);
+  const replyCard = cardsOf(reply)[0];
+  let replyColour = null;
+  lib.walk(replyCard.body, (node) => {
+    if (!replyColour && node.type === "TextBlock" && /resolved/i.test(node.text ?? "") && node.color) replyColour = node.color;
+  });
+  if (replyColour !== "Good") fail(`notify: the "resolved" reply is coloured ${replyColour}, not Good`);
   return {
+    refused: cardHeading(banana),
+    replyColour,
     subscribed: cardHeading(subscribedCard),
     case: first.number,
     root: { messageId: rootId, title: cardHeading(rootCard), state: "On Hold" },
@@ -373,6 +515,30 @@ async function run(session, options) {
   if (options.only.includes("notify")) summary.notify = await journeyNotify(session, options);
   if (trace) {
     for (const m of session.stream.messages) log(`ws: ${lib.describeWsMessage(m)}`);
+  }
+  // Every card seen, through the official renderer.
+  const seen = [...invokeCards];
+  session.stream.messages.forEach((m, index) => {
+    cardsOf(m).forEach((card) => seen.push({ name: `ws #${index} ${m.action}: ${cardHeading(card)}`, card }));
+  });
+  session.step = `rendering ${seen.length} cards with the official Adaptive Cards renderer`;
+  let results;
+  try {
+    results = checkCards(seen);
+  } catch (err) {
+    fail(`the renderer check could not run: ${err.message}`);
+  }
+  const problems = results.filter((r) => r.problems.length);
+  if (problems.length) {
+    fail(`${problems.length} of ${seen.length} cards fail the official Adaptive Cards renderer:\n` + problems.map((r) => `  ${r.name}: ${r.problems.join("; ")}`).join("\n"));
+  }
+  summary.rendered = { cards: results.length, problems: 0 };
+  if (options.saveCards) {
+    fs.mkdirSync(options.saveCards, { recursive: true });
+    for (const [name, card] of Object.entries(keptCards)) {
+      fs.writeFileSync(path.join(options.saveCards, `${name}.json`), JSON.stringify(card, null, 2) + "\n");
+    }
+    summary.savedCards = Object.keys(keptCards).sort();
   }
   summary.wsMessages = session.stream.messages.length;
   summary.elapsedMs = Date.now() - started;
@@ -392,6 +558,10 @@ function parse(args) {
     if (arg === "--case-url") options.caseUrl = value();
     else if (arg === "--servicenow-auth") options.auth = value();
     else if (arg === "--only") options.only = String(value() ?? "").split(",").filter(Boolean);
+    else if (arg === "--save-cards") {
+      options.saveCards = value();
+      if (!options.saveCards) return "--save-cards needs a directory";
+    }
     else if (arg.startsWith("--")) return `unknown option ${arg}`;
     else positional.push(arg);
   }
@@ -413,7 +583,7 @@ function parse(args) {
 lib.main({
   name: "playground-journeys",
   usageLine:
-    "node --experimental-websocket tools/node/playground-journeys.js <bot endpoint URL> --case-url <Table API URL of a demo case> --servicenow-auth <user:password> [--only setup,link,notify] [--watch-stdin]",
+    "node --experimental-websocket tools/node/playground-journeys.js <bot endpoint URL> --case-url <Table API URL of a demo case> --servicenow-auth <user:password> [--only setup,link,notify] [--save-cards DIR] [--watch-stdin]",
   timeoutEnv: "PLAYGROUND_JOURNEYS_TIMEOUT_MS",
   defaultTimeoutMs: 90_000,
   stepTimeoutMs: 20_000,

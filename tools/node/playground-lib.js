@@ -585,4 +585,5 @@ module.exports = {
   main,
   reexecWithWebSocket,
   sleep,
+  walk,
 };
