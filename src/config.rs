@@ -376,7 +376,13 @@ impl Settings {
                     .find(|(alias, _)| key.as_str().eq_ignore_ascii_case(alias))
                     .map(|(_, target)| (*target).into())
             }))
-            .merge(Env::prefixed("M365BOT_").split("__"));
+            // M365BOT_GIT_REVISION is the build's revision (build.rs), which cargo also puts
+            // into the environment of `cargo run` and `cargo test`: not a setting.
+            .merge(
+                Env::prefixed("M365BOT_")
+                    .ignore(&["git_revision"])
+                    .split("__"),
+            );
         Ok(figment)
     }
 

@@ -313,9 +313,15 @@ async fn run_once(
                         .ok()
                         .and_then(|r| r.error.as_ref())
                         .is_some_and(|e| {
-                            e.message.contains("AADSTS700016")
-                                || e.message.contains("AADSTS7000215")
-                                || e.message.contains("no application with client id")
+                            // The Entra answer is in the details; the message is plain words.
+                            [Some(&e.message), e.details.as_ref()]
+                                .into_iter()
+                                .flatten()
+                                .any(|text| {
+                                    text.contains("AADSTS700016")
+                                        || text.contains("AADSTS7000215")
+                                        || text.contains("no application with client id")
+                                })
                         })
             };
             let verified = provision::while_replicating(&mut notes, lagging, || async {
