@@ -58,7 +58,7 @@ if ! command -v cargo-deb >/dev/null; then
     CARGO_TARGET_DIR="$(mktemp -d)" cargo install --locked cargo-deb ||
         fail "cannot install cargo-deb (cargo install --locked cargo-deb)"
 fi
-ok "cargo-deb $(cargo deb --version 2>/dev/null | head -n1)"
+ok "$(cargo deb --version 2>/dev/null | head -n1)"
 apt_packages=()
 command -v lintian >/dev/null || apt_packages+=(lintian)
 command -v systemd-analyze >/dev/null || apt_packages+=(systemd)

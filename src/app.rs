@@ -42,6 +42,7 @@ pub struct App {
 /// A built application, bound to its port and ready to serve.
 pub struct Application {
     listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
     app: Arc<App>,
 }
 
@@ -92,6 +93,13 @@ impl Application {
             .with_context(|| {
                 format!("server.listen: cannot listen on {}", settings.server.listen)
             })?;
+        let metrics_listener =
+            match settings.server.metrics_listen {
+                Some(address) => Some(TcpListener::bind(address).await.with_context(|| {
+                    format!("server.metrics_listen: cannot listen on {address}")
+                })?),
+                None => None,
+            };
         let app = Arc::new(App {
             settings,
             db,
@@ -104,7 +112,11 @@ impl Application {
             upstreams,
             identities: Default::default(),
         });
-        Ok(Self { listener, app })
+        Ok(Self {
+            listener,
+            metrics_listener,
+            app,
+        })
     }
 
     /// The address actually bound (port 0 picks a free one).
@@ -112,6 +124,13 @@ impl Application {
         self.listener
             .local_addr()
             .unwrap_or(self.app.settings.server.listen)
+    }
+
+    /// The address of the internal metrics listener, when `server.metrics_listen` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|listener| listener.local_addr().ok())
     }
 
     /// The shared state, for tests and background workers.
@@ -124,6 +143,18 @@ impl Application {
         let router = crate::routes::router(self.app.clone());
         crate::notify::start_background(self.app.clone(), shutdown.clone());
         tracing::info!(listen = %self.local_addr(), "m365bot listening");
+        if let Some(listener) = self.metrics_listener {
+            let metrics = crate::routes::metrics_router(self.app.clone());
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                let served = axum::serve(listener, metrics)
+                    .with_graceful_shutdown(async move { stop.cancelled().await })
+                    .await;
+                if let Err(err) = served {
+                    tracing::error!(error = %err, "the metrics listener failed");
+                }
+            });
+        }
         axum::serve(self.listener, router)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
             .await

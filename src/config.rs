@@ -146,10 +146,14 @@ pub struct ServerSettings {
     /// Largest accepted request body, in bytes.
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
+    /// A separate, internal address for `/metrics`; when set, the public listener does not
+    /// serve it.
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Storage settings.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseSettings {
     /// `sqlite://path?mode=rwc` (default) or `postgres://user:pass@host/db`.
@@ -290,9 +294,38 @@ impl Default for ServerSettings {
             listen: default_listen(),
             public_url: default_public_url(),
             max_body_bytes: default_max_body_bytes(),
+            metrics_listen: None,
         }
     }
 }
+impl std::fmt::Debug for DatabaseSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseSettings")
+            .field("url", &redacted_url(&self.url))
+            .field("max_connections", &self.max_connections)
+            .finish()
+    }
+}
+
+/// A connection URL with its password (and any query, which may hold one) replaced by `***`.
+pub fn redacted_url(url: &str) -> String {
+    match Url::parse(url) {
+        Ok(mut parsed) => {
+            if parsed.password().is_some() {
+                let _ = parsed.set_password(Some("***"));
+            }
+            if parsed
+                .query()
+                .is_some_and(|q| q.to_ascii_lowercase().contains("password"))
+            {
+                parsed.set_query(Some("***"));
+            }
+            parsed.to_string()
+        }
+        Err(_) => "(unparsable URL, not shown)".to_owned(),
+    }
+}
+
 impl Default for DatabaseSettings {
     fn default() -> Self {
         Self {
@@ -350,6 +383,10 @@ const BOT_FRAMEWORK_ALIASES: [(&str, &str); 3] = [
     ("microsoftapptenantid", "bot.tenant_id"),
 ];
 
+/// `M365BOT_` variables that are not settings: the configuration file's path and the test
+/// runner's switch. Any other unknown `M365BOT_` name is an error that names it.
+const NOT_SETTINGS: &[&str] = &["CONFIG", "TESTS_WITHOUT_POSTGRES"];
+
 impl Settings {
     /// Loads defaults, then `config_file` if given (it must exist), then the environment.
     pub fn load(config_file: Option<&Path>) -> Result<Self, ConfigError> {
@@ -376,13 +413,7 @@ impl Settings {
                     .find(|(alias, _)| key.as_str().eq_ignore_ascii_case(alias))
                     .map(|(_, target)| (*target).into())
             }))
-            // M365BOT_GIT_REVISION is the build's revision (build.rs), which cargo also puts
-            // into the environment of `cargo run` and `cargo test`: not a setting.
-            .merge(
-                Env::prefixed("M365BOT_")
-                    .ignore(&["git_revision"])
-                    .split("__"),
-            );
+            .merge(Env::prefixed("M365BOT_").ignore(NOT_SETTINGS).split("__"));
         Ok(figment)
     }
 
@@ -447,6 +478,18 @@ impl Settings {
                         "insecure-local is only allowed when server.listen is a loopback address (127.0.0.1 or ::1)",
                     ));
                 }
+                // A real bot password means a real bot: never run it unauthenticated.
+                if self
+                    .bot
+                    .app_password
+                    .as_ref()
+                    .is_some_and(|p| !p.expose_secret().is_empty())
+                {
+                    return Err(invalid(
+                        "bot.auth_mode",
+                        "insecure-local is refused when bot.app_password is set: remove the password, or use bot-framework",
+                    ));
+                }
             }
         }
         let tenant_ok = match self.bot.auth_mode {
@@ -474,6 +517,30 @@ impl Settings {
                 &format!("{} is not a readable file", path.display()),
             ));
         }
+        let upstreams = [
+            (
+                "servicenow.instance_url",
+                self.servicenow.instance_url.as_ref(),
+            ),
+            ("entra.authority_url", Some(&self.entra.authority_url)),
+            ("entra.graph_url", Some(&self.entra.graph_url)),
+            (
+                "bot.openid_metadata_url",
+                Some(&self.bot.openid_metadata_url),
+            ),
+        ];
+        for (key, url) in upstreams {
+            if let Some(url) = url
+                && !is_https_or_loopback(url)
+            {
+                return Err(invalid(
+                    key,
+                    &format!(
+                        "{url} must be https:// (plain http only for loopback hosts): credentials and signing keys would travel in clear"
+                    ),
+                ));
+            }
+        }
         self.setup
             .validate()
             .map_err(|problem| invalid("setup", &problem))?;
@@ -497,6 +564,21 @@ fn invalid(key: &'static str, problem: &str) -> ConfigError {
     ConfigError::Invalid {
         key,
         problem: problem.to_owned(),
+    }
+}
+
+/// True for an `https` URL, or an `http` URL of a loopback host (`localhost`, 127.0.0.0/8,
+/// `::1`), where nothing travels over a network.
+pub fn is_https_or_loopback(url: &Url) -> bool {
+    match url.scheme() {
+        "https" => true,
+        "http" => match url.host() {
+            Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            None => false,
+        },
+        _ => false,
     }
 }
 
@@ -543,6 +625,36 @@ mod tests {
     }
 
     #[test]
+    fn upstreams_must_be_https_unless_on_loopback() {
+        let base = "[bot]\nauth_mode = \"insecure-local\"\ntenant_id = \"t\"\n[server]\nlisten = \"127.0.0.1:3978\"\n";
+        for (section, key) in [
+            ("servicenow", "instance_url"),
+            ("entra", "authority_url"),
+            ("entra", "graph_url"),
+        ] {
+            let plain =
+                format!("{base}[{section}]\n{key} = \"http://dev12345.service-now.com/\"\n");
+            let err = Settings::from_toml_str(&plain).expect_err("plain http refused");
+            assert!(err.to_string().contains("https"), "{err}");
+            for local in [
+                "http://127.0.0.1:8080/",
+                "http://localhost:9/",
+                "http://[::1]:9/",
+            ] {
+                let ok = format!("{base}[{section}]\n{key} = \"{local}\"\n");
+                Settings::from_toml_str(&ok).unwrap_or_else(|e| panic!("{local}: {e}"));
+            }
+        }
+    }
+
+    #[test]
+    fn insecure_local_is_refused_with_a_bot_password() {
+        let toml = "[bot]\nauth_mode = \"insecure-local\"\ntenant_id = \"t\"\napp_password = \"real\"\n[server]\nlisten = \"127.0.0.1:3978\"\n";
+        let err = Settings::from_toml_str(toml).expect_err("refused");
+        assert!(err.to_string().contains("app_password"), "{err}");
+    }
+
+    #[test]
     fn insecure_local_is_refused_off_loopback() {
         let toml = r#"
             [server]
@@ -568,6 +680,26 @@ mod tests {
         clippy::result_large_err,
         reason = "figment's Jail API returns its own error type"
     )]
+    fn a_misspelt_environment_name_is_an_error_that_names_it() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("MicrosoftAppId", "11111111-2222-3333-4444-555555555555");
+            jail.set_env("MicrosoftAppPassword", "pw");
+            jail.set_env(
+                "MicrosoftAppTenantId",
+                "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee",
+            );
+            jail.set_env("M365BOT_SERVER_LISTEN", "127.0.0.1:1");
+            let err = Settings::load(None).expect_err("an unknown name is refused");
+            assert!(err.to_string().contains("server_listen"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[expect(
+        clippy::result_large_err,
+        reason = "figment's Jail API returns its own error type"
+    )]
     fn bot_framework_environment_names_are_accepted() {
         figment::Jail::expect_with(|jail| {
             jail.set_env("MicrosoftAppId", "11111111-2222-3333-4444-555555555555");
@@ -577,6 +709,8 @@ mod tests {
                 "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee",
             );
             jail.set_env("M365BOT_SERVER__MAX_BODY_BYTES", "4096");
+            jail.set_env("M365BOT_TESTS_WITHOUT_POSTGRES", "1");
+            jail.set_env("M365BOT_CONFIG", "");
             let settings = Settings::load(None).expect("loads");
             assert_eq!(settings.bot.app_id, "11111111-2222-3333-4444-555555555555");
             assert_eq!(settings.server.max_body_bytes, 4096);

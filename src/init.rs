@@ -391,10 +391,11 @@ async fn ask_servicenow(
             },
         );
         let query = EncodedQuery::new().eq("user_name", &name);
-        let problem = match client
-            .query("sys_user", query.as_str(), &["sys_id"], Some(1))
-            .await
-        {
+        let signed_in = match query.text() {
+            Ok(text) => client.query("sys_user", text, &["sys_id"], Some(1)).await,
+            Err(refused) => Err(refused.into()),
+        };
+        let problem = match signed_in {
             Ok(_) => {
                 progress(
                     out,

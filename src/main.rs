@@ -23,7 +23,12 @@ struct Cli {
 #[derive(Subcommand)]
 enum Commands {
     /// Run the bot (the default).
-    Serve,
+    Serve {
+        /// Confirm `bot.auth_mode = insecure-local` (no inbound authentication, for the Agents
+        /// Playground on this machine); without it that mode is refused.
+        #[arg(long)]
+        insecure_local: bool,
+    },
     /// Write a first configuration file: asks for (or takes as flags) the public URL, the bot's
     /// identity, the database and ServiceNow, checks each answer live, writes it with mode 0600.
     Init(Box<m365bot::init::InitArgs>),
@@ -50,6 +55,11 @@ enum Commands {
         /// Start without the demo integration, so `setup` in chat builds it from scratch.
         #[arg(long)]
         fresh: bool,
+        /// Emulate another ServiceNow release: the columns no public source confirms carry
+        /// other names (labels kept), and the instance already holds the company's own SSO
+        /// OIDC provider and another OAuth provider, which setup must leave alone.
+        #[arg(long)]
+        other_release: bool,
     },
     /// Verify the integration end to end: one line per check, a fix for every failure.
     /// Reads the `[integration]` section of the configuration file.
@@ -85,7 +95,9 @@ enum Commands {
 #[tokio::main]
 async fn main() -> anyhow::Result<std::process::ExitCode> {
     let cli = Cli::parse();
-    let command = cli.command.unwrap_or(Commands::Serve);
+    let command = cli.command.unwrap_or(Commands::Serve {
+        insecure_local: false,
+    });
     if let Commands::Manifest {
         out,
         app_id,
@@ -105,9 +117,15 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
         break_it,
         json,
         fresh,
+        other_release,
     } = command
     {
-        return sandbox(listen, &database, doctor, &break_it, json, fresh).await;
+        let options = m365bot::sandbox::SandboxOptions {
+            servicenow_renamed_columns: other_release,
+            servicenow_decoys: other_release,
+            ..m365bot::sandbox::SandboxOptions::default()
+        };
+        return sandbox(listen, &database, doctor, &break_it, json, fresh, options).await;
     }
     let settings = Settings::load(cli.config.as_deref())?;
     if let Commands::ServicenowScript { endpoint } = &command {
@@ -122,7 +140,7 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
     }
     m365bot::telemetry::init(&settings.log, std::io::stderr);
     match command {
-        Commands::Serve => serve(settings)
+        Commands::Serve { insecure_local } => serve(settings, insecure_local)
             .await
             .map(|()| std::process::ExitCode::SUCCESS),
         Commands::Migrate => {
@@ -167,7 +185,12 @@ async fn init(
     Ok(std::process::ExitCode::SUCCESS)
 }
 
-async fn serve(settings: Settings) -> anyhow::Result<()> {
+async fn serve(settings: Settings, insecure_local: bool) -> anyhow::Result<()> {
+    if settings.bot.auth_mode == m365bot::config::AuthMode::InsecureLocal && !insecure_local {
+        anyhow::bail!(
+            "bot.auth_mode = insecure-local turns inbound authentication off: start with `m365bot serve --insecure-local` to confirm (local Agents Playground only), or run `m365bot sandbox`"
+        );
+    }
     let application = Application::build(settings).await?;
     let shutdown = CancellationToken::new();
     let on_signal = shutdown.clone();
@@ -208,6 +231,7 @@ async fn sandbox(
     problems: &[m365bot::demo::Misconfiguration],
     json: bool,
     fresh: bool,
+    options: m365bot::sandbox::SandboxOptions,
 ) -> anyhow::Result<std::process::ExitCode> {
     if fresh && (run_doctor || !problems.is_empty()) {
         anyhow::bail!(
@@ -221,13 +245,7 @@ async fn sandbox(
     }
     let log = m365bot::config::LogSettings::default();
     m365bot::telemetry::init(&log, std::io::stderr);
-    let demo = m365bot::demo::Demo::start_with(
-        m365bot::sandbox::SandboxOptions::default(),
-        listen,
-        database,
-        fresh,
-    )
-    .await?;
+    let demo = m365bot::demo::Demo::start_with(options, listen, database, fresh).await?;
     for problem in problems {
         demo.break_it(*problem);
     }

@@ -19,7 +19,7 @@ pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+        .merge(public_metrics(&app))
         .route("/", get(|| page("m365bot", ABOUT)))
         .route("/privacy", get(|| page("m365bot privacy", PRIVACY)))
         .route("/terms", get(|| page("m365bot terms of use", TERMS)))
@@ -104,6 +104,23 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, axum::Json(body)).into_response()
+}
+
+/// `/metrics` on the public listener, unless `server.metrics_listen` moves it elsewhere.
+fn public_metrics(app: &Arc<App>) -> Router<Arc<App>> {
+    if app.settings.server.metrics_listen.is_some() {
+        Router::new()
+    } else {
+        Router::new().route("/metrics", get(metrics))
+    }
+}
+
+/// The router of the internal metrics listener (`server.metrics_listen`): `/metrics` only.
+pub fn metrics_router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .with_state(app)
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {

@@ -54,6 +54,28 @@ fn insecure_local_mode_is_refused_off_loopback() {
 }
 
 #[test]
+fn insecure_local_mode_needs_the_serve_flag() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let output = m365bot()
+        .arg("serve")
+        .env("M365BOT_BOT__AUTH_MODE", "insecure-local")
+        .env("M365BOT_BOT__TENANT_ID", "agents-playground")
+        .env("M365BOT_SERVER__LISTEN", "127.0.0.1:0")
+        .env(
+            "M365BOT_DATABASE__URL",
+            format!("sqlite://{}?mode=rwc", dir.path().join("bot.db").display()),
+        )
+        .output()
+        .expect("runs");
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("serve --insecure-local"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
 fn migrate_creates_the_sqlite_database() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("new.db");

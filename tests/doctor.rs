@@ -240,11 +240,7 @@ async fn drifted_servicenow_records_are_reported_field_by_field() {
             serde_json::json!({"default_grant_type": "authorization_code"}),
         )
         .expect("update");
-    let configs = sn_query(
-        &handle,
-        "oidc_provider_configuration",
-        "oidc_provider=Contoso Azure",
-    );
+    let configs = sn_query(&handle, "oidc_provider_configuration", "name=Contoso Azure");
     let config_id = configs.first().expect("config")["sys_id"]
         .as_str()
         .expect("sys_id")
@@ -637,8 +633,8 @@ async fn urls_naming_the_tenant_by_id_or_in_another_case_pass() {
         set_fields(
             &handle,
             "oidc_provider_configuration",
-            "oidc_provider=Contoso Azure",
-            serde_json::json!({ "oidc_metadata_url": metadata_url }),
+            "name=Contoso Azure",
+            serde_json::json!({ "oidc_url": metadata_url }),
         );
         let outcomes = run(&demo, false).await;
         assert_only_failures(&outcomes, &[]);

@@ -479,7 +479,7 @@ async fn plain_user_cannot_write_setup_tables_but_admin_can() {
         ),
         (
             "oidc_provider_configuration",
-            json!({"oidc_provider": "Contoso Azure", "user_claim": "appid"}),
+            json!({"name": "Contoso Azure", "user_claim": "appid"}),
         ),
         ("sys_user_has_role", json!({"user": "x", "role": "y"})),
     ];
@@ -693,13 +693,130 @@ async fn misconfiguration_knobs_change_what_the_setup_reads() {
         .iter()
         .filter_map(|r| r["element"].as_str())
         .collect();
+    // The names Microsoft verified on a Zurich instance.
     for expected in [
-        "oidc_provider",
-        "oidc_metadata_url",
+        "name",
+        "oidc_url",
+        "oidc_config_cache_life_span",
         "user_claim",
         "user_field",
+        "enable_jti_verification",
     ] {
         assert!(elements.contains(&expected), "{elements:?}");
+    }
+    // Inherited columns are described on the parent table only.
+    let entity_columns = dictionary_elements(&sb, "oauth_oidc_entity").await;
+    assert!(entity_columns.contains(&"oidc_provider_configuration".to_owned()));
+    assert!(
+        !entity_columns.contains(&"client_id".to_owned()),
+        "{entity_columns:?}"
+    );
+    let parent_columns = dictionary_elements(&sb, "oauth_entity").await;
+    for inherited in ["name", "client_id", "active"] {
+        assert!(
+            parent_columns.contains(&inherited.to_owned()),
+            "{parent_columns:?}"
+        );
+    }
+}
+
+async fn dictionary_elements(sb: &Sandbox, table: &str) -> Vec<String> {
+    let (_, _, dictionary) = sn_get(
+        sb,
+        &format!("/api/now/v2/table/sys_dictionary?sysparm_query=name%3D{table}%5EelementISNOTEMPTY&sysparm_fields=element,column_label"),
+        &admin(sb),
+    )
+    .await;
+    dictionary["result"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .filter_map(|r| r["element"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test]
+async fn renamed_columns_keep_their_labels_and_the_emulator_still_works() {
+    let options = SandboxOptions {
+        servicenow_renamed_columns: true,
+        ..SandboxOptions::default()
+    };
+    let sb = Sandbox::start(options).await.expect("starts");
+    let (_, _, dictionary) = sn_get(
+        &sb,
+        "/api/now/v2/table/sys_dictionary?sysparm_query=name%3Dsys_db_object%5Ecolumn_label%3DCan%20read&sysparm_fields=element,column_label",
+        &admin(&sb),
+    )
+    .await;
+    assert_eq!(
+        dictionary["result"][0]["element"], "u_read_access",
+        "{dictionary}"
+    );
+    // The misconfiguration knob writes the renamed column.
+    sb.handle().sn_set_oauth_entity_cross_scope_readable(false);
+    let rows = sb
+        .handle()
+        .sn_query("sys_db_object", "name=oauth_entity")
+        .expect("table");
+    assert_eq!(rows[0]["u_read_access"], "false");
+    assert!(rows[0].get("read_access").is_none());
+    // A query on the verified-but-absent name is ignored, as the platform does: every row.
+    let all = sb
+        .handle()
+        .sn_query("sys_db_object", "read_access=false")
+        .expect("table");
+    assert!(all.len() > 1, "an invalid condition selects every row");
+    // The seeded OAuth client still gets tokens through its renamed Application User column.
+    let demo = sb.demo().clone();
+    let token = client()
+        .post(format!("{}/oauth_token.do", sb.urls().servicenow))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", demo.servicenow_oauth_client_id.as_str()),
+            (
+                "client_secret",
+                demo.servicenow_oauth_client_secret.as_str(),
+            ),
+        ])
+        .send()
+        .await
+        .expect("token request");
+    assert_eq!(token.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_password_written_without_display_values_lands_raw_and_cannot_sign_in() {
+    let sb = start().await;
+    let admin = admin(&sb);
+    for (user, display_values, signs_in) in
+        [("raw.user", false, false), ("hashed.user", true, true)]
+    {
+        let path = if display_values {
+            "/api/now/v2/table/sys_user?sysparm_input_display_value=true"
+        } else {
+            "/api/now/v2/table/sys_user"
+        };
+        let (status, _, created) = sn_send(
+            &sb,
+            reqwest::Method::POST,
+            path,
+            &admin,
+            json!({"user_name": user, "user_password": "Corr3ct-Horse-Battery", "web_service_access_only": "true"}),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{created}");
+        let (status, _, _) = sn_get(
+            &sb,
+            "/api/now/v2/table/incident?sysparm_limit=1",
+            &(user.to_owned(), "Corr3ct-Horse-Battery".to_owned()),
+        )
+        .await;
+        let expected = if signs_in {
+            StatusCode::OK
+        } else {
+            StatusCode::UNAUTHORIZED
+        };
+        assert_eq!(status, expected, "{user}");
     }
 }
 
@@ -1451,8 +1568,8 @@ async fn inbound_entra_tokens_authenticate_through_the_oidc_configuration() {
         "/api/now/v2/table/oidc_provider_configuration",
         &admin,
         json!({
-            "oidc_provider": "Contoso Azure",
-            "oidc_metadata_url": format!("{}/contoso.onmicrosoft.com/.well-known/openid-configuration", sb.urls().entra),
+            "name": "Contoso Azure",
+            "oidc_url": format!("{}/contoso.onmicrosoft.com/.well-known/openid-configuration", sb.urls().entra),
             "user_claim": "appid",
             "user_field": "user_name",
         }),

@@ -662,6 +662,15 @@ async fn start_up_refuses_stored_secrets_without_the_key() {
         message.contains("M365BOT_SETUP__ENCRYPTION_KEY"),
         "{message}"
     );
+    // An empty key is no key.
+    let mut settings = world.settings_with("");
+    settings.setup.encryption_key = Some(secrecy::SecretString::from("  "));
+    let refused = m365bot::app::Application::build(settings).await;
+    let message = format!("{:#}", refused.err().expect("start-up refused"));
+    assert!(
+        message.contains("setup.encryption_key is not set"),
+        "{message}"
+    );
     // With the key it starts and resumes.
     let bot = world.bot().await;
     let resumed = bot.say(&world, ADMIN, "setup").await;

@@ -292,6 +292,41 @@ async fn sign_in_invokes_get_a_2xx_or_4xx_never_a_5xx() {
 }
 
 #[tokio::test]
+async fn insecure_local_mode_needs_json_and_a_loopback_host() {
+    let fake = FakeConnector::start().await;
+    let message = pointed_at(sample("teams-channel-message-with-mention.json"), &fake);
+    let bot = bot_for(&message, &fake).await;
+    let url = format!("{}/api/messages", bot.base_url);
+    let send = |content_type: &'static str, host: String| {
+        bot.client
+            .post(&url)
+            .header("content-type", content_type)
+            .header("host", host)
+            .body(message.to_string())
+            .send()
+    };
+    let form = send("text/plain", bot.addr.to_string())
+        .await
+        .expect("answer");
+    assert_eq!(form.status(), 400, "a browser form post");
+    let rebound = send(
+        "application/json",
+        format!("evil.example:{}", bot.addr.port()),
+    )
+    .await
+    .expect("answer");
+    assert_eq!(rebound.status(), 403, "a DNS-rebound host name");
+    assert!(fake.requests().is_empty(), "nothing answered");
+    let local = send(
+        "application/json; charset=utf-8",
+        format!("localhost:{}", bot.addr.port()),
+    )
+    .await
+    .expect("answer");
+    assert_eq!(local.status(), 200);
+}
+
+#[tokio::test]
 async fn activities_of_other_channels_are_refused() {
     let fake = FakeConnector::start().await;
     let message = sample("teams-channel-message-with-mention.json");

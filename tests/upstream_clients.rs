@@ -615,21 +615,18 @@ fn dictionary_fakes(fake: &Fake) {
     fake.on(
         "GET",
         dictionary,
-        &["sysparm_query=name=incident&"],
-        vec![Canned::json(
-            200,
-            &json!({"result": [{"element": ""}, {"element": "caller_id"}, {"element": "close_code"}]}),
-        )],
-    );
-    fake.on(
-        "GET",
-        dictionary,
-        &["sysparm_query=name=task&"],
+        &["sysparm_query=nameINincident,task&"],
         vec![Canned::json(
             200,
             &json!({"result": [
-                {"element": ""}, {"element": "number"}, {"element": "short_description"},
-                {"element": "sys_id"}, {"element": "sys_updated_on"}
+                {"name": "incident", "element": ""},
+                {"name": "incident", "element": "caller_id", "column_label": "Caller"},
+                {"name": "incident", "element": "close_code", "column_label": "Resolution code"},
+                {"name": "task", "element": ""},
+                {"name": "task", "element": "number", "column_label": "Number"},
+                {"name": "task", "element": "short_description", "column_label": "Short description"},
+                {"name": "task", "element": "sys_id", "column_label": "Sys ID"},
+                {"name": "task", "element": "sys_updated_on", "column_label": "Updated"}
             ]}),
         )],
     );
@@ -677,8 +674,8 @@ async fn ensure_fields_names_missing_columns_including_inherited_ones() {
         .unwrap();
     assert_eq!(
         fake.requests_to("/api/now/v2/table/sys_dictionary").len(),
-        2,
-        "one read per table, then cached"
+        1,
+        "one read for the table and its parents, then cached"
     );
 
     let err = client.columns("x_nope").await.unwrap_err();

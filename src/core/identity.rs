@@ -275,7 +275,12 @@ pub async fn find_sys_user(
             .eq("user_name", address);
     }
     let users = client
-        .query("sys_user", query.as_str(), USER_FIELDS, Some(10))
+        .query(
+            "sys_user",
+            query.text().map_err(ServiceNowError::from)?,
+            USER_FIELDS,
+            Some(10),
+        )
         .await?;
     let mut found: Vec<Record> = Vec::new();
     for user in users {
@@ -310,7 +315,7 @@ async fn sys_user_by_id(
     }
     let query = EncodedQuery::new().eq("sys_id", sys_id);
     let users = client
-        .query("sys_user", query.as_str(), USER_FIELDS, Some(1))
+        .query("sys_user", query.text()?, USER_FIELDS, Some(1))
         .await?;
     Ok(users
         .into_iter()
@@ -326,7 +331,7 @@ pub async fn user_roles(
     let rows = client
         .query(
             "sys_user_has_role",
-            query.as_str(),
+            query.text()?,
             &["role", "role.name"],
             None,
         )
@@ -500,6 +505,16 @@ pub fn missing_role_card(app: &App, user: &ChatUser, need: RoleNeed, accepted: &
 
 /// A card for a ServiceNow call that failed.
 pub fn upstream_failure_card(err: &ServiceNowError) -> Reply {
+    if let ServiceNowError::UnsafeValue(refused) = err {
+        return Reply::notice(
+            Tone::Attention,
+            "This value cannot be looked up",
+            &refused.to_string(),
+            Some(
+                "Check what was typed (no '^', no line breaks, nothing starting with javascript:) and try again.",
+            ),
+        );
+    }
     Reply::notice(
         Tone::Attention,
         "ServiceNow did not answer as expected",

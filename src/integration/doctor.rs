@@ -6,18 +6,19 @@ use std::collections::HashMap;
 use chrono::Utc;
 use futures_util::future::join_all;
 use serde::Serialize;
-use serde_json::{Map, Value, json};
+use serde_json::Value;
 
 use secrecy::ExposeSecret;
 use url::Url;
 
+use super::schema::{self, ResolvedTable};
 use super::{AppCredentials, AuthType, IntegrationSpec, Upstreams, roles};
 use crate::error::RetryKind;
 use crate::upstream::entra::{EntraClient, EntraError, is_guid, unverified_claims};
 use crate::upstream::graph::{Application, GraphClient, PERMISSION_APPLICATIONS};
 use crate::upstream::retry;
 use crate::upstream::servicenow::{
-    EncodedQuery, Record, ServiceNowAuth, ServiceNowClient, ServiceNowError,
+    CheckedQuery, Column, EncodedQuery, Record, ServiceNowAuth, ServiceNowClient, ServiceNowError,
 };
 
 /// Result of one check.
@@ -551,16 +552,26 @@ fn servicenow_or_skip<'a>(
 
 fn sn_fail(id: &'static str, title: &str, err: &ServiceNowError) -> CheckOutcome {
     let status = err.status();
-    let fix = match status {
-        Some(401) => {
+    let fix = match (err, status) {
+        (ServiceNowError::UnresolvedColumn { manual, .. }, _) => manual.clone(),
+        (ServiceNowError::Ambiguous { .. }, _) => {
+            "Keep one of the matching records in ServiceNow (delete or rename the others), then run doctor again.".to_owned()
+        }
+        (ServiceNowError::QueryNotApplied { .. }, _) => {
+            "Check the table's columns in ServiceNow (System Definition > Dictionary); the bot reads nothing it did not select.".to_owned()
+        }
+        (ServiceNowError::UnsafeValue(_), _) => {
+            "Correct the value in the integration's configuration: it cannot be looked up in ServiceNow.".to_owned()
+        }
+        (_, Some(401)) => {
             "Check the bot's ServiceNow credentials (servicenow.username / password).".to_owned()
         }
-        Some(403) => {
+        (_, Some(403)) => {
             "Give the bot's ServiceNow account the admin role (or read access to this table)."
                 .to_owned()
         }
-        Some(429) => "ServiceNow is throttling the bot's account (System Web Services > REST > Rate Limit Rules); run doctor again later.".to_owned(),
-        Some(status @ 500..=599) => format!(
+        (_, Some(429)) => "ServiceNow is throttling the bot's account (System Web Services > REST > Rate Limit Rules); run doctor again later.".to_owned(),
+        (_, Some(status @ 500..=599)) => format!(
             "ServiceNow itself is failing (HTTP {status}), this is not a missing record: check that the instance is up (a developer instance may be hibernating) and run doctor again."
         ),
         _ => "Check that the ServiceNow instance is reachable and try again.".to_owned(),
@@ -573,26 +584,27 @@ fn sn_fail(id: &'static str, title: &str, err: &ServiceNowError) -> CheckOutcome
     CheckOutcome::fail(id, title, detail, fix)
 }
 
-async fn first(
+/// The one record of a platform basic table with `column = value` for each pair.
+async fn first_standard(
     client: &ServiceNowClient,
     table: &str,
-    query: &EncodedQuery,
+    conditions: &[(&str, &str)],
 ) -> Result<Option<Record>, ServiceNowError> {
-    Ok(client
-        .query(table, query.as_str(), &[], Some(1))
-        .await?
-        .into_iter()
-        .next())
+    let mut query = CheckedQuery::on(table);
+    for (column, value) in conditions {
+        query = query.eq(&Column::standard(table, column)?, value)?;
+    }
+    client.find_one(&query, &[]).await
 }
 
-/// Compares expected field values; returns "field: found X, expected Y" lines.
-fn differences(record: &Record, expected: &[(&str, &str)]) -> Vec<String> {
+/// Compares expected values by key; returns "Label (column) is X, expected Y" lines.
+fn differences(table: &ResolvedTable, record: &Record, expected: &[(&str, &str)]) -> Vec<String> {
     expected
         .iter()
-        .filter_map(|(field, want)| {
-            let found = record.str(field).unwrap_or_default();
+        .filter_map(|(key, want)| {
+            let found = table.get(record, key).unwrap_or_default();
             (!found.eq_ignore_ascii_case(want))
-                .then(|| format!("{field} is {found:?}, expected {want:?}"))
+                .then(|| format!("{} is {found:?}, expected {want:?}", table.describe(key)))
         })
         .collect()
 }
@@ -608,8 +620,15 @@ async fn check_oauth_provider(
         Ok(client) => client,
         Err(outcome) => return outcome,
     };
-    let query = EncodedQuery::new().eq("client_id", &spec.outbound_app.client_id);
-    let record = match first(client, "oauth_entity", &query).await {
+    let table = match schema::load(client, &schema::OAUTH_ENTITY).await {
+        Ok(table) => table,
+        Err(err) => return sn_fail(id, title, &err),
+    };
+    let found = match table.lookup("client_id", &spec.outbound_app.client_id) {
+        Ok(query) => client.find_one(&query, &[]).await,
+        Err(err) => Err(err),
+    };
+    let record = match found {
         Ok(Some(record)) => record,
         Ok(None) => {
             return CheckOutcome::fail(
@@ -627,25 +646,30 @@ async fn check_oauth_provider(
     let token_url = spec.token_url(&upstreams.authority);
     let redirect_url = spec.redirect_url();
     let mut problems = differences(
+        &table,
         &record,
         &[
             ("default_grant_type", "client_credentials"),
             ("redirect_url", &redirect_url),
         ],
     );
-    let found_token_url = record.str("token_url").unwrap_or_default();
+    let found_token_url = table.get(&record, "token_url").unwrap_or_default();
     if !tenants
         .is_tenant_url(&upstreams.authority, found_token_url, &["oauth2", "token"])
         .await
     {
         problems.push(format!(
-            "token_url is {found_token_url:?}, expected {token_url:?} (the tenant may be named by domain or id)"
+            "{} is {found_token_url:?}, expected {token_url:?} (the tenant may be named by domain or id)",
+            table.describe("token_url")
         ));
     }
-    if record.bool("active") == Some(false) {
+    if table.get(&record, "active") == Some("false") {
         problems.push("it is inactive".to_owned());
     }
-    let name = record.str("name").unwrap_or("the provider").to_owned();
+    let name = table
+        .get(&record, "name")
+        .unwrap_or("the provider")
+        .to_owned();
     if problems.is_empty() {
         CheckOutcome::pass(
             id,
@@ -675,14 +699,19 @@ async fn check_oidc_provider(
         Ok(client) => client,
         Err(outcome) => return outcome,
     };
-    match find_oidc_provider(client, spec, &upstreams.authority).await {
+    let table = match schema::load(client, &schema::OIDC_PROVIDER_CONFIGURATION).await {
+        Ok(table) => table,
+        Err(err) => return sn_fail(id, title, &err),
+    };
+    match find_oidc_provider(client, &table, spec, &upstreams.authority).await {
         Ok(Some(record)) => {
             let metadata_url = spec.metadata_url(&upstreams.authority);
             let mut problems = differences(
+                &table,
                 &record,
                 &[("user_claim", "appid"), ("user_field", "user_name")],
             );
-            let found_url = record.str("oidc_metadata_url").unwrap_or_default();
+            let found_url = table.get(&record, "metadata_url").unwrap_or_default();
             if !tenants
                 .is_tenant_url(
                     &upstreams.authority,
@@ -692,8 +721,12 @@ async fn check_oidc_provider(
                 .await
             {
                 problems.push(format!(
-                    "oidc_metadata_url is {found_url:?}, expected {metadata_url:?} (the tenant may be named by domain or id)"
+                    "{} is {found_url:?}, expected {metadata_url:?} (the tenant may be named by domain or id)",
+                    table.describe("metadata_url")
                 ));
+            }
+            if table.get(&record, "active") == Some("false") {
+                problems.push("it is inactive".to_owned());
             }
             if problems.is_empty() {
                 CheckOutcome::pass(
@@ -701,7 +734,7 @@ async fn check_oidc_provider(
                     title,
                     format!(
                         "{}: metadata URL, user claim appid, user field User ID",
-                        record.str("oidc_provider").unwrap_or_default()
+                        table.get(&record, "name").unwrap_or_default()
                     ),
                 )
             } else {
@@ -729,17 +762,20 @@ async fn check_oidc_provider(
     }
 }
 
+/// The tenant's OIDC provider configuration: the one named as the guide says, else the one
+/// using the tenant's metadata URL. Several matches are an error, never a pick.
 async fn find_oidc_provider(
     client: &ServiceNowClient,
+    table: &ResolvedTable,
     spec: &IntegrationSpec,
     authority: &url::Url,
 ) -> Result<Option<Record>, ServiceNowError> {
-    let by_url = EncodedQuery::new().eq("oidc_metadata_url", &spec.metadata_url(authority));
-    if let Some(record) = first(client, "oidc_provider_configuration", &by_url).await? {
+    let by_name = table.lookup("name", &spec.oidc_provider_name())?;
+    if let Some(record) = client.find_one(&by_name, &[]).await? {
         return Ok(Some(record));
     }
-    let by_name = EncodedQuery::new().eq("oidc_provider", &spec.oidc_provider_name());
-    first(client, "oidc_provider_configuration", &by_name).await
+    let by_url = table.lookup("metadata_url", &spec.metadata_url(authority))?;
+    client.find_one(&by_url, &[]).await
 }
 
 async fn check_oidc_entity(upstreams: &Upstreams, spec: &IntegrationSpec) -> CheckOutcome {
@@ -752,8 +788,20 @@ async fn check_oidc_entity(upstreams: &Upstreams, spec: &IntegrationSpec) -> Che
     let Some(inbound) = &spec.inbound_app else {
         return CheckOutcome::fail(id, title, "no inbound app recorded", "Run setup.");
     };
-    let query = EncodedQuery::new().eq("client_id", &inbound.client_id);
-    let record = match first(client, "oauth_oidc_entity", &query).await {
+    let (table, configurations) = match futures_util::future::try_join(
+        schema::load(client, &schema::OAUTH_OIDC_ENTITY),
+        schema::load(client, &schema::OIDC_PROVIDER_CONFIGURATION),
+    )
+    .await
+    {
+        Ok(tables) => tables,
+        Err(err) => return sn_fail(id, title, &err),
+    };
+    let found = match table.lookup("client_id", &inbound.client_id) {
+        Ok(query) => client.find_one(&query, &[]).await,
+        Err(err) => Err(err),
+    };
+    let record = match found {
         Ok(Some(record)) => record,
         Ok(None) => {
             return CheckOutcome::fail(
@@ -770,24 +818,28 @@ async fn check_oidc_entity(upstreams: &Upstreams, spec: &IntegrationSpec) -> Che
         Err(err) => return sn_fail(id, title, &err),
     };
     let mut problems = Vec::new();
-    let provider = find_oidc_provider(client, spec, &upstreams.authority)
+    let provider = find_oidc_provider(client, &configurations, spec, &upstreams.authority)
         .await
         .ok()
         .flatten();
-    let linked = record
-        .reference("oidc_provider_configuration")
+    let linked = table
+        .name("provider_configuration")
+        .and_then(|column| record.reference(column))
         .and_then(|r| r.sys_id);
     match (
         provider.as_ref().and_then(Record::sys_id),
         linked.as_deref(),
     ) {
         (Some(expected), Some(found)) if expected == found => {}
-        _ => problems.push("it does not use the tenant's OIDC provider configuration".to_owned()),
+        _ => problems.push(format!(
+            "it does not use the tenant's OIDC provider configuration ({})",
+            table.describe("provider_configuration")
+        )),
     }
-    if record.bool("active") == Some(false) {
+    if table.get(&record, "active") == Some("false") {
         problems.push("it is inactive".to_owned());
     }
-    let name = record.str("name").unwrap_or_default().to_owned();
+    let name = table.get(&record, "name").unwrap_or_default().to_owned();
     if problems.is_empty() {
         CheckOutcome::pass(
             id,
@@ -814,7 +866,7 @@ async fn role_ids(
 ) -> Result<HashMap<String, String>, ServiceNowError> {
     let query = EncodedQuery::new().is_in("name", names);
     let records = client
-        .query("sys_user_role", query.as_str(), &["sys_id", "name"], None)
+        .query("sys_user_role", query.text()?, &["sys_id", "name"], None)
         .await?;
     Ok(records
         .iter()
@@ -832,8 +884,7 @@ async fn check_integration_user(upstreams: &Upstreams, spec: &IntegrationSpec) -
     let Some(user_name) = spec.integration_user_name() else {
         return CheckOutcome::fail(id, title, "no integration user recorded", "Run setup.");
     };
-    let query = EncodedQuery::new().eq("user_name", &user_name);
-    let user = match first(client, "sys_user", &query).await {
+    let user = match first_standard(client, "sys_user", &[("user_name", &user_name)]).await {
         Ok(Some(user)) => user,
         Ok(None) => {
             return CheckOutcome::fail(
@@ -895,10 +946,13 @@ async fn has_role(
     let Some(role_id) = ids.get(role) else {
         return Ok(false);
     };
-    let query = EncodedQuery::new()
-        .eq("user", user_sys_id)
-        .eq("role", role_id);
-    Ok(first(client, "sys_user_has_role", &query).await?.is_some())
+    let assignment = first_standard(
+        client,
+        "sys_user_has_role",
+        &[("user", user_sys_id), ("role", role_id)],
+    )
+    .await?;
+    Ok(assignment.is_some())
 }
 
 async fn check_basic_login(upstreams: &Upstreams, spec: &IntegrationSpec) -> CheckOutcome {
@@ -925,10 +979,11 @@ async fn check_basic_login(upstreams: &Upstreams, spec: &IntegrationSpec) -> Che
         },
     );
     let query = EncodedQuery::new().eq("user_name", user);
-    match as_user
-        .query("sys_user", query.as_str(), &["sys_id"], Some(1))
-        .await
-    {
+    let signed_in = match query.text() {
+        Ok(text) => as_user.query("sys_user", text, &["sys_id"], Some(1)).await,
+        Err(err) => Err(err.into()),
+    };
+    match signed_in {
         Ok(_) => CheckOutcome::pass(id, title, format!("{user} authenticated to the Table API")),
         Err(err) if err.status() == Some(401) => CheckOutcome::fail(
             id,
@@ -949,8 +1004,15 @@ async fn check_cross_scope(upstreams: &Upstreams, repair: bool) -> CheckOutcome 
         Ok(client) => client,
         Err(outcome) => return outcome,
     };
-    let query = EncodedQuery::new().eq("name", "oauth_entity");
-    let record = match first(client, "sys_db_object", &query).await {
+    let table = match schema::load(client, &schema::SYS_DB_OBJECT).await {
+        Ok(table) => table,
+        Err(err) => return sn_fail(id, &title, &err),
+    };
+    let found = match table.lookup("name", "oauth_entity") {
+        Ok(query) => client.find_one(&query, &[]).await,
+        Err(err) => Err(err),
+    };
+    let record = match found {
         Ok(Some(record)) => record,
         Ok(None) => {
             return CheckOutcome::fail(
@@ -962,9 +1024,9 @@ async fn check_cross_scope(upstreams: &Upstreams, repair: bool) -> CheckOutcome 
         }
         Err(err) => return sn_fail(id, &title, &err),
     };
-    let readable = record.bool("read_access") == Some(true);
-    let public = record
-        .str("access")
+    let readable = table.get(&record, "read_access") == Some("true");
+    let public = table
+        .get(&record, "access")
         .is_some_and(|access| access.eq_ignore_ascii_case("public"));
     if readable && public {
         return CheckOutcome::pass(
@@ -975,9 +1037,10 @@ async fn check_cross_scope(upstreams: &Upstreams, repair: bool) -> CheckOutcome 
     }
     let fix = "System Definition > Tables > oauth_entity > Application Access: set Accessible from = All application scopes and tick Can read (or run doctor --repair).";
     if repair && let Some(sys_id) = record.sys_id() {
-        let mut fields = Map::new();
-        fields.insert("access".to_owned(), json!("public"));
-        fields.insert("read_access".to_owned(), json!("true"));
+        let (fields, _) = table.body(&[
+            ("access", "public".to_owned()),
+            ("read_access", "true".to_owned()),
+        ]);
         return match client.update("sys_db_object", sys_id, &fields).await {
             Ok(_) => CheckOutcome::pass(
                 id,
@@ -992,8 +1055,8 @@ async fn check_cross_scope(upstreams: &Upstreams, repair: bool) -> CheckOutcome 
         title,
         format!(
             "Accessible from = {:?}, Can read = {:?}; the app's scripts are refused silently (a REST caller never sees it)",
-            record.str("access").unwrap_or_default(),
-            record.str("read_access").unwrap_or_default()
+            table.get(&record, "access").unwrap_or_default(),
+            table.get(&record, "read_access").unwrap_or_default()
         ),
         fix,
     )
@@ -1023,10 +1086,15 @@ async fn check_app_roles_assigned(upstreams: &Upstreams) -> CheckOutcome {
     }
     let role_list: Vec<&str> = ids.values().map(String::as_str).collect();
     let query = EncodedQuery::new().is_in("role", &role_list);
-    match client
-        .query("sys_user_has_role", query.as_str(), &["user", "role"], None)
-        .await
-    {
+    let assignments = match query.text() {
+        Ok(text) => {
+            client
+                .query("sys_user_has_role", text, &["user", "role"], None)
+                .await
+        }
+        Err(err) => Err(err.into()),
+    };
+    match assignments {
         Ok(assignments) if !assignments.is_empty() => {
             CheckOutcome::pass(id, title, format!("{} assignment(s)", assignments.len()))
         }
@@ -1272,14 +1340,21 @@ async fn check_app_installed(upstreams: &Upstreams) -> CheckOutcome {
         Ok(client) => client,
         Err(outcome) => return outcome,
     };
-    let query = EncodedQuery::new().eq("scope", scope);
-    let fields = ["sys_id", "scope", "name", "version", "active"];
     let mut found = None;
-    for table in ["sys_store_app", "sys_scope"] {
-        match client.query(table, query.as_str(), &fields, Some(5)).await {
-            // Only a row that really has the scope counts (a query term is never trusted).
+    for spec in [&schema::SYS_STORE_APP, &schema::SYS_SCOPE] {
+        let table = match schema::load(client, spec).await {
+            Ok(table) => table,
+            Err(ServiceNowError::UnknownTable(_)) => continue,
+            Err(err) => return sn_fail(id, &title, &err),
+        };
+        // A checked lookup: only a row that really has the scope counts.
+        let rows = match table.lookup("scope", scope) {
+            Ok(query) => client.find_checked(&query, &[], Some(5)).await,
+            Err(err) => Err(err),
+        };
+        match rows {
             Ok(rows) => {
-                if let Some(row) = rows.into_iter().find(|r| r.str("scope") == Some(scope)) {
+                if let Some(row) = rows.into_iter().next() {
                     found = Some((table, row));
                     break;
                 }
@@ -1298,9 +1373,15 @@ async fn check_app_installed(upstreams: &Upstreams) -> CheckOutcome {
             install,
         );
     };
-    let name = app.str("name").unwrap_or(scope).to_owned();
-    let version = app.str("version").unwrap_or("unknown version").to_owned();
-    if app.bool("active") == Some(false) {
+    let name = table.get(&app, "name").unwrap_or(scope).to_owned();
+    let version = table
+        .get(&app, "version")
+        .filter(|version| !version.is_empty())
+        .unwrap_or("unknown version")
+        .to_owned();
+    let inactive = table.get(&app, "active") == Some("false");
+    let table = table.table();
+    if inactive {
         return CheckOutcome::fail(
             id,
             title,

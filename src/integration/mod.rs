@@ -3,6 +3,7 @@
 
 pub mod doctor;
 pub mod provision;
+pub mod schema;
 
 use std::sync::Arc;
 

@@ -3,11 +3,12 @@
 //! reuses what matches and reports what it changed, so running it twice creates nothing twice.
 
 use secrecy::{ExposeSecret, SecretString};
-use serde_json::{Map, Value, json};
+use serde_json::{Map, json};
 
+use super::schema::{self, ResolvedTable};
 use super::{AppCredentials, AuthType, IntegrationSpec, Upstreams, roles};
 use crate::upstream::graph::{Application, ApplicationUpdate, GraphClient, SignInAudience};
-use crate::upstream::servicenow::{EncodedQuery, Record, ServiceNowClient};
+use crate::upstream::servicenow::{CheckedQuery, Column, Record, ServiceNowClient};
 
 /// A provisioning step failed; the text says which and why.
 #[derive(Debug, thiserror::Error)]
@@ -420,43 +421,53 @@ pub async fn ensure_app_tracked(
     })
 }
 
+/// Creates the record `lookup` selects, or updates it when exactly one record matches. The
+/// lookup uses resolved columns only and every row it returns is checked in code
+/// ([`ServiceNowClient::find_one`]), so an ignored condition or a duplicate refuses the write
+/// instead of changing a record nobody selected. Values of optional columns the instance lacks
+/// are not written; the log says which to set by hand.
 async fn upsert(
     client: &ServiceNowClient,
-    table: &str,
-    query: &EncodedQuery,
-    fields: Map<String, Value>,
+    table: &ResolvedTable,
+    lookup: &CheckedQuery,
+    values: &[(&str, String)],
     what: &str,
     log: &mut Vec<String>,
 ) -> Result<Record, ProvisionError> {
     let found = client
-        .query(table, query.as_str(), &[], Some(1))
+        .find_one(lookup, &[])
         .await
-        .map_err(failed("read ServiceNow"))?
-        .into_iter()
-        .next();
+        .map_err(failed("look up the ServiceNow record"))?;
+    let (body, skipped) = table.body(values);
+    if !skipped.is_empty() {
+        log.push(format!(
+            "{what}: this instance has no column for {}; set it by hand in {} if the form shows it",
+            skipped.join(", "),
+            table.manual()
+        ));
+    }
     match found.as_ref().and_then(|r| Some((r, r.sys_id()?))) {
         Some((existing, sys_id)) => {
-            let differs: Vec<String> = fields
+            let differs: Vec<String> = values
                 .iter()
-                .filter(|(key, want)| {
-                    !SECRET_FIELDS.contains(&key.as_str())
-                        && !existing
-                            .str(key)
-                            .unwrap_or_default()
-                            .eq_ignore_ascii_case(want.as_str().unwrap_or_default())
-                })
-                .map(|(key, want)| {
-                    format!(
-                        "{key} was {:?}, now {:?}",
-                        existing.str(key).unwrap_or_default(),
-                        want.as_str().unwrap_or_default()
-                    )
+                .filter(|(key, _)| !SECRET_FIELDS.contains(key))
+                .filter_map(|(key, want)| {
+                    let name = table.name(key)?;
+                    let was = existing.str(name).unwrap_or_default();
+                    (!was.eq_ignore_ascii_case(want))
+                        .then(|| format!("{} was {was:?}, now {want:?}", table.describe(key)))
                 })
                 .collect();
             let record = client
-                .update(table, sys_id, &fields)
+                .update(table.table(), sys_id, &body)
                 .await
                 .map_err(failed("update a ServiceNow record"))?;
+            if record.sys_id().is_some_and(|saved| saved != sys_id) {
+                return Err(problem(
+                    "update a ServiceNow record",
+                    "ServiceNow answered the update with another record",
+                ));
+            }
             if differs.is_empty() {
                 log.push(format!("reused {what} (it matches)"));
             } else {
@@ -469,7 +480,7 @@ async fn upsert(
         }
         None => {
             let record = client
-                .create(table, &fields)
+                .create(table.table(), &body)
                 .await
                 .map_err(failed("create a ServiceNow record"))?;
             log.push(format!("created {what}"));
@@ -478,13 +489,33 @@ async fn upsert(
     }
 }
 
-/// Fields never reported (values are secrets or write-only).
+/// Keys of values never reported (secrets or write-only).
 const SECRET_FIELDS: &[&str] = &["client_secret", "user_password"];
 
-fn fields(pairs: &[(&str, &str)]) -> Map<String, Value> {
+/// Reads the table's columns from the instance, or says which one is missing.
+async fn columns_of(
+    client: &ServiceNowClient,
+    spec: &'static schema::TableSpec,
+) -> Result<ResolvedTable, ProvisionError> {
+    schema::load(client, spec)
+        .await
+        .map_err(failed("read the table's columns"))
+}
+
+fn lookup_of(
+    table: &ResolvedTable,
+    key: &str,
+    value: &str,
+) -> Result<CheckedQuery, ProvisionError> {
+    table
+        .lookup(key, value)
+        .map_err(failed("look up the ServiceNow record"))
+}
+
+fn owned(pairs: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
     pairs
         .iter()
-        .map(|(key, value)| ((*key).to_owned(), json!(value)))
+        .map(|(key, value)| (*key, (*value).to_owned()))
         .collect()
 }
 
@@ -495,10 +526,11 @@ pub async fn ensure_oauth_provider(
     authority: &url::Url,
     log: &mut Vec<String>,
 ) -> Result<Record, ProvisionError> {
+    let table = columns_of(client, &schema::OAUTH_ENTITY).await?;
     let token_url = spec.token_url(authority);
     let redirect = spec.redirect_url();
     let name = format!("{} Microsoft 365 outbound", spec.tenant);
-    let record = fields(&[
+    let values = owned(&[
         ("name", &name),
         ("type", "oauth_provider"),
         ("client_id", &spec.outbound_app.client_id),
@@ -511,40 +543,41 @@ pub async fn ensure_oauth_provider(
         ("redirect_url", &redirect),
         ("active", "true"),
     ]);
-    let query = EncodedQuery::new().eq("client_id", &spec.outbound_app.client_id);
+    let lookup = lookup_of(&table, "client_id", &spec.outbound_app.client_id)?;
     upsert(
         client,
-        "oauth_entity",
-        &query,
-        record,
+        &table,
+        &lookup,
+        &values,
         "the outbound OAuth provider",
         log,
     )
     .await
 }
 
-/// Creates or corrects the OIDC provider configuration (looked up by name).
+/// Creates or corrects the OIDC provider configuration (looked up by its name).
 pub async fn ensure_oidc_provider(
     client: &ServiceNowClient,
     spec: &IntegrationSpec,
     authority: &url::Url,
     log: &mut Vec<String>,
 ) -> Result<Record, ProvisionError> {
+    let table = columns_of(client, &schema::OIDC_PROVIDER_CONFIGURATION).await?;
     let name = spec.oidc_provider_name();
     let metadata_url = spec.metadata_url(authority);
-    let record = fields(&[
-        ("oidc_provider", &name),
-        ("oidc_metadata_url", &metadata_url),
+    let values = owned(&[
+        ("name", &name),
+        ("metadata_url", &metadata_url),
         ("user_claim", "appid"),
         ("user_field", "user_name"),
         ("active", "true"),
     ]);
-    let query = EncodedQuery::new().eq("oidc_provider", &name);
+    let lookup = lookup_of(&table, "name", &name)?;
     let saved = upsert(
         client,
-        "oidc_provider_configuration",
-        &query,
-        record,
+        &table,
+        &lookup,
+        &values,
         "the OIDC provider configuration",
         log,
     )
@@ -569,32 +602,27 @@ pub async fn ensure_oidc_entity(
     let Some(inbound) = &spec.inbound_app else {
         return Ok(None);
     };
+    let table = columns_of(client, &schema::OAUTH_OIDC_ENTITY).await?;
     let name = spec.oidc_entity_name();
     let redirect = spec.redirect_url();
-    let record = fields(&[
+    let values = owned(&[
         ("name", &name),
         ("type", "oidc_provider"),
         ("client_id", &inbound.client_id),
         ("client_secret", inbound.client_secret.expose_secret()),
-        ("oidc_provider_configuration", provider_id),
+        ("provider_configuration", provider_id),
         ("redirect_url", &redirect),
         ("active", "true"),
     ]);
-    let query = EncodedQuery::new().eq("client_id", &inbound.client_id);
-    upsert(
-        client,
-        "oauth_oidc_entity",
-        &query,
-        record,
-        "the OIDC entity",
-        log,
-    )
-    .await
-    .map(Some)
+    let lookup = lookup_of(&table, "client_id", &inbound.client_id)?;
+    upsert(client, &table, &lookup, &values, "the OIDC entity", log)
+        .await
+        .map(Some)
 }
 
-/// Creates or corrects the integration user (looked up by User ID) and grants
-/// `incident_manager`; `None` when the spec names no user.
+/// Creates or corrects the integration user (looked up by User ID), sets its password as a
+/// display value (Basic auth) and grants `incident_manager`; `None` when the spec names no
+/// user.
 pub async fn ensure_integration_user(
     client: &ServiceNowClient,
     spec: &IntegrationSpec,
@@ -603,40 +631,52 @@ pub async fn ensure_integration_user(
     let Some(user_name) = spec.integration_user_name() else {
         return Ok(None);
     };
-    let mut record = fields(&[
+    let table =
+        ResolvedTable::standard(&schema::SYS_USER).map_err(failed("read the table's columns"))?;
+    let values = owned(&[
         ("user_name", &user_name),
         ("first_name", "Microsoft 365"),
         ("last_name", "Integration"),
         ("web_service_access_only", "true"),
         ("active", "true"),
     ]);
-    if let Some(password) = &spec.integration_user_password {
-        record.insert("user_password".to_owned(), json!(password.expose_secret()));
-    }
-    let query = EncodedQuery::new().eq("user_name", &user_name);
+    let lookup = lookup_of(&table, "user_name", &user_name)?;
     let user = upsert(
         client,
-        "sys_user",
-        &query,
-        record,
+        &table,
+        &lookup,
+        &values,
         "the integration user",
         log,
     )
     .await?;
     let user_id = user.sys_id().unwrap_or_default().to_owned();
-    let roles_found = client
-        .query(
-            "sys_user_role",
-            EncodedQuery::new()
-                .eq("name", roles::INCIDENT_MANAGER)
-                .as_str(),
-            &["sys_id"],
-            Some(1),
-        )
-        .await
+    if let Some(password) = &spec.integration_user_password {
+        // Without sysparm_input_display_value the raw text lands in the one-way field and
+        // the user cannot sign in.
+        let mut body = Map::new();
+        body.insert(
+            table
+                .column("user_password")
+                .map_err(failed("set the integration user's password"))?
+                .name()
+                .to_owned(),
+            json!(password.expose_secret()),
+        );
+        client
+            .update_display_values(table.table(), &user_id, &body)
+            .await
+            .map_err(failed("set the integration user's password"))?;
+        log.push("set the integration user's password".to_owned());
+    }
+    let role_name = Column::standard("sys_user_role", "name")
+        .and_then(|name| CheckedQuery::on("sys_user_role").eq(&name, roles::INCIDENT_MANAGER))
         .map_err(failed("find the incident_manager role"))?;
-    let Some(role_id) = roles_found
-        .first()
+    let Some(role_id) = client
+        .find_one(&role_name, &["sys_id"])
+        .await
+        .map_err(failed("find the incident_manager role"))?
+        .as_ref()
         .and_then(Record::sys_id)
         .map(str::to_owned)
     else {
@@ -645,24 +685,24 @@ pub async fn ensure_integration_user(
             "the role incident_manager does not exist on this instance",
         ));
     };
-    let assignment = EncodedQuery::new()
-        .eq("user", &user_id)
-        .eq("role", &role_id);
+    let assignment = Column::standard("sys_user_has_role", "user")
+        .and_then(|user| Column::standard("sys_user_has_role", "role").map(|role| (user, role)))
+        .and_then(|(user, role)| {
+            CheckedQuery::on("sys_user_has_role")
+                .eq(&user, &user_id)?
+                .eq(&role, &role_id)
+        })
+        .map_err(failed("read the user's roles"))?;
     let existing = client
-        .query(
-            "sys_user_has_role",
-            assignment.as_str(),
-            &["sys_id"],
-            Some(1),
-        )
+        .find_checked(&assignment, &["sys_id"], Some(1))
         .await
         .map_err(failed("read the user's roles"))?;
     if existing.is_empty() {
+        let mut grant = Map::new();
+        grant.insert("user".to_owned(), json!(user_id));
+        grant.insert("role".to_owned(), json!(role_id));
         client
-            .create(
-                "sys_user_has_role",
-                &fields(&[("user", &user_id), ("role", &role_id)]),
-            )
+            .create("sys_user_has_role", &grant)
             .await
             .map_err(failed("grant incident_manager"))?;
         log.push("granted incident_manager to the integration user".to_owned());

@@ -101,8 +101,12 @@ async fn resolve_target(
 
 async fn role_sys_id(client: &ServiceNowClient, role: &str) -> Result<String, Reply> {
     let query = EncodedQuery::new().eq("name", role);
+    let text = match query.text() {
+        Ok(text) => text,
+        Err(err) => return Err(identity::upstream_failure_card(&err.into())),
+    };
     match client
-        .query("sys_user_role", query.as_str(), &["sys_id", "name"], Some(1))
+        .query("sys_user_role", text, &["sys_id", "name"], Some(1))
         .await
     {
         Ok(rows) => rows
@@ -196,13 +200,12 @@ pub async fn change(
     let query = EncodedQuery::new()
         .eq("user", &target_id)
         .eq("role", &role_id);
+    let text = match query.text() {
+        Ok(text) => text,
+        Err(err) => return identity::upstream_failure_card(&err.into()),
+    };
     let rows = match client
-        .query(
-            "sys_user_has_role",
-            query.as_str(),
-            &["sys_id", "inherited"],
-            None,
-        )
+        .query("sys_user_has_role", text, &["sys_id", "inherited"], None)
         .await
     {
         Ok(rows) => rows,
@@ -292,10 +295,14 @@ async fn holders_card(
     let names = both_roles(app);
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let query = EncodedQuery::new().and("role.name", Operator::In, &refs.join(","));
+    let text = match query.text() {
+        Ok(text) => text,
+        Err(err) => return identity::upstream_failure_card(&err.into()),
+    };
     let rows = match client
         .query(
             "sys_user_has_role",
-            query.as_str(),
+            text,
             &["user", "user.user_name", "user.name", "role.name"],
             None,
         )

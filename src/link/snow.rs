@@ -5,7 +5,7 @@
 use serde_json::{Map, Value, json};
 
 use super::LinkSettings;
-use crate::upstream::servicenow::{EncodedQuery, ServiceNowClient, ServiceNowError};
+use crate::upstream::servicenow::{CheckedQuery, ServiceNowClient, ServiceNowError};
 
 /// Where the link goes in ServiceNow.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +42,17 @@ impl<'a> Target<'a> {
         }
     }
 
+    /// The row of `sys_user_id` in a table other than `sys_user`: a checked lookup, so an
+    /// ignored condition or two rows for one user refuse the write.
+    async fn lookup(
+        &self,
+        client: &ServiceNowClient,
+        sys_user_id: &str,
+    ) -> Result<CheckedQuery, ServiceNowError> {
+        let user = client.resolve_column(self.table, self.user_field).await?;
+        CheckedQuery::on(self.table).eq(&user, sys_user_id)
+    }
+
     /// The value stored for `sys_user_id` (`None`: no value or no row).
     pub async fn read(
         &self,
@@ -52,12 +63,9 @@ impl<'a> Target<'a> {
         let record = if self.on_sys_user() {
             client.get(self.table, sys_user_id, &[self.field]).await?
         } else {
-            let query = EncodedQuery::new().eq(self.user_field, sys_user_id);
             client
-                .query(self.table, query.as_str(), &["sys_id", self.field], Some(1))
+                .find_one(&self.lookup(client, sys_user_id).await?, &[self.field])
                 .await?
-                .into_iter()
-                .next()
         };
         Ok(record.and_then(|r| r.non_empty(self.field).map(str::to_owned)))
     }
@@ -80,12 +88,9 @@ impl<'a> Target<'a> {
             client.update(self.table, sys_user_id, &fields).await?;
             return Ok(previous);
         }
-        let query = EncodedQuery::new().eq(self.user_field, sys_user_id);
         let existing = client
-            .query(self.table, query.as_str(), &["sys_id", self.field], Some(1))
-            .await?
-            .into_iter()
-            .next();
+            .find_one(&self.lookup(client, sys_user_id).await?, &[self.field])
+            .await?;
         match existing {
             Some(row) => {
                 let previous = row.non_empty(self.field).map(str::to_owned);

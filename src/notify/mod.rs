@@ -187,7 +187,7 @@ async fn choice_values(
     let rows = client
         .query(
             "sys_choice",
-            query.as_str(),
+            query.text().map_err(|err| err.to_string())?,
             &["name", "element", "value", "label"],
             Some(200),
         )
@@ -263,15 +263,20 @@ async fn vocabulary(app: &App, filter: &Filter) -> filter::Vocabulary {
                     .fold(EncodedQuery::new(), |query, group| {
                         query.or("name", Operator::Eq, group)
                     });
-                client
-                    .query("sys_user_group", query.as_str(), &["name"], Some(100))
-                    .await
-                    .map(|rows| {
-                        rows.iter()
-                            .filter_map(|row| row.str("name").map(str::to_owned))
-                            .collect()
-                    })
-                    .map_err(|err| format!("{err}. Try again later."))
+                let text = query.text().map_err(|err| err.to_string());
+                let rows = match text {
+                    Ok(text) => client
+                        .query("sys_user_group", text, &["name"], Some(100))
+                        .await
+                        .map_err(|err| err.to_string()),
+                    Err(refused) => Err(refused),
+                };
+                rows.map(|rows| {
+                    rows.iter()
+                        .filter_map(|row| row.str("name").map(str::to_owned))
+                        .collect()
+                })
+                .map_err(|err| format!("{err}. Try again later."))
             }
             None => Err(no_servicenow),
         };

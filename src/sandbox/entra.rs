@@ -51,7 +51,6 @@ pub(crate) const GRAPH_RESOURCE: &str = "https://graph.microsoft.com";
 /// The Bot Framework's resource: every tenant's apps get app-only tokens for it (the bot's own
 /// token for the Bot Connector, scope `https://api.botframework.com/.default`).
 pub(crate) const BOT_FRAMEWORK_RESOURCE: &str = "https://api.botframework.com";
-/// Client id of the pre-registered Graph management app (fixed so configs survive restarts).
 /// Graph application permissions of the seeded bot app (admin consent given).
 pub const SEED_GRAPH_ROLES: &[&str] = &[
     "Application.ReadWrite.OwnedBy",
@@ -60,6 +59,7 @@ pub const SEED_GRAPH_ROLES: &[&str] = &[
     "ServiceHealth.Read.All",
     "RoleManagement.Read.Directory",
 ];
+/// Client id of the pre-registered Graph management app (fixed so configs survive restarts).
 const SEED_GRAPH_CLIENT_ID: &str = "5e7b2a1c-0d4f-4c3b-9a8e-1f2d3c4b5a69";
 /// Its secret (sandbox only).
 const SEED_GRAPH_CLIENT_SECRET: &str = "Sbx8Q~sandbox.graph-management_secret.0001";

@@ -108,6 +108,12 @@ pub struct SandboxOptions {
     pub entra_faults: FaultConfig,
     /// Faults of the Graph emulator at start.
     pub graph_faults: FaultConfig,
+    /// ServiceNow columns no public source confirms ([`servicenow::UNVERIFIED_COLUMNS`]) get
+    /// other names (`u_<column>`, labels kept), as on a release that names them differently.
+    pub servicenow_renamed_columns: bool,
+    /// ServiceNow holds records that are not the integration's, seeded first: the company's
+    /// SSO OIDC provider configuration and its entity, and another outbound OAuth provider.
+    pub servicenow_decoys: bool,
 }
 
 impl Default for SandboxOptions {
@@ -127,6 +133,8 @@ impl Default for SandboxOptions {
             servicenow_faults: FaultConfig::default(),
             entra_faults: FaultConfig::default(),
             graph_faults: FaultConfig::default(),
+            servicenow_renamed_columns: false,
+            servicenow_decoys: false,
         }
     }
 }

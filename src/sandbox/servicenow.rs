@@ -11,9 +11,18 @@
 //! with their parent; journal fields (`work_notes`, `comments`) read back as `""` and land in
 //! `sys_journal_field`; password fields read back as `""`.
 //!
-//! Column names marked [unverified] in the reference are used as documented there (e.g.
-//! `oidc_provider_configuration.oidc_metadata_url`); `sys_dictionary` describes every column,
-//! so a client that looks column names up at runtime finds them.
+//! Column names follow the platform, not the bot: `oidc_provider_configuration` and
+//! `oauth_oidc_entity` have the names Microsoft verified on a Zurich instance (`name`,
+//! `oidc_url`, `user_claim`, `user_field`, …); inherited columns are described in
+//! `sys_dictionary` under the parent table only. Columns no public source confirms are listed
+//! in [`UNVERIFIED_COLUMNS`]; with [`SandboxOptions::servicenow_renamed_columns`] each gets
+//! another name (its label kept), so a test proves the bot resolves columns instead of
+//! guessing them. The emulator's own reads and writes of those columns go through
+//! [`SnState::physical`], the one place that knows the names in use. With
+//! [`SandboxOptions::servicenow_decoys`] the instance also holds records that are not the
+//! integration's (the company's SSO OIDC provider, another OAuth provider), seeded first.
+//! A password written over REST without `sysparm_input_display_value=true` lands in the
+//! one-way field as raw text, as on a real instance, and the user cannot sign in.
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -53,6 +62,41 @@ const ADMIN_READ_TABLES: &[&str] = &[
 const INCIDENT_WRITERS: &[&str] = &["itil", "incident_manager"];
 /// The application scope of the retired Microsoft app.
 pub(crate) const APP_SCOPE: &str = "x_mioms_m365_assis";
+/// `(table, column)` of the columns whose names no public source confirms (their labels are
+/// documented). Renamed to `u_<column>` when the sandbox runs with renamed columns.
+pub const UNVERIFIED_COLUMNS: &[(&str, &str)] = &[
+    ("oauth_entity", "refresh_token_lifespan"),
+    ("oauth_entity", "access_token_lifespan"),
+    ("oauth_entity", "logo_url"),
+    ("oauth_entity", "access"),
+    ("oauth_entity", "application_user"),
+    ("oauth_entity", "send_credentials"),
+    ("oauth_entity", "comments"),
+    ("oauth_oidc_entity", "clock_skew"),
+    ("oauth_oidc_entity", "enforce_token_restrictions"),
+    ("oidc_provider_configuration", "active"),
+    ("sys_db_object", "access"),
+    ("sys_db_object", "read_access"),
+    ("sys_db_object", "create_access"),
+    ("sys_db_object", "update_access"),
+    ("sys_db_object", "delete_access"),
+    ("sys_db_object", "ws_access"),
+    ("sys_db_object", "caller_access"),
+    ("sys_db_object", "configuration_access"),
+    ("sys_db_object", "alter_access"),
+    ("sys_scope_privilege", "source_scope"),
+    ("sys_scope_privilege", "target_scope"),
+    ("sys_scope_privilege", "target_name"),
+    ("sys_scope_privilege", "target_type"),
+    ("sys_scope_privilege", "operation"),
+    ("sys_scope_privilege", "status"),
+];
+/// Name of the decoy OIDC provider configuration (the company's SSO), after the organisation name.
+pub const DECOY_OIDC_PROVIDER_SUFFIX: &str = " SSO";
+/// Client id of the decoy OIDC entity (the company's SSO portal).
+pub const DECOY_OIDC_ENTITY_CLIENT_ID: &str = "5f0c3a9e-1b7d-4c2e-9a61-2d8f4e7b3c10";
+/// Client id of the decoy outbound OAuth provider (another Graph connector).
+pub const DECOY_OAUTH_PROVIDER_CLIENT_ID: &str = "c7e1d2a4-6b3f-4f8e-8d2a-91b0e5c4a7f3";
 
 type Record = BTreeMap<String, String>;
 /// Seed choices: table, element, `(value, label)` pairs.
@@ -132,6 +176,8 @@ pub(crate) struct SnState {
     push_target: Option<PushTarget>,
     /// sys_ids of rows only `admin` may read (a row ACL), for short-page tests.
     hidden_rows: HashSet<String>,
+    /// Whether [`UNVERIFIED_COLUMNS`] carry other names.
+    renamed_columns: bool,
 }
 
 /// Where the emulator posts signed case changes, acting as the Business Rule that
@@ -223,7 +269,17 @@ fn table(label: &str, parent: Option<&str>, display: &str, columns: Vec<Column>)
     }
 }
 
-fn schema(case_field: &str) -> BTreeMap<String, TableDef> {
+/// The name a column has on this instance: `u_<column>` for an unverified column when
+/// `renamed`, else the column itself.
+fn instance_name(table: &str, column: &str, renamed: bool) -> String {
+    if renamed && UNVERIFIED_COLUMNS.contains(&(table, column)) {
+        format!("u_{column}")
+    } else {
+        column.to_owned()
+    }
+}
+
+fn schema(case_field: &str, renamed: bool) -> BTreeMap<String, TableDef> {
     let mut t = BTreeMap::new();
     t.insert(
         "sys_user".to_owned(),
@@ -429,14 +485,20 @@ fn schema(case_field: &str) -> BTreeMap<String, TableDef> {
         table(
             "OIDC Provider Configuration",
             None,
-            "oidc_provider",
+            "name",
             vec![
-                col("oidc_provider", "OIDC Provider", "string"),
-                col("oidc_metadata_url", "OIDC Metadata URL", "url"),
+                col("name", "OIDC Provider", "string"),
+                col("oidc_url", "OIDC Metadata URL", "url"),
+                col_default(
+                    "oidc_config_cache_life_span",
+                    "OIDC Configuration Cache Lifespan",
+                    "integer",
+                    "120",
+                ),
                 col("user_claim", "User Claim", "string"),
                 col("user_field", "User Field", "field_name"),
                 col_default(
-                    "enable_jti_claim_verification",
+                    "enable_jti_verification",
                     "Enable JTI claim verification",
                     "boolean",
                     "false",
@@ -644,6 +706,11 @@ fn schema(case_field: &str) -> BTreeMap<String, TableDef> {
         "incident".to_owned(),
         table("Incident", None, "number", incident),
     );
+    for (name, def) in &mut t {
+        for column in &mut def.columns {
+            column.name = instance_name(name, &column.name, renamed);
+        }
+    }
     t
 }
 
@@ -666,13 +733,17 @@ impl SnState {
     pub(crate) fn seed(options: &SandboxOptions, base_url: &str) -> Self {
         let mut state = Self {
             base_url: base_url.to_owned(),
-            tables: schema(&options.case_reference_field),
+            tables: schema(
+                &options.case_reference_field,
+                options.servicenow_renamed_columns,
+            ),
             rows: BTreeMap::new(),
             tokens: HashMap::new(),
             refresh_tokens: HashMap::new(),
             next_incident: 10001,
             push_target: None,
             hidden_rows: HashSet::new(),
+            renamed_columns: options.servicenow_renamed_columns,
         };
         state.seed_metadata();
         state.seed_data(options);
@@ -770,13 +841,14 @@ impl SnState {
             ),
         ];
         for (table_name, element, values) in choices {
+            let element = self.physical(table_name, element);
             for (i, (value, label)) in values.iter().enumerate() {
                 let sequence = i.to_string();
                 self.seed_row(
                     "sys_choice",
                     &[
                         ("name", table_name),
-                        ("element", element),
+                        ("element", &element),
                         ("value", value),
                         ("label", label),
                         ("sequence", &sequence),
@@ -943,26 +1015,38 @@ impl SnState {
                 "Inbound OAuth client of the sandbox, for /oauth_token.do",
             ),
         ] {
-            client.insert(k.to_owned(), v.to_owned());
+            client.insert(self.physical("oauth_entity", k), v.to_owned());
         }
         client.insert(
             "client_secret".to_owned(),
             SEED_OAUTH_CLIENT_SECRET.to_owned(),
         );
-        client.insert("application_user".to_owned(), admin_id.clone());
+        client.insert(
+            self.physical("oauth_entity", "application_user"),
+            admin_id.clone(),
+        );
         let _ = self.insert("oauth_entity", client, &Caller::system(), true);
         for target in ["oauth_entity", "oauth_entity_profile"] {
-            self.seed_row(
-                "sys_scope_privilege",
-                &[
-                    ("source_scope", &app_scope),
-                    ("target_scope", "global"),
-                    ("target_name", target),
-                    ("target_type", "sys_db_object"),
-                    ("operation", "read"),
-                    ("status", "allowed"),
-                ],
-            );
+            let privilege = [
+                ("source_scope", app_scope.as_str()),
+                ("target_scope", "global"),
+                ("target_name", target),
+                ("target_type", "sys_db_object"),
+                ("operation", "read"),
+                ("status", "allowed"),
+            ];
+            let privilege: Vec<(String, &str)> = privilege
+                .iter()
+                .map(|(column, value)| (self.physical("sys_scope_privilege", column), *value))
+                .collect();
+            let privilege: Vec<(&str, &str)> = privilege
+                .iter()
+                .map(|(column, value)| (column.as_str(), *value))
+                .collect();
+            self.seed_row("sys_scope_privilege", &privilege);
+        }
+        if options.servicenow_decoys {
+            self.seed_decoys(options);
         }
         // Demo incidents, some tracking a Microsoft support case.
         let case_field = options.case_reference_field.clone();
@@ -1134,6 +1218,93 @@ impl SnState {
             .and_then(|(_, r)| r.get("sys_id").cloned())
     }
 
+    /// The name `column` (a platform name, as in the verified schema) has on this instance,
+    /// looked up along `table`'s parents: `u_<column>` for an [`UNVERIFIED_COLUMNS`] entry in
+    /// renamed mode. Every emulator read or write of such a column goes through here (or
+    /// [`Self::field`]), so the renamed mode cannot break the emulator's own behaviour.
+    pub(crate) fn physical(&self, table: &str, column: &str) -> String {
+        self.lineage(table)
+            .iter()
+            .map(|defined_on| instance_name(defined_on, column, self.renamed_columns))
+            .find(|name| name != column)
+            .unwrap_or_else(|| column.to_owned())
+    }
+
+    /// The value of `column` (a platform name) in a record of `table`.
+    pub(crate) fn field<'r>(
+        &self,
+        record: &'r Record,
+        table: &str,
+        column: &str,
+    ) -> Option<&'r str> {
+        record
+            .get(&self.physical(table, column))
+            .map(String::as_str)
+    }
+
+    /// Records that are not the integration's, seeded before anything the bot creates, so a
+    /// lookup that selected the first row of a table would find them first.
+    fn seed_decoys(&mut self, options: &SandboxOptions) {
+        let organization = &options.organization_name;
+        let tenant = &options.tenant_id;
+        let sso = format!("{organization}{DECOY_OIDC_PROVIDER_SUFFIX}");
+        let metadata = format!(
+            "https://login.microsoftonline.com/{tenant}/v2.0/.well-known/openid-configuration"
+        );
+        let config = self.seed_row(
+            "oidc_provider_configuration",
+            &[
+                ("name", &sso),
+                ("oidc_url", &metadata),
+                ("user_claim", "upn"),
+                ("user_field", "email"),
+            ],
+        );
+        let portal = format!("{organization} SSO portal");
+        let redirect = format!(
+            "https://{}.service-now.com/navpage.do",
+            options.instance_name
+        );
+        self.seed_row(
+            "oauth_oidc_entity",
+            &[
+                ("name", &portal),
+                ("type", "oidc_provider"),
+                ("client_id", DECOY_OIDC_ENTITY_CLIENT_ID),
+                ("client_secret", "decoy-sso-secret"),
+                ("redirect_url", &redirect),
+                ("oidc_provider_configuration", &config),
+            ],
+        );
+        let connector = format!("{organization} Graph connector");
+        let token_url = format!("https://login.microsoftonline.com/{tenant}/oauth2/v2.0/token");
+        self.seed_row(
+            "oauth_entity",
+            &[
+                ("name", &connector),
+                ("type", "oauth_provider"),
+                ("client_id", DECOY_OAUTH_PROVIDER_CLIENT_ID),
+                ("client_secret", "decoy-graph-secret"),
+                ("default_grant_type", "client_credentials"),
+                ("token_url", &token_url),
+            ],
+        );
+    }
+
+    /// Hashes the clear passwords in `fields` of a `sys_user` write, as the form (or a write
+    /// with `sysparm_input_display_value=true`) does; a value already hashed stays.
+    fn hash_passwords(&self, table: &str, fields: &mut Record) {
+        if self.root(table) != "sys_user" {
+            return;
+        }
+        for (key, value) in fields.iter_mut() {
+            let password = self.column(table, key).is_some_and(|c| c.is_password());
+            if password && !value.starts_with("sha256:") {
+                *value = hash_password(value);
+            }
+        }
+    }
+
     // --------------------------------------------------------------------------------------
     // schema helpers
     // --------------------------------------------------------------------------------------
@@ -1198,7 +1369,7 @@ impl SnState {
     fn display_column(&self, table: &str) -> String {
         self.tables
             .get(table)
-            .map(|t| t.display.clone())
+            .map(|t| self.physical(table, &t.display))
             .unwrap_or_else(|| "sys_id".to_owned())
     }
 
@@ -1371,9 +1542,10 @@ impl SnState {
     /// configuration's metadata URL (v1 `sts.windows.net` or v2), then `sys_user` where the
     /// configured user field equals the configured claim.
     ///
-    /// Column reads of the OIDC tables in this mapping (and nowhere else in the bearer path):
+    /// Column reads of the OIDC tables in this mapping (and nowhere else in the bearer path),
+    /// all through [`Self::field`] (so renamed columns are found):
     /// `oauth_oidc_entity`: `client_id`, `active`, `oidc_provider_configuration`;
-    /// `oidc_provider_configuration`: `active`, `oidc_metadata_url`, `user_claim`, `user_field`.
+    /// `oidc_provider_configuration`: `active`, `oidc_url`, `user_claim`, `user_field`.
     fn oidc_caller(
         &self,
         keys: &SigningKeys,
@@ -1383,19 +1555,18 @@ impl SnState {
     ) -> Option<Caller> {
         let claims = keys.verify_any_audience(token).ok()?;
         let aud = claims.get("aud")?.as_str()?;
-        let (_, entity) = self
-            .rows_of("oauth_oidc_entity")
-            .into_iter()
-            .find(|(_, r)| {
-                r.get("client_id").map(String::as_str) == Some(aud)
-                    && r.get("active").map(String::as_str) == Some("true")
-            })?;
-        let config_id = entity.get("oidc_provider_configuration")?;
-        let (_, config) = self.find_record("oidc_provider_configuration", config_id)?;
-        if config.get("active").map(String::as_str) != Some("true") {
+        let entity_table = "oauth_oidc_entity";
+        let (_, entity) = self.rows_of(entity_table).into_iter().find(|(_, r)| {
+            self.field(r, entity_table, "client_id") == Some(aud)
+                && self.field(r, entity_table, "active") == Some("true")
+        })?;
+        let config_table = "oidc_provider_configuration";
+        let config_id = self.field(entity, entity_table, "oidc_provider_configuration")?;
+        let (_, config) = self.find_record(config_table, config_id)?;
+        if self.field(config, config_table, "active") == Some("false") {
             return None;
         }
-        let metadata = url::Url::parse(config.get("oidc_metadata_url")?).ok()?;
+        let metadata = url::Url::parse(self.field(config, config_table, "oidc_url")?).ok()?;
         let tenant_segment = metadata.path_segments()?.next()?;
         let tid = dir.resolve_tenant(tenant_segment)?;
         let expected_issuer = if metadata.path().contains("/v2.0/") {
@@ -1406,9 +1577,9 @@ impl SnState {
         if claims.get("iss").and_then(Value::as_str) != Some(expected_issuer.as_str()) {
             return None;
         }
-        let claim = config.get("user_claim")?;
-        let value = claims.get(claim.as_str())?.as_str()?;
-        let field = match config.get("user_field").map(String::as_str) {
+        let claim = self.field(config, config_table, "user_claim")?;
+        let value = claims.get(claim)?.as_str()?;
+        let field = match self.field(config, config_table, "user_field") {
             None | Some("" | "User ID" | "user_id") => "user_name",
             Some("Email") => "email",
             Some(other) => other,
@@ -1548,15 +1719,6 @@ impl SnState {
             if key.starts_with("sys_") && !keep_sys && key != "sys_domain" && key != "sys_scope" {
                 continue;
             }
-            let value = if column.is_password() && !value.starts_with("sha256:") {
-                if table == "sys_user" {
-                    hash_password(&value)
-                } else {
-                    value
-                }
-            } else {
-                value
-            };
             record.insert(key, value);
         }
         self.before_insert(table, &mut record, caller, &stamp);
@@ -1668,11 +1830,6 @@ impl SnState {
                 }
                 continue;
             }
-            let value = if column.is_password() && concrete == "sys_user" {
-                hash_password(&value)
-            } else {
-                value
-            };
             changes.insert(key, value);
         }
         let stamp = sn_datetime(now());
@@ -1870,7 +2027,8 @@ impl SnState {
         if !self.tables.contains_key(table) {
             return Err(format!("Invalid table {table}"));
         }
-        let accepted = self.accept_fields(table, map, true);
+        let mut accepted = self.accept_fields(table, map, true);
+        self.hash_passwords(table, &mut accepted);
         self.insert(table, accepted, &self.system_caller(), true)
     }
 
@@ -1886,7 +2044,8 @@ impl SnState {
         let (concrete, _) = self
             .find_record(table, sys_id)
             .ok_or_else(|| format!("no record {sys_id} in {table}"))?;
-        let accepted = self.accept_fields(&concrete, map, false);
+        let mut accepted = self.accept_fields(&concrete, map, false);
+        self.hash_passwords(&concrete, &mut accepted);
         let caller = self.system_caller();
         self.update(table, sys_id, accepted, &caller)
             .map(|_| ())
@@ -2090,11 +2249,15 @@ impl SnState {
         let Some(id) = self.find_by("sys_db_object", "name", table_name) else {
             return;
         };
-        let fields = if readable {
-            json!({"read_access": "true", "access": "public"})
+        let (read, access) = if readable {
+            ("true", "public")
         } else {
-            json!({"read_access": "false", "access": "package_private"})
+            ("false", "package_private")
         };
+        let mut fields = Map::new();
+        fields.insert(self.physical("sys_db_object", "read_access"), json!(read));
+        fields.insert(self.physical("sys_db_object", "access"), json!(access));
+        let fields = Value::Object(fields);
         let _ = self.update_as_system("sys_db_object", &id, &fields);
         if !readable {
             // What the app's scripts would log once they hit the refusal (reference §1.9).
@@ -2116,16 +2279,22 @@ impl SnState {
     // OAuth
     // --------------------------------------------------------------------------------------
 
-    fn oauth_client(&self, client_id: &str, client_secret: &str) -> Option<Record> {
-        self.rows_of("oauth_entity")
+    /// The client's OAuth Application User (sys_id), when the id and secret are right.
+    fn oauth_client(&self, client_id: &str, client_secret: &str) -> Option<String> {
+        let table = "oauth_entity";
+        self.rows_of(table)
             .into_iter()
             .find(|(_, r)| {
-                r.get("client_id").map(String::as_str) == Some(client_id)
-                    && r.get("type").map(String::as_str) == Some("client")
-                    && r.get("active").map(String::as_str) == Some("true")
+                self.field(r, table, "client_id") == Some(client_id)
+                    && self.field(r, table, "type") == Some("client")
+                    && self.field(r, table, "active") == Some("true")
             })
-            .map(|(_, r)| r.clone())
-            .filter(|r| r.get("client_secret").map(String::as_str) == Some(client_secret))
+            .filter(|(_, r)| self.field(r, table, "client_secret") == Some(client_secret))
+            .map(|(_, r)| {
+                self.field(r, table, "application_user")
+                    .unwrap_or_default()
+                    .to_owned()
+            })
     }
 
     fn issue_token(&mut self, user_sys_id: &str, with_refresh: bool) -> Value {
@@ -2824,6 +2993,14 @@ fn parse_body(body: &Bytes) -> Result<Map<String, Value>, Box<Response>> {
     }
 }
 
+/// `sysparm_input_display_value=true`: values are display values; a password is the clear text
+/// the instance hashes. Without it a password value is stored as sent (and no login matches it).
+fn input_display_values(params: &[(String, String)]) -> bool {
+    params
+        .iter()
+        .any(|(key, value)| key == "sysparm_input_display_value" && value == "true")
+}
+
 fn create(
     sn: &mut SnState,
     caller: &Caller,
@@ -2838,7 +3015,10 @@ fn create(
         Ok(map) => map,
         Err(response) => return *response,
     };
-    let fields = sn.accept_fields(table, &map, false);
+    let mut fields = sn.accept_fields(table, &map, false);
+    if input_display_values(params) {
+        sn.hash_passwords(table, &mut fields);
+    }
     let sys_id = match sn.insert(table, fields, caller, false) {
         Ok(id) => id,
         Err(message) => return error_response(StatusCode::BAD_REQUEST, &message, None),
@@ -2881,7 +3061,10 @@ fn update(
     let Some((concrete, _)) = sn.find_record(table, sys_id) else {
         return not_found_record();
     };
-    let fields = sn.accept_fields(&concrete, &map, false);
+    let mut fields = sn.accept_fields(&concrete, &map, false);
+    if input_display_values(params) {
+        sn.hash_passwords(&concrete, &mut fields);
+    }
     if sn.update(table, sys_id, fields, caller).is_none() {
         return not_found_record();
     }
@@ -2926,7 +3109,7 @@ async fn oauth_token(State(shared): State<Arc<Shared>>, body: Bytes) -> Response
     let field = |name: &str| form.get(name).map(String::as_str).unwrap_or("");
     let mut world = shared.world();
     let sn = &mut world.sn;
-    let Some(client) = sn.oauth_client(field("client_id"), field("client_secret")) else {
+    let Some(application_user) = sn.oauth_client(field("client_id"), field("client_secret")) else {
         return oauth_failure();
     };
     let body = match field("grant_type") {
@@ -2939,7 +3122,7 @@ async fn oauth_token(State(shared): State<Arc<Shared>>, body: Bytes) -> Response
                 .property("glide.oauth.inbound.client.credential.grant_type.enabled")
                 .as_deref()
                 == Some("true");
-            let user = client.get("application_user").cloned().unwrap_or_default();
+            let user = application_user;
             if !enabled || sn.caller_for(&user).is_none() {
                 return oauth_failure();
             }

@@ -15,6 +15,7 @@ use crate::app::App;
 use crate::db::now_millis;
 use crate::integration::doctor::{self, CheckOutcome, Status};
 use crate::integration::provision::{self, ProvisionError};
+use crate::integration::schema::{self, ResolvedTable};
 use crate::integration::{AppCredentials, AuthType, IntegrationSpec, Upstreams};
 use crate::upstream::servicenow::Record;
 
@@ -313,8 +314,9 @@ async fn run_once(
                         .ok()
                         .and_then(|r| r.error.as_ref())
                         .is_some_and(|e| {
-                            // The Entra answer is in the details; the message is plain words.
-                            [Some(&e.message), e.details.as_ref()]
+                            // The upstream's words are in `details` (shown collapsed), the
+                            // plain-words message may carry them too.
+                            [Some(e.message.as_str()), e.details.as_deref()]
                                 .into_iter()
                                 .flatten()
                                 .any(|text| {
@@ -519,24 +521,25 @@ async fn record_effect(
         }
         RecordChoice::Existing(sys_id) => match client.get(slot.table(), sys_id, &[]).await {
             Ok(Some(record)) => {
+                let table = match schema::load(client, slot_spec(slot)).await {
+                    Ok(table) => table,
+                    Err(err) => return failure(Some("record"), &err.to_string(), None),
+                };
                 let expected = match slot {
-                    RecordSlot::OauthProvider => {
-                        Some(("client_id", spec.outbound_app.client_id.clone()))
+                    RecordSlot::OauthProvider => Some(spec.outbound_app.client_id.clone()),
+                    RecordSlot::OidcEntity => {
+                        spec.inbound_app.as_ref().map(|a| a.client_id.clone())
                     }
-                    RecordSlot::OidcEntity => spec
-                        .inbound_app
-                        .as_ref()
-                        .map(|a| ("client_id", a.client_id.clone())),
                     RecordSlot::OidcProvider => None,
                 };
-                if let Some((field, want)) = expected
-                    && record.str(field).unwrap_or_default() != want
+                let found = table.get(&record, "client_id").unwrap_or_default();
+                if let Some(want) = expected
+                    && found != want
                 {
                     return failure(
                         Some("record"),
                         &format!(
-                            "The record you picked has {field} {:?}, but the app recorded in this setup is {want:?}.",
-                            record.str(field).unwrap_or_default()
+                            "The record you picked has client id {found:?}, but the app recorded in this setup is {want:?}."
                         ),
                         Some(
                             "Pick the record that uses this app's client id, or choose *Create it for me* to create or correct it.",
@@ -545,7 +548,7 @@ async fn record_effect(
                 }
                 notes.push(format!(
                     "using the existing record {}",
-                    record_name(slot, &record)
+                    record_name(&table, &record)
                 ));
                 record
             }
@@ -559,6 +562,10 @@ async fn record_effect(
             Err(err) => return failure(Some("record"), &err.to_string(), None),
         },
     };
+    let name = match schema::load(client, slot_spec(slot)).await {
+        Ok(table) => record_name(&table, &record),
+        Err(err) => return failure(Some("record"), &err.to_string(), None),
+    };
     let mut result = verify(ups, spec, step.checks(spec.auth_type), false, |_| "record").await;
     result.notes.splice(0..0, notes);
     if result.error.is_none() {
@@ -566,7 +573,7 @@ async fn record_effect(
             slot,
             RecordRef {
                 sys_id: record.sys_id().unwrap_or_default().to_owned(),
-                name: record_name(slot, &record),
+                name,
                 created: matches!(choice, RecordChoice::Create),
             },
         ));
@@ -574,13 +581,18 @@ async fn record_effect(
     result
 }
 
-/// The display name of a record.
-pub fn record_name(slot: RecordSlot, record: &Record) -> String {
-    let field = match slot {
-        RecordSlot::OidcProvider => "oidc_provider",
-        RecordSlot::OauthProvider | RecordSlot::OidcEntity => "name",
-    };
-    record.str(field).unwrap_or_default().to_owned()
+/// The columns the bot needs on a slot's table.
+fn slot_spec(slot: RecordSlot) -> &'static schema::TableSpec {
+    match slot {
+        RecordSlot::OauthProvider => &schema::OAUTH_ENTITY,
+        RecordSlot::OidcProvider => &schema::OIDC_PROVIDER_CONFIGURATION,
+        RecordSlot::OidcEntity => &schema::OAUTH_OIDC_ENTITY,
+    }
+}
+
+/// The display name of a record (its name column as this instance calls it).
+pub fn record_name(table: &ResolvedTable, record: &Record) -> String {
+    table.get(record, "name").unwrap_or_default().to_owned()
 }
 
 async fn user_effect(
@@ -653,17 +665,28 @@ pub async fn pick_list(app: &App, slot: RecordSlot) -> Vec<(String, String)> {
     let Some(client) = app.upstreams.servicenow.as_ref() else {
         return Vec::new();
     };
-    let query = match slot {
-        RecordSlot::OauthProvider => "type=oauth_provider",
-        RecordSlot::OidcProvider | RecordSlot::OidcEntity => "",
+    let listed = match schema::load(client, slot_spec(slot)).await {
+        Ok(table) => {
+            let records = match slot {
+                RecordSlot::OauthProvider => match table.lookup("type", "oauth_provider") {
+                    Ok(query) => client.find_checked(&query, &[], Some(50)).await,
+                    Err(err) => Err(err),
+                },
+                RecordSlot::OidcProvider | RecordSlot::OidcEntity => {
+                    client.query(slot.table(), "", &[], Some(50)).await
+                }
+            };
+            records.map(|records| (table, records))
+        }
+        Err(err) => Err(err),
     };
-    match client.query(slot.table(), query, &[], Some(50)).await {
-        Ok(records) => records
+    match listed {
+        Ok((table, records)) => records
             .iter()
             .filter_map(|r| {
                 let sys_id = r.sys_id()?.to_owned();
-                let name = record_name(slot, r);
-                let client_id = r.str("client_id").unwrap_or_default();
+                let name = record_name(&table, r);
+                let client_id = table.get(r, "client_id").unwrap_or_default();
                 let label = if client_id.is_empty() {
                     name
                 } else {

@@ -31,7 +31,13 @@ pub async fn check_stored_secrets(
     db: &crate::db::Db,
     settings: &crate::config::Settings,
 ) -> anyhow::Result<()> {
-    if settings.setup.encryption_key.is_some() {
+    // An empty key counts as none: nothing could be decrypted with it.
+    if settings
+        .setup
+        .encryption_key
+        .as_ref()
+        .is_some_and(|key| !secrecy::ExposeSecret::expose_secret(key).trim().is_empty())
+    {
         return Ok(());
     }
     let stored = store::count_with_secrets(db)

@@ -707,6 +707,7 @@ fn check_title(id: &str) -> String {
         (Some(title), Some("token")) => format!("{title}: gets a token"),
         (Some(title), Some("registration")) => format!("{title}: registration"),
         (Some(title), Some("basic_login")) => format!("{title}: Basic sign-in"),
+        (Some(title), Some("inbound_flow")) => format!("{title}: Microsoft's call path"),
         (Some(title), _) => title.to_owned(),
         (None, _) => id.replace(['_', '.'], " "),
     }

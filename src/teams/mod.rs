@@ -24,6 +24,39 @@ use activity::{Activity, ChannelAccount, ConversationAccount};
 /// The `channelId` of Microsoft Teams activities.
 pub const TEAMS_CHANNEL_ID: &str = "msteams";
 
+/// In insecure-local mode (no token check) a request must be JSON (a browser form cannot send
+/// it without a preflight) and name a loopback `Host` (a rebound DNS name cannot reach it).
+fn check_local_request(headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    if !json {
+        return Err(ApiError::BadRequest(
+            "insecure-local mode accepts Content-Type: application/json only".to_owned(),
+        ));
+    }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    let loopback = name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if !loopback {
+        return Err(ApiError::Forbidden(
+            "insecure-local mode accepts requests addressed to a loopback host only".to_owned(),
+        ));
+    }
+    Ok(())
+}
+
 /// Content type of an Adaptive Card attachment or invoke response.
 pub const ADAPTIVE_CARD: &str = "application/vnd.microsoft.card.adaptive";
 
@@ -44,7 +77,10 @@ pub async fn messages(State(app): State<Arc<App>>, request: Request) -> Result<R
                     .map_err(|e| ApiError::Unauthorized(e.to_string()))?,
             )
         }
-        None => None,
+        None => {
+            check_local_request(&parts.headers)?;
+            None
+        }
     };
     let body = axum::body::to_bytes(body, app.settings.server.max_body_bytes)
         .await

@@ -28,7 +28,7 @@ use crate::metrics::Metrics;
 pub const DEFAULT_PAGE_SIZE: usize = 500;
 /// Pages followed at most by one list call.
 pub const MAX_PAGES: usize = 10_000;
-/// How long [`ServiceNowClient::columns`] answers are reused.
+/// How long [`ServiceNowClient::dictionary`] answers are reused.
 pub const COLUMNS_CACHE_TTL: Duration = Duration::from_secs(600);
 /// A cached OAuth token is renewed this long before it expires.
 const TOKEN_MARGIN: Duration = Duration::from_secs(60);
@@ -157,6 +157,52 @@ pub enum ServiceNowError {
     /// A caller passed an invalid table name, sys_id or base URL.
     #[error("invalid ServiceNow request: {0}")]
     InvalidInput(String),
+    /// A query value or field the builder refuses (it could add a condition or run a script).
+    #[error(transparent)]
+    UnsafeValue(#[from] UnsafeQueryValue),
+    /// A column the bot needs could not be found in the table's dictionary; it is never guessed.
+    #[error(
+        "ServiceNow table '{table}' has no column for \"{label}\" (tried the column names {} and the labels {}); the bot does not guess a column. {manual}",
+        candidates.join(", "),
+        labels.iter().map(|label| format!("\"{label}\"")).collect::<Vec<_>>().join(", ")
+    )]
+    UnresolvedColumn {
+        /// The table (its parents were searched too).
+        table: String,
+        /// The guide's label of the column.
+        label: String,
+        /// The column names tried.
+        candidates: Vec<String>,
+        /// The labels tried.
+        labels: Vec<String>,
+        /// The manual step to take instead.
+        manual: String,
+    },
+    /// ServiceNow answered a lookup with a row that does not match its conditions: a condition
+    /// was ignored (e.g. a column that does not exist), so nothing found may be written.
+    #[error(
+        "ServiceNow answered the lookup {query} on '{table}' with a record that does not match it (sys_id {sys_id}): the instance ignored a condition, so the bot will not use or change what it returned. Check the table's columns (sys_dictionary)"
+    )]
+    QueryNotApplied {
+        /// The table.
+        table: String,
+        /// The conditions, as sent.
+        query: String,
+        /// The non-matching record.
+        sys_id: String,
+    },
+    /// A lookup that must select one record matched several.
+    #[error(
+        "{count} records of '{table}' match {query}; the bot changes a record only when exactly one matches. Remove or rename the duplicates in ServiceNow, then try again"
+    )]
+    Ambiguous {
+        /// The table.
+        table: String,
+        /// The conditions, as sent.
+        query: String,
+        /// How many matched (at least this many).
+        count: usize,
+    },
 }
 
 fn detail_suffix(detail: &Option<String>) -> String {
@@ -202,7 +248,11 @@ impl ServiceNowError {
             | Self::MissingFields { .. }
             | Self::UnknownTable(_)
             | Self::Pagination(_)
-            | Self::InvalidInput(_) => RetryKind::Permanent,
+            | Self::InvalidInput(_)
+            | Self::UnsafeValue(_)
+            | Self::UnresolvedColumn { .. }
+            | Self::QueryNotApplied { .. }
+            | Self::Ambiguous { .. } => RetryKind::Permanent,
         }
     }
 
@@ -366,9 +416,61 @@ pub fn parse_datetime(text: &str) -> Option<DateTime<Utc>> {
         .map(|naive| naive.and_utc())
 }
 
-/// Escapes a value for an encoded query: `^` becomes `^^`.
-pub fn escape_value(value: &str) -> String {
-    value.replace('^', "^^")
+/// A value or field name the encoded-query builder refuses because it could change the query
+/// itself: add a condition (`^`, a line break), or run a script (`javascript:`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UnsafeQueryValue {
+    /// The value contains `^`, the separator of query conditions (whether `^^` escapes it is
+    /// not documented, so it is never sent).
+    #[error(
+        "this value cannot be looked up in ServiceNow: it contains '^', which separates query conditions"
+    )]
+    Caret,
+    /// The value contains a line break.
+    #[error("this value cannot be looked up in ServiceNow: it contains a line break")]
+    LineBreak,
+    /// The value starts with `javascript:`, which ServiceNow evaluates as a script.
+    #[error(
+        "this value cannot be looked up in ServiceNow: it starts with 'javascript:', which ServiceNow would run as a script"
+    )]
+    Script,
+    /// A field name that is not a column name or dot-walk.
+    #[error(
+        "'{0}' cannot be used as a ServiceNow column in a query (letters, digits, '_' and '.' only)"
+    )]
+    FieldName(String),
+}
+
+/// Refuses a query value that could add a condition or run a script.
+pub fn check_query_value(value: &str) -> Result<(), UnsafeQueryValue> {
+    if value.contains('^') {
+        return Err(UnsafeQueryValue::Caret);
+    }
+    if value.contains(['\n', '\r']) {
+        return Err(UnsafeQueryValue::LineBreak);
+    }
+    let head: String = value.trim_start().chars().take(11).collect();
+    if head.eq_ignore_ascii_case("javascript:") {
+        return Err(UnsafeQueryValue::Script);
+    }
+    Ok(())
+}
+
+/// Refuses a field name that is not a column name or a dot-walk of column names.
+pub fn check_query_field(field: &str) -> Result<(), UnsafeQueryValue> {
+    let valid = !field.is_empty()
+        && field.len() <= 200
+        && field.split('.').all(|part| {
+            !part.is_empty() && part.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        });
+    if valid {
+        Ok(())
+    } else {
+        Err(UnsafeQueryValue::FieldName(super::excerpt(
+            field.as_bytes(),
+            80,
+        )))
+    }
 }
 
 /// An encoded-query operator.
@@ -426,13 +528,16 @@ impl Operator {
     }
 }
 
-/// Builds a `sysparm_query` with escaped values, remembering the fields it names so they can
-/// be checked with [`ServiceNowClient::ensure_fields`].
+/// Builds a `sysparm_query`, remembering the fields it names so they can be checked with
+/// [`ServiceNowClient::ensure_fields`]. A value that could add a condition or run a script
+/// ([`check_query_value`]) or a field that is not a column name refuses the whole query: its
+/// [`Self::text`] is then the typed error, so it is never sent.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EncodedQuery {
     text: String,
     fields: Vec<String>,
     after_new_query: bool,
+    refused: Option<UnsafeQueryValue>,
 }
 
 impl EncodedQuery {
@@ -441,35 +546,46 @@ impl EncodedQuery {
         Self::default()
     }
 
-    fn push(mut self, joiner: &str, term: &str, field: &str) -> Self {
+    fn push(mut self, joiner: &str, term: Result<String, UnsafeQueryValue>, field: &str) -> Self {
+        let term = match term {
+            Ok(term) => term,
+            Err(refused) => {
+                self.refused.get_or_insert(refused);
+                return self;
+            }
+        };
         if !self.text.is_empty() && !self.after_new_query {
             self.text.push_str(joiner);
         }
         self.after_new_query = false;
-        self.text.push_str(term);
+        self.text.push_str(&term);
         if !field.is_empty() && !self.fields.iter().any(|known| known == field) {
             self.fields.push(field.to_owned());
         }
         self
     }
 
-    fn term(field: &str, op: Operator, value: &str) -> String {
+    fn term(field: &str, op: Operator, value: &str) -> Result<String, UnsafeQueryValue> {
+        check_query_field(field)?;
         match op {
-            Operator::IsEmpty | Operator::IsNotEmpty => format!("{field}{}", op.as_str()),
-            _ => format!("{field}{}{}", op.as_str(), escape_value(value)),
+            Operator::IsEmpty | Operator::IsNotEmpty => Ok(format!("{field}{}", op.as_str())),
+            _ => {
+                check_query_value(value)?;
+                Ok(format!("{field}{}{value}", op.as_str()))
+            }
         }
     }
 
     /// `^field<op>value` (AND).
     pub fn and(self, field: &str, op: Operator, value: &str) -> Self {
         let term = Self::term(field, op, value);
-        self.push("^", &term, field)
+        self.push("^", term, field)
     }
 
     /// `^ORfield<op>value` (OR with the previous condition).
     pub fn or(self, field: &str, op: Operator, value: &str) -> Self {
         let term = Self::term(field, op, value);
-        self.push("^OR", &term, field)
+        self.push("^OR", term, field)
     }
 
     /// `field=value` (AND).
@@ -493,19 +609,22 @@ impl EncodedQuery {
 
     /// `^ORDERBYfield`.
     pub fn order_by(self, field: &str) -> Self {
-        let term = format!("ORDERBY{field}");
-        self.push("^", &term, field)
+        let term = check_query_field(field).map(|()| format!("ORDERBY{field}"));
+        self.push("^", term, field)
     }
 
     /// `^ORDERBYDESCfield`.
     pub fn order_by_desc(self, field: &str) -> Self {
-        let term = format!("ORDERBYDESC{field}");
-        self.push("^", &term, field)
+        let term = check_query_field(field).map(|()| format!("ORDERBYDESC{field}"));
+        self.push("^", term, field)
     }
 
-    /// The encoded query text.
-    pub fn as_str(&self) -> &str {
-        &self.text
+    /// The encoded query text, or why it was refused (the first refused value or field).
+    pub fn text(&self) -> Result<&str, UnsafeQueryValue> {
+        match &self.refused {
+            Some(refused) => Err(refused.clone()),
+            None => Ok(&self.text),
+        }
     }
 
     /// The distinct fields the query names, in order (dot-walks as written).
@@ -514,15 +633,187 @@ impl EncodedQuery {
     }
 }
 
-impl std::fmt::Display for EncodedQuery {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.text)
+/// One column of a table as `sys_dictionary` describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DictionaryColumn {
+    /// The table that defines it (the table itself or one it extends).
+    pub defined_on: String,
+    /// The column name (`element`).
+    pub element: String,
+    /// Its label (`column_label`).
+    pub label: String,
+}
+
+/// The columns of a table, its own and inherited ones, read from `sys_dictionary`.
+#[derive(Debug, Clone)]
+pub struct TableDictionary {
+    /// The table.
+    pub table: String,
+    /// The table and the tables it extends, nearest first.
+    pub hierarchy: Vec<String>,
+    /// Every column, nearest table first, each name once.
+    pub columns: Vec<DictionaryColumn>,
+    fetched_at: Instant,
+}
+
+impl TableDictionary {
+    /// A dictionary built from known entries (for tests and offline resolution).
+    pub fn from_columns(
+        table: &str,
+        hierarchy: Vec<String>,
+        columns: Vec<DictionaryColumn>,
+    ) -> Self {
+        Self {
+            table: table.to_owned(),
+            hierarchy,
+            columns,
+            fetched_at: Instant::now(),
+        }
+    }
+
+    /// The column named `element`, if the table has it (own or inherited).
+    pub fn column(&self, element: &str) -> Option<Column> {
+        self.columns
+            .iter()
+            .find(|column| column.element == element)
+            .map(|found| self.resolved(found))
+    }
+
+    /// The columns whose label equals `label` (ignoring case and surrounding spaces).
+    pub fn by_label(&self, label: &str) -> Vec<Column> {
+        let label = label.trim();
+        self.columns
+            .iter()
+            .filter(|column| column.label.eq_ignore_ascii_case(label))
+            .map(|found| self.resolved(found))
+            .collect()
+    }
+
+    /// How old this answer is.
+    pub fn age(&self) -> Duration {
+        self.fetched_at.elapsed()
+    }
+
+    fn resolved(&self, found: &DictionaryColumn) -> Column {
+        Column {
+            table: self.table.clone(),
+            name: found.element.clone(),
+            label: found.label.clone(),
+        }
     }
 }
 
-impl AsRef<str> for EncodedQuery {
-    fn as_ref(&self) -> &str {
-        &self.text
+/// The tables whose columns are platform basics, documented by ServiceNow and used by name
+/// without a dictionary lookup ([`Column::standard`]).
+pub const STANDARD_TABLES: &[&str] =
+    &["sys_user", "sys_user_has_role", "sys_user_role", "incident"];
+
+/// A column known to exist on a table: found in its dictionary ([`TableDictionary::column`],
+/// [`TableDictionary::by_label`]), or a documented column of a platform basic table
+/// ([`Column::standard`]). The only kind of column a [`CheckedQuery`] accepts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Column {
+    table: String,
+    name: String,
+    label: String,
+}
+
+impl Column {
+    /// `sys_id` of any table, or a column of a platform basic table ([`STANDARD_TABLES`]).
+    pub fn standard(table: &str, name: &str) -> Result<Self, ServiceNowError> {
+        if name != "sys_id" && !STANDARD_TABLES.contains(&table) {
+            return Err(ServiceNowError::InvalidInput(format!(
+                "the column {table}.{name} must be resolved from the table's dictionary"
+            )));
+        }
+        check_table(table)?;
+        check_query_field(name)?;
+        Ok(Self {
+            table: table.to_owned(),
+            name: name.to_owned(),
+            label: name.to_owned(),
+        })
+    }
+
+    /// The table it was resolved for.
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// The column name on this instance.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its label on this instance.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+}
+
+/// An equality lookup on one table, built only from [`Column`]s of that table and values
+/// [`check_query_value`] accepts. [`ServiceNowClient::find_checked`] and
+/// [`ServiceNowClient::find_one`] check every returned row against every condition in code,
+/// because ServiceNow ignores a condition it cannot apply and would return rows the lookup
+/// never selected. Values are compared ignoring ASCII case, as the instance's `=` does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckedQuery {
+    table: String,
+    conditions: Vec<(Column, String)>,
+}
+
+impl CheckedQuery {
+    /// A lookup on `table` (add at least one condition).
+    pub fn on(table: &str) -> Self {
+        Self {
+            table: table.to_owned(),
+            conditions: Vec::new(),
+        }
+    }
+
+    /// Adds `column = value` (AND). Refuses a column of another table and a value that could
+    /// add a condition.
+    pub fn eq(mut self, column: &Column, value: &str) -> Result<Self, ServiceNowError> {
+        if column.table != self.table {
+            return Err(ServiceNowError::InvalidInput(format!(
+                "the column {} belongs to '{}', not to '{}'",
+                column.name, column.table, self.table
+            )));
+        }
+        check_query_value(value)?;
+        self.conditions.push((column.clone(), value.to_owned()));
+        Ok(self)
+    }
+
+    /// The table.
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// The encoded query sent (`a=x^b=y`); a lookup without conditions is refused.
+    pub fn encoded(&self) -> Result<String, ServiceNowError> {
+        if self.conditions.is_empty() {
+            return Err(ServiceNowError::InvalidInput(format!(
+                "a lookup on '{}' needs at least one condition",
+                self.table
+            )));
+        }
+        let query = self
+            .conditions
+            .iter()
+            .fold(EncodedQuery::new(), |query, (column, value)| {
+                query.eq(column.name(), value)
+            });
+        Ok(query.text()?.to_owned())
+    }
+
+    /// True when `record` has every condition's value (ignoring ASCII case).
+    pub fn matches(&self, record: &Record) -> bool {
+        self.conditions.iter().all(|(column, value)| {
+            record
+                .str(column.name())
+                .is_some_and(|found| found.eq_ignore_ascii_case(value))
+        })
     }
 }
 
@@ -813,7 +1104,7 @@ struct Inner {
     base: Url,
     auth: ServiceNowAuth,
     token: tokio::sync::Mutex<Option<CachedToken>>,
-    columns: Mutex<HashMap<String, (Instant, HashSet<String>)>>,
+    dictionaries: Mutex<HashMap<String, Arc<TableDictionary>>>,
     page_size: usize,
     recorder: Recorder,
 }
@@ -859,7 +1150,7 @@ impl ServiceNowClient {
                 base,
                 auth,
                 token: tokio::sync::Mutex::new(None),
-                columns: Mutex::new(HashMap::new()),
+                dictionaries: Mutex::new(HashMap::new()),
                 page_size: page_size.max(1),
                 recorder,
             }),
@@ -1086,10 +1377,11 @@ impl ServiceNowClient {
         fields: &[&str],
         limit: Option<usize>,
     ) -> Result<Vec<Record>, ServiceNowError> {
+        let text = query.text()?;
         let mut named = query.fields();
         named.extend_from_slice(fields);
         self.ensure_fields(table, &named).await?;
-        self.query(table, query.as_str(), fields, limit).await
+        self.query(table, text, fields, limit).await
     }
 
     /// Lists records with every option. Pages are followed while the answer has a
@@ -1201,9 +1493,35 @@ impl ServiceNowClient {
         sys_id: &str,
         fields: &Map<String, Value>,
     ) -> Result<Record, ServiceNowError> {
+        self.patch(table, sys_id, fields, false).await
+    }
+
+    /// Updates fields given as display values (`sysparm_input_display_value=true`): the way a
+    /// password field (`sys_user.user_password`) must be written, so the instance stores its
+    /// one-way hash of the value instead of the raw text.
+    pub async fn update_display_values(
+        &self,
+        table: &str,
+        sys_id: &str,
+        fields: &Map<String, Value>,
+    ) -> Result<Record, ServiceNowError> {
+        self.patch(table, sys_id, fields, true).await
+    }
+
+    async fn patch(
+        &self,
+        table: &str,
+        sys_id: &str,
+        fields: &Map<String, Value>,
+        input_display_value: bool,
+    ) -> Result<Record, ServiceNowError> {
         let result = async {
             let mut url = self.table_url(table, Some(sys_id))?;
             Self::default_params(&mut url, DisplayValue::False, false);
+            if input_display_value {
+                url.query_pairs_mut()
+                    .append_pair("sysparm_input_display_value", "true");
+            }
             let body = Value::Object(fields.clone());
             let raw = self.execute(Method::PATCH, url, Some(&body)).await?;
             parse_response::<Record>(&raw)
@@ -1241,19 +1559,41 @@ impl ServiceNowClient {
     async fn table_hierarchy_inner(&self, table: &str) -> Result<Vec<String>, ServiceNowError> {
         check_table(table)?;
         let options = ListOptions {
-            query: EncodedQuery::new().eq("name", table).to_string(),
-            fields: vec!["name".to_owned(), "super_class".to_owned()],
+            query: EncodedQuery::new().eq("name", table).text()?.to_owned(),
+            // The parent's name and its parent come in the same answer (dot-walked fields).
+            fields: [
+                "name",
+                "super_class",
+                "super_class.name",
+                "super_class.super_class",
+            ]
+            .map(str::to_owned)
+            .to_vec(),
             limit: Some(1),
             ..ListOptions::default()
         };
         let rows = self.list_inner("sys_db_object", &options).await?;
-        let Some(mut row) = rows.into_iter().next() else {
+        let Some(row) = rows
+            .into_iter()
+            .next()
+            .filter(|row| row.str("name") == Some(table))
+        else {
             return Err(ServiceNowError::UnknownTable(table.to_owned()));
         };
         let mut chain = vec![table.to_owned()];
-        // Parents by sys_id: plain reads, no dot-walking needed.
+        let mut next_parent = row.reference("super_class").and_then(|r| r.sys_id);
+        if next_parent.is_some()
+            && let Some(parent_name) = row.non_empty("super_class.name").map(str::to_owned)
+            && parent_name != table
+        {
+            chain.push(parent_name);
+            next_parent = row
+                .reference("super_class.super_class")
+                .and_then(|r| r.sys_id);
+        }
+        // Further parents by sys_id: plain reads.
         for _ in 0..32 {
-            let Some(parent) = row.reference("super_class").and_then(|r| r.sys_id) else {
+            let Some(parent) = next_parent.take() else {
                 break;
             };
             let Some(parent_row) = self
@@ -1269,44 +1609,195 @@ impl ServiceNowClient {
                 break;
             }
             chain.push(name);
-            row = parent_row;
+            next_parent = parent_row.reference("super_class").and_then(|r| r.sys_id);
         }
         Ok(chain)
     }
 
-    /// The column names of `table`, including inherited ones, from `sys_dictionary`
-    /// (`name=<table>` for the table and each parent, field `element`). Cached for
-    /// [`COLUMNS_CACHE_TTL`].
+    /// The column names of `table`, including inherited ones, from [`Self::dictionary`].
     pub async fn columns(&self, table: &str) -> Result<HashSet<String>, ServiceNowError> {
         let result = self.columns_inner(table).await;
         self.observe(result)
     }
 
     async fn columns_inner(&self, table: &str) -> Result<HashSet<String>, ServiceNowError> {
-        if let Ok(cache) = self.inner.columns.lock()
-            && let Some((at, columns)) = cache.get(table)
-            && at.elapsed() < COLUMNS_CACHE_TTL
+        let dictionary = self.dictionary_inner(table, false).await?;
+        Ok(dictionary
+            .columns
+            .iter()
+            .map(|column| column.element.clone())
+            .collect())
+    }
+
+    /// The columns of `table` and of every table it extends (`sys_db_object.super_class`), from
+    /// `sys_dictionary`: element, label and the table that defines each. Cached per table for
+    /// [`COLUMNS_CACHE_TTL`]; `refresh` reads the instance again.
+    pub async fn dictionary(
+        &self,
+        table: &str,
+        refresh: bool,
+    ) -> Result<Arc<TableDictionary>, ServiceNowError> {
+        let result = self.dictionary_inner(table, refresh).await;
+        self.observe(result)
+    }
+
+    /// The column `name` of `table` (own or inherited), for a [`CheckedQuery`]; a column the
+    /// table does not have is [`ServiceNowError::MissingFields`]. For configured column names.
+    pub async fn resolve_column(&self, table: &str, name: &str) -> Result<Column, ServiceNowError> {
+        let result = async {
+            self.dictionary_inner(table, false)
+                .await?
+                .column(name)
+                .ok_or_else(|| ServiceNowError::MissingFields {
+                    table: table.to_owned(),
+                    missing: vec![name.to_owned()],
+                })
+        }
+        .await;
+        self.observe(result)
+    }
+
+    /// Forgets every cached dictionary (after a schema change on the instance).
+    pub fn forget_dictionaries(&self) {
+        if let Ok(mut cache) = self.inner.dictionaries.lock() {
+            cache.clear();
+        }
+    }
+
+    async fn dictionary_inner(
+        &self,
+        table: &str,
+        refresh: bool,
+    ) -> Result<Arc<TableDictionary>, ServiceNowError> {
+        if !refresh
+            && let Ok(cache) = self.inner.dictionaries.lock()
+            && let Some(dictionary) = cache.get(table)
+            && dictionary.fetched_at.elapsed() < COLUMNS_CACHE_TTL
         {
-            return Ok(columns.clone());
+            return Ok(dictionary.clone());
         }
-        let mut columns = HashSet::new();
-        for name in self.table_hierarchy_inner(table).await? {
-            let options = ListOptions {
-                query: EncodedQuery::new().eq("name", &name).to_string(),
-                fields: vec!["element".to_owned()],
-                ..ListOptions::default()
-            };
-            let rows = self.list_inner("sys_dictionary", &options).await?;
-            columns.extend(
-                rows.iter()
-                    .filter_map(|row| row.non_empty("element"))
-                    .map(str::to_owned),
-            );
+        let hierarchy = self.table_hierarchy_inner(table).await?;
+        let names: Vec<&str> = hierarchy.iter().map(String::as_str).collect();
+        let options = ListOptions {
+            query: EncodedQuery::new().is_in("name", &names).text()?.to_owned(),
+            fields: vec![
+                "name".to_owned(),
+                "element".to_owned(),
+                "column_label".to_owned(),
+            ],
+            ..ListOptions::default()
+        };
+        let rows = self.list_inner("sys_dictionary", &options).await?;
+        let mut columns: Vec<DictionaryColumn> = rows
+            .iter()
+            .filter_map(|row| {
+                let defined_on = row.non_empty("name")?;
+                // The IN condition is checked here too: an ignored condition must not add
+                // columns of other tables.
+                hierarchy.iter().position(|name| name == defined_on)?;
+                Some(DictionaryColumn {
+                    defined_on: defined_on.to_owned(),
+                    element: row.non_empty("element")?.to_owned(),
+                    label: row
+                        .str("column_label")
+                        .unwrap_or_default()
+                        .trim()
+                        .to_owned(),
+                })
+            })
+            .collect();
+        // Nearest table first: a column redefined on a child wins.
+        columns.sort_by_key(|column| {
+            hierarchy
+                .iter()
+                .position(|name| *name == column.defined_on)
+                .unwrap_or(usize::MAX)
+        });
+        let mut seen = HashSet::new();
+        columns.retain(|column| seen.insert(column.element.clone()));
+        let dictionary = Arc::new(TableDictionary {
+            table: table.to_owned(),
+            hierarchy,
+            columns,
+            fetched_at: Instant::now(),
+        });
+        if let Ok(mut cache) = self.inner.dictionaries.lock() {
+            cache.insert(table.to_owned(), dictionary.clone());
         }
-        if let Ok(mut cache) = self.inner.columns.lock() {
-            cache.insert(table.to_owned(), (Instant::now(), columns.clone()));
+        Ok(dictionary)
+    }
+
+    /// Runs a [`CheckedQuery`] and returns the matching records (at most `limit`). Every
+    /// returned row is checked in code against every condition; a row that does not match
+    /// means the instance ignored a condition, and the whole answer is refused
+    /// ([`ServiceNowError::QueryNotApplied`]). `fields` empty: all fields.
+    pub async fn find_checked(
+        &self,
+        query: &CheckedQuery,
+        fields: &[&str],
+        limit: Option<usize>,
+    ) -> Result<Vec<Record>, ServiceNowError> {
+        let result = self.find_checked_inner(query, fields, limit).await;
+        self.observe(result)
+    }
+
+    async fn find_checked_inner(
+        &self,
+        query: &CheckedQuery,
+        fields: &[&str],
+        limit: Option<usize>,
+    ) -> Result<Vec<Record>, ServiceNowError> {
+        let encoded = query.encoded()?;
+        let mut wanted: Vec<String> = Vec::new();
+        if !fields.is_empty() {
+            let needed = fields
+                .iter()
+                .copied()
+                .chain(["sys_id"])
+                .chain(query.conditions.iter().map(|(column, _)| column.name()));
+            for field in needed {
+                if !wanted.iter().any(|known| known == field) {
+                    wanted.push(field.to_owned());
+                }
+            }
         }
-        Ok(columns)
+        let options = ListOptions {
+            query: encoded.clone(),
+            fields: wanted,
+            limit,
+            ..ListOptions::default()
+        };
+        let rows = self.list_inner(&query.table, &options).await?;
+        if let Some(stray) = rows.iter().find(|row| !query.matches(row)) {
+            return Err(ServiceNowError::QueryNotApplied {
+                table: query.table.clone(),
+                query: encoded,
+                sys_id: stray.sys_id().unwrap_or("unknown").to_owned(),
+            });
+        }
+        Ok(rows)
+    }
+
+    /// The one record a [`CheckedQuery`] selects, `None` when none does; more than one match
+    /// is [`ServiceNowError::Ambiguous`], so a caller never updates a record picked at random.
+    pub async fn find_one(
+        &self,
+        query: &CheckedQuery,
+        fields: &[&str],
+    ) -> Result<Option<Record>, ServiceNowError> {
+        let result = async {
+            let mut rows = self.find_checked_inner(query, fields, Some(2)).await?;
+            if rows.len() > 1 {
+                return Err(ServiceNowError::Ambiguous {
+                    table: query.table.clone(),
+                    query: query.encoded()?,
+                    count: rows.len(),
+                });
+            }
+            Ok(rows.pop())
+        }
+        .await;
+        self.observe(result)
     }
 
     /// Fails with [`ServiceNowError::MissingFields`] naming every field (first segment of a
@@ -1380,16 +1871,18 @@ mod tests {
     }
 
     #[test]
-    fn encoded_query_escapes_carets_and_tracks_fields() {
+    fn encoded_query_builds_terms_and_tracks_fields() {
         let query = EncodedQuery::new()
-            .eq("short_description", "a^b")
+            .eq("short_description", "a b")
             .or("short_description", Operator::Like, "x")
             .and("sys_updated_on", Operator::Ge, "2025-01-01 00:00:00")
             .and("assigned_to", Operator::IsEmpty, "ignored")
             .order_by("sys_updated_on");
         assert_eq!(
-            query.as_str(),
-            "short_description=a^^b^ORshort_descriptionLIKEx^sys_updated_on>=2025-01-01 00:00:00^assigned_toISEMPTY^ORDERBYsys_updated_on"
+            query.text(),
+            Ok(
+                "short_description=a b^ORshort_descriptionLIKEx^sys_updated_on>=2025-01-01 00:00:00^assigned_toISEMPTY^ORDERBYsys_updated_on"
+            )
         );
         assert_eq!(
             query.fields(),
@@ -1400,7 +1893,126 @@ mod tests {
             .new_query()
             .new_query()
             .is_in("state", &["1", "2"]);
-        assert_eq!(two.as_str(), "active=true^NQstateIN1,2");
+        assert_eq!(two.text(), Ok("active=true^NQstateIN1,2"));
+    }
+
+    #[test]
+    fn values_that_could_change_the_query_are_refused() {
+        let refused = |value: &str| EncodedQuery::new().eq("email", value).text().err();
+        assert_eq!(refused("a^ORactive=false"), Some(UnsafeQueryValue::Caret));
+        assert_eq!(refused("a^^b"), Some(UnsafeQueryValue::Caret));
+        assert_eq!(refused("a\nb"), Some(UnsafeQueryValue::LineBreak));
+        assert_eq!(refused("a\rb"), Some(UnsafeQueryValue::LineBreak));
+        assert_eq!(
+            refused("javascript:gs.getUserID()"),
+            Some(UnsafeQueryValue::Script)
+        );
+        assert_eq!(refused("  JavaScript:1"), Some(UnsafeQueryValue::Script));
+        assert_eq!(refused("my javascript: notes"), None);
+        let field = EncodedQuery::new().eq("email^ORactive", "x").text().err();
+        assert!(matches!(field, Some(UnsafeQueryValue::FieldName(_))));
+        // The first refusal wins and nothing of the query is sent.
+        let later = EncodedQuery::new()
+            .eq("active", "true")
+            .eq("email", "x^y")
+            .eq("name", "z");
+        assert_eq!(later.text(), Err(UnsafeQueryValue::Caret));
+        let err = ServiceNowError::from(UnsafeQueryValue::Script);
+        assert!(err.to_string().contains("cannot be looked up"));
+        assert_eq!(err.retry_kind(), RetryKind::Permanent);
+    }
+
+    /// Splits an encoded query the way ServiceNow does: conditions are separated by `^`
+    /// (`^OR`, `^NQ` and `^ORDERBY` start with it too).
+    fn conditions_of(text: &str) -> Vec<&str> {
+        text.split('^').collect()
+    }
+
+    proptest::proptest! {
+        /// No value the builder accepts can add a condition, start a new query or run a script:
+        /// the query always has exactly one condition per term, each naming its own field and
+        /// holding the value unchanged.
+        #[test]
+        fn no_accepted_value_adds_a_condition(
+            values in proptest::collection::vec(proptest::prelude::any::<String>(), 1..4),
+            spliced in proptest::collection::vec(
+                proptest::sample::select(vec!["^", "^OR", "^NQ", "\n", "\r", "javascript:", "JavaScript:", "^ORDERBY", ",", "=", "@"]),
+                0..3,
+            ),
+        ) {
+            let fields = ["email", "user_name", "name", "number"];
+            let mut query = EncodedQuery::new();
+            let mut sent = Vec::new();
+            for (index, value) in values.iter().enumerate() {
+                let mut value = value.clone();
+                if let Some(piece) = spliced.get(index) {
+                    let at = value.char_indices().nth(value.chars().count() / 2).map_or(value.len(), |(at, _)| at);
+                    value.insert_str(at, piece);
+                }
+                query = query.eq(fields[index % fields.len()], &value);
+                sent.push((fields[index % fields.len()], value));
+            }
+            match query.text() {
+                Ok(text) => {
+                    let conditions = conditions_of(text);
+                    proptest::prop_assert_eq!(conditions.len(), sent.len());
+                    for (condition, (field, value)) in conditions.iter().zip(&sent) {
+                        proptest::prop_assert_eq!(*condition, format!("{field}={value}"));
+                        proptest::prop_assert!(!value.contains('^'));
+                        proptest::prop_assert!(!value.contains(['\n', '\r']));
+                        proptest::prop_assert!(!value.trim_start().to_ascii_lowercase().starts_with("javascript:"));
+                    }
+                }
+                Err(_) => {
+                    let unsafe_value = sent.iter().any(|(_, value)| check_query_value(value).is_err());
+                    proptest::prop_assert!(unsafe_value, "refused only for an unsafe value");
+                }
+            }
+        }
+    }
+
+    fn column(table: &str, name: &str) -> Column {
+        TableDictionary::from_columns(
+            table,
+            vec![table.to_owned()],
+            vec![DictionaryColumn {
+                defined_on: table.to_owned(),
+                element: name.to_owned(),
+                label: name.to_owned(),
+            }],
+        )
+        .column(name)
+        .expect("in the dictionary")
+    }
+
+    #[test]
+    fn checked_queries_take_columns_of_their_table_and_check_rows() {
+        let name = column("oidc_provider_configuration", "name");
+        let query = CheckedQuery::on("oidc_provider_configuration")
+            .eq(&name, "Contoso Azure")
+            .expect("own column");
+        assert_eq!(query.encoded().expect("text"), "name=Contoso Azure");
+        assert!(query.matches(&record(json!({"name": "contoso azure"}))));
+        assert!(!query.matches(&record(json!({"name": "Contoso SSO"}))));
+        assert!(!query.matches(&record(json!({"oidc_provider": "Contoso Azure"}))));
+        let other = column("oauth_entity", "name");
+        assert!(
+            CheckedQuery::on("oidc_provider_configuration")
+                .eq(&other, "x")
+                .is_err()
+        );
+        assert!(
+            CheckedQuery::on("oidc_provider_configuration")
+                .encoded()
+                .is_err()
+        );
+        assert!(matches!(
+            CheckedQuery::on("oidc_provider_configuration").eq(&name, "a^ORb"),
+            Err(ServiceNowError::UnsafeValue(UnsafeQueryValue::Caret))
+        ));
+        assert!(Column::standard("oauth_entity", "client_id").is_err());
+        assert!(Column::standard("sys_user", "user_name").is_ok());
+        assert!(Column::standard("oauth_entity", "sys_id").is_ok());
     }
 
     #[test]

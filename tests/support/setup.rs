@@ -99,7 +99,7 @@ impl World {
         let rest = format!(
             "[servicenow]\ninstance_url = \"{}\"\nusername = \"{user}\"\npassword = \"{password}\"\n\
              [entra]\nauthority_url = \"{}/\"\ngraph_url = \"{}/\"\ngraph_client_id = \"{}\"\ngraph_client_secret = \"{}\"\n\
-             [setup]\nencryption_key = \"{key}\"\n[bot]\nauth_mode = \"insecure-local\"\n",
+             [setup]\nencryption_key = \"{key}\"\n[bot]\nauth_mode = \"insecure-local\"\napp_password = \"\"\n",
             urls.servicenow,
             urls.entra,
             urls.graph_v1(),

@@ -12,7 +12,7 @@ use super::{PollReport, ServiceHealthSettings, SourceError, accept_event, store}
 use crate::app::App;
 use crate::notify::event::{CaseEvent, EventSource};
 use crate::upstream::graph::{ServiceHealthIssue, ServiceHealthStatus};
-use crate::upstream::servicenow::{EncodedQuery, ServiceNowClient};
+use crate::upstream::servicenow::{CheckedQuery, EncodedQuery, ServiceNowClient, ServiceNowError};
 
 /// The watermark key of the poller.
 pub const SOURCE_ID: &str = "service_health";
@@ -273,11 +273,14 @@ async fn mirror_issue(
     let mut mirror = match existing {
         Some(mirror) => mirror,
         None => {
-            let query = EncodedQuery::new().eq(&settings.mirror_correlation_field, &issue.id);
-            let found = client
-                .query_checked(table, &query, &["sys_id"], Some(1))
+            // A checked lookup: the incident adopted is one whose correlation value really is
+            // this issue's, and two such incidents refuse the adoption.
+            let correlation = client
+                .resolve_column(table, &settings.mirror_correlation_field)
                 .await?;
-            let sys_id = match found.first().and_then(|row| row.sys_id()) {
+            let lookup = CheckedQuery::on(table).eq(&correlation, &issue.id)?;
+            let found = client.find_one(&lookup, &["sys_id"]).await?;
+            let sys_id = match found.as_ref().and_then(|row| row.sys_id()) {
                 Some(sys_id) => {
                     // Adopted (the bot's database was reset): skip posts already noted.
                     known_notes = Some(existing_notes(client, table, sys_id).await?);
@@ -401,7 +404,12 @@ async fn existing_notes(
         .eq("element_id", sys_id)
         .eq("element", "work_notes");
     let rows = client
-        .query("sys_journal_field", query.as_str(), &["value"], None)
+        .query(
+            "sys_journal_field",
+            query.text().map_err(ServiceNowError::from)?,
+            &["value"],
+            None,
+        )
         .await?;
     Ok(rows
         .iter()

@@ -167,8 +167,12 @@ pub async fn latest_note(
         .is_in("element", &names)
         .and("sys_created_on", Operator::Ge, &format_datetime(since))
         .order_by_desc("sys_created_on");
+    let Ok(text) = query.text() else {
+        tracing::debug!("a case's journal cannot be looked up by its identifiers; no note relayed");
+        return None;
+    };
     match client
-        .query("sys_journal_field", query.as_str(), &["value"], Some(1))
+        .query("sys_journal_field", text, &["value"], Some(1))
         .await
     {
         Ok(rows) => rows
