@@ -1,6 +1,6 @@
 //! Records the git revision the binary is built from, for `m365bot --version` and `/readyz`.
 //!
-//! `M365BOT_GIT_REVISION` set at build time wins (release pipelines, source packages); else
+//! `BUILD_GIT_REVISION` set at build time wins (release pipelines, source packages); else
 //! `git` is asked when this crate is the top of a git checkout; else the revision is `unknown`,
 //! so a source tarball without `.git` still builds.
 
@@ -8,14 +8,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn main() {
-    println!("cargo:rerun-if-env-changed=M365BOT_GIT_REVISION");
+    println!("cargo:rerun-if-env-changed=BUILD_GIT_REVISION");
     println!("cargo:rerun-if-changed=build.rs");
-    let revision = std::env::var("M365BOT_GIT_REVISION")
+    let revision = std::env::var("BUILD_GIT_REVISION")
         .ok()
         .filter(|value| !value.trim().is_empty())
         .or_else(revision_from_git)
         .unwrap_or_else(|| "unknown".to_owned());
-    println!("cargo:rustc-env=M365BOT_GIT_REVISION={}", revision.trim());
+    println!("cargo:rustc-env=BUILD_GIT_REVISION={}", revision.trim());
 }
 
 fn git(args: &[&str]) -> Option<String> {

@@ -25,9 +25,9 @@ pub mod upstream;
 pub const VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
     " (",
-    env!("M365BOT_GIT_REVISION"),
+    env!("BUILD_GIT_REVISION"),
     ")"
 );
 
 /// The git revision the binary was built from (`unknown` when built without git metadata).
-pub const GIT_REVISION: &str = env!("M365BOT_GIT_REVISION");
+pub const GIT_REVISION: &str = env!("BUILD_GIT_REVISION");
