@@ -383,10 +383,6 @@ const BOT_FRAMEWORK_ALIASES: [(&str, &str); 3] = [
     ("microsoftapptenantid", "bot.tenant_id"),
 ];
 
-/// `M365BOT_` variables that are not settings: the configuration file's path and the test
-/// runner's switch. Any other unknown `M365BOT_` name is an error that names it.
-const NOT_SETTINGS: &[&str] = &["CONFIG", "TESTS_WITHOUT_POSTGRES"];
-
 impl Settings {
     /// Loads defaults, then `config_file` if given (it must exist), then the environment.
     pub fn load(config_file: Option<&Path>) -> Result<Self, ConfigError> {
@@ -413,7 +409,11 @@ impl Settings {
                     .find(|(alias, _)| key.as_str().eq_ignore_ascii_case(alias))
                     .map(|(_, target)| (*target).into())
             }))
-            .merge(Env::prefixed("M365BOT_").ignore(NOT_SETTINGS).split("__"));
+            .merge(
+                Env::prefixed("M365BOT_")
+                    .filter(|key| !is_not_a_setting(key.as_str()))
+                    .split("__"),
+            );
         Ok(figment)
     }
 
@@ -582,6 +582,17 @@ pub fn is_https_or_loopback(url: &Url) -> bool {
     }
 }
 
+/// True for `M365BOT_` variables that are not settings: command-line options
+/// (`M365BOT_CONFIG`, the `M365BOT_INIT_*` answers of `m365bot init`) and the test runner's
+/// switch (`M365BOT_TESTS_WITHOUT_POSTGRES`).
+fn is_not_a_setting(key: &str) -> bool {
+    key.eq_ignore_ascii_case("config")
+        || key.eq_ignore_ascii_case("tests_without_postgres")
+        || key
+            .get(..5)
+            .is_some_and(|prefix| prefix.eq_ignore_ascii_case("init_"))
+}
+
 /// True for a canonical 8-4-4-4-12 hexadecimal GUID.
 pub fn is_guid(value: &str) -> bool {
     let groups: Vec<&str> = value.split('-').collect();
@@ -721,6 +732,32 @@ mod tests {
                     .as_ref()
                     .map(|p| p.expose_secret().to_owned()),
                 Some("pw".to_owned())
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[expect(
+        clippy::result_large_err,
+        reason = "figment's Jail API returns its own error type"
+    )]
+    fn command_line_variables_are_not_settings() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("MicrosoftAppId", "11111111-2222-3333-4444-555555555555");
+            jail.set_env("MicrosoftAppPassword", "pw");
+            jail.set_env(
+                "MicrosoftAppTenantId",
+                "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee",
+            );
+            jail.set_env("M365BOT_CONFIG", "/etc/m365bot/m365bot.toml");
+            jail.set_env("M365BOT_INIT_SERVICENOW_PASSWORD", "secret");
+            let settings = Settings::load(None).expect("loads");
+            assert_eq!(settings.bot.app_id, "11111111-2222-3333-4444-555555555555");
+            jail.set_env("M365BOT_CONFIGURATION", "x");
+            assert!(
+                Settings::load(None).is_err(),
+                "other unknown keys still fail"
             );
             Ok(())
         });
