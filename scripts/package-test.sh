@@ -153,9 +153,9 @@ echo "$version" | grep -Eq '^m365bot [0-9]+\.[0-9]+\.[0-9]+ \(([0-9a-f]{12}|unkn
 expected=$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
 echo "$version" | grep -q "($expected)" || fail "version line $version does not name revision $expected"
 ok "$version"
-# The environment the unit gives it, with a placeholder identity: migrate creates the SQLite
-# database in the state directory, which only the service user may write.
-(cd /var/lib/m365bot && runuser -u m365bot -- env -i PATH=/usr/bin:/bin \
+# The environment the unit gives it (UMask=0077), with a placeholder identity: migrate creates
+# the SQLite database in the state directory, which only the service user may write.
+(cd /var/lib/m365bot && umask 0077 && runuser -u m365bot -- env -i PATH=/usr/bin:/bin \
     M365BOT_CONFIG=/etc/m365bot/m365bot.toml \
     M365BOT_DATABASE__URL=sqlite:///var/lib/m365bot/m365bot.db \
     MicrosoftAppId=11111111-2222-3333-4444-555555555555 MicrosoftAppPassword=placeholder \
