@@ -140,7 +140,7 @@ async fn link_account_sign_in_url_and_code_redemption() {
                 scope: "openid profile email",
                 state: "the-state",
                 nonce: "the-nonce",
-                code_challenge: pkce.challenge(),
+                pkce: &pkce,
                 login_hint: Some("admin@contoso.com"),
                 prompt: Some("select_account"),
             },

@@ -7,6 +7,7 @@
 
 pub mod entra;
 pub mod graph;
+pub mod oauth;
 pub mod servicenow;
 
 use std::sync::Arc;
