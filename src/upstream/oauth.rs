@@ -302,3 +302,44 @@ impl SyncHttpClient for TokenHttp {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(json: &str) -> Result<TokenAnswer, serde_json::Error> {
+        serde_json::from_str(json)
+    }
+
+    #[test]
+    fn lifetimes_come_as_numbers_or_strings() {
+        let v2 = answer(r#"{"access_token":"a","token_type":"Bearer","expires_in":3599}"#).unwrap();
+        assert_eq!(v2.expires_in(), Some(Duration::from_secs(3599)));
+        let v1 = answer(
+            r#"{"access_token":"a","token_type":"Bearer","expires_in":"3599","expires_on":"1388452167"}"#,
+        )
+        .unwrap();
+        assert_eq!(v1.expires_in(), Some(Duration::from_secs(3599)));
+        assert_eq!(v1.expires_on, Some(1_388_452_167));
+        let none = answer(r#"{"access_token":"a","expires_in":null}"#).unwrap();
+        assert_eq!(none.expires_in(), None);
+        assert_eq!(none.token_type_name(), "Bearer");
+        assert!(answer(r#"{"access_token":"a","expires_in":"soon"}"#).is_err());
+        assert!(answer(r#"{"access_token":"a","expires_in":-1}"#).is_err());
+        assert!(answer(r#"{"token_type":"Bearer"}"#).is_err());
+    }
+
+    #[test]
+    fn scopes_are_split_and_joined_and_secrets_stay_out_of_debug() {
+        let token = answer(
+            r#"{"access_token":"tok-secret","scope":"openid profile","refresh_token":"ref-secret","id_token":"id-secret"}"#,
+        )
+        .unwrap();
+        assert_eq!(token.scopes().map(Vec::len), Some(2));
+        assert_eq!(token.scope().as_deref(), Some("openid profile"));
+        let debug = format!("{token:?}");
+        for secret in ["tok-secret", "ref-secret", "id-secret"] {
+            assert!(!debug.contains(secret), "{debug}");
+        }
+    }
+}
