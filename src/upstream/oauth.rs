@@ -177,13 +177,13 @@ pub enum TokenFailure<TE> {
         /// The error body.
         error: TE,
         /// The answer as read.
-        answer: RawResponse,
+        answer: Box<RawResponse>,
     },
     /// An answer that is neither a token nor an OAuth error body (an HTML page, truncated or
     /// wrongly shaped JSON, another content type).
     Unreadable {
         /// The answer as read.
-        answer: RawResponse,
+        answer: Box<RawResponse>,
         /// What was wrong, without values of the body.
         detail: String,
     },
@@ -260,19 +260,21 @@ impl TokenHttp {
             .unwrap_or_else(PoisonError::into_inner);
         Err(match (err, answer) {
             (RequestTokenError::Request(err), _) => TokenFailure::Network(err),
-            (RequestTokenError::ServerResponse(error), Some(answer)) => {
-                TokenFailure::Refused { error, answer }
-            }
+            (RequestTokenError::ServerResponse(error), Some(answer)) => TokenFailure::Refused {
+                error,
+                answer: Box::new(answer),
+            },
             (RequestTokenError::Parse(err, _), Some(answer)) => TokenFailure::Unreadable {
-                answer,
+                answer: Box::new(answer),
                 detail: format!(
                     "the JSON does not have the expected shape at `{}`",
                     err.path()
                 ),
             },
-            (RequestTokenError::Other(detail), Some(answer)) => {
-                TokenFailure::Unreadable { answer, detail }
-            }
+            (RequestTokenError::Other(detail), Some(answer)) => TokenFailure::Unreadable {
+                answer: Box::new(answer),
+                detail,
+            },
             (RequestTokenError::ServerResponse(_) | RequestTokenError::Parse(..), None) => {
                 TokenFailure::Invalid("no answer was read".to_owned())
             }
