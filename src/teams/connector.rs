@@ -25,9 +25,9 @@ use crate::error::{RetryKind, parse_retry_after};
 use crate::metrics::Metrics;
 use crate::upstream::entra::EntraErrorResponse;
 use crate::upstream::oauth::{
-    TokenAnswer, TokenEndpointClient, TokenFailure, TokenHttp, token_client,
+    TokenEndpointClient, TokenFailure, TokenHttp, token_client, unreadable_token,
 };
-use crate::upstream::{decode_raw, retry_after};
+use crate::upstream::retry_after;
 
 /// A token is refreshed this long before it expires.
 const REFRESH_MARGIN: Duration = Duration::from_secs(5 * 60);
@@ -843,9 +843,7 @@ impl ConnectorClient {
                 }
             }
             TokenFailure::Unreadable { answer, detail } => {
-                let problem = decode_raw::<TokenAnswer>(&answer, true)
-                    .err()
-                    .map_or(detail, |cause| cause.to_string());
+                let problem = unreadable_token(&answer, detail).to_string();
                 TokenError::Decode(excerpt(&problem, EXCERPT_CHARS, Some(secret)))
             }
             TokenFailure::Invalid(detail) => TokenError::InvalidUrl(detail),

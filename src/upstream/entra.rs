@@ -22,7 +22,7 @@ use url::Url;
 
 use super::oauth::{
     AuthorizationCodeClient, TokenAnswer, TokenEndpointClient, TokenFailure, TokenHttp,
-    token_client,
+    token_client, unreadable_token,
 };
 use super::{
     DecodeError, NetworkError, RawResponse, Recorder, check_base, decode_raw, decode_retry,
@@ -273,9 +273,7 @@ fn token_failure(failure: TokenFailure<EntraErrorResponse>) -> EntraError {
         TokenFailure::Refused { error, answer } => error.into_error(answer.status, &answer.headers),
         TokenFailure::Unreadable { answer, .. } if !answer.is_success() => parse_error(&answer),
         TokenFailure::Unreadable { answer, detail } => {
-            let cause = decode_raw::<TokenAnswer>(&answer, true)
-                .err()
-                .unwrap_or(DecodeError::Shape { detail });
+            let cause = unreadable_token(&answer, detail);
             EntraError::Decode {
                 status: answer.status,
                 retry: decode_retry(answer.status, &answer.headers, &cause),
@@ -822,6 +820,7 @@ impl EntraClient {
         tenant: &str,
         request: &AuthorizeRequest<'_>,
     ) -> Result<Url, EntraError> {
+        // The URL carries no secret.
         let client = self.code_client(tenant, request.client_id, &SecretString::from(""))?;
         let state = request.state.to_owned();
         let mut sign_in = client

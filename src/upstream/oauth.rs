@@ -24,7 +24,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use url::Url;
 
-use super::{NetworkError, RawResponse};
+use super::{DecodeError, NetworkError, RawResponse, decode_raw};
 
 /// An `oauth2` client of one token endpoint (client credentials), with error body `TE`.
 pub type TokenEndpointClient<TE> = oauth2::Client<
@@ -189,6 +189,14 @@ pub enum TokenFailure<TE> {
     },
     /// The request could not be built.
     Invalid(String),
+}
+
+/// Why a success answer is not a token: the decoder's reading (an HTML page, a cut or
+/// oversized body, a wrong shape; values of the body never quoted), else `detail`.
+pub fn unreadable_token(answer: &RawResponse, detail: String) -> DecodeError {
+    decode_raw::<TokenAnswer>(answer, true)
+        .err()
+        .unwrap_or(DecodeError::Shape { detail })
 }
 
 enum Transport {

@@ -17,7 +17,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use url::Url;
 
-use super::oauth::{TokenAnswer, TokenEndpointClient, TokenFailure, TokenHttp, token_client};
+use super::oauth::{
+    TokenAnswer, TokenEndpointClient, TokenFailure, TokenHttp, token_client, unreadable_token,
+};
 use super::{
     DecodeError, NetworkError, RawResponse, Recorder, check_base, decode_raw, decode_retry,
     header_str, join_segments,
@@ -809,9 +811,7 @@ fn token_failure(failure: TokenFailure<ServiceNowTokenError>) -> ServiceNowError
         },
         TokenFailure::Unreadable { answer, .. } if !answer.is_success() => parse_error(&answer),
         TokenFailure::Unreadable { answer, detail } => {
-            let cause = decode_raw::<TokenAnswer>(&answer, true)
-                .err()
-                .unwrap_or(DecodeError::Shape { detail });
+            let cause = unreadable_token(&answer, detail);
             ServiceNowError::Decode {
                 status: answer.status,
                 retry: decode_retry(answer.status, &answer.headers, &cause),
