@@ -9,8 +9,9 @@
 # Release build; each scenario prints its figures.
 #
 # Usage: scripts/notify-reliability.sh [MESSAGES_IN_HUNDREDS]   (default 100 = 10,000)
-# Environment: TEST_POSTGRES_URL  a server where the role may create databases (scenarios on
-#              PostgreSQL are skipped without it).
+# Environment: TEST_POSTGRES_URL  a server where the role may create databases. Without it only
+#              the SQLite scenarios run, and the script says so and exits 1.
+# Exits non-zero when any scenario fails.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -20,10 +21,24 @@ if [ -z "${TEST_POSTGRES_URL:-}" ]; then
     export M365BOT_TESTS_WITHOUT_POSTGRES=1
 fi
 
+failures=0
+
+# run CARGO_TEST_ARGS...: one scenario; its figures are printed, a failure is counted.
 run() {
+    local log status
     echo "== $*" >&2
-    cargo test --release "$@" -- --nocapture --test-threads=1 2>&1 |
-        grep -E "crash run|faults:|^test |test result|panicked|assert" || true
+    log=$(mktemp)
+    set +e
+    cargo test --release "$@" -- --nocapture --test-threads=1 >"$log" 2>&1
+    status=$?
+    set -e
+    grep -E "crash run|faults:|^test |test result|panicked|assert" "$log" || true
+    if [ "$status" -ne 0 ]; then
+        echo "FAILED: cargo test $* (exit $status); its last lines:" >&2
+        tail -n 40 "$log" >&2
+        failures=$((failures + 1))
+    fi
+    rm -f "$log"
 }
 
 # 1. The crash: 100 channels x (hundreds) cases.
@@ -38,3 +53,14 @@ NOTIFY_FLAKY_CASES=$((hundreds * 5)) run --test notify_delivery a_failing_connec
 if [ -n "${TEST_POSTGRES_URL:-}" ]; then
     NOTIFY_TWO_WORKER_CASES=$((hundreds * 2)) run --test notify_delivery two_workers
 fi
+
+if [ "$failures" -ne 0 ]; then
+    echo "notify-reliability: $failures scenario(s) FAILED" >&2
+    exit 1
+fi
+if [ -z "${TEST_POSTGRES_URL:-}" ]; then
+    echo "notify-reliability: the SQLite scenarios passed; the PostgreSQL ones were NOT run" \
+        "(set TEST_POSTGRES_URL)" >&2
+    exit 1
+fi
+echo "notify-reliability: every scenario passed"

@@ -304,6 +304,43 @@ fn render_error_message(err: &RenderError) -> String {
     }
 }
 
+/// Escapes the Adaptive Card markdown subset (and the CommonMark that Teams' renderers also
+/// read) in untrusted text, so it shows literally: no links, emphasis, lists, headings, quotes
+/// or tables, and no bare URL that a client turns into a link (`://` gets a zero-width space).
+pub fn escape_markdown(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 8);
+    let mut line_start = true;
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' | '*' | '_' | '[' | ']' | '`' | '~' | '<' | '>' | '|' => {
+                out.push('\\');
+                out.push(c);
+            }
+            '#' | '-' | '+' | '=' if line_start => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if line_start && c.is_ascii_digit() => {
+                // `1. item` or `1) item` is a numbered list: escape the marker after the digits.
+                out.push(c);
+                while let Some(&digit) = chars.peek().filter(|d| d.is_ascii_digit()) {
+                    out.push(digit);
+                    chars.next();
+                }
+                if let Some(marker) = chars.next_if(|m| matches!(m, '.' | ')')) {
+                    out.push('\\');
+                    out.push(marker);
+                }
+            }
+            ':' if chars.peek() == Some(&'/') => out.push_str(":\u{200B}"),
+            c => out.push(c),
+        }
+        line_start = c == '\n' || (line_start && c == ' ');
+    }
+    out
+}
+
 /// Escapes text for the inside of a JSON string literal: quotes, backslashes, control
 /// characters and U+2028/U+2029 (which break JavaScript embedding).
 pub fn escape_json_string(text: &str) -> String {

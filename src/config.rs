@@ -353,6 +353,12 @@ const BOT_FRAMEWORK_ALIASES: [(&str, &str); 3] = [
 impl Settings {
     /// Loads defaults, then `config_file` if given (it must exist), then the environment.
     pub fn load(config_file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::from_figment(Self::sources(config_file)?)
+    }
+
+    /// The configuration sources `load` merges (file, then environment), unvalidated, so that a
+    /// command needing one key can read it without the whole configuration.
+    pub fn sources(config_file: Option<&Path>) -> Result<Figment, ConfigError> {
         let mut figment = Figment::new();
         if let Some(path) = config_file {
             if !path.exists() {
@@ -371,7 +377,15 @@ impl Settings {
                     .map(|(_, target)| (*target).into())
             }))
             .merge(Env::prefixed("M365BOT_").split("__"));
-        Self::from_figment(figment)
+        Ok(figment)
+    }
+
+    /// The public URL's host when `server.public_url` is not configured.
+    pub fn default_public_host() -> String {
+        default_public_url()
+            .host_str()
+            .unwrap_or_default()
+            .to_owned()
     }
 
     /// Builds settings from an explicit figment (used by `load` and by tests).

@@ -23,6 +23,8 @@ pub enum Misconfiguration {
     CrossScope,
     /// The inbound app issues v2 access tokens.
     V2Tokens,
+    /// The bot's Graph app lost its application permissions: Graph answers 403 to everything.
+    Graph403,
 }
 
 impl FromStr for Misconfiguration {
@@ -34,8 +36,9 @@ impl FromStr for Misconfiguration {
             "missing-role" => Ok(Self::MissingRole),
             "cross-scope" => Ok(Self::CrossScope),
             "v2-tokens" => Ok(Self::V2Tokens),
+            "graph-403" => Ok(Self::Graph403),
             other => Err(format!(
-                "unknown misconfiguration {other:?}; use wrong-secret, missing-role, cross-scope or v2-tokens"
+                "unknown misconfiguration {other:?}; use wrong-secret, missing-role, cross-scope, v2-tokens or graph-403"
             )),
         }
     }
@@ -257,6 +260,9 @@ mirror = true
                 }
             }
             Misconfiguration::CrossScope => handle.sn_set_oauth_entity_cross_scope_readable(false),
+            Misconfiguration::Graph403 => {
+                handle.revoke_graph_permissions(&self.sandbox.demo().graph_client_id);
+            }
             Misconfiguration::V2Tokens => {
                 if let Some(inbound) = &self.spec.inbound_app {
                     handle.set_requested_access_token_version(&inbound.client_id, Some(2));

@@ -8,6 +8,7 @@ pub mod core;
 pub mod db;
 pub mod demo;
 pub mod error;
+pub mod init;
 pub mod integration;
 pub mod link;
 pub mod manifest;
@@ -19,3 +20,14 @@ pub mod setup;
 pub mod teams;
 pub mod telemetry;
 pub mod upstream;
+
+/// The crate version and the git revision it was built from, e.g. `0.1.0 (1a2b3c4d5e6f)`.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("M365BOT_GIT_REVISION"),
+    ")"
+);
+
+/// The git revision the binary was built from (`unknown` when built without git metadata).
+pub const GIT_REVISION: &str = env!("M365BOT_GIT_REVISION");

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 /// m365bot: sets up, verifies and operates the Microsoft 365 support integration between
 /// ServiceNow and Microsoft 365, from Microsoft Teams.
 #[derive(Parser)]
-#[command(version, about, long_about = None)]
+#[command(version = m365bot::VERSION, about, long_about = None)]
 struct Cli {
     /// Optional TOML configuration file (environment variables M365BOT_* override it).
     #[arg(long, short, global = true, env = "M365BOT_CONFIG")]
@@ -24,6 +24,9 @@ struct Cli {
 enum Commands {
     /// Run the bot (the default).
     Serve,
+    /// Write a first configuration file: asks for (or takes as flags) the public URL, the bot's
+    /// identity, the database and ServiceNow, checks each answer live, writes it with mode 0600.
+    Init(Box<m365bot::init::InitArgs>),
     /// Create or upgrade the database schema, then exit.
     Migrate,
     /// Run the bot with in-process emulators of ServiceNow, Entra ID and Graph (SQLite, local
@@ -92,6 +95,9 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
         manifest(cli.config.as_deref(), out, app_id.clone(), domain.clone())?;
         return Ok(std::process::ExitCode::SUCCESS);
     }
+    if let Commands::Init(args) = command {
+        return init(*args, cli.config.as_deref()).await;
+    }
     if let Commands::Sandbox {
         listen,
         database,
@@ -136,9 +142,29 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
             doctor(&settings, &spec, json, repair).await
         }
         Commands::Manifest { .. }
+        | Commands::Init(_)
         | Commands::Sandbox { .. }
         | Commands::ServicenowScript { .. } => Ok(std::process::ExitCode::SUCCESS),
     }
+}
+
+async fn init(
+    args: m365bot::init::InitArgs,
+    config: Option<&std::path::Path>,
+) -> anyhow::Result<std::process::ExitCode> {
+    let mut stdout = std::io::stdout();
+    if args.non_interactive || !m365bot::init::interactive() {
+        m365bot::init::run(args, config, &mut m365bot::init::NoPrompt, &mut stdout).await?;
+    } else {
+        m365bot::init::run(
+            args,
+            config,
+            &mut m365bot::init::TerminalPrompt,
+            &mut stdout,
+        )
+        .await?;
+    }
+    Ok(std::process::ExitCode::SUCCESS)
 }
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
@@ -168,10 +194,7 @@ async fn doctor(
     } else {
         print!("{}", m365bot::integration::doctor::render_text(&outcomes));
     }
-    let failed = outcomes
-        .iter()
-        .any(|o| o.status == m365bot::integration::doctor::Status::Fail);
-    Ok(if failed {
+    Ok(if m365bot::integration::doctor::has_failures(&outcomes) {
         std::process::ExitCode::FAILURE
     } else {
         std::process::ExitCode::SUCCESS
@@ -251,23 +274,37 @@ fn manifest(
     app_id: Option<String>,
     domain: Option<String>,
 ) -> anyhow::Result<()> {
-    // The package needs only the app id and domain, so a partial configuration is fine here.
-    let loaded = Settings::load(config).ok();
-    let app_id = app_id
-        .or_else(|| {
-            loaded
-                .as_ref()
-                .map(|s| s.bot.app_id.clone())
-                .filter(|id| !id.is_empty())
-        })
-        .context("give --app-id or set bot.app_id (MicrosoftAppId)")?;
-    let domain = domain
-        .or_else(|| {
-            loaded
-                .as_ref()
-                .and_then(|s| s.server.public_url.host_str().map(str::to_owned))
-        })
-        .context("give --domain or set server.public_url")?;
+    // The package needs only the app id and the domain: read those two keys on their own, so
+    // the rest of the configuration may be missing or incomplete.
+    let sources = Settings::sources(config)?;
+    let configured = |key: &str| -> Option<String> {
+        sources
+            .extract_inner::<String>(key)
+            .ok()
+            .map(|value| value.trim().to_owned())
+            .filter(|value| !value.is_empty())
+    };
+    let app_id = app_id.or_else(|| configured("bot.app_id")).context(
+        "the bot's app id is missing: give --app-id, or set bot.app_id (M365BOT_BOT__APP_ID or MicrosoftAppId)",
+    )?;
+    let domain = match domain {
+        Some(domain) => domain,
+        None => match configured("server.public_url") {
+            Some(url) => url::Url::parse(&url)
+                .ok()
+                .and_then(|u| u.host_str().map(str::to_owned))
+                .with_context(|| {
+                    format!("server.public_url {url:?} is not a URL with a host: give --domain, or correct it")
+                })?,
+            None => {
+                let host = Settings::default_public_host();
+                eprintln!(
+                    "server.public_url is not set: using its default host {host}; give --domain or set server.public_url (M365BOT_SERVER__PUBLIC_URL) for your own"
+                );
+                host
+            }
+        },
+    };
     m365bot::manifest::write_package(&app_id, &domain, out)?;
     println!("wrote {}", out.display());
     Ok(())

@@ -50,12 +50,60 @@ async fn healthz() -> &'static str {
     "ok"
 }
 
-async fn readyz(State(app): State<Arc<App>>) -> Result<&'static str, ApiError> {
-    app.db
-        .ping()
-        .await
-        .map(|()| "ready")
-        .map_err(|e| ApiError::Unavailable(format!("database unreachable: {e}")))
+/// `GET /readyz`: 200 when the database answers and its schema is not behind this binary, else
+/// 503; the body says which, and what this instance runs (delivery worker, pollers).
+async fn readyz(State(app): State<Arc<App>>) -> Response {
+    let backend = match app.db.backend {
+        crate::db::Backend::Sqlite => "sqlite",
+        crate::db::Backend::Postgres => "postgres",
+    };
+    let (database, migrations, ready) = match app.db.migration_level().await {
+        Ok(level) => {
+            let state = if level.applied > level.expected {
+                "ahead"
+            } else if level.is_current() {
+                "current"
+            } else {
+                "behind"
+            };
+            (
+                serde_json::json!({"backend": backend, "reachable": true}),
+                serde_json::json!({
+                    "applied": level.applied,
+                    "expected": level.expected,
+                    "state": state,
+                }),
+                state != "behind",
+            )
+        }
+        Err(err) => (
+            serde_json::json!({
+                "backend": backend,
+                "reachable": false,
+                "error": format!("database unreachable: {err}"),
+            }),
+            serde_json::Value::Null,
+            false,
+        ),
+    };
+    let sources = &app.settings.notifications.sources;
+    let body = serde_json::json!({
+        "status": if ready { "ready" } else { "unavailable" },
+        "version": crate::VERSION,
+        "database": database,
+        "migrations": migrations,
+        "workers": {"delivery": app.settings.notifications.deliver},
+        "pollers": {
+            "servicenow": sources.servicenow.poll,
+            "service_health": sources.service_health.poll,
+        },
+    });
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(body)).into_response()
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {

@@ -465,3 +465,44 @@ fn line_diff_marks_changes() {
     let diff = line_diff("a\nb\nc\n", "a\nB\nc\n");
     assert_eq!(diff, "  a\n- b\n+ B\n  c\n");
 }
+
+#[test]
+fn help_gives_every_command_the_full_width_so_role_names_never_break() {
+    let m365bot::core::Reply::Card { template, data } = m365bot::core::help_card();
+    let card = renderer()
+        .render(&format!("teams/{template}"), &data)
+        .expect("renders");
+    let text = card.to_string();
+    assert!(
+        !text.contains("ColumnSet"),
+        "no narrow usage column: {text}"
+    );
+    let list = card["body"][2]["items"].as_array().expect("command list");
+    let grant = list
+        .iter()
+        .find(|c| c["items"][0]["text"] == "grant @user insights_user|administrator")
+        .expect("the grant command");
+    assert_eq!(grant["type"], "Container");
+    assert_eq!(
+        grant["items"][1]["type"], "TextBlock",
+        "description below it"
+    );
+}
+
+#[test]
+fn the_completion_title_uses_the_default_colour_on_its_good_container() {
+    let sample: Value = serde_json::from_str(
+        &std::fs::read_to_string("tests/card_samples/setup_complete_values.json").expect("sample"),
+    )
+    .expect("json");
+    let card = renderer()
+        .render("teams/setup_complete", &sample["model"])
+        .expect("renders");
+    assert_eq!(card["body"][0]["style"], "good");
+    let title = &card["body"][0]["items"][0];
+    assert_eq!(title["style"], "heading");
+    assert!(
+        title.get("color").is_none(),
+        "pale green on light green: {title}"
+    );
+}

@@ -29,7 +29,59 @@ async fn get(app: &TestApp, path: &str) -> (u16, String) {
 async fn liveness_and_readiness_answer() {
     let app = bot().await;
     assert_eq!(get(&app, "/healthz").await, (200, "ok".to_owned()));
-    assert_eq!(get(&app, "/readyz").await, (200, "ready".to_owned()));
+    let (status, body) = get(&app, "/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    let ready: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(ready["status"], "ready", "{body}");
+    assert_eq!(ready["database"]["reachable"], true, "{body}");
+    assert_eq!(ready["database"]["backend"], "sqlite", "{body}");
+}
+
+#[tokio::test]
+async fn readiness_reports_migrations_version_and_what_runs_here() {
+    let app = TestApp::spawn(&format!(
+        "[bot]\nauth_mode = \"insecure-local\"\ntenant_id = \"{}\"\n[notifications]\ndeliver = false\n[notifications.sources.servicenow]\npoll = true\n",
+        support::TEST_TENANT_ID
+    ))
+    .await;
+    let (status, body) = get(&app, "/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    let ready: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let migrations = std::fs::read_dir("migrations/sqlite")
+        .expect("migrations folder")
+        .count();
+    let latest = std::fs::read_dir("migrations/sqlite")
+        .expect("migrations folder")
+        .filter_map(|entry| {
+            let name = entry.ok()?.file_name().into_string().ok()?;
+            name.split('_').next()?.parse::<i64>().ok()
+        })
+        .max()
+        .expect("at least one migration");
+    assert!(migrations > 0);
+    assert_eq!(ready["migrations"]["applied"], latest, "{body}");
+    assert_eq!(ready["migrations"]["expected"], latest, "{body}");
+    assert_eq!(ready["migrations"]["state"], "current", "{body}");
+    assert_eq!(ready["workers"]["delivery"], false, "{body}");
+    assert_eq!(ready["pollers"]["servicenow"], true, "{body}");
+    assert_eq!(ready["pollers"]["service_health"], false, "{body}");
+    assert_eq!(ready["version"], m365bot::VERSION, "{body}");
+}
+
+#[tokio::test]
+async fn readiness_fails_when_the_schema_is_behind_the_binary() {
+    let app = bot().await;
+    sqlx::query(
+        "DELETE FROM _sqlx_migrations WHERE version = (SELECT MAX(version) FROM _sqlx_migrations)",
+    )
+    .execute(&app.app.db.pool)
+    .await
+    .expect("forget the last migration");
+    let (status, body) = get(&app, "/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    let ready: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(ready["migrations"]["state"], "behind", "{body}");
+    assert_eq!(ready["status"], "unavailable", "{body}");
 }
 
 #[tokio::test]

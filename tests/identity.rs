@@ -141,3 +141,146 @@ async fn unknown_email_and_unknown_member_are_explained() {
     .expect_err("not a member");
     assert!(card_text(&refusal).contains("could not find out who you are"));
 }
+
+#[tokio::test]
+async fn two_users_with_one_email_are_refused_and_locked_users_skipped() {
+    let (sandbox, connector, app) = setup().await;
+    // A second active user claims Beth's e-mail (e-mail is not unique in ServiceNow).
+    sandbox
+        .handle()
+        .sn_insert(
+            "sys_user",
+            serde_json::json!({
+                "user_name": "beth.impostor",
+                "name": "Beth Impostor",
+                "email": "beth.anglin@contoso.onmicrosoft.com",
+            }),
+        )
+        .expect("insert");
+    connector.add_member(
+        "29:beth",
+        "Beth Anglin",
+        "beth.anglin@contoso.onmicrosoft.com",
+        "7c1e0f4a-0000-4000-8000-000000000004",
+    );
+    let refusal = identity::require(
+        &app.app,
+        &event(&connector, "29:beth"),
+        RoleNeed::AppAdministrator,
+    )
+    .await
+    .expect_err("ambiguous e-mail");
+    let text = card_text(&refusal);
+    assert!(
+        text.contains("Two ServiceNow users have this e-mail"),
+        "{text}"
+    );
+
+    // A locked-out user (or an inactive one) is never matched.
+    sandbox
+        .handle()
+        .sn_insert(
+            "sys_user",
+            serde_json::json!({
+                "user_name": "locked.admin",
+                "email": "locked.admin@contoso.onmicrosoft.com",
+                "locked_out": "true",
+            }),
+        )
+        .expect("insert");
+    assert!(sandbox.handle().sn_grant_role("locked.admin", "admin"));
+    connector.add_member(
+        "29:locked",
+        "Locked Admin",
+        "locked.admin@contoso.onmicrosoft.com",
+        "7c1e0f4a-0000-4000-8000-000000000009",
+    );
+    let refusal = identity::require(
+        &app.app,
+        &event(&connector, "29:locked"),
+        RoleNeed::ServiceNowAdmin,
+    )
+    .await
+    .expect_err("locked out");
+    assert!(
+        card_text(&refusal).contains("No ServiceNow user matches"),
+        "{}",
+        card_text(&refusal)
+    );
+}
+
+#[tokio::test]
+async fn a_stored_link_beats_the_email() {
+    use m365bot::link::store::{AccountLink, AuditEntry, LinkStore};
+    let (sandbox, connector, app) = setup().await;
+    let beth = sandbox
+        .handle()
+        .sn_query("sys_user", "user_name=beth.anglin")
+        .and_then(|rows| rows.into_iter().next())
+        .and_then(|row| {
+            row.get("sys_id")
+                .and_then(|v| v.as_str())
+                .map(str::to_owned)
+        })
+        .expect("beth");
+    sandbox
+        .handle()
+        .sn_insert(
+            "sys_user",
+            serde_json::json!({
+                "user_name": "beth.impostor",
+                "email": "beth.anglin@contoso.onmicrosoft.com",
+            }),
+        )
+        .expect("insert");
+    let oid = "7c1e0f4a-0000-4000-8000-000000000004";
+    connector.add_member(
+        "29:beth",
+        "Beth Anglin",
+        "beth.anglin@contoso.onmicrosoft.com",
+        oid,
+    );
+    LinkStore::new(&app.app.db)
+        .save_link(
+            &AccountLink {
+                platform: "teams".to_owned(),
+                chat_user_id: "29:beth".to_owned(),
+                servicenow_user_sys_id: beth,
+                servicenow_user_name: "beth.anglin".to_owned(),
+                m365_object_id: oid.to_owned(),
+                m365_upn: "beth@contoso.onmicrosoft.com".to_owned(),
+                m365_tenant_id: support::TEST_TENANT_ID.to_owned(),
+                m365_roles: Vec::new(),
+                linked_at: 1,
+                linked_by: "beth.anglin".to_owned(),
+            },
+            &AuditEntry {
+                action: "link".to_owned(),
+                outcome: "linked".to_owned(),
+                actor_platform: "teams".to_owned(),
+                actor_user_id: "29:beth".to_owned(),
+                actor_servicenow_user: Some("beth.anglin".to_owned()),
+                target_servicenow_user: None,
+                role: None,
+                detail: None,
+            },
+        )
+        .await
+        .expect("link saved");
+    let user = identity::require(
+        &app.app,
+        &event(&connector, "29:beth"),
+        RoleNeed::AppAdministrator,
+    )
+    .await
+    .expect("the linked user");
+    assert_eq!(user.user_name, "beth.anglin");
+}
+
+#[test]
+fn lookup_values_refuse_query_syntax() {
+    assert!(identity::is_lookup_value("beth.anglin@contoso.com"));
+    for bad in ["a^ORactive=true", "a\nb", "JavaScript:gs.log(1)", ""] {
+        assert!(!identity::is_lookup_value(bad), "{bad:?}");
+    }
+}

@@ -440,9 +440,11 @@ async fn a_failing_connector_still_gets_every_message_and_nothing_is_dead_letter
 
 #[tokio::test]
 async fn two_workers_with_separate_pools_on_postgres_deliver_each_message_exactly_once() {
-    let test = support::db::postgres_test_db()
-        .await
-        .expect("this test needs PostgreSQL (TEST_POSTGRES_URL)");
+    // `None` only when the run was told plainly to skip PostgreSQL (the helper prints a note
+    // and scripts/test.sh a banner); without either it panics with instructions.
+    let Some(test) = support::db::postgres_test_db().await else {
+        return;
+    };
     let fake = LoadConnector::start(Faults::default()).await;
     let first = build_app(&fake, &test.url, FAST_RETRIES).await;
     let second = build_app(&fake, &test.url, FAST_RETRIES).await;

@@ -370,6 +370,89 @@ async fn bearer_push_needs_an_allowed_app_of_the_tenant() {
         .await;
     assert_eq!(malformed.status(), 400);
     assert_eq!(bot.count("notify_source_cases").await, 1);
+
+    // Re-signed with the tenant's key, the same claims are accepted (the control) ...
+    let claims = support::tokens::claims_of(&good);
+    let resigned = support::tokens::sandbox_signed(&claims);
+    let accepted = bot
+        .post(
+            &payload(CASE_ID, 3, ("2", "In Progress")),
+            &[("authorization", format!("Bearer {resigned}"))],
+        )
+        .await;
+    assert_eq!(accepted.status(), 200, "re-signed app token");
+    // ... but a delegated (user) token, a token without nbf or not yet valid is refused.
+    let now = chrono::Utc::now().timestamp();
+    let mut delegated = claims.clone();
+    delegated["idtyp"] = json!("user");
+    delegated["scp"] = json!("user_impersonation");
+    let mut no_nbf = claims.clone();
+    no_nbf.as_object_mut().expect("object").remove("nbf");
+    let mut not_yet = claims.clone();
+    not_yet["nbf"] = json!(now + 3600);
+    let mut neither = claims.clone();
+    neither.as_object_mut().expect("object").remove("idtyp");
+    for (what, claims) in [
+        ("delegated", delegated),
+        ("without nbf", no_nbf),
+        ("nbf in the future", not_yet),
+        ("neither idtyp=app nor roles", neither),
+    ] {
+        let token = support::tokens::sandbox_signed(&claims);
+        let refused = bot
+            .post(
+                &payload(CASE_ID, 9, ("6", "Resolved")),
+                &[("authorization", format!("Bearer {token}"))],
+            )
+            .await;
+        assert_eq!(refused.status(), 401, "{what}");
+    }
+    let state = store::case_state(&bot.app.db, &format!("servicenow:incident:{CASE_ID}"))
+        .await
+        .expect("db")
+        .expect("known");
+    assert_eq!(state.revision, "3", "nothing stored by a refused token");
+}
+
+#[tokio::test]
+async fn oversized_or_crowded_signature_headers_are_refused() {
+    let dir = tempfile::tempdir().expect("dir");
+    let bot = Bot::start(
+        dir.path(),
+        &format!("[notifications.sources.push]\nhmac_secret = \"{SECRET}\"\n"),
+    )
+    .await;
+    let now = chrono::Utc::now().timestamp();
+    let body = payload(CASE_ID, 3, ("2", "In Progress"));
+    let good = push::sign(SECRET.as_bytes(), now, &body);
+    let wrong = push::sign(b"other", now, &body);
+    for (what, header) in [
+        ("three candidates", format!("{wrong},{wrong},{good}")),
+        ("over 1 KiB", format!("{good},{}", "x".repeat(1100))),
+    ] {
+        let refused = bot
+            .post(
+                &body,
+                &[
+                    (push::TIMESTAMP_HEADER, now.to_string()),
+                    (push::SIGNATURE_HEADER, header),
+                ],
+            )
+            .await;
+        assert_eq!(refused.status(), 401, "{what}");
+    }
+    assert_eq!(bot.count("notify_events").await, 0);
+    // Two candidates (secret rotation) still work.
+    let accepted = bot
+        .post(
+            &body,
+            &[
+                (push::TIMESTAMP_HEADER, now.to_string()),
+                (push::SIGNATURE_HEADER, format!("{wrong},{good}")),
+            ],
+        )
+        .await;
+    assert_eq!(accepted.status(), 200);
 }
 
 // ---- the ServiceNow poller ----

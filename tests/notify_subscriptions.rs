@@ -95,8 +95,9 @@ async fn subscribe_list_status_and_unsubscribe() {
     let refused = run(&app, &connector, "29:abel", subscribe("")).await;
     let (_, data) = parts(&refused);
     assert!(
-        data.to_string().contains("insights_user"),
-        "the refusal names the role: {data}"
+        data.to_string()
+            .contains("x_mioms_m365_assis.administrator"),
+        "the refusal names the role a channel needs: {data}"
     );
 
     // A bad filter gets a usage error.
@@ -110,6 +111,58 @@ async fn subscribe_list_status_and_unsubscribe() {
             .as_str()
             .is_some_and(|t| t.contains("subscribe [source="))
     );
+
+    // Every value is checked against what the sources can produce: a filter that can never
+    // match is refused with the accepted values, and nothing is stored.
+    for (filter, needle, accepted) in [
+        ("priority=banana", "priority=banana", "\"1 - Critical\""),
+        ("priority=9", "priority=9", "advisory"),
+        (
+            r#"group="No Such Team""#,
+            "group=No Such Team",
+            "no assignment group",
+        ),
+        (
+            "service=Frobnication",
+            "service=Frobnication",
+            "\"Inquiry / Help\"",
+        ),
+    ] {
+        let refused = run(&app, &connector, "29:beth", subscribe(filter)).await;
+        let (template, data) = parts(&refused);
+        assert_eq!(template, "notice", "{filter}");
+        assert_eq!(
+            data["title"], "That filter is not valid",
+            "{filter}: {data}"
+        );
+        let text = data["text"].as_str().unwrap_or_default();
+        assert!(text.contains(needle), "{filter}: {text}");
+        assert!(text.contains("can never match"), "{filter}: {text}");
+        assert!(
+            text.contains(accepted),
+            "{filter}: names what is accepted: {text}"
+        );
+    }
+    let listed = run(&app, &connector, "29:beth", Command::Subscriptions).await;
+    assert!(
+        !parts(&listed).1.to_string().contains("banana"),
+        "a refused filter is never listed"
+    );
+    // Values the sources produce pass: the instance's choice labels, service-health
+    // classifications, the case table's service choices, existing groups.
+    for filter in [
+        r#"priority="2 - High",advisory source=servicenow"#,
+        r#"service=software,"Inquiry / Help" group="Microsoft 365 Support""#,
+    ] {
+        let ok = run(&app, &connector, "29:beth", subscribe(filter)).await;
+        assert_eq!(
+            parts(&ok).1["title"],
+            "Subscribed",
+            "{filter}: {:?}",
+            parts(&ok).1
+        );
+        run(&app, &connector, "29:beth", Command::Unsubscribe).await;
+    }
 
     let filter = r#"source=servicenow priority=1,2 group="Service Desk" changes-only"#;
     let ok = run(&app, &connector, "29:beth", subscribe(filter)).await;
@@ -204,4 +257,126 @@ fn the_commands_are_in_the_help_card() {
             "status <case or incident>"
         ]
     );
+}
+
+async fn run_in(
+    app: &TestApp,
+    connector: &FakeConnector,
+    user: &str,
+    conversation_type: &str,
+    command: Command,
+) -> Reply {
+    let mut event = event(connector, user);
+    event.conversation_type = conversation_type.to_owned();
+    if conversation_type != "channel" {
+        event.conversation_id = format!("19:{conversation_type}-of-{user}");
+    }
+    let mut replies = notify::handle_command(&app.app, &event, command).await;
+    assert_eq!(replies.len(), 1, "{replies:?}");
+    let reply = replies.remove(0);
+    let (template, data) = parts(&reply);
+    app.app
+        .cards
+        .render(&format!("teams/{template}"), data)
+        .unwrap_or_else(|e| panic!("{template}: {e}"));
+    reply
+}
+
+#[tokio::test]
+async fn channels_need_the_administrator_role_to_subscribe() {
+    let (_sandbox, connector, app) = setup().await;
+    connector.add_member(
+        "29:jane",
+        "Jane Doe",
+        "jane.doe@contoso.onmicrosoft.com",
+        "7c1e0f4a-0000-4000-8000-000000000006",
+    );
+    let subscribe = || Command::Subscribe {
+        filter: String::new(),
+    };
+    // Jane holds insights_user only: refused in a channel and a group chat, naming the role.
+    for conversation_type in ["channel", "groupChat"] {
+        let refused = run_in(&app, &connector, "29:jane", conversation_type, subscribe()).await;
+        let (_, data) = parts(&refused);
+        assert_eq!(data["title"], "You need another ServiceNow role", "{data}");
+        assert!(
+            data["text"]
+                .as_str()
+                .is_some_and(|t| t.contains("x_mioms_m365_assis.administrator")
+                    && !t.contains("insights_user")),
+            "{data}"
+        );
+        let refused = run_in(
+            &app,
+            &connector,
+            "29:jane",
+            conversation_type,
+            Command::Unsubscribe,
+        )
+        .await;
+        assert_eq!(
+            parts(&refused).1["title"],
+            "You need another ServiceNow role"
+        );
+    }
+    // In her personal chat insights_user is enough.
+    let ok = run_in(&app, &connector, "29:jane", "personal", subscribe()).await;
+    assert_eq!(parts(&ok).1["title"], "Subscribed");
+    // The administrator may subscribe the channel; the list says who did.
+    let ok = run_in(&app, &connector, "29:beth", "channel", subscribe()).await;
+    assert_eq!(parts(&ok).1["title"], "Subscribed");
+    let listed = run_in(
+        &app,
+        &connector,
+        "29:jane",
+        "channel",
+        Command::Subscriptions,
+    )
+    .await;
+    assert!(
+        parts(&listed).1["subscriptions"][0]["created"]
+            .as_str()
+            .is_some_and(|c| c.contains("Beth Anglin")),
+        "{listed:?}"
+    );
+}
+
+#[tokio::test]
+async fn status_reads_only_support_cases_of_reference_shape() {
+    let (_sandbox, connector, app) = setup().await;
+    let status = |reference: &str| Command::Status {
+        reference: reference.to_owned(),
+    };
+    // INC0010001 tracks a Microsoft support case: read live.
+    let case = run(&app, &connector, "29:beth", status("INC0010001")).await;
+    let (template, data) = parts(&case);
+    assert_eq!(template, "notify_status", "{data}");
+    assert_eq!(data["live"], true);
+    // The Microsoft case number finds it too.
+    let by_case = run(&app, &connector, "29:beth", status("2502170040001234")).await;
+    assert_eq!(parts(&by_case).0, "notify_status");
+    // INC0010003 (the jammed printer) tracks no Microsoft case: outside the case filter.
+    let printer = run(&app, &connector, "29:beth", status("INC0010003")).await;
+    let (template, data) = parts(&printer);
+    assert_eq!(template, "notice");
+    assert_eq!(data["title"], "Not a Microsoft 365 support case", "{data}");
+    assert!(!data.to_string().contains("Printer"), "{data}");
+    // Values that are not a reference are never looked up.
+    for hostile in [
+        "INC0010003^ORactive=true",
+        "x^NQactive=true",
+        "[Session expired](https://evil.example)",
+        "INC0010001\nactive=true",
+        "javascript:gs.getUser()",
+        &"A".repeat(41),
+    ] {
+        let refused = run(&app, &connector, "29:beth", status(hostile)).await;
+        let (template, data) = parts(&refused);
+        assert_eq!(template, "notice", "{hostile}");
+        assert_eq!(
+            data["title"], "Not a Microsoft 365 support case",
+            "{hostile}"
+        );
+        assert!(!data.to_string().contains("](https://"), "{data}");
+    }
 }

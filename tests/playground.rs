@@ -82,7 +82,7 @@ async fn agents_playground_drives_the_teams_endpoint() {
         "{summary}"
     );
     assert_eq!(
-        summary["channel"]["title"], "I didn't understand that",
+        summary["channel"]["title"], "I understand commands; type help",
         "{summary}"
     );
     assert_eq!(summary["welcome"]["title"], "m365bot commands", "{summary}");

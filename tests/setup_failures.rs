@@ -113,7 +113,49 @@ async fn unknown_tenant_is_explained_beside_the_domain() {
     let card = to_step(&bot, &world, false, "nosuchtenant.onmicrosoft.com").await;
     assert_eq!(heading(&card), "Microsoft 365 tenant");
     let error = field_error(&card, "domain").expect("error beside the domain");
-    assert!(error.contains("AADSTS90002"), "{error}");
+    assert!(error.starts_with("The tenant was not found"), "{error}");
+    assert!(!error.contains("AADSTS"), "plain words only: {error}");
+    let details = hidden_details(&card, "domain").expect("collapsed details");
+    assert!(details.contains("AADSTS90002"), "{details}");
+    assert!(details.contains("trace id "), "{details}");
+    assert_eq!(entered(&card, "domain"), "nosuchtenant.onmicrosoft.com");
+}
+
+/// The value of input `id` on a card.
+fn entered(card: &Value, id: &str) -> Value {
+    card["body"]
+        .as_array()
+        .and_then(|b| b.iter().find(|i| i["id"] == id))
+        .map(|i| i["value"].clone())
+        .unwrap_or(Value::Null)
+}
+
+/// The collapsed *Details* of the error beside input `id`: a hidden TextBlock that a
+/// `Details` Action.ToggleVisibility shows.
+fn hidden_details(card: &Value, id: &str) -> Option<String> {
+    let body = card["body"].as_array()?;
+    let target = format!("{id}_details");
+    let toggle = body.iter().any(|item| {
+        item["type"] == "ActionSet"
+            && item["actions"][0]["type"] == "Action.ToggleVisibility"
+            && item["actions"][0]["title"] == "Details"
+            && item["actions"][0]["targetElements"][0] == target.as_str()
+    });
+    let block = body.iter().find(|item| item["id"] == target.as_str())?;
+    (toggle && block["isVisible"] == false).then(|| block["text"].as_str().unwrap_or("").to_owned())
+}
+
+/// The top box of a step card with an error (the attention container after the text).
+fn top_box(card: &Value) -> String {
+    card["body"]
+        .as_array()
+        .and_then(|b| {
+            b.iter()
+                .skip(1)
+                .find(|i| i["type"] == "Container" && i["style"] == "attention")
+        })
+        .map(card_text)
+        .unwrap_or_default()
 }
 
 #[tokio::test]
@@ -134,9 +176,128 @@ async fn a_wrong_secret_is_refused_live_with_aadsts7000215() {
         .await;
     assert_eq!(heading(&card), "Outbound Entra app");
     let error = field_error(&card, "client_secret").expect("error beside the secret");
-    assert!(error.contains("7000215"), "{error}");
-    assert!(card_text(&card).contains("Fix:"), "{}", card_text(&card));
+    assert!(
+        error.starts_with("The client secret is wrong: copy the secret's Value"),
+        "{error}"
+    );
+    assert!(!error.contains("AADSTS"), "plain words only: {error}");
+    let details = hidden_details(&card, "client_secret").expect("collapsed details");
+    assert!(details.contains("AADSTS7000215"), "{details}");
+    assert!(details.contains("trace id "), "{details}");
+    // The fix is said once: under the field; the top box only counts.
+    assert_eq!(top_box(&card), "1 field needs attention");
+    assert_eq!(
+        card_text(&card).matches("Secret ID").count(),
+        1,
+        "{}",
+        card_text(&card)
+    );
     assert!(!card_text(&card).contains("not-the-secret"));
+}
+
+#[tokio::test]
+async fn a_failed_live_check_keeps_the_existing_app_and_retries_it_not_create() {
+    let world = World::start().await;
+    let handle = world.sandbox.handle();
+    let redirect = format!("{}/oauth_redirect.do", handle.urls().servicenow);
+    let (client_id, secret) = handle.create_app("Outbound by hand", &[redirect.as_str()]);
+    let (no_redirect_id, no_redirect_secret) = handle.create_app("Outbound without redirect", &[]);
+    let bot = world.bot().await;
+    let card = to_step(&bot, &world, false, "contoso.onmicrosoft.com").await;
+    let apps_before = handle.apps().len();
+    // "Redirect URI missing" keeps the choice and the client id too.
+    let missing = bot
+        .press(
+            &world,
+            ADMIN,
+            &card,
+            "Continue",
+            json!({"mode": "existing", "client_id": no_redirect_id, "client_secret": no_redirect_secret}),
+        )
+        .await;
+    assert!(
+        field_error(&missing, "client_id").is_some_and(|e| e.contains("redirect URI")),
+        "{}",
+        card_text(&missing)
+    );
+    assert_eq!(entered(&missing, "mode"), "existing");
+    assert_eq!(entered(&missing, "client_id"), no_redirect_id.as_str());
+    let card = bot
+        .press(
+            &world,
+            ADMIN,
+            &missing,
+            "Continue",
+            json!({"mode": "existing", "client_id": client_id, "client_secret": "not-the-secret"}),
+        )
+        .await;
+    assert_eq!(heading(&card), "Outbound Entra app");
+    assert!(
+        field_error(&card, "client_secret").is_some(),
+        "{}",
+        card_text(&card)
+    );
+    // Every input survives the live-check error, the choice included (never the secret).
+    assert_eq!(entered(&card, "mode"), "existing", "{}", card_text(&card));
+    assert_eq!(entered(&card, "client_id"), client_id.as_str());
+    assert_eq!(entered(&card, "client_secret"), Value::Null);
+    // The admin re-types only the secret: the card's own values go back with it.
+    let mut resubmit = json!({"client_secret": secret});
+    for id in ["mode", "client_id"] {
+        resubmit[id] = entered(&card, id);
+    }
+    let next = bot.press(&world, ADMIN, &card, "Continue", resubmit).await;
+    assert_eq!(
+        heading(&next),
+        "ServiceNow outbound OAuth provider",
+        "{}",
+        card_text(&next)
+    );
+    assert_eq!(handle.apps().len(), apps_before, "nothing was created");
+    assert!(
+        !card_text(&next).contains("added a client secret"),
+        "{}",
+        card_text(&next)
+    );
+}
+
+#[tokio::test]
+async fn an_app_step_never_guesses_the_mode() {
+    let world = World::start().await;
+    let handle = world.sandbox.handle();
+    let bot = world.bot().await;
+    let card = to_step(&bot, &world, false, "contoso.onmicrosoft.com").await;
+    let graph_calls = handle.request_count(Emulator::Graph);
+    for (inputs, expected) in [
+        (
+            json!({"client_secret": "typed-only-the-secret"}),
+            "Choose Create it for me or Use an existing one.",
+        ),
+        (
+            json!({"mode": "create", "client_id": "00000000-0000-0000-0000-000000000001"}),
+            "You chose Create it for me but also entered a client ID or secret",
+        ),
+        (
+            json!({"mode": "create", "client_secret": "a-secret"}),
+            "You chose Create it for me but also entered a client ID or secret",
+        ),
+    ] {
+        let refused = bot
+            .press(&world, ADMIN, &card, "Continue", inputs.clone())
+            .await;
+        assert_eq!(heading(&refused), "Outbound Entra app", "{inputs}");
+        let error = field_error(&refused, "mode").unwrap_or_default();
+        assert!(
+            error.starts_with(expected),
+            "{inputs}: {}",
+            card_text(&refused)
+        );
+    }
+    assert_eq!(
+        handle.request_count(Emulator::Graph),
+        graph_calls,
+        "no app was looked up or created"
+    );
 }
 
 #[tokio::test]
@@ -505,4 +666,35 @@ async fn start_up_refuses_stored_secrets_without_the_key() {
     let bot = world.bot().await;
     let resumed = bot.say(&world, ADMIN, "setup").await;
     assert_eq!(heading(&resumed), "ServiceNow outbound OAuth provider");
+}
+
+#[tokio::test]
+async fn entra_replication_lag_is_waited_out_without_a_second_app_or_secret() {
+    let world = World::start().await;
+    let handle = world.sandbox.handle();
+    handle.set_replication_lag(std::time::Duration::from_secs(3));
+    let bot = world.bot().await;
+    let card = to_step(&bot, &world, false, "contoso.onmicrosoft.com").await;
+    let apps_before = handle.apps().len();
+    let started = std::time::Instant::now();
+    let card = bot.press(&world, ADMIN, &card, "Continue", create()).await;
+    assert_eq!(
+        heading(&card),
+        "ServiceNow outbound OAuth provider",
+        "{}",
+        card_text(&card)
+    );
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(3),
+        "the step waited for replication"
+    );
+    assert!(
+        card_text(&card).contains("waiting for Entra ID to replicate the new app"),
+        "{}",
+        card_text(&card)
+    );
+    let apps = handle.apps();
+    assert_eq!(apps.len(), apps_before + 1, "exactly one app was created");
+    let created = apps.last().expect("the new app");
+    assert_eq!(created.password_credentials.len(), 1, "exactly one secret");
 }

@@ -111,6 +111,10 @@ async fn aad_branch_create_for_me_then_run_tests_all_green() {
     let results_text = card_text(&results);
     assert!(results_text.contains("0 failed"), "{results_text}");
     assert!(!results_text.contains('❌'), "{results_text}");
+    assert!(
+        results_text.contains("Microsoft's call path: REST-user token accepted by ServiceNow"),
+        "Run tests proves the inbound chain: {results_text}"
+    );
     // Typing setup again shows the completed setup without secrets; doctor uses it.
     let again = bot.say(&world, ADMIN, "setup").await;
     assert!(
@@ -445,4 +449,94 @@ async fn started_in_a_channel_it_continues_in_a_personal_chat() {
             .as_deref()
             .is_some_and(|c| c.starts_with("19:channel"))
     );
+}
+
+#[tokio::test]
+async fn the_repository_id_is_asked_for_when_the_instance_address_does_not_tell_it() {
+    let world = World::start().await;
+    let bot = world.bot().await;
+    // The sandbox instance is http://127.0.0.1:<port>: no instance name in it.
+    let complete = aad_create_all(&bot, &world).await;
+    let text = card_text(&complete);
+    assert!(!text.contains("| 127 |"), "{text}");
+    assert!(text.contains("Repository ID | (enter it below)"), "{text}");
+    assert!(text.contains("not a *.service-now.com name"), "{text}");
+    let refused = bot
+        .press(
+            &world,
+            ADMIN,
+            &complete,
+            "Save Repository ID",
+            json!({"repository_id": "dev 1/2"}),
+        )
+        .await;
+    assert!(
+        card_text(&refused).contains("Enter the instance name"),
+        "{}",
+        card_text(&refused)
+    );
+    let saved = bot
+        .press(
+            &world,
+            ADMIN,
+            &complete,
+            "Save Repository ID",
+            json!({"repository_id": "dev12345"}),
+        )
+        .await;
+    let saved_text = card_text(&saved);
+    assert!(
+        saved_text.contains("Repository ID | dev12345"),
+        "{saved_text}"
+    );
+    assert!(
+        !saved_text.contains("Save Repository ID"),
+        "asked once: {saved_text}"
+    );
+}
+
+#[tokio::test]
+async fn setup_status_shows_the_live_integration_and_a_new_setup_by_title() {
+    let world = World::start().await;
+    let bot = world.bot().await;
+    let complete = aad_create_all(&bot, &world).await;
+    let status = bot.say(&world, ADMIN, "setup status").await;
+    let text = card_text(&status);
+    // Titles as Run tests shows them, never internal ids.
+    assert!(text.contains("Outbound app gets a token"), "{text}");
+    for id in [
+        "inbound_app.registration",
+        "outbound_app.token",
+        "servicenow.oidc_entity",
+    ] {
+        assert!(!text.contains(id), "{id} shown: {text}");
+    }
+    // The audit trail is collapsed behind a toggle and holds the last 5 entries at most.
+    let body = status["body"].as_array().expect("body");
+    let trail = body
+        .iter()
+        .find(|item| item["id"] == "lines")
+        .expect("audit container");
+    assert_eq!(trail["isVisible"], false);
+    let entries = trail["items"].as_array().map_or(0, Vec::len);
+    assert!((1..=5).contains(&entries), "{entries} audit lines");
+    assert!(body.iter().any(|item| item["type"] == "ActionSet"
+        && item["actions"][0]["type"] == "Action.ToggleVisibility"
+        && item["actions"][0]["title"] == format!("Audit trail (last {entries})")));
+
+    // A new setup in progress does not hide the live integration.
+    let new = bot
+        .press(&world, ADMIN, &complete, "Start a new setup", json!({}))
+        .await;
+    assert_eq!(heading(&new), "What setup will do");
+    let both = bot.say(&world, ADMIN, "setup status").await;
+    let text = card_text(&both);
+    assert!(text.contains("Live integration: 1"), "{text}");
+    assert!(text.contains("0 drifted since"), "{text}");
+    assert!(
+        text.contains("A new setup is in progress: step 1 of 12"),
+        "{text}"
+    );
+    assert!(text.contains("New setup in progress"), "{text}");
+    assert!(text.contains("Outbound app gets a token"), "{text}");
 }

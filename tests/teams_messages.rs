@@ -206,7 +206,8 @@ async fn slash_prefix_and_unknown_commands_are_understood() {
     let bot = bot_for(&base, &fake).await;
     for (n, (text, expected)) in [
         ("/m365 help", "m365bot commands"),
-        ("frobnicate", "I don't know the command"),
+        ("frobnicate", "frobnicate\\\" is not one of my commands"),
+        ("hi, anyone there?", "I understand commands; type help"),
         ("setup now", "Usage"),
     ]
     .into_iter()
@@ -219,6 +220,10 @@ async fn slash_prefix_and_unknown_commands_are_understood() {
         let requests = fake.wait_for_requests(n + 1, Duration::from_secs(5)).await;
         let card = card_text(&card_of(&requests[n]));
         assert!(card.contains(expected), "{text}: {card}");
+        assert!(
+            !card.contains("hi,"),
+            "free text is quoted without its punctuation: {card}"
+        );
     }
 }
 
@@ -253,19 +258,52 @@ async fn card_action_without_verb_gets_an_error_body_not_a_crash() {
 }
 
 #[tokio::test]
-async fn unsupported_invokes_answer_not_implemented() {
+async fn sign_in_invokes_get_a_2xx_or_4xx_never_a_5xx() {
     let fake = FakeConnector::start().await;
-    for name in [
-        "teams-signin-verifyState-invoke.json",
-        "teams-signin-tokenExchange-invoke.json",
+    for (name, expected) in [
+        ("teams-signin-verifyState-invoke.json", 200),
+        // No single sign-on: 412 makes Teams fall back to the sign-in card.
+        ("teams-signin-tokenExchange-invoke.json", 412),
     ] {
         // These SDK fixtures carry no tenant; Teams always sends one.
         let mut invoke = sample(name);
         invoke["channelData"] = json!({"tenant": {"id": support::TEST_TENANT_ID}});
         let bot = bot_for(&invoke, &fake).await;
+        let id = invoke["value"]["id"].clone();
         let response = bot.post_activity(&pointed_at(invoke, &fake), None).await;
-        assert_eq!(response.status(), 501, "{name}");
+        assert_eq!(response.status(), expected, "{name}");
+        if expected == 412 {
+            // The shape of invoke-response-signin-tokenExchange-failure.json.
+            let body: Value = response.json().await.expect("json");
+            assert_eq!(body["id"], id);
+            assert!(
+                body["failureDetail"]
+                    .as_str()
+                    .is_some_and(|d| !d.is_empty())
+            );
+        }
     }
+    let mut other = sample("teams-signin-verifyState-invoke.json");
+    other["channelData"] = json!({"tenant": {"id": support::TEST_TENANT_ID}});
+    other["name"] = json!("task/fetch");
+    let bot = bot_for(&other, &fake).await;
+    let response = bot.post_activity(&pointed_at(other, &fake), None).await;
+    assert_eq!(response.status(), 400, "an invoke the bot does not handle");
+}
+
+#[tokio::test]
+async fn activities_of_other_channels_are_refused() {
+    let fake = FakeConnector::start().await;
+    let message = sample("teams-channel-message-with-mention.json");
+    let bot = bot_for(&message, &fake).await;
+    for channel in ["webchat", "directline", "emulator", ""] {
+        let mut activity = pointed_at(message.clone(), &fake);
+        activity["channelId"] = json!(channel);
+        let response = bot.post_activity(&activity, None).await;
+        assert_eq!(response.status(), 403, "channelId {channel:?}");
+    }
+    assert!(fake.requests().is_empty(), "nothing answered");
+    assert_eq!(bot.app.db.conversation_count().await.expect("count"), 0);
 }
 
 #[tokio::test]

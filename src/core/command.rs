@@ -67,8 +67,8 @@ pub enum ParseError {
     /// Nothing was typed.
     #[error("Type **help** to see what I can do.")]
     Empty,
-    /// The first word is no command.
-    #[error("I don't know the command **{0}**. Type **help** to see what I can do.")]
+    /// The first word (as typed, without surrounding punctuation) is no command.
+    #[error("{}", unknown_text(.0))]
     Unknown(String),
     /// The command is known but its arguments are wrong.
     #[error("Usage: **{usage}**")]
@@ -76,6 +76,22 @@ pub enum ParseError {
         /// The correct form.
         usage: &'static str,
     },
+}
+
+fn unknown_text(word: &str) -> String {
+    if word.is_empty() {
+        "I understand commands, not free text. Type **help** to see them.".to_owned()
+    } else {
+        format!("\"{word}\" is not one of my commands. Type **help** to see the ones I understand.")
+    }
+}
+
+/// The first word of free text, without the punctuation around it ("hi," -> "hi").
+fn bare_word(word: &str) -> String {
+    truncate(
+        word.trim_matches(|c: char| !c.is_alphanumeric() && c != '-'),
+        40,
+    )
 }
 
 /// Parses a message text, with or without a leading `/m365` or `m365`.
@@ -87,10 +103,10 @@ pub fn parse(text: &str) -> Result<Command, ParseError> {
     ) {
         words.remove(0);
     }
-    let Some((first, rest)) = words.split_first() else {
+    let Some((typed, rest)) = words.split_first() else {
         return Err(ParseError::Empty);
     };
-    let first = first.to_ascii_lowercase();
+    let first = typed.to_ascii_lowercase();
     let rest_lower: Vec<String> = rest.iter().map(|w| w.to_ascii_lowercase()).collect();
     let rest_lower: Vec<&str> = rest_lower.iter().map(String::as_str).collect();
     match (first.as_str(), rest_lower.as_slice()) {
@@ -134,7 +150,7 @@ pub fn parse(text: &str) -> Result<Command, ParseError> {
         ("status", _) => Err(ParseError::Usage {
             usage: "status <case or incident number>",
         }),
-        _ => Err(ParseError::Unknown(truncate(&first, 40))),
+        _ => Err(ParseError::Unknown(bare_word(typed))),
     }
 }
 
@@ -229,6 +245,23 @@ mod tests {
         assert_eq!(
             parse("frobnicate now"),
             Err(ParseError::Unknown("frobnicate".to_owned()))
+        );
+        // Free text: the first word as typed, without its punctuation.
+        assert_eq!(
+            parse("Hi, can you help?"),
+            Err(ParseError::Unknown("Hi".to_owned()))
+        );
+        assert_eq!(
+            parse("«¿what?»"),
+            Err(ParseError::Unknown("what".to_owned()))
+        );
+        assert_eq!(
+            parse("...").map_err(|e| e.to_string()),
+            Err("I understand commands, not free text. Type **help** to see them.".to_owned())
+        );
+        assert_eq!(
+            ParseError::Unknown("hi".to_owned()).to_string(),
+            "\"hi\" is not one of my commands. Type **help** to see the ones I understand."
         );
         assert!(matches!(
             parse("grant alex superuser"),

@@ -184,11 +184,85 @@ pub fn servicenow(app: &App) -> Result<&ServiceNowClient, Reply> {
     })
 }
 
-/// Finds the active `sys_user` whose e-mail or user name is one of `addresses`.
+/// Why a chat user could not be mapped to one ServiceNow user.
+#[derive(Debug, thiserror::Error)]
+pub enum FindUserError {
+    /// ServiceNow did not answer as expected.
+    #[error(transparent)]
+    Upstream(#[from] ServiceNowError),
+    /// More than one active, unlocked user has this e-mail or user ID.
+    #[error("more than one active ServiceNow user has the e-mail or user ID {0}")]
+    Ambiguous(String),
+    /// The value cannot be part of a ServiceNow query.
+    #[error("{0:?} cannot be looked up")]
+    NotSearchable(String),
+}
+
+impl FindUserError {
+    /// The card that explains the failure and what to do.
+    pub fn card(&self) -> Reply {
+        match self {
+            Self::Upstream(err) => upstream_failure_card(err),
+            Self::Ambiguous(address) => Reply::notice(
+                Tone::Attention,
+                "Two ServiceNow users have this e-mail",
+                &format!(
+                    "More than one active ServiceNow user has the e-mail or user ID **{}**, so I cannot tell which one you are.",
+                    crate::cards::escape_markdown(address)
+                ),
+                Some(
+                    "Ask a ServiceNow admin to make the e-mail unique (User Administration > Users), or to link your account with **link-account**.",
+                ),
+            ),
+            Self::NotSearchable(value) => Reply::notice(
+                Tone::Attention,
+                "This value cannot be looked up",
+                &format!(
+                    "**{}** contains characters that cannot be part of a ServiceNow lookup.",
+                    crate::cards::escape_markdown(&value.chars().take(80).collect::<String>())
+                ),
+                Some("Use a plain e-mail address or ServiceNow user ID."),
+            ),
+        }
+    }
+}
+
+/// True when `value` may be part of a user lookup: an e-mail address or user ID, without
+/// `^`, control characters or a `javascript:` prefix (which ServiceNow may evaluate).
+pub fn is_lookup_value(value: &str) -> bool {
+    !value.is_empty()
+        && value.len() <= 254
+        && !value.contains('^')
+        && !value.chars().any(char::is_control)
+        && !value
+            .trim_start()
+            .get(..11)
+            .is_some_and(|head| head.eq_ignore_ascii_case("javascript:"))
+}
+
+const USER_FIELDS: &[&str] = &[
+    "sys_id",
+    "user_name",
+    "name",
+    "email",
+    "active",
+    "locked_out",
+];
+
+/// True when the row is an active user who is not locked out.
+fn is_usable_user(record: &Record) -> bool {
+    record.bool("active") == Some(true) && record.bool("locked_out") != Some(true)
+}
+
+/// Finds the one active, unlocked `sys_user` whose e-mail or user name is one of
+/// `addresses` (checked in code on every returned row); an error when several match.
 pub async fn find_sys_user(
     client: &ServiceNowClient,
     addresses: &[String],
-) -> Result<Option<Record>, ServiceNowError> {
+) -> Result<Option<Record>, FindUserError> {
+    if let Some(bad) = addresses.iter().find(|a| !is_lookup_value(a)) {
+        return Err(FindUserError::NotSearchable(bad.clone()));
+    }
     let mut query = EncodedQuery::new();
     for (index, address) in addresses.iter().enumerate() {
         if index > 0 {
@@ -201,14 +275,46 @@ pub async fn find_sys_user(
             .eq("user_name", address);
     }
     let users = client
-        .query(
-            "sys_user",
-            query.as_str(),
-            &["sys_id", "user_name", "name", "email"],
-            Some(2),
-        )
+        .query("sys_user", query.as_str(), USER_FIELDS, Some(10))
         .await?;
-    Ok(users.into_iter().next())
+    let mut found: Vec<Record> = Vec::new();
+    for user in users {
+        let matches = addresses.iter().any(|address| {
+            [user.str("email"), user.str("user_name")]
+                .into_iter()
+                .flatten()
+                .any(|value| value.trim().eq_ignore_ascii_case(address.trim()))
+        });
+        if matches
+            && is_usable_user(&user)
+            && !found.iter().any(|known| known.sys_id() == user.sys_id())
+        {
+            found.push(user);
+        }
+    }
+    if found.len() > 1 {
+        return Err(FindUserError::Ambiguous(
+            addresses.first().cloned().unwrap_or_default(),
+        ));
+    }
+    Ok(found.pop())
+}
+
+/// Reads the `sys_user` with this `sys_id`, when it is active and not locked out.
+async fn sys_user_by_id(
+    client: &ServiceNowClient,
+    sys_id: &str,
+) -> Result<Option<Record>, ServiceNowError> {
+    if !crate::notify::sources::servicenow::is_sys_id(sys_id) {
+        return Ok(None);
+    }
+    let query = EncodedQuery::new().eq("sys_id", sys_id);
+    let users = client
+        .query("sys_user", query.as_str(), USER_FIELDS, Some(1))
+        .await?;
+    Ok(users
+        .into_iter()
+        .find(|user| user.sys_id() == Some(sys_id) && is_usable_user(user)))
 }
 
 /// The names of the roles `sys_user_id` holds.
@@ -244,7 +350,7 @@ pub async fn user_roles(
 pub async fn servicenow_user(
     client: &ServiceNowClient,
     identity: &PlatformIdentity,
-) -> Result<Option<ChatUser>, ServiceNowError> {
+) -> Result<Option<ChatUser>, FindUserError> {
     let addresses = identity.addresses();
     if addresses.is_empty() {
         return Ok(None);
@@ -252,21 +358,75 @@ pub async fn servicenow_user(
     let Some(record) = find_sys_user(client, &addresses).await? else {
         return Ok(None);
     };
+    Ok(Some(chat_user(client, identity, &record).await?))
+}
+
+/// The chat user of a `sys_user` row, with its roles.
+async fn chat_user(
+    client: &ServiceNowClient,
+    identity: &PlatformIdentity,
+    record: &Record,
+) -> Result<ChatUser, ServiceNowError> {
     let sys_id = record.sys_id().unwrap_or_default().to_owned();
     let roles = user_roles(client, &sys_id).await?;
-    Ok(Some(ChatUser {
+    Ok(ChatUser {
         platform: identity.clone(),
         sys_id,
         user_name: record.str("user_name").unwrap_or_default().to_owned(),
         display_name: record.non_empty("name").map(str::to_owned),
         email: record.non_empty("email").map(str::to_owned),
         roles,
-    }))
+    })
+}
+
+/// The ServiceNow user of the chat user's stored account link, when the link's Entra object
+/// id is the one the platform reports for this user (a link beats the e-mail).
+async fn linked_user(
+    app: &App,
+    client: &ServiceNowClient,
+    event: &InboundEvent,
+    identity: &PlatformIdentity,
+) -> Result<Option<ChatUser>, Reply> {
+    let Some(oid) = identity
+        .aad_object_id
+        .as_deref()
+        .or(event.actor.aad_object_id.as_deref())
+        .filter(|oid| !oid.is_empty())
+    else {
+        return Ok(None);
+    };
+    let platform = match event.platform {
+        Platform::Teams => "teams",
+        Platform::Slack => "slack",
+    };
+    let link = match crate::link::store::LinkStore::new(&app.db)
+        .link(platform, &identity.user_id)
+        .await
+    {
+        Ok(Some(link)) if link.m365_object_id.eq_ignore_ascii_case(oid) => link,
+        Ok(_) => return Ok(None),
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot read the account link");
+            return Ok(None);
+        }
+    };
+    let record = match sys_user_by_id(client, &link.servicenow_user_sys_id).await {
+        Ok(Some(record)) => record,
+        Ok(None) => return Ok(None),
+        Err(err) => return Err(upstream_failure_card(&err)),
+    };
+    chat_user(client, identity, &record)
+        .await
+        .map(Some)
+        .map_err(|err| upstream_failure_card(&err))
 }
 
 /// Resolves the acting chat user to ServiceNow (any role).
 pub async fn resolve_actor(app: &App, event: &InboundEvent) -> Result<ChatUser, Reply> {
     let identity = platform_identity(app, event, &event.actor.user_id).await?;
+    if let Some(user) = linked_user(app, servicenow(app)?, event, &identity).await? {
+        return Ok(user);
+    }
     resolve_identity(app, &identity).await
 }
 
@@ -291,7 +451,7 @@ pub async fn resolve_identity(app: &App, identity: &PlatformIdentity) -> Result<
                 ),
             ))
         }
-        Err(err) => Err(upstream_failure_card(&err)),
+        Err(err) => Err(err.card()),
     }
 }
 

@@ -188,6 +188,12 @@ pub async fn handle(app: &App, event: InboundEvent) -> Vec<Reply> {
         EventKind::Message(text) => match command::parse(text) {
             Ok(Command::Help) | Err(ParseError::Empty) => vec![help_card()],
             Ok(command) => dispatch_command(app, &event, command).await,
+            Err(err @ ParseError::Unknown(_)) => vec![Reply::notice(
+                Tone::Default,
+                "I understand commands; type help",
+                &err.to_string(),
+                None,
+            )],
             Err(err) => vec![Reply::notice(
                 Tone::Attention,
                 "I didn't understand that",

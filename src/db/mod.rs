@@ -75,9 +75,71 @@ impl Db {
             .context("database migration failed")
     }
 
+    /// The migrations this binary knows and how many of them the database has applied.
+    pub async fn migration_level(&self) -> Result<MigrationLevel, sqlx::Error> {
+        let migrator = match self.backend {
+            Backend::Sqlite => &SQLITE_MIGRATIONS,
+            Backend::Postgres => &POSTGRES_MIGRATIONS,
+        };
+        let expected = migrator.iter().map(|m| m.version).max().unwrap_or(0);
+        let known = migrator.iter().count();
+        let exists: Option<i64> = match self.backend {
+            Backend::Sqlite => {
+                sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
+                )
+                .fetch_optional(&self.pool)
+                .await?
+            }
+            Backend::Postgres => {
+                sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = current_schema() AND table_name = '_sqlx_migrations'",
+                )
+                .fetch_optional(&self.pool)
+                .await?
+            }
+        };
+        let (applied, applied_count) = if exists.unwrap_or(0) > 0 {
+            let row: (Option<i64>, i64) = sqlx::query_as(
+                "SELECT MAX(version), COUNT(*) FROM _sqlx_migrations WHERE success = TRUE",
+            )
+            .fetch_one(&self.pool)
+            .await?;
+            (row.0.unwrap_or(0), row.1)
+        } else {
+            (0, 0)
+        };
+        Ok(MigrationLevel {
+            applied,
+            applied_count: usize::try_from(applied_count).unwrap_or(0),
+            expected,
+            known,
+        })
+    }
+
     /// A trivial query, for readiness checks.
     pub async fn ping(&self) -> Result<(), sqlx::Error> {
         sqlx::query("SELECT 1").execute(&self.pool).await.map(drop)
+    }
+}
+
+/// Where the schema stands against the migrations this binary carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct MigrationLevel {
+    /// Highest migration version applied (0: none).
+    pub applied: i64,
+    /// Number of migrations applied.
+    pub applied_count: usize,
+    /// Highest migration version this binary carries.
+    pub expected: i64,
+    /// Number of migrations this binary carries.
+    pub known: usize,
+}
+
+impl MigrationLevel {
+    /// True when every migration of this binary is applied.
+    pub fn is_current(&self) -> bool {
+        self.applied >= self.expected && self.applied_count >= self.known
     }
 }
 

@@ -8,10 +8,17 @@ use futures_util::future::join_all;
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
+use secrecy::ExposeSecret;
+use url::Url;
+
 use super::{AppCredentials, AuthType, IntegrationSpec, Upstreams, roles};
-use crate::upstream::entra::EntraError;
-use crate::upstream::graph::{Application, GraphClient};
-use crate::upstream::servicenow::{EncodedQuery, Record, ServiceNowClient, ServiceNowError};
+use crate::error::RetryKind;
+use crate::upstream::entra::{EntraClient, EntraError, is_guid, unverified_claims};
+use crate::upstream::graph::{Application, GraphClient, PERMISSION_APPLICATIONS};
+use crate::upstream::retry;
+use crate::upstream::servicenow::{
+    EncodedQuery, Record, ServiceNowAuth, ServiceNowClient, ServiceNowError,
+};
 
 /// Result of one check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -38,6 +45,9 @@ pub struct CheckOutcome {
     pub detail: String,
     /// What to fix and where, for failures and skips.
     pub fix: Option<String>,
+    /// For a skip: the failed check that kept this one from saying anything.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blocked_by: Option<&'static str>,
 }
 
 impl CheckOutcome {
@@ -48,6 +58,7 @@ impl CheckOutcome {
             status: Status::Pass,
             detail: detail.into(),
             fix: None,
+            blocked_by: None,
         }
     }
 
@@ -63,6 +74,7 @@ impl CheckOutcome {
             status: Status::Fail,
             detail: detail.into(),
             fix: Some(fix.into()),
+            blocked_by: None,
         }
     }
 
@@ -74,48 +86,41 @@ impl CheckOutcome {
             status: Status::Skip,
             detail: why.clone(),
             fix: Some(why),
+            blocked_by: None,
         }
     }
 }
 
-/// Runs every check concurrently and returns them in a fixed order.
+/// Runs every check the configuration enables, concurrently, and returns them in report order.
 pub async fn run(upstreams: &Upstreams, spec: &IntegrationSpec, repair: bool) -> Vec<CheckOutcome> {
-    let aad = spec.auth_type == AuthType::Aad;
-    let mut checks: Vec<
-        std::pin::Pin<Box<dyn std::future::Future<Output = CheckOutcome> + Send + '_>>,
-    > = vec![
-        Box::pin(check_tenant(upstreams, spec)),
-        Box::pin(check_app_token(upstreams, spec, AppRole::Outbound)),
-        Box::pin(check_app_registration(upstreams, spec, AppRole::Outbound)),
-        Box::pin(check_oauth_provider(upstreams, spec)),
-        Box::pin(check_integration_user(upstreams, spec)),
-        Box::pin(check_cross_scope(upstreams, repair)),
-        Box::pin(check_app_roles_assigned(upstreams)),
+    let ids: Vec<&str> = ORDER
+        .iter()
+        .copied()
+        .filter(|id| enabled(id, spec.auth_type))
+        .collect();
+    run_only(upstreams, spec, &ids, repair).await
+}
+
+/// True when the check applies to this authentication type.
+fn enabled(id: &str, auth: AuthType) -> bool {
+    let aad_only = [
+        "inbound_app.token",
+        "inbound_app.registration",
+        "rest_user_app.token",
+        "rest_user_app.registration",
+        "servicenow.oidc_provider",
+        "servicenow.oidc_entity",
+        "servicenow.inbound_flow",
     ];
-    if aad {
-        checks.extend([
-            Box::pin(check_app_token(upstreams, spec, AppRole::Inbound)) as _,
-            Box::pin(check_app_registration(upstreams, spec, AppRole::Inbound)) as _,
-            Box::pin(check_app_token(upstreams, spec, AppRole::RestUser)) as _,
-            Box::pin(check_app_registration(upstreams, spec, AppRole::RestUser)) as _,
-            Box::pin(check_oidc_provider(upstreams, spec)) as _,
-            Box::pin(check_oidc_entity(upstreams, spec)) as _,
-        ]);
-    } else {
-        checks.push(Box::pin(check_basic_login(upstreams, spec)));
+    match auth {
+        AuthType::Aad => id != "servicenow.basic_login",
+        AuthType::Basic => !aad_only.contains(&id),
     }
-    let mut outcomes = join_all(checks).await;
-    outcomes.sort_by_key(|outcome| {
-        ORDER
-            .iter()
-            .position(|id| *id == outcome.id)
-            .unwrap_or(usize::MAX)
-    });
-    outcomes
 }
 
 /// Runs only the checks whose ids are in `ids` (concurrently), in report order; unknown ids
-/// are ignored. Used by the setup wizard to verify one step.
+/// are ignored. Used by the setup wizard to verify one step. A check whose prerequisite
+/// failed in the same run is reported as `skip` naming it.
 pub async fn run_only(
     upstreams: &Upstreams,
     spec: &IntegrationSpec,
@@ -123,10 +128,13 @@ pub async fn run_only(
     repair: bool,
 ) -> Vec<CheckOutcome> {
     type Check<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = CheckOutcome> + Send + 'a>>;
+    let tenants = Tenants::new(&upstreams.entra, spec);
+    let tenants = &tenants;
     let mut checks: Vec<Check<'_>> = Vec::new();
     for id in ids {
         let check: Option<Check<'_>> = match *id {
             "tenant" => Some(Box::pin(check_tenant(upstreams, spec))),
+            "graph.permissions" => Some(Box::pin(check_graph_permissions(upstreams, spec))),
             "outbound_app.token" => Some(Box::pin(check_app_token(
                 upstreams,
                 spec,
@@ -155,12 +163,19 @@ pub async fn run_only(
                 spec,
                 AppRole::RestUser,
             ))),
-            "servicenow.oauth_provider" => Some(Box::pin(check_oauth_provider(upstreams, spec))),
-            "servicenow.oidc_provider" => Some(Box::pin(check_oidc_provider(upstreams, spec))),
+            "servicenow.reachable" => Some(Box::pin(check_reachable(upstreams))),
+            "servicenow.app_installed" => Some(Box::pin(check_app_installed(upstreams))),
+            "servicenow.oauth_provider" => {
+                Some(Box::pin(check_oauth_provider(upstreams, spec, tenants)))
+            }
+            "servicenow.oidc_provider" => {
+                Some(Box::pin(check_oidc_provider(upstreams, spec, tenants)))
+            }
             "servicenow.oidc_entity" => Some(Box::pin(check_oidc_entity(upstreams, spec))),
             "servicenow.integration_user" => {
                 Some(Box::pin(check_integration_user(upstreams, spec)))
             }
+            "servicenow.inbound_flow" => Some(Box::pin(check_inbound_flow(upstreams, spec))),
             "servicenow.basic_login" => Some(Box::pin(check_basic_login(upstreams, spec))),
             "servicenow.cross_scope" => Some(Box::pin(check_cross_scope(upstreams, repair))),
             "servicenow.app_roles" => Some(Box::pin(check_app_roles_assigned(upstreams))),
@@ -175,12 +190,17 @@ pub async fn run_only(
             .position(|id| *id == outcome.id)
             .unwrap_or(usize::MAX)
     });
+    apply_prerequisites(&mut outcomes);
+    explain_inbound_refusal(&mut outcomes);
     outcomes
 }
 
-/// Report order: the guide's order.
+/// Report order: the guide's order, with what the other checks need first.
 const ORDER: &[&str] = &[
     "tenant",
+    "graph.permissions",
+    "servicenow.reachable",
+    "servicenow.app_installed",
     "outbound_app.token",
     "outbound_app.registration",
     "servicenow.oauth_provider",
@@ -191,10 +211,60 @@ const ORDER: &[&str] = &[
     "rest_user_app.token",
     "rest_user_app.registration",
     "servicenow.integration_user",
+    "servicenow.inbound_flow",
     "servicenow.basic_login",
     "servicenow.cross_scope",
     "servicenow.app_roles",
 ];
+
+/// What each check needs to have passed to say anything: when one of these fails, the check
+/// is reported as `skip` naming it (the checks still run concurrently, so this costs no time).
+fn prerequisites(id: &str) -> &'static [&'static str] {
+    match id {
+        "outbound_app.token" | "inbound_app.token" | "rest_user_app.token" => &["tenant"],
+        "outbound_app.registration" | "inbound_app.registration" | "rest_user_app.registration" => {
+            &["graph.permissions"]
+        }
+        "servicenow.oauth_provider" | "servicenow.oidc_provider" | "servicenow.oidc_entity" => {
+            &["servicenow.reachable", "tenant"]
+        }
+        "servicenow.app_installed"
+        | "servicenow.integration_user"
+        | "servicenow.basic_login"
+        | "servicenow.cross_scope" => &["servicenow.reachable"],
+        "servicenow.app_roles" => &["servicenow.reachable", "servicenow.app_installed"],
+        "servicenow.inbound_flow" => &["tenant", "rest_user_app.token", "servicenow.reachable"],
+        _ => &[],
+    }
+}
+
+/// Turns every check whose prerequisite failed into a `skip` that names the prerequisite.
+fn apply_prerequisites(outcomes: &mut [CheckOutcome]) {
+    let failed: Vec<&'static str> = outcomes
+        .iter()
+        .filter(|o| o.status == Status::Fail)
+        .map(|o| o.id)
+        .collect();
+    for outcome in outcomes.iter_mut() {
+        if let Some(blocker) = prerequisites(outcome.id)
+            .iter()
+            .find(|id| failed.contains(id))
+        {
+            outcome.status = Status::Skip;
+            outcome.blocked_by = Some(blocker);
+            outcome.detail = format!("not verified because the check {blocker} failed");
+            outcome.fix = Some(format!("Fix {blocker} first, then run doctor again."));
+        }
+    }
+}
+
+/// True when a run should end non-zero: a check failed, or an enabled check was skipped
+/// because another failed (a scheduler must not see success when Graph refuses everything).
+pub fn has_failures(outcomes: &[CheckOutcome]) -> bool {
+    outcomes
+        .iter()
+        .any(|o| o.status == Status::Fail || o.blocked_by.is_some())
+}
 
 /// Which of the three Entra apps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -236,6 +306,27 @@ impl AppRole {
             Self::RestUser => spec.rest_user_app.as_ref(),
         }
     }
+}
+
+/// `detail`, with what the retry policy tried when the service kept throttling (429 / 503).
+fn with_retry_note(detail: String, status: Option<u16>, kind: RetryKind) -> String {
+    match kind {
+        RetryKind::Transient { retry_after } if matches!(status, Some(429 | 503)) => {
+            format!("{detail}; {}", retry::STANDARD.gave_up(retry_after))
+        }
+        _ => detail,
+    }
+}
+
+/// The error of an Entra ID call, with the retry note when it was throttled.
+fn entra_detail(err: &EntraError) -> String {
+    let status = match err {
+        EntraError::Aadsts { status, .. }
+        | EntraError::Http { status, .. }
+        | EntraError::Decode { status, .. } => Some(*status),
+        _ => None,
+    };
+    with_retry_note(err.to_string(), status, err.retry_kind())
 }
 
 fn entra_fix(err: &EntraError, app: &str) -> String {
@@ -310,14 +401,13 @@ async fn check_app_token(
     {
         Ok(token) => token,
         Err(err) => {
-            return CheckOutcome::fail(id, title, err.to_string(), entra_fix(&err, app.label()));
+            return CheckOutcome::fail(id, title, entra_detail(&err), entra_fix(&err, app.label()));
         }
     };
     if app != AppRole::Inbound {
         return CheckOutcome::pass(id, title, "v1 client-credentials token issued");
     }
-    let Some(claims) = token_claims(secrecy::ExposeSecret::expose_secret(&token.access_token))
-    else {
+    let Some(claims) = unverified_claims(token.access_token.expose_secret()) else {
         return CheckOutcome::fail(
             id,
             title,
@@ -342,16 +432,6 @@ async fn check_app_token(
             "In Entra ID > App registrations > the inbound app > Manifest, set \"requestedAccessTokenVersion\" (accessTokenAcceptedVersion) to null or 1.",
         )
     }
-}
-
-/// The claims of a JWT, without verifying it (the token came straight from the token endpoint).
-fn token_claims(token: &str) -> Option<Map<String, Value>> {
-    use base64::Engine;
-    let payload = token.split('.').nth(1)?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload)
-        .ok()?;
-    serde_json::from_slice(&bytes).ok()
 }
 
 async fn check_app_registration(
@@ -470,14 +550,27 @@ fn servicenow_or_skip<'a>(
 }
 
 fn sn_fail(id: &'static str, title: &str, err: &ServiceNowError) -> CheckOutcome {
-    let fix = match err.status() {
-        Some(401) => "Check the bot's ServiceNow credentials (servicenow.username / password).",
+    let status = err.status();
+    let fix = match status {
+        Some(401) => {
+            "Check the bot's ServiceNow credentials (servicenow.username / password).".to_owned()
+        }
         Some(403) => {
             "Give the bot's ServiceNow account the admin role (or read access to this table)."
+                .to_owned()
         }
-        _ => "Check that the ServiceNow instance is reachable and try again.",
+        Some(429) => "ServiceNow is throttling the bot's account (System Web Services > REST > Rate Limit Rules); run doctor again later.".to_owned(),
+        Some(status @ 500..=599) => format!(
+            "ServiceNow itself is failing (HTTP {status}), this is not a missing record: check that the instance is up (a developer instance may be hibernating) and run doctor again."
+        ),
+        _ => "Check that the ServiceNow instance is reachable and try again.".to_owned(),
     };
-    CheckOutcome::fail(id, title, err.to_string(), fix)
+    let detail = match status {
+        Some(500..=599) => format!("ServiceNow is failing: {err}"),
+        _ => err.to_string(),
+    };
+    let detail = with_retry_note(detail, status, err.retry_kind());
+    CheckOutcome::fail(id, title, detail, fix)
 }
 
 async fn first(
@@ -504,7 +597,11 @@ fn differences(record: &Record, expected: &[(&str, &str)]) -> Vec<String> {
         .collect()
 }
 
-async fn check_oauth_provider(upstreams: &Upstreams, spec: &IntegrationSpec) -> CheckOutcome {
+async fn check_oauth_provider(
+    upstreams: &Upstreams,
+    spec: &IntegrationSpec,
+    tenants: &Tenants<'_>,
+) -> CheckOutcome {
     let id = "servicenow.oauth_provider";
     let title = "ServiceNow outbound OAuth provider";
     let client = match servicenow_or_skip(upstreams, id, title) {
@@ -533,10 +630,18 @@ async fn check_oauth_provider(upstreams: &Upstreams, spec: &IntegrationSpec) -> 
         &record,
         &[
             ("default_grant_type", "client_credentials"),
-            ("token_url", &token_url),
             ("redirect_url", &redirect_url),
         ],
     );
+    let found_token_url = record.str("token_url").unwrap_or_default();
+    if !tenants
+        .is_tenant_url(&upstreams.authority, found_token_url, &["oauth2", "token"])
+        .await
+    {
+        problems.push(format!(
+            "token_url is {found_token_url:?}, expected {token_url:?} (the tenant may be named by domain or id)"
+        ));
+    }
     if record.bool("active") == Some(false) {
         problems.push("it is inactive".to_owned());
     }
@@ -559,7 +664,11 @@ async fn check_oauth_provider(upstreams: &Upstreams, spec: &IntegrationSpec) -> 
     }
 }
 
-async fn check_oidc_provider(upstreams: &Upstreams, spec: &IntegrationSpec) -> CheckOutcome {
+async fn check_oidc_provider(
+    upstreams: &Upstreams,
+    spec: &IntegrationSpec,
+    tenants: &Tenants<'_>,
+) -> CheckOutcome {
     let id = "servicenow.oidc_provider";
     let title = "ServiceNow OIDC provider configuration";
     let client = match servicenow_or_skip(upstreams, id, title) {
@@ -569,14 +678,23 @@ async fn check_oidc_provider(upstreams: &Upstreams, spec: &IntegrationSpec) -> C
     match find_oidc_provider(client, spec, &upstreams.authority).await {
         Ok(Some(record)) => {
             let metadata_url = spec.metadata_url(&upstreams.authority);
-            let problems = differences(
+            let mut problems = differences(
                 &record,
-                &[
-                    ("oidc_metadata_url", &metadata_url),
-                    ("user_claim", "appid"),
-                    ("user_field", "user_name"),
-                ],
+                &[("user_claim", "appid"), ("user_field", "user_name")],
             );
+            let found_url = record.str("oidc_metadata_url").unwrap_or_default();
+            if !tenants
+                .is_tenant_url(
+                    &upstreams.authority,
+                    found_url,
+                    &[".well-known", "openid-configuration"],
+                )
+                .await
+            {
+                problems.push(format!(
+                    "oidc_metadata_url is {found_url:?}, expected {metadata_url:?} (the tenant may be named by domain or id)"
+                ));
+            }
             if problems.is_empty() {
                 CheckOutcome::pass(
                     id,
@@ -934,14 +1052,421 @@ pub fn render_text(outcomes: &[CheckOutcome]) -> String {
             Status::Skip => "SKIP",
         };
         out.push_str(&format!("{mark}  {}: {}\n", outcome.title, outcome.detail));
-        if outcome.status == Status::Fail
+        if (outcome.status == Status::Fail || outcome.blocked_by.is_some())
             && let Some(fix) = &outcome.fix
         {
             out.push_str(&format!("      fix: {fix}\n"));
         }
     }
-    let failed = outcomes.iter().filter(|o| o.status == Status::Fail).count();
-    let passed = outcomes.iter().filter(|o| o.status == Status::Pass).count();
-    out.push_str(&format!("{passed} checks passed, {failed} failed\n"));
+    let count = |status| outcomes.iter().filter(|o| o.status == status).count();
+    let (passed, failed, skipped) = (
+        count(Status::Pass),
+        count(Status::Fail),
+        count(Status::Skip),
+    );
+    out.push_str(&format!(
+        "{passed} checks passed, {failed} failed, {skipped} skipped\n"
+    ));
     out
+}
+
+/// Tenant spellings (domain, another verified domain, tenant id) resolved to tenant ids
+/// through the tenant's OpenID metadata, each at most once per run.
+struct Tenants<'a> {
+    entra: &'a EntraClient,
+    expected: String,
+    expected_id: Option<String>,
+    resolved: tokio::sync::Mutex<HashMap<String, Option<String>>>,
+}
+
+impl<'a> Tenants<'a> {
+    fn new(entra: &'a EntraClient, spec: &IntegrationSpec) -> Self {
+        Self {
+            entra,
+            expected: spec.tenant.clone(),
+            expected_id: spec.tenant_id.clone(),
+            resolved: tokio::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The tenant id a spelling names, `None` when Entra ID does not know it.
+    async fn id_of(&self, spelling: &str) -> Option<String> {
+        let key = spelling.to_ascii_lowercase();
+        if is_guid(&key) {
+            return Some(key);
+        }
+        let mut resolved = self.resolved.lock().await;
+        if let Some(found) = resolved.get(&key) {
+            return found.clone();
+        }
+        let found = self
+            .entra
+            .openid_configuration(&key)
+            .await
+            .ok()
+            .and_then(|config| config.tenant_id)
+            .map(|id| id.to_ascii_lowercase());
+        resolved.insert(key, found.clone());
+        found
+    }
+
+    /// True when `spelling` names the integration's tenant.
+    async fn is_expected(&self, spelling: &str) -> bool {
+        if spelling.eq_ignore_ascii_case(&self.expected)
+            || self
+                .expected_id
+                .as_deref()
+                .is_some_and(|id| spelling.eq_ignore_ascii_case(id))
+        {
+            return true;
+        }
+        match (self.id_of(spelling).await, self.id_of(&self.expected).await) {
+            (Some(found), Some(expected)) => found == expected,
+            _ => false,
+        }
+    }
+
+    /// True when `found` is `{authority}/{tenant}/{rest…}` for any spelling of the
+    /// integration's tenant; case and trailing slashes do not matter.
+    async fn is_tenant_url(&self, authority: &Url, found: &str, rest: &[&str]) -> bool {
+        let Ok(url) = Url::parse(found.trim()) else {
+            return false;
+        };
+        if url.scheme() != authority.scheme()
+            || url.host_str() != authority.host_str()
+            || url.port_or_known_default() != authority.port_or_known_default()
+        {
+            return false;
+        }
+        let segments = |url: &Url| -> Vec<String> {
+            url.path_segments()
+                .map(|parts| {
+                    parts
+                        .filter(|part| !part.is_empty())
+                        .map(str::to_ascii_lowercase)
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let base = segments(authority);
+        let path = segments(&url);
+        let Some([tenant, tail @ ..]) = path.strip_prefix(base.as_slice()) else {
+            return false;
+        };
+        tail.len() == rest.len()
+            && tail
+                .iter()
+                .zip(rest)
+                .all(|(found, want)| found.eq_ignore_ascii_case(want))
+            && self.is_expected(tenant).await
+    }
+}
+
+/// Application permissions that let the bot read (and create) the integration's apps.
+const APPLICATION_PERMISSIONS: [&str; 3] = [
+    "Application.ReadWrite.OwnedBy",
+    "Application.ReadWrite.All",
+    "Application.Read.All",
+];
+
+async fn check_graph_permissions(upstreams: &Upstreams, spec: &IntegrationSpec) -> CheckOutcome {
+    let id = "graph.permissions";
+    let title = "The bot's Graph app holds its permissions";
+    let Some(graph) = &upstreams.graph else {
+        return CheckOutcome::skip(
+            id,
+            title,
+            "Graph access is not configured (entra.graph_client_id / secret).",
+        );
+    };
+    let consent = "Entra ID > App registrations > the bot's Graph app (entra.graph_client_id) > API permissions > Add a permission > Microsoft Graph > Application permissions";
+    let roles = match graph.token_roles().await {
+        Ok(roles) => roles,
+        Err(err) => {
+            return CheckOutcome::fail(
+                id,
+                title,
+                err.to_string(),
+                "Check entra.graph_client_id and entra.graph_client_secret against Entra ID > App registrations > the bot's Graph app > Certificates & secrets.",
+            );
+        }
+    };
+    let mut problems = Vec::new();
+    let mut missing = Vec::new();
+    if roles.is_empty() {
+        problems.push("the app-only token carries no application permissions (roles)".to_owned());
+    }
+    if !roles
+        .iter()
+        .any(|role| APPLICATION_PERMISSIONS.contains(&role.as_str()))
+    {
+        missing.push(PERMISSION_APPLICATIONS);
+    }
+    match graph
+        .find_application_by_app_id(&spec.outbound_app.client_id)
+        .await
+    {
+        Ok(_) => {}
+        Err(err) if err.status() == Some(403) => {
+            problems.push(format!("Graph refused to read applications: {err}"));
+            if !missing.contains(&PERMISSION_APPLICATIONS) {
+                missing.push(PERMISSION_APPLICATIONS);
+            }
+        }
+        Err(err) => {
+            let detail = with_retry_note(err.to_string(), err.status(), err.retry_kind());
+            return CheckOutcome::fail(
+                id,
+                title,
+                detail,
+                "Check the network path to Microsoft Graph and run doctor again.",
+            );
+        }
+    }
+    if missing.is_empty() && problems.is_empty() {
+        return CheckOutcome::pass(
+            id,
+            title,
+            format!("token roles: {}; applications readable", roles.join(", ")),
+        );
+    }
+    if missing.is_empty() {
+        missing.push(PERMISSION_APPLICATIONS);
+    }
+    CheckOutcome::fail(
+        id,
+        title,
+        problems.join("; "),
+        format!(
+            "{consent}: add {}, then Grant admin consent.",
+            missing.join(", ")
+        ),
+    )
+}
+
+async fn check_reachable(upstreams: &Upstreams) -> CheckOutcome {
+    let id = "servicenow.reachable";
+    let title = "ServiceNow answers the bot's account with JSON";
+    let client = match servicenow_or_skip(upstreams, id, title) {
+        Ok(client) => client,
+        Err(outcome) => return outcome,
+    };
+    match client.query("sys_user", "", &["sys_id"], Some(1)).await {
+        Ok(_) => CheckOutcome::pass(
+            id,
+            title,
+            format!(
+                "{} answered a Table API read as the bot's account",
+                client.base_url().host_str().unwrap_or("the instance")
+            ),
+        ),
+        Err(err) => sn_fail(id, title, &err),
+    }
+}
+
+async fn check_app_installed(upstreams: &Upstreams) -> CheckOutcome {
+    let id = "servicenow.app_installed";
+    let scope = upstreams.app_scope.as_str();
+    let title = format!("The Microsoft 365 support app ({scope}) is installed");
+    let client = match servicenow_or_skip(upstreams, id, &title) {
+        Ok(client) => client,
+        Err(outcome) => return outcome,
+    };
+    let query = EncodedQuery::new().eq("scope", scope);
+    let fields = ["sys_id", "scope", "name", "version", "active"];
+    let mut found = None;
+    for table in ["sys_store_app", "sys_scope"] {
+        match client.query(table, query.as_str(), &fields, Some(5)).await {
+            // Only a row that really has the scope counts (a query term is never trusted).
+            Ok(rows) => {
+                if let Some(row) = rows.into_iter().find(|r| r.str("scope") == Some(scope)) {
+                    found = Some((table, row));
+                    break;
+                }
+            }
+            Err(err) => return sn_fail(id, &title, &err),
+        }
+    }
+    let install = format!(
+        "System Applications > All Available Applications > All: find Microsoft 365 support (scope {scope}) and Install it (ServiceNow Store), then run doctor again."
+    );
+    let Some((table, app)) = found else {
+        return CheckOutcome::fail(
+            id,
+            title,
+            format!("no application with scope {scope} in sys_store_app or sys_scope"),
+            install,
+        );
+    };
+    let name = app.str("name").unwrap_or(scope).to_owned();
+    let version = app.str("version").unwrap_or("unknown version").to_owned();
+    if app.bool("active") == Some(false) {
+        return CheckOutcome::fail(
+            id,
+            title,
+            format!("{name} {version} is installed but inactive"),
+            format!(
+                "System Applications > All Available Applications > Installed: open {name} and activate it."
+            ),
+        );
+    }
+    CheckOutcome::pass(id, title, format!("{name} {version} ({table})"))
+}
+
+/// Start of the inbound-flow detail when ServiceNow refused the token.
+const INBOUND_REFUSED: &str = "ServiceNow refused the REST-user app's token (401)";
+
+/// Checks, in the order they explain a refused inbound token: claim and user field, entity,
+/// user and role, token version.
+const INBOUND_EXPLAINERS: [&str; 5] = [
+    "servicenow.oidc_provider",
+    "servicenow.oidc_entity",
+    "servicenow.integration_user",
+    "inbound_app.token",
+    "inbound_app.registration",
+];
+
+/// Microsoft's call path: a v1 client-credentials token of the REST-user app for the inbound
+/// app, then a Table API read with it, which ServiceNow must accept as the integration user.
+async fn check_inbound_flow(upstreams: &Upstreams, spec: &IntegrationSpec) -> CheckOutcome {
+    let id = "servicenow.inbound_flow";
+    let title = "Microsoft's call path: REST-user token accepted by ServiceNow";
+    let (Some(rest_user), Some(inbound)) = (&spec.rest_user_app, &spec.inbound_app) else {
+        return CheckOutcome::fail(
+            id,
+            title,
+            "no REST-user or inbound app recorded",
+            "Run setup (AAD auth branch).",
+        );
+    };
+    let Some(admin) = &upstreams.servicenow else {
+        return CheckOutcome::skip(id, title, "ServiceNow access is not configured.");
+    };
+    let token = match upstreams
+        .entra
+        .client_credentials_v1(
+            &spec.tenant,
+            &rest_user.client_id,
+            &rest_user.client_secret,
+            &inbound.client_id,
+        )
+        .await
+    {
+        Ok(token) => token,
+        Err(err) => {
+            return CheckOutcome::fail(
+                id,
+                title,
+                format!(
+                    "no REST-user token for the inbound app: {}",
+                    entra_detail(&err)
+                ),
+                entra_fix(&err, AppRole::RestUser.label()),
+            );
+        }
+    };
+    let Some(claims) = unverified_claims(token.access_token.expose_secret()) else {
+        return CheckOutcome::fail(
+            id,
+            title,
+            "the REST-user token is not a readable JWT",
+            "Check that the REST-user app is an Entra ID app registration in this tenant.",
+        );
+    };
+    let claim = |name: &str| claims.get(name).and_then(Value::as_str).unwrap_or_default();
+    let mut problems = Vec::new();
+    let mut fixes = Vec::new();
+    if claim("ver") != "1.0" {
+        problems.push(format!(
+            "the token is version {:?}, not 1.0 (no appid claim)",
+            claim("ver")
+        ));
+        fixes.push("Entra ID > App registrations > the inbound app > Manifest: set requestedAccessTokenVersion to null or 1");
+    } else if !claim("appid").eq_ignore_ascii_case(&rest_user.client_id) {
+        problems.push(format!(
+            "appid is {:?}, expected the REST-user app {}",
+            claim("appid"),
+            rest_user.client_id
+        ));
+        fixes.push("enter the REST-user app's client id and secret in setup");
+    }
+    let aud = claim("aud").trim_end_matches('/');
+    if !aud.eq_ignore_ascii_case(&inbound.client_id)
+        && !aud.eq_ignore_ascii_case(&format!("api://{}", inbound.client_id))
+    {
+        problems.push(format!(
+            "aud is {aud:?}, expected the inbound app {}",
+            inbound.client_id
+        ));
+        fixes.push("enter the inbound app's client id in setup and in the OIDC entity's Client ID");
+    }
+    if !problems.is_empty() {
+        return CheckOutcome::fail(
+            id,
+            title,
+            problems.join("; "),
+            format!("{}.", fixes.join("; ")),
+        );
+    }
+    let as_integration_user = ServiceNowClient::new(
+        upstreams.http.clone(),
+        admin.base_url().clone(),
+        ServiceNowAuth::Bearer {
+            token: token.access_token.clone(),
+        },
+    );
+    match as_integration_user
+        .query("incident", "", &["sys_id"], Some(1))
+        .await
+    {
+        Ok(_) => CheckOutcome::pass(
+            id,
+            title,
+            format!(
+                "v1 token (appid {}, aud {aud}) accepted; Table API read of incident answered",
+                rest_user.client_id
+            ),
+        ),
+        Err(err) if err.status() == Some(401) => CheckOutcome::fail(
+            id,
+            title,
+            format!("{INBOUND_REFUSED}; none of the other checks explains it"),
+            format!(
+                "Check the OIDC provider configuration (User Claim = appid, User Field = User ID), the OIDC entity's Client ID ({}) and Active, and that the user {} exists and is active.",
+                inbound.client_id, rest_user.client_id
+            ),
+        ),
+        Err(err) if err.status() == Some(403) => CheckOutcome::fail(
+            id,
+            title,
+            format!("ServiceNow accepted the token but refused the read: {err}"),
+            format!(
+                "User Administration > Users > {}: add the role incident_manager.",
+                rest_user.client_id
+            ),
+        ),
+        Err(err) => sn_fail(id, title, &err),
+    }
+}
+
+/// A refused inbound token is explained by the first failed check that can cause it.
+fn explain_inbound_refusal(outcomes: &mut [CheckOutcome]) {
+    let Some(index) = outcomes.iter().position(|o| {
+        o.id == "servicenow.inbound_flow"
+            && o.status == Status::Fail
+            && o.detail.starts_with(INBOUND_REFUSED)
+    }) else {
+        return;
+    };
+    let cause = INBOUND_EXPLAINERS.iter().find_map(|id| {
+        outcomes
+            .iter()
+            .find(|o| o.id == *id && o.status == Status::Fail)
+            .map(|o| (o.id, o.detail.clone(), o.fix.clone().unwrap_or_default()))
+    });
+    if let Some((cause, detail, fix)) = cause {
+        let outcome = &mut outcomes[index];
+        outcome.detail = format!("{INBOUND_REFUSED}, because of {cause}: {detail}");
+        outcome.fix = Some(format!("Fix {cause}: {fix}"));
+    }
 }

@@ -205,6 +205,70 @@ pub async fn provision_basic(
     Ok((spec, log))
 }
 
+/// Longest time a step waits for Entra ID to replicate a new app or secret.
+pub const REPLICATION_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// What [`ensure_app_tracked`] got as far as, kept even when a later part fails, so a retry
+/// never creates a second app or a second secret.
+#[derive(Debug, Default)]
+pub struct AppProgress {
+    /// Client id of the app found or created.
+    pub client_id: Option<String>,
+    /// The secret this run added, when it added one.
+    pub secret: Option<SecretString>,
+    /// True when this run created the app.
+    pub created: bool,
+}
+
+/// Display name of the secrets setup adds (and removes again when no longer used).
+const SECRET_NAME: &str = "m365bot";
+
+/// True for the answers Entra ID gives while a just-created app replicates: Graph 404, or
+/// 400 "does not reference a valid application object".
+fn replicating(err: &crate::upstream::graph::GraphError) -> bool {
+    match err.status() {
+        Some(404) => true,
+        Some(400) => err
+            .to_string()
+            .contains("does not reference a valid application object"),
+        _ => false,
+    }
+}
+
+/// True when a Graph call failed with replication lag.
+fn graph_lag<T>(result: &Result<T, crate::upstream::graph::GraphError>) -> bool {
+    result.as_ref().err().is_some_and(replicating)
+}
+
+/// Runs `call` again while `lagging` says the answer is replication lag, with growing waits
+/// (1 s, 2 s, 4 s, … ) for at most [`REPLICATION_WAIT`]; notes the wait once in `log`.
+pub async fn while_replicating<T, E, F, Fut>(
+    log: &mut Vec<String>,
+    lagging: impl Fn(&Result<T, E>) -> bool,
+    mut call: F,
+) -> Result<T, E>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let started = std::time::Instant::now();
+    let mut wait = std::time::Duration::from_secs(1);
+    let mut noted = false;
+    loop {
+        let result = call().await;
+        if !lagging(&result) || started.elapsed() + wait > REPLICATION_WAIT {
+            return result;
+        }
+        if !noted {
+            log.push("waiting for Entra ID to replicate the new app".to_owned());
+            tracing::info!("waiting for Entra ID to replicate the new app");
+            noted = true;
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(std::time::Duration::from_secs(15));
+    }
+}
+
 /// Finds the app by display name or creates it (single tenant), makes sure it has a service
 /// principal, the redirect URIs and (for the inbound app) v1 tokens, and adds a new secret,
 /// unless `known` holds a secret of this very app (then it is reused and nothing is added).
@@ -216,11 +280,52 @@ pub async fn ensure_app(
     known: Option<&AppCredentials>,
     log: &mut Vec<String>,
 ) -> Result<AppCredentials, ProvisionError> {
-    let existing = graph
-        .find_applications_by_name(name)
+    let mut progress = AppProgress::default();
+    ensure_app_tracked(
+        graph,
+        name,
+        redirect_uris,
+        v1_tokens,
+        known,
+        log,
+        &mut progress,
+    )
+    .await
+}
+
+/// [`ensure_app`], recording in `progress` the app as soon as it exists and the secret as
+/// soon as it was added. A recorded app (`known`) is looked up by client id first, waiting out
+/// replication, so it is never created twice; replication errors right after creation are
+/// waited out; the secrets setup added before and no longer uses are removed.
+pub async fn ensure_app_tracked(
+    graph: &GraphClient,
+    name: &str,
+    redirect_uris: &[String],
+    v1_tokens: bool,
+    known: Option<&AppCredentials>,
+    log: &mut Vec<String>,
+    progress: &mut AppProgress,
+) -> Result<AppCredentials, ProvisionError> {
+    let recorded = match known {
+        Some(known) => while_replicating(
+            log,
+            |found: &Result<Option<Application>, _>| matches!(found, Ok(None)),
+            || graph.find_application_by_app_id(&known.client_id),
+        )
         .await
-        .map_err(failed("find the app"))?;
-    let application: Application = match existing.into_iter().next() {
+        .map_err(failed("find the app"))?,
+        None => None,
+    };
+    let existing = match recorded {
+        Some(app) => Some(app),
+        None => graph
+            .find_applications_by_name(name)
+            .await
+            .map_err(failed("find the app"))?
+            .into_iter()
+            .next(),
+    };
+    let application: Application = match existing {
         Some(app) => {
             log.push(format!("reused app {name} ({})", app.app_id));
             app
@@ -231,9 +336,11 @@ pub async fn ensure_app(
                 .await
                 .map_err(failed("create the app"))?;
             log.push(format!("created app {name} ({})", app.app_id));
+            progress.created = true;
             app
         }
     };
+    progress.client_id = Some(application.app_id.clone());
     let missing_redirects = redirect_uris
         .iter()
         .any(|uri| !application.web.redirect_uris.contains(uri));
@@ -251,10 +358,11 @@ pub async fn ensure_app(
             redirect_uris: missing_redirects.then_some(uris),
             requested_access_token_version: needs_v1.then_some(Some(1)),
         };
-        graph
-            .update_application(&application.id, &update)
-            .await
-            .map_err(failed("update the app"))?;
+        while_replicating(log, graph_lag, || {
+            graph.update_application(&application.id, &update)
+        })
+        .await
+        .map_err(failed("update the app"))?;
         let mut changes = Vec::new();
         if missing_redirects {
             changes.push("added the redirect URI");
@@ -270,10 +378,11 @@ pub async fn ensure_app(
         .map_err(failed("find the service principal"))?
         .is_none()
     {
-        graph
-            .create_service_principal(&application.app_id)
-            .await
-            .map_err(failed("create the service principal"))?;
+        while_replicating(log, graph_lag, || {
+            graph.create_service_principal(&application.app_id)
+        })
+        .await
+        .map_err(failed("create the service principal"))?;
         log.push(format!("created service principal for {name}"));
     }
     if let Some(known) = known.filter(|k| k.client_id == application.app_id) {
@@ -282,11 +391,29 @@ pub async fn ensure_app(
         ));
         return Ok(known.clone());
     }
-    let secret = graph
-        .add_password(&application.id, "m365bot")
-        .await
-        .map_err(failed("add a client secret"))?;
+    let secret = while_replicating(log, graph_lag, || {
+        graph.add_password(&application.id, SECRET_NAME)
+    })
+    .await
+    .map_err(failed("add a client secret"))?;
+    progress.secret = Some(secret.secret_text.clone());
     log.push(format!("added a client secret to {name}"));
+    // The secrets setup added earlier are no longer used: only the new one is recorded.
+    for old in application
+        .password_credentials
+        .iter()
+        .filter(|c| c.display_name.as_deref() == Some(SECRET_NAME) && c.key_id != secret.key_id)
+    {
+        match graph.remove_password(&application.id, &old.key_id).await {
+            Ok(()) => log.push(format!(
+                "removed an unused client secret of {name} (hint {})",
+                old.hint.as_deref().unwrap_or("?")
+            )),
+            Err(err) => log.push(format!(
+                "could not remove an unused client secret of {name}: {err}"
+            )),
+        }
+    }
     Ok(AppCredentials {
         client_id: application.app_id,
         client_secret: secret.secret_text,

@@ -51,16 +51,17 @@ pub enum RoleCheck {
 }
 
 /// Checks the tenant-wide role assignments of `oid` against `accepted` template ids.
-/// A refusal for lack of permission skips the check; any other failure is an error.
+/// Without credentials or permission the check is `Skipped` (the caller refuses the link);
+/// any other failure is an error.
 pub async fn check(
     graph: Option<&GraphClient>,
     oid: &str,
     accepted: &[String],
 ) -> Result<RoleCheck, GraphError> {
     let Some(graph) = graph else {
-        return Ok(RoleCheck::Skipped(
-            "the bot has no Microsoft Graph credentials".to_owned(),
-        ));
+        return Ok(RoleCheck::Skipped(format!(
+            "the bot has no Microsoft Graph credentials (entra.graph_client_id and entra.graph_client_secret of an app with {PERMISSION_ROLE_ASSIGNMENTS})"
+        )));
     };
     let assignments = match graph.role_assignments_of(oid).await {
         Ok(assignments) => assignments,

@@ -416,12 +416,17 @@ fn state_problem(used: &StateUse) -> Option<Outcome> {
     match used {
         StateUse::Fresh(_) => None,
         StateUse::Unknown => Some(unknown_state()),
-        StateUse::Replayed(pending) => Some(failed(
-            pending,
-            400,
-            "This sign-in link was already used",
-            "Each sign-in link works once. Nothing was changed by this attempt.",
-            "Type **link-account status** to see what is linked, or **link-account** for a new link.",
+        // Reopening a spent link (a reload, a second tab) shows the page only: the chat
+        // already has the outcome of its one use and gets no second card.
+        StateUse::Replayed(pending) => Some(Outcome::page_only(
+            failed(
+                pending,
+                400,
+                "This sign-in link was already used",
+                "Each sign-in link works once. Nothing was changed by this attempt.",
+                "Type **link-account status** to see what is linked, or **link-account** for a new link.",
+            )
+            .page,
         )),
         StateUse::Expired(pending) => Some(failed(
             pending,
@@ -744,8 +749,18 @@ async fn complete(
                 );
             }
             Ok(RoleCheck::Skipped(reason)) => {
-                tracing::warn!(reason = %reason, "Microsoft 365 admin role not checked");
-                Vec::new()
+                // Fail closed: an account whose roles cannot be read is not linked.
+                tracing::warn!(reason = %reason, "Microsoft 365 admin role not checked; link refused");
+                return failed(
+                    pending,
+                    503,
+                    "The admin role could not be checked",
+                    &format!(
+                        "I could not check whether **{}** holds a Microsoft 365 admin role: {reason}. Nothing was linked.",
+                        claims.username
+                    ),
+                    "Ask the bot's operator to grant that permission (or to set **link.check_directory_roles = false** to link without the check); then type **link-account** again.",
+                );
             }
             Err(err) => {
                 return failed(

@@ -95,7 +95,7 @@ async fn resolve_target(
                 "Check the spelling, or ask a ServiceNow admin to set the e-mail address on the user's record.",
             ),
         )),
-        Err(err) => Err(identity::upstream_failure_card(&err)),
+        Err(err) => Err(err.card()),
     }
 }
 

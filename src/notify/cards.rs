@@ -24,6 +24,12 @@ pub fn clip(text: &str, max: usize) -> String {
     out
 }
 
+/// Untrusted text for a TextBlock: clipped to `max` characters, markdown escaped so a caller's
+/// comment cannot post links or formatting under the bot's name.
+pub fn untrusted(text: &str, max: usize) -> String {
+    crate::cards::escape_markdown(&clip(text, max))
+}
+
 /// The colour of a case: resolved is good, priority 1 or a service incident needs attention.
 pub fn tone(event: &CaseEvent) -> &'static str {
     if event.resolved {
@@ -66,7 +72,7 @@ fn facts(event: &CaseEvent) -> Vec<Value> {
     let mut facts = Vec::new();
     let mut fact = |title: &str, value: Option<&str>| {
         if let Some(value) = value.map(str::trim).filter(|v| !v.is_empty()) {
-            facts.push(json!({"title": title, "value": clip(value, MAX_FIELD_CHARS)}));
+            facts.push(json!({"title": title, "value": untrusted(value, MAX_FIELD_CHARS)}));
         }
     };
     fact("State", Some(&event.state));
@@ -89,13 +95,13 @@ pub fn case_model(event: &CaseEvent, live: bool) -> Value {
         EventSource::ServiceHealth => "Open in the Microsoft 365 admin center",
     };
     json!({
-        "number": clip(&event.number, 60),
-        "title": clip(&event.title, MAX_FIELD_CHARS),
+        "number": untrusted(&event.number, 60),
+        "title": untrusted(&event.title, MAX_FIELD_CHARS),
         "source_label": source_label(event.source),
-        "state": clip(&event.state, 100),
+        "state": untrusted(&event.state, 100),
         "tone": tone(event),
         "facts": facts(event),
-        "latest_note": event.latest_note.as_deref().map(|n| clip(n, MAX_NOTE_CHARS)).unwrap_or_default(),
+        "latest_note": event.latest_note.as_deref().map(|n| untrusted(n, MAX_NOTE_CHARS)).unwrap_or_default(),
         "updated": updated(event),
         "url": safe_url(event.url.as_deref()),
         "url_label": url_label,
@@ -103,13 +109,41 @@ pub fn case_model(event: &CaseEvent, live: bool) -> Value {
     })
 }
 
+fn is_closed_state(state: &str) -> bool {
+    let state = state.to_ascii_lowercase();
+    ["resolved", "closed", "cancel"]
+        .iter()
+        .any(|word| state.contains(word))
+}
+
+/// The colour of a thread reply: good when resolved, attention only for a reopen or an
+/// escalation, accent for any other state change (progress), default for a plain update.
+pub fn update_tone(event: &CaseEvent, previous_state: Option<&str>) -> &'static str {
+    if event.resolved {
+        return "good";
+    }
+    let reopened = previous_state.is_some_and(is_closed_state);
+    let escalated = event.state.to_ascii_lowercase().contains("escalat");
+    if reopened || escalated {
+        return "attention";
+    }
+    match previous_state {
+        Some(before) if !before.eq_ignore_ascii_case(&event.state) => "accent",
+        _ => "default",
+    }
+}
+
 /// The view model of an update posted in the thread (`teams/notify_update`); `merged` is how
 /// many queued updates this one stands for besides itself.
 pub fn update_model(event: &CaseEvent, previous_state: Option<&str>, merged: usize) -> Value {
     let headline = match previous_state {
-        _ if event.resolved => format!("resolved ({})", clip(&event.state, 100)),
+        _ if event.resolved => format!("resolved ({})", untrusted(&event.state, 100)),
         Some(before) if !before.eq_ignore_ascii_case(&event.state) => {
-            format!("{} → {}", clip(before, 100), clip(&event.state, 100))
+            format!(
+                "{} → {}",
+                untrusted(before, 100),
+                untrusted(&event.state, 100)
+            )
         }
         _ => "updated".to_owned(),
     };
@@ -119,11 +153,11 @@ pub fn update_model(event: &CaseEvent, previous_state: Option<&str>, merged: usi
         n => format!("includes {n} earlier updates"),
     };
     json!({
-        "number": clip(&event.number, 60),
+        "number": untrusted(&event.number, 60),
         "headline": headline,
-        "state": clip(&event.state, 100),
-        "tone": tone(event),
-        "latest_note": event.latest_note.as_deref().map(|n| clip(n, MAX_NOTE_CHARS)).unwrap_or_default(),
+        "state": untrusted(&event.state, 100),
+        "tone": update_tone(event, previous_state),
+        "latest_note": event.latest_note.as_deref().map(|n| untrusted(n, MAX_NOTE_CHARS)).unwrap_or_default(),
         "updated": updated(event),
         "merged_note": merged_note,
     })
@@ -174,9 +208,47 @@ mod tests {
             .render("teams/notify_update", &update_model(&e, Some("New"), 2))
             .expect("update card");
         assert_eq!(update["body"][1]["text"], "New → In Progress");
+        assert_eq!(update["body"][1]["color"], "Accent", "progress is no alarm");
         let status = cards
             .render("teams/notify_status", &case_model(&e, true))
             .expect("status card");
         assert_eq!(status["type"], "AdaptiveCard");
+    }
+
+    #[test]
+    fn markdown_from_servicenow_shows_literally() {
+        let cards = crate::cards::CardRenderer::new().expect("templates compile");
+        let mut e = event();
+        e.title = "[Your session expired](https://evil.example/login) **now**".to_owned();
+        e.latest_note = Some("- step one\n1. click <https://evil.example>\n# Heading".to_owned());
+        let card = cards
+            .render("teams/notify_case", &case_model(&e, false))
+            .expect("case card");
+        let title = card["body"][0]["items"][2]["text"].as_str().expect("title");
+        assert_eq!(
+            title,
+            "\\[Your session expired\\](https:\u{200B}//evil.example/login) \\*\\*now\\*\\*"
+        );
+        let note = card["body"][2]["text"].as_str().expect("note");
+        assert_eq!(
+            note,
+            "\\- step one\n1\\. click \\<https:\u{200B}//evil.example\\>\n\\# Heading"
+        );
+    }
+
+    #[test]
+    fn thread_replies_colour_progress_accent_and_only_reopen_or_escalation_attention() {
+        let mut e = event();
+        // Priority 1 colours the root card, not every step of progress.
+        assert_eq!(update_tone(&e, Some("New")), "accent");
+        assert_eq!(update_tone(&e, Some("In Progress")), "default");
+        assert_eq!(update_tone(&e, None), "default");
+        assert_eq!(update_tone(&e, Some("Resolved")), "attention", "reopened");
+        assert_eq!(update_tone(&e, Some("Closed")), "attention", "reopened");
+        e.state = "Escalated".to_owned();
+        assert_eq!(update_tone(&e, Some("In Progress")), "attention");
+        e.state = "Resolved".to_owned();
+        e.resolved = true;
+        assert_eq!(update_tone(&e, Some("In Progress")), "good");
     }
 }

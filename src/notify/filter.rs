@@ -67,6 +67,49 @@ pub enum FilterError {
     /// Too many values.
     #[error("**{0}** has more than {MAX_VALUES} values.")]
     TooManyValues(String),
+    /// A value no source produces, so the subscription could never match it.
+    #[error("**{key}={value}** can never match: {accepted}")]
+    NeverMatches {
+        /// The filter key.
+        key: &'static str,
+        /// The value given.
+        value: String,
+        /// The values that are accepted, as a sentence.
+        accepted: String,
+    },
+    /// The values of a key could not be checked (the source is unreachable or not configured).
+    #[error("I could not check **{key}** values: {reason}")]
+    Unchecked {
+        /// The filter key.
+        key: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// What the sources can produce, for [`Filter::validate`].
+#[derive(Debug, Clone)]
+pub struct Vocabulary {
+    /// Priorities of the case table's choice list (values and labels); empty when it could not
+    /// be read (then 1-5 are accepted).
+    pub priorities: Vec<String>,
+    /// Known service names and ids (Microsoft 365 service health, the case table's service
+    /// choices); `Err` says why they are unknown.
+    pub services: Result<Vec<String>, String>,
+    /// The assignment groups that exist among those the filter names; `Err` says why they
+    /// could not be looked up.
+    pub groups: Result<Vec<String>, String>,
+}
+
+/// Service-health classifications, which the `priority` key matches too.
+pub const HEALTH_CLASSIFICATIONS: [&str; 2] = ["incident", "advisory"];
+
+fn listed(values: &[String], max: usize) -> String {
+    let mut shown: Vec<String> = values.iter().take(max).map(|v| quote(v)).collect();
+    if values.len() > max {
+        shown.push(format!("… ({} in all)", values.len()));
+    }
+    shown.join(", ")
 }
 
 impl Filter {
@@ -128,6 +171,75 @@ impl Filter {
             }
         }
         Ok(filter)
+    }
+
+    /// Checks every value against what the sources can produce, so a subscription never
+    /// waits for something that cannot come.
+    pub fn validate(&self, known: &Vocabulary) -> Result<(), FilterError> {
+        let same = |a: &str, b: &str| a.trim().eq_ignore_ascii_case(b.trim());
+        for wanted in &self.priorities {
+            let numeric = wanted.parse::<u8>().is_ok_and(|n| (1..=5).contains(&n));
+            let accepted = numeric
+                || known.priorities.iter().any(|p| same(p, wanted))
+                || HEALTH_CLASSIFICATIONS.iter().any(|c| same(c, wanted));
+            if !accepted {
+                let mut values: Vec<String> = (1..=5).map(|n| n.to_string()).collect();
+                values.extend(
+                    known
+                        .priorities
+                        .iter()
+                        .filter(|p| p.parse::<u8>().is_err())
+                        .cloned(),
+                );
+                values.extend(HEALTH_CLASSIFICATIONS.iter().map(|c| (*c).to_owned()));
+                return Err(FilterError::NeverMatches {
+                    key: "priority",
+                    value: shorten(wanted),
+                    accepted: format!("use {}.", listed(&values, 12)),
+                });
+            }
+        }
+        if !self.services.is_empty() {
+            let services = known
+                .services
+                .as_ref()
+                .map_err(|reason| FilterError::Unchecked {
+                    key: "service",
+                    reason: reason.clone(),
+                })?;
+            if let Some(unknown) = self
+                .services
+                .iter()
+                .find(|wanted| !services.iter().any(|s| same(s, wanted)))
+            {
+                return Err(FilterError::NeverMatches {
+                    key: "service",
+                    value: shorten(unknown),
+                    accepted: format!("known services are {}.", listed(services, 10)),
+                });
+            }
+        }
+        if !self.groups.is_empty() {
+            let groups = known
+                .groups
+                .as_ref()
+                .map_err(|reason| FilterError::Unchecked {
+                    key: "group",
+                    reason: reason.clone(),
+                })?;
+            if let Some(unknown) = self
+                .groups
+                .iter()
+                .find(|wanted| !groups.iter().any(|g| same(g, wanted)))
+            {
+                return Err(FilterError::NeverMatches {
+                    key: "group",
+                    value: shorten(unknown),
+                    accepted: "ServiceNow has no assignment group of that name (check the spelling; quote names with spaces: group=\"Service Desk\").".to_owned(),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// The filter as it would be typed, in canonical order (empty for "everything").
@@ -351,5 +463,53 @@ mod tests {
         let mut no_priority = e.clone();
         no_priority.priority = None;
         assert!(!f("priority=1").matches(&no_priority, true));
+    }
+
+    fn vocabulary() -> Vocabulary {
+        Vocabulary {
+            priorities: vec!["1".into(), "1 - Critical".into(), "2 - High".into()],
+            services: Ok(vec!["Exchange Online".into(), "Exchange".into()]),
+            groups: Ok(vec!["Service Desk".into()]),
+        }
+    }
+
+    #[test]
+    fn values_no_source_produces_are_refused_naming_the_accepted_ones() {
+        let known = vocabulary();
+        let ok = Filter::parse(
+            r#"priority=1,"2 - high",advisory,5 service="exchange online" group="service desk""#,
+        )
+        .expect("parses");
+        assert_eq!(ok.validate(&known), Ok(()));
+        let refused = |text: &str| {
+            Filter::parse(text)
+                .expect("parses")
+                .validate(&known)
+                .expect_err(text)
+                .to_string()
+        };
+        let banana = refused("priority=banana");
+        assert!(banana.starts_with("**priority=banana** can never match: use 1, 2, 3, 4, 5, \"1 - Critical\", \"2 - High\", incident, advisory."), "{banana}");
+        assert!(refused("priority=6").contains("can never match"));
+        assert!(
+            refused("service=Exchnage")
+                .contains("known services are \"Exchange Online\", Exchange.")
+        );
+        assert!(refused(r#"group="Servce Desk""#).contains("no assignment group of that name"));
+        // Unknown sources are refused at parse time already.
+        assert!(Filter::parse("source=slack").is_err());
+        // When a source cannot be read, the key is refused with the reason, never stored blind.
+        let unreachable = Vocabulary {
+            groups: Err("ServiceNow answered 503".into()),
+            ..vocabulary()
+        };
+        let error = Filter::parse("group=x")
+            .expect("parses")
+            .validate(&unreachable)
+            .expect_err("unchecked");
+        assert_eq!(
+            error.to_string(),
+            "I could not check **group** values: ServiceNow answered 503"
+        );
     }
 }

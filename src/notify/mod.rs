@@ -81,6 +81,38 @@ pub struct NotifySettings {
     pub send_timeout_ms: u64,
     /// Delivered and merged outbox rows are deleted after this many days (dead letters stay).
     pub retention_days: u32,
+    /// The app role needed to subscribe or unsubscribe a conversation (`administrator` or
+    /// `insights_user`); unset: `administrator` in channels and group chats (guests may read
+    /// them), `insights_user` in personal chats.
+    pub subscribe_role: Option<SubscribeRole>,
+}
+
+/// An app role that may change a conversation's subscriptions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SubscribeRole {
+    /// `<scope>.administrator`.
+    Administrator,
+    /// `<scope>.insights_user` (or administrator).
+    InsightsUser,
+}
+
+impl NotifySettings {
+    /// The role needed to change the subscriptions of a conversation of `conversation_type`
+    /// (`personal`, `channel`, `groupChat`).
+    pub fn subscribe_need(&self, conversation_type: &str) -> RoleNeed {
+        let role = self
+            .subscribe_role
+            .unwrap_or(if conversation_type == "personal" {
+                SubscribeRole::InsightsUser
+            } else {
+                SubscribeRole::Administrator
+            });
+        match role {
+            SubscribeRole::Administrator => RoleNeed::AppAdministrator,
+            SubscribeRole::InsightsUser => RoleNeed::InsightsOrAdministrator,
+        }
+    }
 }
 
 impl Default for NotifySettings {
@@ -100,6 +132,7 @@ impl Default for NotifySettings {
             poll_interval_ms: 250,
             send_timeout_ms: 15_000,
             retention_days: 30,
+            subscribe_role: None,
         }
     }
 }
@@ -114,7 +147,14 @@ pub async fn handle_command(app: &App, event: &InboundEvent, command: Command) -
             Some("Type the command in a Teams channel or chat with m365bot."),
         )];
     }
-    let user = match identity::require(app, event, RoleNeed::InsightsOrAdministrator).await {
+    let need = match command {
+        Command::Subscribe { .. } | Command::Unsubscribe => app
+            .settings
+            .notifications
+            .subscribe_need(&event.conversation_type),
+        _ => RoleNeed::InsightsOrAdministrator,
+    };
+    let user = match identity::require(app, event, need).await {
         Ok(user) => user,
         Err(refusal) => return vec![refusal],
     };
@@ -136,13 +176,124 @@ pub async fn handle_command(app: &App, event: &InboundEvent, command: Command) -
     })
 }
 
+/// The values of the case table's choice list for `field` (values and labels).
+async fn choice_values(
+    client: &crate::upstream::servicenow::ServiceNowClient,
+    table: &str,
+    field: &str,
+) -> Result<Vec<String>, String> {
+    use crate::upstream::servicenow::EncodedQuery;
+    let query = EncodedQuery::new().eq("name", table).eq("element", field);
+    let rows = client
+        .query(
+            "sys_choice",
+            query.as_str(),
+            &["name", "element", "value", "label"],
+            Some(200),
+        )
+        .await
+        .map_err(|err| err.to_string())?;
+    Ok(rows
+        .iter()
+        // ServiceNow ignores query terms it cannot apply: check every row.
+        .filter(|row| row.str("name") == Some(table) && row.str("element") == Some(field))
+        .flat_map(|row| [row.str("value"), row.str("label")])
+        .flatten()
+        .filter(|v| !v.trim().is_empty())
+        .map(str::to_owned)
+        .collect())
+}
+
+/// What the sources can produce for the keys `filter` uses (only what it needs is read).
+async fn vocabulary(app: &App, filter: &Filter) -> filter::Vocabulary {
+    let source = &app.settings.notifications.sources.servicenow;
+    let client = app.upstreams.servicenow.as_ref();
+    let no_servicenow = "the bot has no ServiceNow access configured".to_owned();
+    let mut known = filter::Vocabulary {
+        priorities: Vec::new(),
+        services: Ok(Vec::new()),
+        groups: Ok(Vec::new()),
+    };
+    if !filter.priorities.is_empty()
+        && let Some(client) = client
+    {
+        known.priorities = choice_values(client, &source.table, &source.priority_field)
+            .await
+            .unwrap_or_default();
+    }
+    if !filter.services.is_empty() {
+        let mut services = Vec::new();
+        let mut problems = Vec::new();
+        match app.upstreams.graph.as_ref() {
+            Some(graph) => match graph.service_health_overviews().await {
+                Ok(overviews) => services.extend(
+                    overviews
+                        .into_iter()
+                        .flat_map(|o| [o.service, o.id])
+                        .filter(|s| !s.is_empty()),
+                ),
+                Err(err) => problems.push(format!("Microsoft 365 service health: {err}")),
+            },
+            None => problems.push("Microsoft Graph is not configured".to_owned()),
+        }
+        match client {
+            Some(client) => match choice_values(client, &source.table, &source.service_field).await
+            {
+                Ok(values) => services.extend(values),
+                Err(err) => problems.push(format!("ServiceNow: {err}")),
+            },
+            None => problems.push(no_servicenow.clone()),
+        }
+        known.services = if services.is_empty() {
+            Err(format!(
+                "no source lists services ({}). Try again later, or subscribe without service=.",
+                problems.join("; ")
+            ))
+        } else {
+            Ok(services)
+        };
+    }
+    if !filter.groups.is_empty() {
+        known.groups = match client {
+            Some(client) => {
+                use crate::upstream::servicenow::{EncodedQuery, Operator};
+                let query = filter
+                    .groups
+                    .iter()
+                    .fold(EncodedQuery::new(), |query, group| {
+                        query.or("name", Operator::Eq, group)
+                    });
+                client
+                    .query("sys_user_group", query.as_str(), &["name"], Some(100))
+                    .await
+                    .map(|rows| {
+                        rows.iter()
+                            .filter_map(|row| row.str("name").map(str::to_owned))
+                            .collect()
+                    })
+                    .map_err(|err| format!("{err}. Try again later."))
+            }
+            None => Err(no_servicenow),
+        };
+    }
+    known
+}
+
 async fn subscribe(
     app: &App,
     event: &InboundEvent,
     user: &identity::ChatUser,
     text: &str,
 ) -> Result<Vec<Reply>, sqlx::Error> {
-    let filter = match Filter::parse(text) {
+    let parsed = Filter::parse(text);
+    let checked = match parsed {
+        Ok(filter) => {
+            let known = vocabulary(app, &filter).await;
+            filter.validate(&known).map(|()| filter)
+        }
+        Err(err) => Err(err),
+    };
+    let filter = match checked {
         Ok(filter) => filter,
         Err(err) => {
             return Ok(vec![Reply::notice(
@@ -169,7 +320,7 @@ async fn subscribe(
         },
     )
     .await?;
-    let described = filter.describe();
+    let described = cards::untrusted(&filter.describe(), 500);
     Ok(vec![match outcome {
         SubscribeOutcome::Created(_) => Reply::notice(
             Tone::Good,
@@ -244,20 +395,20 @@ pub fn subscriptions_model(list: &[store::SubscriptionHealth]) -> Value {
                     if s.dead_letters == 1 { "" } else { "s" }
                 ),
                 (_, true) => "Active".to_owned(),
-                (Some(reason), false) => format!("Disabled: {}", cards::clip(reason, 300)),
+                (Some(reason), false) => format!("Disabled: {}", cards::untrusted(reason, 300)),
                 (None, false) => "Disabled".to_owned(),
             };
             serde_json::json!({
-                "filter": if s.filter_text.is_empty() { "everything".to_owned() } else { s.filter_text.clone() },
+                "filter": if s.filter_text.is_empty() { "everything".to_owned() } else { cards::untrusted(&s.filter_text, 500) },
                 "status": status,
                 "healthy": s.enabled && s.dead_letters == 0,
-                "created": format!("{} by {}", when(s.created_at), cards::clip(&s.created_by, 100)),
+                "created": format!("{} by {}", when(s.created_at), cards::untrusted(&s.created_by, 100)),
                 "counts": format!(
                     "{} delivered, {} waiting, {} failed attempts, {} dead letters",
                     s.delivered, s.pending, s.failures, s.dead_letters
                 ),
                 "last_delivery": s.last_delivery_at.map(when).unwrap_or_else(|| "none yet".to_owned()),
-                "last_error": s.last_error.as_deref().map(|e| cards::clip(e, 300)).unwrap_or_default(),
+                "last_error": s.last_error.as_deref().map(|e| cards::untrusted(e, 300)).unwrap_or_default(),
             })
         })
         .collect();
@@ -284,15 +435,42 @@ async fn subscriptions(app: &App, event: &InboundEvent) -> Result<Vec<Reply>, sq
     }])
 }
 
+/// True when `text` has the shape of a case or incident reference: 1 to 40 of
+/// `A-Z a-z 0-9 _ . -`. Anything else is never looked up.
+pub fn is_case_reference(text: &str) -> bool {
+    (1..=40).contains(&text.len())
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+/// The card for a reference that is not a Microsoft 365 support case the bot may show.
+fn not_a_support_case(reference: &str) -> Reply {
+    Reply::notice(
+        Tone::Warning,
+        "Not a Microsoft 365 support case",
+        &format!(
+            "**{}** is not a Microsoft 365 support case I can show.",
+            cards::untrusted(reference, 40)
+        ),
+        Some(
+            "Give the number of an incident that tracks a Microsoft support case (e.g. INC0010001), or its Microsoft case number.",
+        ),
+    )
+}
+
 async fn status(app: &App, reference: &str) -> Result<Vec<Reply>, sqlx::Error> {
     let reference = reference.trim();
-    if reference.is_empty() || reference.chars().count() > 100 {
+    if reference.is_empty() {
         return Ok(vec![Reply::notice(
             Tone::Attention,
             "Which case?",
             "Give a case or incident number.",
             Some("Usage: **status <case or incident number>**, e.g. status INC0010001"),
         )]);
+    }
+    if !is_case_reference(reference) {
+        return Ok(vec![not_a_support_case(reference)]);
     }
     if let Some(event) = outbox::latest_event(&app.db, reference).await? {
         return Ok(vec![Reply::Card {
@@ -305,48 +483,49 @@ async fn status(app: &App, reference: &str) -> Result<Vec<Reply>, sqlx::Error> {
             template: "notify_status",
             data: cards::case_model(&event, true),
         }]),
-        Ok(None) => Ok(vec![Reply::notice(
-            Tone::Warning,
-            "Case not found",
-            &format!(
-                "I have no update of **{}** on record, and ServiceNow has no such record.",
-                cards::clip(reference, 100)
-            ),
-            Some(
-                "Check the number (e.g. INC0010001, or the Microsoft case number of a tracked incident).",
-            ),
-        )]),
+        Ok(None) => Ok(vec![not_a_support_case(reference)]),
         Err(reason) => Ok(vec![Reply::notice(
             Tone::Warning,
             "Case not found here",
             &format!(
-                "I have no update of **{}** on record, and could not ask ServiceNow: {reason}",
-                cards::clip(reference, 100)
+                "I have no update of **{reference}** on record, and could not ask ServiceNow: {}",
+                crate::cards::escape_markdown(&reason)
             ),
             Some("Check the [servicenow] settings with **doctor**, or try again later."),
         )]),
     }
 }
 
-/// Reads a case live from ServiceNow by its number (or Microsoft case reference).
+/// Reads a case live from ServiceNow by its number (or Microsoft case reference), within the
+/// sources' case filter: a record outside it (any other incident) is not shown. Each returned
+/// row is checked in code, because ServiceNow ignores query terms on unknown columns.
 async fn live_incident(app: &App, reference: &str) -> Result<Option<event::CaseEvent>, String> {
-    use crate::upstream::servicenow::{DisplayValue, EncodedQuery, ListOptions};
+    use crate::upstream::servicenow::{DisplayValue, ListOptions};
     let Some(client) = app.upstreams.servicenow.as_ref() else {
         return Err("ServiceNow is not configured".to_owned());
     };
     let settings = &app.settings.notifications.sources.servicenow;
-    let query = EncodedQuery::new()
-        .eq(&settings.number_field, reference)
-        .or(
-            &settings.case_reference_field,
-            crate::upstream::servicenow::Operator::Eq,
-            reference,
-        );
+    let filter = settings.filter();
+    let mut named = sources::servicenow::filter_fields(&filter)?;
+    named.push(settings.number_field.clone());
+    named.push(settings.case_reference_field.clone());
+    let named_refs: Vec<&str> = named.iter().map(String::as_str).collect();
+    client
+        .ensure_fields(&settings.table, &named_refs)
+        .await
+        .map_err(|e| e.to_string())?;
+    // `reference` has the case-reference shape (no `^`, `=`, spaces or newlines), so it cannot
+    // add a condition. `^OR` binds to the condition before it: filter AND (number OR reference).
+    let query = format!(
+        "{filter}^{number}={reference}^OR{case}={reference}",
+        number = settings.number_field,
+        case = settings.case_reference_field,
+    );
     let options = ListOptions {
-        query: query.as_str().to_owned(),
+        query,
         fields: settings.fields(),
-        limit: Some(1),
-        page_size: Some(1),
+        limit: Some(2),
+        page_size: Some(2),
         display_value: DisplayValue::All,
         include_reference_links: false,
     };
@@ -354,7 +533,16 @@ async fn live_incident(app: &App, reference: &str) -> Result<Option<event::CaseE
         .list(&settings.table, &options)
         .await
         .map_err(|e| e.to_string())?;
-    let Some(record) = records.first() else {
+    let matches = |field: &str, record: &crate::upstream::servicenow::Record| {
+        record
+            .str(field)
+            .or_else(|| record.display_value(field))
+            .is_some_and(|value| value.eq_ignore_ascii_case(reference))
+    };
+    let Some(record) = records.iter().find(|record| {
+        (matches(&settings.number_field, record) || matches(&settings.case_reference_field, record))
+            && record.non_empty(&settings.case_reference_field).is_some()
+    }) else {
         return Ok(None);
     };
     sources::servicenow::event_from_record(

@@ -48,7 +48,18 @@ const SIGNING_KEY_X5T: &str = "KChIFb-rQW68hfrqC4WxH1zcSjw";
 pub(crate) const GRAPH_APP_ID: &str = "00000003-0000-0000-c000-000000000000";
 /// Graph's resource URI.
 pub(crate) const GRAPH_RESOURCE: &str = "https://graph.microsoft.com";
+/// The Bot Framework's resource: every tenant's apps get app-only tokens for it (the bot's own
+/// token for the Bot Connector, scope `https://api.botframework.com/.default`).
+pub(crate) const BOT_FRAMEWORK_RESOURCE: &str = "https://api.botframework.com";
 /// Client id of the pre-registered Graph management app (fixed so configs survive restarts).
+/// Graph application permissions of the seeded bot app (admin consent given).
+pub const SEED_GRAPH_ROLES: &[&str] = &[
+    "Application.ReadWrite.OwnedBy",
+    "Organization.Read.All",
+    "Domain.Read.All",
+    "ServiceHealth.Read.All",
+    "RoleManagement.Read.Directory",
+];
 const SEED_GRAPH_CLIENT_ID: &str = "5e7b2a1c-0d4f-4c3b-9a8e-1f2d3c4b5a69";
 /// Its secret (sandbox only).
 const SEED_GRAPH_CLIENT_SECRET: &str = "Sbx8Q~sandbox.graph-management_secret.0001";
@@ -151,6 +162,8 @@ pub struct PasswordCredential {
     pub start: DateTime<Utc>,
     /// `endDateTime`.
     pub end: DateTime<Utc>,
+    /// When it was added (replication lag counts from here).
+    pub added: DateTime<Utc>,
     secret: String,
 }
 
@@ -163,6 +176,7 @@ impl PasswordCredential {
             hint: secret.chars().take(3).collect(),
             start,
             end,
+            added: now(),
             secret,
         }
     }
@@ -228,6 +242,9 @@ pub struct AppRegistration {
     pub created: DateTime<Utc>,
     /// Object id used for the app's service principal and as `oid` of its app-only tokens.
     pub principal_id: String,
+    /// Graph application permissions granted with admin consent: the `roles` of its app-only
+    /// Graph tokens (none: Graph refuses every app-only call with 403).
+    pub graph_roles: Vec<String>,
 }
 
 impl AppRegistration {
@@ -245,6 +262,7 @@ impl AppRegistration {
             required_resource_access: json!([]),
             created: now(),
             principal_id: new_guid(),
+            graph_roles: Vec::new(),
         }
     }
 
@@ -366,6 +384,9 @@ pub(crate) struct Directory {
     pub(crate) service_principals: Vec<ServicePrincipal>,
     pub(crate) authorize_outcome: AuthorizeOutcome,
     pub(crate) graph_writes_denied: bool,
+    /// How long a new app or secret stays invisible to token requests and Graph reads, as
+    /// Entra ID's replication makes it right after creation (zero: at once).
+    pub(crate) replication_lag: ChronoDuration,
     /// Directory role assignments (`roleManagement/directory/roleAssignments`).
     pub(crate) role_assignments: Vec<DirectoryRoleAssignment>,
     /// Graph answers 403 to role-assignment reads (no `RoleManagement.Read.Directory`).
@@ -389,6 +410,7 @@ impl Directory {
         let upn = format!("admin@{}", options.tenant_domain);
         let mut app = AppRegistration::new("m365bot sandbox Graph management");
         app.app_id = SEED_GRAPH_CLIENT_ID.to_owned();
+        app.graph_roles = SEED_GRAPH_ROLES.iter().map(|r| (*r).to_owned()).collect();
         let start = now();
         let mut credential = PasswordCredential::new(
             Some("sandbox".to_owned()),
@@ -397,6 +419,9 @@ impl Directory {
         );
         credential.secret = SEED_GRAPH_CLIENT_SECRET.to_owned();
         credential.hint = SEED_GRAPH_CLIENT_SECRET.chars().take(3).collect();
+        // Registered long ago: replication lag never hides the bot's own app.
+        app.created = start - ChronoDuration::days(30);
+        credential.added = app.created;
         app.password_credentials.push(credential);
         let sp = ServicePrincipal {
             id: app.principal_id.clone(),
@@ -415,6 +440,7 @@ impl Directory {
                 tenant_id: None,
             }),
             graph_writes_denied: false,
+            replication_lag: ChronoDuration::zero(),
             // The default signed-in user is a Global Administrator, as a tenant's first admin is.
             role_assignments: vec![DirectoryRoleAssignment::new(
                 SEED_USER_OID,
@@ -455,13 +481,19 @@ impl Directory {
             .unwrap_or_default()
     }
 
+    /// The app with this client id, once replication made it visible.
     pub(crate) fn app_by_client_id(&self, client_id: &str) -> Option<&AppRegistration> {
         self.apps
             .iter()
-            .find(|a| a.app_id.eq_ignore_ascii_case(client_id))
+            .find(|a| a.app_id.eq_ignore_ascii_case(client_id) && self.replicated(a.created))
     }
 
-    fn app_by_client_id_mut(&mut self, client_id: &str) -> Option<&mut AppRegistration> {
+    /// True when something created at `since` is visible everywhere (replication done).
+    pub(crate) fn replicated(&self, since: DateTime<Utc>) -> bool {
+        now() - since >= self.replication_lag
+    }
+
+    pub(crate) fn app_by_client_id_mut(&mut self, client_id: &str) -> Option<&mut AppRegistration> {
         self.apps
             .iter_mut()
             .find(|a| a.app_id.eq_ignore_ascii_case(client_id))
@@ -530,7 +562,7 @@ impl Directory {
         match app
             .password_credentials
             .iter()
-            .find(|c| !secret.is_empty() && c.secret == secret)
+            .find(|c| !secret.is_empty() && c.secret == secret && self.replicated(c.added))
         {
             Some(c) if c.end > current && c.start <= current + ChronoDuration::minutes(5) => Ok(()),
             Some(_) => Err(AadError::new(
@@ -668,7 +700,7 @@ pub(crate) fn fault_response(fault: Fault) -> Response {
             }
             response
         }
-        Fault::ServerError(status) => {
+        Fault::ServerError(status) | Fault::HtmlError(status) => {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
             AadError::new(
                 status,
@@ -874,6 +906,13 @@ fn resolve_resource(shared: &Shared, dir: &Directory, resource: &str) -> Option<
             v2: false,
         });
     }
+    if trimmed.eq_ignore_ascii_case(BOT_FRAMEWORK_RESOURCE) {
+        return Some(Target {
+            aud_v1: BOT_FRAMEWORK_RESOURCE.to_owned(),
+            aud_v2: BOT_FRAMEWORK_RESOURCE.to_owned(),
+            v2: false,
+        });
+    }
     let app = dir.apps.iter().find(|a| {
         a.app_id.eq_ignore_ascii_case(trimmed)
             || a.identifier_uris
@@ -969,6 +1008,9 @@ fn app_token(shared: &Shared, tid: &str, app: &AppRegistration, target: &Target)
         claims["appid"] = json!(app.app_id);
         claims["appidacr"] = json!("1");
         claims["ver"] = json!("1.0");
+    }
+    if target.aud_v2 == GRAPH_APP_ID && !app.graph_roles.is_empty() {
+        claims["roles"] = json!(app.graph_roles);
     }
     let access_token = shared.keys.sign(&claims, !target.v2)?;
     Some(Issued {

@@ -37,10 +37,16 @@ pub struct FaultConfig {
     pub throttle_probability: f64,
     /// `Retry-After` seconds sent with an injected 429.
     pub retry_after_secs: u64,
+    /// Every matching request in this many milliseconds after the config was set gets 429
+    /// (a rate-limit window), with `Retry-After: retry_after_secs`.
+    pub throttle_for_ms: u64,
     /// Probability (0..=1) that a matching request gets a 5xx.
     pub error_rate: f64,
     /// Status of injected server errors (500..=599; anything else means 503).
     pub error_status: u16,
+    /// Injected server errors come as an HTML page (a failing node or a proxy in front of
+    /// it) instead of the service's JSON error envelope.
+    pub html_errors: bool,
     /// Only requests whose path starts with this are affected (`None`: all).
     pub path_prefix: Option<String>,
     /// Seed of the random draws, for reproducible tests (`None`: from the OS).
@@ -54,8 +60,10 @@ impl Default for FaultConfig {
             throttle_every: None,
             throttle_probability: 0.0,
             retry_after_secs: 1,
+            throttle_for_ms: 0,
             error_rate: 0.0,
             error_status: 503,
+            html_errors: false,
             path_prefix: None,
             seed: None,
         }
@@ -88,9 +96,25 @@ impl FaultConfig {
         self
     }
 
+    /// A storm: every request for `ms` milliseconds gets 429 with `Retry-After:
+    /// retry_after_secs`.
+    pub fn with_throttle_window(mut self, ms: u64, retry_after_secs: u64) -> Self {
+        self.throttle_for_ms = ms;
+        self.retry_after_secs = retry_after_secs;
+        self
+    }
+
     /// A 5xx (`error_status`) with probability `p`.
     pub fn with_error_rate(mut self, p: f64) -> Self {
         self.error_rate = p;
+        self
+    }
+
+    /// Every request fails with `status` as an HTML page.
+    pub fn with_html_errors(mut self, status: u16) -> Self {
+        self.error_rate = 1.0;
+        self.error_status = status;
+        self.html_errors = true;
         self
     }
 
@@ -114,12 +138,36 @@ pub(crate) enum Fault {
     Throttle(u64),
     /// A server error with this status.
     ServerError(u16),
+    /// A server error with this status, as an HTML page.
+    HtmlError(u16),
 }
+
+/// One request an emulator received, as its fault layer saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoggedRequest {
+    /// HTTP method.
+    pub method: String,
+    /// Path and query.
+    pub target: String,
+    /// A hash of the method, target, `Authorization` header and body: equal for a request
+    /// sent again.
+    pub fingerprint: u64,
+    /// When it arrived.
+    pub at: std::time::Instant,
+    /// The status answered.
+    pub status: u16,
+    /// The `Retry-After` answered, in seconds, when there was one.
+    pub retry_after_secs: Option<u64>,
+}
+
+/// Requests kept per emulator in the log; older ones are dropped.
+const LOG_LIMIT: usize = 10_000;
 
 struct Slot {
     config: FaultConfig,
     rng: StdRng,
     matched: u64,
+    since: std::time::Instant,
 }
 
 impl Slot {
@@ -132,6 +180,7 @@ impl Slot {
             config,
             rng,
             matched: 0,
+            since: std::time::Instant::now(),
         }
     }
 
@@ -153,7 +202,8 @@ impl Slot {
         // Always draw both numbers so a seeded sequence does not depend on the settings.
         let draw_throttle: f64 = self.rng.random();
         let draw_error: f64 = self.rng.random();
-        if every || draw_throttle < p_throttle {
+        let in_window = self.since.elapsed() < Duration::from_millis(self.config.throttle_for_ms);
+        if every || in_window || draw_throttle < p_throttle {
             return (latency, Some(Fault::Throttle(self.config.retry_after_secs)));
         }
         if draw_error < p_error {
@@ -162,7 +212,12 @@ impl Slot {
             } else {
                 503
             };
-            return (latency, Some(Fault::ServerError(status)));
+            let fault = if self.config.html_errors {
+                Fault::HtmlError(status)
+            } else {
+                Fault::ServerError(status)
+            };
+            return (latency, Some(fault));
         }
         (latency, None)
     }
@@ -172,6 +227,7 @@ impl Slot {
 pub(crate) struct FaultHub {
     slots: [Mutex<Slot>; 3],
     counts: [AtomicU64; 3],
+    logs: [Mutex<std::collections::VecDeque<LoggedRequest>>; 3],
 }
 
 fn index(emulator: Emulator) -> usize {
@@ -191,6 +247,7 @@ impl FaultHub {
                 Mutex::new(Slot::new(graph)),
             ],
             counts: [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)],
+            logs: Default::default(),
         }
     }
 
@@ -212,6 +269,26 @@ impl FaultHub {
         self.counts[index(emulator)].load(Ordering::Relaxed)
     }
 
+    /// The requests one emulator received (the latest [`LOG_LIMIT`]), oldest first.
+    pub(crate) fn request_log(&self, emulator: Emulator) -> Vec<LoggedRequest> {
+        self.logs[index(emulator)]
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    fn log(&self, emulator: Emulator, entry: LoggedRequest) {
+        let mut log = self.logs[index(emulator)]
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if log.len() >= LOG_LIMIT {
+            log.pop_front();
+        }
+        log.push_back(entry);
+    }
+
     fn decide(&self, emulator: Emulator, path: &str) -> (Duration, Option<Fault>) {
         self.counts[index(emulator)].fetch_add(1, Ordering::Relaxed);
         self.slot(emulator).decide(path)
@@ -231,6 +308,29 @@ pub(crate) async fn middleware(
     request: Request,
     next: Next,
 ) -> Response {
+    let at = std::time::Instant::now();
+    let method = request.method().to_string();
+    let target = request.uri().path_and_query().map_or_else(
+        || request.uri().path().to_owned(),
+        |pq| pq.as_str().to_owned(),
+    );
+    let (parts, body) = request.into_parts();
+    let body = axum::body::to_bytes(body, 16 * 1024 * 1024)
+        .await
+        .unwrap_or_default();
+    let fingerprint = {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        (&method, &target).hash(&mut hasher);
+        parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .map(|v| v.as_bytes().to_vec())
+            .hash(&mut hasher);
+        body.hash(&mut hasher);
+        hasher.finish()
+    };
+    let request = Request::from_parts(parts, axum::body::Body::from(body));
     let (latency, fault) = layer
         .shared
         .faults
@@ -238,14 +338,50 @@ pub(crate) async fn middleware(
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
-    match fault {
+    let response = match fault {
         None => next.run(request).await,
+        Some(Fault::HtmlError(status)) => html_error(status),
         Some(fault) => match layer.emulator {
             Emulator::ServiceNow => super::servicenow::fault_response(fault),
             Emulator::Entra => super::entra::fault_response(fault),
             Emulator::Graph => super::graph::fault_response(fault, request.headers()),
         },
-    }
+    };
+    let retry_after_secs = response
+        .headers()
+        .get(axum::http::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok());
+    layer.shared.faults.log(
+        layer.emulator,
+        LoggedRequest {
+            method,
+            target,
+            fingerprint,
+            at,
+            status: response.status().as_u16(),
+            retry_after_secs,
+        },
+    );
+    response
+}
+
+/// A server error page as a failing node or its load balancer sends it: HTML, not JSON.
+fn html_error(status: u16) -> Response {
+    use axum::response::IntoResponse;
+    let status = axum::http::StatusCode::from_u16(status)
+        .unwrap_or(axum::http::StatusCode::SERVICE_UNAVAILABLE);
+    let reason = status.canonical_reason().unwrap_or("Server Error");
+    let page = format!(
+        "<!DOCTYPE html><html><head><title>{} {reason}</title></head><body><h1>{reason}</h1><p>The server encountered an error and could not complete your request.</p></body></html>",
+        status.as_u16()
+    );
+    (
+        status,
+        [(axum::http::header::CONTENT_TYPE, "text/html; charset=UTF-8")],
+        page,
+    )
+        .into_response()
 }
 
 #[cfg(test)]

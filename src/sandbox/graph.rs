@@ -367,7 +367,7 @@ pub(crate) fn fault_response(fault: Fault, headers: &HeaderMap) -> Response {
             }
             response
         }
-        Fault::ServerError(status) => {
+        Fault::ServerError(status) | Fault::HtmlError(status) => {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
             let code = if status == StatusCode::SERVICE_UNAVAILABLE {
                 "serviceNotAvailable"
@@ -469,6 +469,15 @@ fn authenticate(shared: &Shared, headers: &HeaderMap) -> Option<Response> {
             headers,
         ));
     }
+    // An app-only token without application permissions is refused by every endpoint.
+    let app_only = claims.get("idtyp").and_then(Value::as_str) == Some("app");
+    let has_roles = claims
+        .get("roles")
+        .and_then(Value::as_array)
+        .is_some_and(|roles| !roles.is_empty());
+    if app_only && !has_roles {
+        return Some(denied(headers));
+    }
     None
 }
 
@@ -493,10 +502,15 @@ fn parse_app_segment(segments: &[String]) -> Option<(AppKey, &[String])> {
     Some((AppKey::AppId(app_id), &segments[1..]))
 }
 
+/// The app a key names, once replication made it visible (a new app 404s for a while).
 fn find_app<'a>(dir: &'a mut Directory, key: &AppKey) -> Option<&'a mut AppRegistration> {
-    dir.apps.iter_mut().find(|a| match key {
-        AppKey::ObjectId(id) => a.object_id.eq_ignore_ascii_case(id),
-        AppKey::AppId(id) => a.app_id.eq_ignore_ascii_case(id),
+    let lag = dir.replication_lag;
+    dir.apps.iter_mut().find(|a| {
+        let matches = match key {
+            AppKey::ObjectId(id) => a.object_id.eq_ignore_ascii_case(id),
+            AppKey::AppId(id) => a.app_id.eq_ignore_ascii_case(id),
+        };
+        matches && crate::sandbox::now() - a.created >= lag
     })
 }
 
@@ -859,6 +873,9 @@ fn list_applications(ctx: &Ctx<'_>) -> Response {
     let domain = world.dir.initial_domain();
     let mut items = Vec::new();
     for app in &world.dir.apps {
+        if !world.dir.replicated(app.created) {
+            continue;
+        }
         match app_matches(app, &filters) {
             Some(true) => items.push(application_json(app, &domain)),
             Some(false) => {}

@@ -41,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 pub use entra::{
     AppRegistration, AuthorizeOutcome, DirectoryRoleAssignment, PasswordCredential, SignedInUser,
 };
-pub use faults::{Emulator, FaultConfig};
+pub use faults::{Emulator, FaultConfig, LoggedRequest};
 pub use graph::{IssueAdvance, IssuePost, ServiceHealthIssue};
 
 /// Base URLs of the three emulators, without a trailing slash.
@@ -348,6 +348,12 @@ impl SandboxHandle {
         self.shared.faults.get(emulator)
     }
 
+    /// The requests one emulator received, with arrival time, status and `Retry-After`
+    /// (the latest 10 000), oldest first.
+    pub fn request_log(&self, emulator: Emulator) -> Vec<faults::LoggedRequest> {
+        self.shared.faults.request_log(emulator)
+    }
+
     /// How many requests one emulator has received since start (faulted ones included).
     pub fn request_count(&self, emulator: Emulator) -> u64 {
         self.shared.faults.request_count(emulator)
@@ -488,6 +494,39 @@ impl SandboxHandle {
     /// returns it, so a secret stored by the bot is rejected (AADSTS7000215). `None` if unknown.
     pub fn rotate_secret(&self, client_id: &str) -> Option<String> {
         self.shared.world().dir.rotate_secret(client_id)
+    }
+
+    /// Misconfiguration knob: withdraws the app's Graph application permissions, so its
+    /// app-only tokens carry no `roles` and Graph answers 403 to every call. False if unknown.
+    pub fn revoke_graph_permissions(&self, client_id: &str) -> bool {
+        let mut world = self.shared.world();
+        match world.dir.app_by_client_id_mut(client_id) {
+            Some(app) => {
+                app.graph_roles.clear();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Entra ID replication lag: for `lag` after creation a new app is unknown to token
+    /// requests (AADSTS700016) and Graph (404, or 400 "does not reference a valid application
+    /// object"), and a new secret is refused (AADSTS7000215).
+    pub fn set_replication_lag(&self, lag: std::time::Duration) {
+        self.shared.world().dir.replication_lag =
+            chrono::Duration::from_std(lag).unwrap_or_else(|_| chrono::Duration::zero());
+    }
+
+    /// Misconfiguration knob: sets the app's `signInAudience` (e.g. `AzureADMultipleOrgs`).
+    pub fn set_sign_in_audience(&self, client_id: &str, audience: &str) -> bool {
+        let mut world = self.shared.world();
+        match world.dir.app_by_client_id_mut(client_id) {
+            Some(app) => {
+                app.sign_in_audience = audience.to_owned();
+                true
+            }
+            None => false,
+        }
     }
 
     /// Misconfiguration knob: makes every secret of the app expired (AADSTS7000222).

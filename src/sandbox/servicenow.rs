@@ -708,6 +708,28 @@ impl SnState {
             ),
             (
                 "incident",
+                "priority",
+                &[
+                    ("1", "1 - Critical"),
+                    ("2", "2 - High"),
+                    ("3", "3 - Moderate"),
+                    ("4", "4 - Low"),
+                    ("5", "5 - Planning"),
+                ],
+            ),
+            (
+                "incident",
+                "category",
+                &[
+                    ("inquiry", "Inquiry / Help"),
+                    ("software", "Software"),
+                    ("hardware", "Hardware"),
+                    ("network", "Network"),
+                    ("database", "Database"),
+                ],
+            ),
+            (
+                "incident",
                 "urgency",
                 &[("1", "1 - High"), ("2", "2 - Medium"), ("3", "3 - Low")],
             ),
@@ -1348,6 +1370,10 @@ impl SnState {
     /// tokens" does: the entity whose Client ID equals `aud`, the issuer of its provider
     /// configuration's metadata URL (v1 `sts.windows.net` or v2), then `sys_user` where the
     /// configured user field equals the configured claim.
+    ///
+    /// Column reads of the OIDC tables in this mapping (and nowhere else in the bearer path):
+    /// `oauth_oidc_entity`: `client_id`, `active`, `oidc_provider_configuration`;
+    /// `oidc_provider_configuration`: `active`, `oidc_metadata_url`, `user_claim`, `user_field`.
     fn oidc_caller(
         &self,
         keys: &SigningKeys,
@@ -2544,7 +2570,7 @@ pub(crate) fn fault_response(fault: Fault) -> Response {
             }
             response
         }
-        Fault::ServerError(status) => {
+        Fault::ServerError(status) | Fault::HtmlError(status) => {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
             error_response(
                 status,

@@ -218,6 +218,7 @@ async fn run_once(
         Effect::VerifyTenant { domain } => verify_tenant(ups, domain).await,
         Effect::App { slot, choice } => {
             let mut notes = Vec::new();
+            let mut progress = provision::AppProgress::default();
             let (creds, record) = match choice {
                 AppChoice::Create => {
                     let graph = match provision::graph_client(ups) {
@@ -240,13 +241,14 @@ async fn run_once(
                             client_secret: secrets.get(slot.secret())?.clone(),
                         })
                     });
-                    match provision::ensure_app(
+                    match provision::ensure_app_tracked(
                         graph,
                         &name,
                         &redirects,
                         *slot == AppSlot::Inbound,
                         known.as_ref(),
                         &mut notes,
+                        &mut progress,
                     )
                     .await
                     {
@@ -258,7 +260,24 @@ async fn run_once(
                             };
                             (creds, record)
                         }
-                        Err(err) => return provision_failure(&err, None),
+                        Err(err) => {
+                            let mut result = provision_failure(&err, None);
+                            result.notes = notes;
+                            if let Some(client_id) = progress.client_id {
+                                result.app = Some((
+                                    *slot,
+                                    AppRecord {
+                                        client_id,
+                                        name: Some(name),
+                                        created: true,
+                                    },
+                                ));
+                                result
+                                    .secrets
+                                    .extend(progress.secret.map(|secret| (slot.secret(), secret)));
+                            }
+                            return result;
+                        }
                     }
                 }
                 AppChoice::Existing { client_id, secret } => (
@@ -275,7 +294,7 @@ async fn run_once(
             };
             let secret = creds.client_secret.clone();
             set_app(&mut spec, *slot, creds);
-            let mut result = verify(ups, &spec, step.checks(auth), false, |outcome| {
+            let field_of = |outcome: &CheckOutcome| {
                 let text = outcome.detail.as_str();
                 if text.contains("7000215") || text.contains("7000222") || text.contains("7000218")
                 {
@@ -283,10 +302,30 @@ async fn run_once(
                 } else {
                     "client_id"
                 }
+            };
+            // A new app or secret is refused by the token endpoint until Entra ID replicated
+            // it (AADSTS700016, 7000215): wait that out instead of blaming the admin.
+            let fresh = progress.created || progress.secret.is_some();
+            let lagging = |result: &Result<EffectResult, std::convert::Infallible>| {
+                fresh
+                    && result
+                        .as_ref()
+                        .ok()
+                        .and_then(|r| r.error.as_ref())
+                        .is_some_and(|e| {
+                            e.message.contains("AADSTS700016")
+                                || e.message.contains("AADSTS7000215")
+                                || e.message.contains("no application with client id")
+                        })
+            };
+            let verified = provision::while_replicating(&mut notes, lagging, || async {
+                Ok(verify(ups, &spec, step.checks(auth), false, field_of).await)
             })
             .await;
+            let mut result = verified.unwrap_or_else(|never| match never {});
             result.notes.splice(0..0, notes);
-            if result.error.is_none() {
+            let created = matches!(record, AppRecord { created: true, .. }) && fresh;
+            if result.error.is_none() || created {
                 result.app = Some((*slot, record));
                 result.secrets.push((slot.secret(), secret));
             }
@@ -304,12 +343,31 @@ async fn run_once(
 
 fn failure(field: Option<&str>, message: &str, fix: Option<&str>) -> EffectResult {
     EffectResult {
-        error: Some(StepError {
-            field: field.map(str::to_owned),
-            message: message.to_owned(),
-            fix: fix.map(str::to_owned),
-        }),
+        error: Some(plain_error(field, message, fix)),
         ..EffectResult::default()
+    }
+}
+
+/// A step error in plain words: an Entra ID refusal becomes what to do about its AADSTS code,
+/// and the raw answer (code, trace id) goes under *Details*.
+pub fn plain_error(field: Option<&str>, raw: &str, fix: Option<&str>) -> StepError {
+    match crate::upstream::entra::code_from_description(raw) {
+        Some(code) => {
+            let hint = crate::upstream::entra::hint_for(code);
+            let details = raw.strip_suffix(hint).unwrap_or(raw).trim_end();
+            StepError {
+                field: field.map(str::to_owned),
+                message: format!("{hint}."),
+                fix: None,
+                details: Some(details.to_owned()),
+            }
+        }
+        None => StepError {
+            field: field.map(str::to_owned),
+            message: raw.to_owned(),
+            fix: fix.map(str::to_owned),
+            details: None,
+        },
     }
 }
 
@@ -398,11 +456,11 @@ async fn verify(
         }
     }
     if let Some(failed) = outcomes.iter().find(|o| o.status == Status::Fail) {
-        result.error = Some(StepError {
-            field: Some(field_of(failed).to_owned()),
-            message: format!("{}: {}", failed.title, failed.detail),
-            fix: failed.fix.clone(),
-        });
+        result.error = Some(plain_error(
+            Some(field_of(failed)),
+            &format!("{}: {}", failed.title, failed.detail),
+            failed.fix.as_deref(),
+        ));
     }
     result
 }

@@ -182,6 +182,7 @@ async fn recover_stale(app: &App, row: SetupRow) -> SetupRow {
         field: None,
         message: "The last attempt at this step was interrupted (the bot restarted).".to_owned(),
         fix: Some("Submit the step again: nothing is created twice.".to_owned()),
+        details: None,
     });
     match store::compare_and_set(
         &app.db,
@@ -452,6 +453,9 @@ pub async fn action(app: &App, event: &InboundEvent, verb: &str, data: &Value) -
         "setup.handover" if completed => {
             return handover(app, &secret_box, row, &actor, data).await;
         }
+        "setup.repository" if completed => {
+            return save_repository_id(app, row, &actor, data).await;
+        }
         _ if completed => {
             return vec![view::complete_card(
                 app,
@@ -490,7 +494,26 @@ pub async fn action(app: &App, event: &InboundEvent, verb: &str, data: &Value) -
             return vec![keep_entered(card_for(app, &shown, None).await, data)];
         }
     };
-    submit(app, &secret_box, row, input, &actor, verb).await
+    let submitted_step = row.wizard.step.title();
+    let replies = submit(app, &secret_box, row, input, &actor, verb).await;
+    keep_entered_after_failure(replies, submitted_step, data)
+}
+
+/// After a live check refused the step, the same card comes back with everything the admin
+/// entered (the choice included), so pressing Continue again retries what was submitted.
+fn keep_entered_after_failure(replies: Vec<Reply>, step: &str, submitted: &Value) -> Vec<Reply> {
+    replies
+        .into_iter()
+        .map(|reply| {
+            let failed_step = matches!(&reply, Reply::Card { template: "setup_step", data }
+                if data["tone"] == "attention" && data["title"] == step);
+            if failed_step {
+                keep_entered(reply, submitted)
+            } else {
+                reply
+            }
+        })
+        .collect()
 }
 
 /// Puts the submitted non-secret values back into the card's inputs (never a password).
@@ -706,6 +729,15 @@ fn is_user_name(value: &str) -> bool {
 pub fn parse_input(verb: &str, data: &Value, auth: Option<AuthType>) -> Result<Input, StepError> {
     let mode = text(data, "mode");
     let existing = mode == "existing";
+    if matches!(verb, "setup.app" | "setup.record" | "setup.user")
+        && !matches!(mode, "create" | "existing")
+    {
+        // Never guess the choice: an effect runs only for the mode the admin submitted.
+        return Err(StepError::field(
+            "mode",
+            "Choose Create it for me or Use an existing one.",
+        ));
+    }
     match verb {
         "setup.agree" => Ok(Input::Agree),
         "setup.back" => Ok(Input::Back),
@@ -736,6 +768,15 @@ pub fn parse_input(verb: &str, data: &Value, auth: Option<AuthType>) -> Result<I
         }
         "setup.app" => {
             if !existing {
+                let entered = ["client_id", "client_secret"]
+                    .into_iter()
+                    .any(|field| !text(data, field).is_empty());
+                if entered {
+                    return Err(StepError::field(
+                        "mode",
+                        "You chose Create it for me but also entered a client ID or secret: choose Use an existing app registration to use that app, or clear both fields.",
+                    ));
+                }
                 return Ok(Input::App(AppChoice::Create));
             }
             let client_id = text(data, "client_id").to_ascii_lowercase();
@@ -809,6 +850,7 @@ pub fn parse_input(verb: &str, data: &Value, auth: Option<AuthType>) -> Result<I
             field: None,
             message: "This button is not part of the current step.".to_owned(),
             fix: None,
+            details: None,
         }),
     }
 }
@@ -851,6 +893,44 @@ async fn run_tests(app: &App, secret_box: &SecretBox, row: SetupRow, actor: &str
     )]
 }
 
+/// Stores the Repository ID the admin entered on the completion card.
+async fn save_repository_id(app: &App, row: SetupRow, actor: &str, data: &Value) -> Vec<Reply> {
+    let entered = text(data, "repository_id");
+    let valid = (1..=100).contains(&entered.len())
+        && entered
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if !valid {
+        return vec![view::complete_card_with(
+            app,
+            &row,
+            &Secrets::default(),
+            false,
+            None,
+            Some("Enter the instance name: letters, digits, - or _ (for example dev12345)."),
+        )];
+    }
+    let mut wizard = row.wizard.clone();
+    wizard.data.repository_id = Some(entered.to_owned());
+    let shown = save_wizard(app, row, wizard).await;
+    audit(
+        app,
+        &shown.setup_id,
+        actor,
+        "repository id",
+        "ok",
+        &format!("Repository ID set to {entered}"),
+    )
+    .await;
+    vec![view::complete_card(
+        app,
+        &shown,
+        &Secrets::default(),
+        false,
+        None,
+    )]
+}
+
 async fn handover(
     app: &App,
     secret_box: &SecretBox,
@@ -858,7 +938,35 @@ async fn handover(
     actor: &str,
     data: &Value,
 ) -> Vec<Reply> {
-    let email = text(data, "handover_email").to_ascii_lowercase();
+    let entered = text(data, "handover_email");
+    let replies = handover_to(app, secret_box, row, actor, entered).await;
+    // A refused hand-over keeps the address the admin typed.
+    replies
+        .into_iter()
+        .map(|reply| match reply {
+            Reply::Card {
+                template: "setup_complete",
+                mut data,
+            } if data["handover_error"].is_string() => {
+                data["handover_email"] = json!(entered);
+                Reply::Card {
+                    template: "setup_complete",
+                    data,
+                }
+            }
+            other => other,
+        })
+        .collect()
+}
+
+async fn handover_to(
+    app: &App,
+    secret_box: &SecretBox,
+    row: SetupRow,
+    actor: &str,
+    entered: &str,
+) -> Vec<Reply> {
+    let email = entered.to_ascii_lowercase();
     let at = email.find('@');
     if at.is_none_or(|i| i == 0 || !is_domain(&email[i + 1..])) {
         return vec![view::complete_card(
@@ -959,66 +1067,97 @@ async fn handover(
 
 async fn setup_status(app: &App, user: &ChatUser) -> Vec<Reply> {
     let _ = expire_idle(app).await;
-    let row = match store::active(&app.db).await {
-        Ok(Some(row)) => Some(row),
-        Ok(None) => store::latest_completed(&app.db).await.ok().flatten(),
+    let in_progress = match store::active(&app.db).await {
+        Ok(row) => row,
         Err(err) => return storage_failure(&err),
     };
-    let Some(row) = row else {
+    let live = store::latest_completed(&app.db).await.ok().flatten();
+    if in_progress.is_none() && live.is_none() {
         return notice(
             Tone::Default,
             "No setup yet",
             "Nobody has run setup on this bot yet.",
             Some("Type **setup** to start."),
         );
+    }
+    // The live integration's checks run again now (drift); a setup in progress shows its own
+    // verdicts only when nothing is live yet.
+    let verified_row = live.as_ref().or(in_progress.as_ref());
+    let drift = match verified_row {
+        Some(row) => drift_of(app, row).await,
+        None => Vec::new(),
     };
-    let drift = match (preconditions(app), row.wizard.data.verified.is_empty()) {
-        (Ok(secret_box), false) => {
-            let secrets = open_secrets(&secret_box, &row).unwrap_or_default();
-            match effects::spec(app, &row.wizard.data, &secrets) {
-                Some(spec) => {
-                    let ids: Vec<&str> = row
-                        .wizard
-                        .data
-                        .verified
-                        .keys()
-                        .map(String::as_str)
-                        .collect();
-                    crate::integration::doctor::run_only(
-                        &effects::upstreams_for(app, &spec.tenant),
-                        &spec,
-                        &ids,
-                        false,
-                    )
-                    .await
-                    .into_iter()
-                    .map(|o| {
-                        let now = effects::verdicts(std::slice::from_ref(&o));
-                        let status_now = now
-                            .first()
-                            .map(|(_, v)| v.status.clone())
-                            .unwrap_or_default();
-                        let before = row
-                            .wizard
-                            .data
-                            .verified
-                            .get(o.id)
-                            .map(|v| v.status.clone())
-                            .unwrap_or_default();
-                        (o.id.to_owned(), o.detail.clone(), status_now != before)
-                    })
-                    .collect()
-                }
-                None => Vec::new(),
-            }
+    let mut log = Vec::new();
+    for row in [&live, &in_progress].into_iter().flatten() {
+        log.extend(
+            store::audit_log(&app.db, &row.setup_id, view::AUDIT_SHOWN)
+                .await
+                .unwrap_or_default(),
+        );
+    }
+    log.sort_by_key(|entry| entry.at);
+    let keep = log.len().saturating_sub(view::AUDIT_SHOWN as usize);
+    log.drain(..keep);
+    let actor = actor_label(user);
+    for row in [&live, &in_progress].into_iter().flatten() {
+        audit(app, &row.setup_id, &actor, "status", "ok", "").await;
+    }
+    vec![view::status_card(
+        live.as_ref(),
+        in_progress.as_ref(),
+        &drift,
+        &log,
+    )]
+}
+
+/// Each verified check of `row` run again now: (id, title, detail now, drifted).
+async fn drift_of(app: &App, row: &SetupRow) -> Vec<view::CheckNow> {
+    let Ok(secret_box) = preconditions(app) else {
+        return Vec::new();
+    };
+    if row.wizard.data.verified.is_empty() {
+        return Vec::new();
+    }
+    let secrets = open_secrets(&secret_box, row).unwrap_or_default();
+    let Some(spec) = effects::spec(app, &row.wizard.data, &secrets) else {
+        return Vec::new();
+    };
+    let ids: Vec<&str> = row
+        .wizard
+        .data
+        .verified
+        .keys()
+        .map(String::as_str)
+        .collect();
+    crate::integration::doctor::run_only(
+        &effects::upstreams_for(app, &spec.tenant),
+        &spec,
+        &ids,
+        false,
+    )
+    .await
+    .into_iter()
+    .map(|o| {
+        let now = effects::verdicts(std::slice::from_ref(&o));
+        let status_now = now
+            .first()
+            .map(|(_, v)| v.status.clone())
+            .unwrap_or_default();
+        let before = row
+            .wizard
+            .data
+            .verified
+            .get(o.id)
+            .map(|v| v.status.clone())
+            .unwrap_or_default();
+        view::CheckNow {
+            id: o.id.to_owned(),
+            title: o.title.clone(),
+            detail: o.detail.clone(),
+            drifted: status_now != before,
         }
-        _ => Vec::new(),
-    };
-    let log = store::audit_log(&app.db, &row.setup_id, 15)
-        .await
-        .unwrap_or_default();
-    audit(app, &row.setup_id, &actor_label(user), "status", "ok", "").await;
-    vec![view::status_card(&row, &drift, &log)]
+    })
+    .collect()
 }
 
 /// The integration doctor verifies: the latest completed setup, else `[integration]`.

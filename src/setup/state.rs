@@ -75,7 +75,7 @@ impl Step {
             Self::OidcEntity => &["servicenow.oidc_entity"],
             Self::RestUserApp => &["rest_user_app.token", "rest_user_app.registration"],
             Self::IntegrationUser => match auth {
-                AuthType::Aad => &["servicenow.integration_user"],
+                AuthType::Aad => &["servicenow.integration_user", "servicenow.inbound_flow"],
                 AuthType::Basic => &["servicenow.integration_user", "servicenow.basic_login"],
             },
             Self::CrossScope => &["servicenow.cross_scope"],
@@ -281,6 +281,9 @@ pub struct Collected {
     /// True once the completion card with secrets was shown (they are shown once).
     #[serde(default)]
     pub secrets_shown: bool,
+    /// The Repository ID the admin entered (when the instance URL does not tell it).
+    #[serde(default)]
+    pub repository_id: Option<String>,
     /// The Microsoft 365 admin the completion card was handed to.
     #[serde(default)]
     pub handed_over_to: Option<String>,
@@ -335,6 +338,9 @@ pub struct StepError {
     pub message: String,
     /// What to do.
     pub fix: Option<String>,
+    /// The upstream's own words (AADSTS code, trace id), shown collapsed under *Details*.
+    #[serde(default)]
+    pub details: Option<String>,
 }
 
 impl StepError {
@@ -344,6 +350,7 @@ impl StepError {
             field: Some(field.to_owned()),
             message: message.into(),
             fix: None,
+            details: None,
         }
     }
 }
@@ -650,9 +657,16 @@ fn apply(wizard: &Wizard, result: EffectResult, now: i64) -> Transition {
     next.data.notes = result.notes.clone();
     if let Some(error) = result.error {
         next.error = Some(error);
+        // An app this setup created before the failure is kept with its secret, so the retry
+        // reuses both instead of creating a second app or secret.
+        let mut secrets = Vec::new();
+        if let Some((slot, app)) = result.app.filter(|(_, app)| app.created) {
+            next.data.set_app(slot, app);
+            secrets = result.secrets;
+        }
         return Transition {
             wizard: next,
-            secrets: Vec::new(),
+            secrets,
             effects: Vec::new(),
         };
     }

@@ -45,7 +45,8 @@ fn input(kind: &str, id: &str, label: &str, value: &str, placeholder: Option<&st
     let password = kind == "password";
     json!({"toggle": kind == "toggle", "choice": false, "password": password, "id": id,
            "label": label, "value": if password { None } else { Some(value) },
-           "placeholder": placeholder, "choices": [], "expanded": false, "error": null})
+           "placeholder": placeholder, "choices": [], "expanded": false, "error": null,
+           "error_details": null})
 }
 
 fn choice(id: &str, label: &str, value: &str, choices: &[(&str, &str)], expanded: bool) -> Value {
@@ -55,7 +56,7 @@ fn choice(id: &str, label: &str, value: &str, choices: &[(&str, &str)], expanded
         .collect();
     json!({"toggle": false, "choice": true, "password": false, "id": id, "label": label,
            "value": value, "placeholder": null, "choices": choices, "expanded": expanded,
-           "error": null})
+           "error": null, "error_details": null})
 }
 
 fn mode_choice(create: &str, existing: &str) -> Value {
@@ -68,19 +69,26 @@ fn mode_choice(create: &str, existing: &str) -> Value {
     )
 }
 
-/// The repository id the admin center needs.
-pub fn repository_id(app: &App) -> String {
-    app.settings.setup.repository_id.clone().unwrap_or_else(|| {
-        app.settings
-            .servicenow
-            .instance_url
-            .as_ref()
-            .and_then(|u| {
-                u.host_str()
-                    .map(|h| h.split('.').next().unwrap_or(h).to_owned())
-            })
-            .unwrap_or_default()
-    })
+/// The repository id the admin center needs: configured, entered on the completion card, or
+/// the instance name of a `*.service-now.com` host. `None` when it must be asked for (an IP
+/// address or a custom domain says nothing about it).
+pub fn repository_id(app: &App, data: &super::state::Collected) -> Option<String> {
+    app.settings
+        .setup
+        .repository_id
+        .clone()
+        .or_else(|| data.repository_id.clone())
+        .or_else(|| {
+            let host = app.settings.servicenow.instance_url.as_ref()?.host_str()?;
+            instance_name(host)
+        })
+}
+
+/// `dev12345` for `dev12345.service-now.com`; `None` for any other host.
+pub fn instance_name(host: &str) -> Option<String> {
+    let host = host.to_ascii_lowercase();
+    let name = host.strip_suffix(".service-now.com")?;
+    (!name.is_empty() && !name.contains('.')).then(|| name.to_owned())
 }
 
 /// The card of the wizard's current state. `pick` lists existing records for record steps;
@@ -265,28 +273,40 @@ pub fn step_card_with(
         }
         Step::OauthProvider | Step::OidcProvider | Step::OidcEntity => {
             let slot = RecordSlot::of(wizard.step).unwrap_or(RecordSlot::OauthProvider);
-            inputs.push(mode_choice(
-                "Create it for me (or correct the one that exists)",
-                "Use an existing record",
-            ));
-            let mut choices: Vec<(&str, &str)> = pick
+            let choices: Vec<(&str, &str)> = pick
                 .iter()
                 .map(|(id, label)| (id.as_str(), label.as_str()))
                 .collect();
             if choices.is_empty() {
-                choices.push(("", "(no records found)"));
+                // Nothing to pick: no choice set (an empty choice is invalid in Adaptive Cards).
+                inputs.push(choice(
+                    "mode",
+                    "How",
+                    "create",
+                    &[("create", "Create it for me")],
+                    true,
+                ));
+                notes.push(format!(
+                    "No {} records exist on the instance yet, so there is none to pick.",
+                    slot.table()
+                ));
+            } else {
+                inputs.push(mode_choice(
+                    "Create it for me (or correct the one that exists)",
+                    "Use an existing record",
+                ));
+                let selected = data
+                    .record(slot)
+                    .map(|r| r.sys_id.clone())
+                    .unwrap_or_default();
+                inputs.push(choice(
+                    "record",
+                    "Existing record",
+                    &selected,
+                    &choices,
+                    false,
+                ));
             }
-            let selected = data
-                .record(slot)
-                .map(|r| r.sys_id.clone())
-                .unwrap_or_default();
-            inputs.push(choice(
-                "record",
-                "Existing record",
-                &selected,
-                &choices,
-                false,
-            ));
             actions.push(action(
                 "Continue",
                 "setup.record",
@@ -432,10 +452,21 @@ fn step_reply(
             .and_then(|field| inputs.iter_mut().find(|i| i["id"].as_str() == Some(field)));
         match beside {
             Some(field_input) => {
-                field_input["error"] = json!(step_error.message);
-                error = json!({"message": "Please correct the field marked below.", "fix": step_error.fix});
+                // One message, under the field; the top box only counts.
+                let message = match &step_error.fix {
+                    Some(fix) => {
+                        format!("{}. Fix: {fix}", step_error.message.trim_end_matches('.'))
+                    }
+                    None => step_error.message.clone(),
+                };
+                field_input["error"] = json!(message);
+                field_input["error_details"] = json!(step_error.details);
+                error = json!({"message": "1 field needs attention", "fix": null, "details": null});
             }
-            None => error = json!({"message": step_error.message, "fix": step_error.fix}),
+            None => {
+                error = json!({"message": step_error.message, "fix": step_error.fix,
+                               "details": step_error.details});
+            }
         }
     }
     Reply::Card {
@@ -455,6 +486,18 @@ pub fn complete_card(
     secrets: &Secrets,
     show_secrets: bool,
     handover_error: Option<&str>,
+) -> Reply {
+    complete_card_with(app, row, secrets, show_secrets, handover_error, None)
+}
+
+/// [`complete_card`], with the error of a refused Repository ID.
+pub fn complete_card_with(
+    app: &App,
+    row: &SetupRow,
+    secrets: &Secrets,
+    show_secrets: bool,
+    handover_error: Option<&str>,
+    repository_error: Option<&str>,
 ) -> Reply {
     let data = &row.wizard.data;
     let aad = data.auth_type != Some(AuthType::Basic);
@@ -483,7 +526,7 @@ pub fn complete_card(
         .unwrap_or_default();
     let mut values = vec![
         json!({"label": "Application ID to issue Auth Token (outbound app id)", "value": client(AppSlot::Outbound)}),
-        json!({"label": "Repository ID", "value": repository_id(app)}),
+        json!({"label": "Repository ID", "value": repository_id(app, data).unwrap_or_else(|| "(enter it below)".to_owned())}),
         json!({"label": "Endpoint", "value": endpoint}),
         json!({"label": "Authentication type", "value": if aad { "AAD Auth" } else { "Basic Auth" }}),
     ];
@@ -507,6 +550,12 @@ pub fn complete_card(
     if data.test_environment {
         advice.push("This setup is marked as a test environment.".to_owned());
     }
+    let ask_repository = repository_id(app, data).is_none().then(|| {
+        json!({
+            "reason": "Your instance's address is not a *.service-now.com name, so I cannot tell its Repository ID (the instance name, as in <name>.service-now.com). Enter the name Microsoft 365 should use for this instance.",
+            "action": action("Save Repository ID", "setup.repository", "default", row, json!({}), true),
+        })
+    });
     let actions = vec![
         action(
             "Run tests",
@@ -543,6 +592,9 @@ pub fn complete_card(
             "advice": advice,
             "notes": data.notes,
             "handover_error": handover_error,
+            "handover_email": "",
+            "ask_repository": ask_repository,
+            "repository_error": repository_error,
             "handed_over_to": data.handed_over_to,
             "actions": actions,
         }),
@@ -611,74 +663,128 @@ pub fn results_actions(row: &SetupRow) -> Vec<Value> {
     ]
 }
 
-/// `setup status`: progress, verified checks with drift, the audit trail.
+/// How many audit entries `setup status` shows (collapsed).
+pub const AUDIT_SHOWN: i64 = 5;
+
+/// A verified check run again for `setup status`.
+#[derive(Debug, Clone)]
+pub struct CheckNow {
+    /// Doctor check id.
+    pub id: String,
+    /// Its title, as Run tests shows it.
+    pub title: String,
+    /// What it finds now.
+    pub detail: String,
+    /// True when the verdict differs from the recorded one.
+    pub drifted: bool,
+}
+
+/// The title of a check when it was not run now: its step's title, and which part.
+fn check_title(id: &str) -> String {
+    let step = [Some(AuthType::Aad), Some(AuthType::Basic)]
+        .into_iter()
+        .flat_map(|auth| {
+            super::state::sequence(auth)
+                .iter()
+                .map(move |step| (step, auth.unwrap_or(AuthType::Aad)))
+        })
+        .find(|(step, auth)| step.checks(*auth).contains(&id))
+        .map(|(step, _)| step.title());
+    match (step, id.rsplit_once('.').map(|(_, part)| part)) {
+        (Some(title), Some("token")) => format!("{title}: gets a token"),
+        (Some(title), Some("registration")) => format!("{title}: registration"),
+        (Some(title), Some("basic_login")) => format!("{title}: Basic sign-in"),
+        (Some(title), _) => title.to_owned(),
+        (None, _) => id.replace(['_', '.'], " "),
+    }
+}
+
+fn when(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
+        .unwrap_or_default()
+}
+
+fn branch(wizard: &Wizard) -> &'static str {
+    match wizard.data.auth_type {
+        Some(AuthType::Basic) => "Basic Auth",
+        Some(AuthType::Aad) => "AAD Auth",
+        None => "not chosen yet",
+    }
+}
+
+/// `setup status`: the live integration (verified checks with drift) and the setup in
+/// progress, both when both exist; the last audit entries collapsed.
 pub fn status_card(
-    row: &SetupRow,
-    drift: &[(String, String, bool)],
+    live: Option<&SetupRow>,
+    in_progress: Option<&SetupRow>,
+    now: &[CheckNow],
     audit: &[AuditEntry],
 ) -> Reply {
-    let wizard = &row.wizard;
-    let (position, total) = wizard.position();
-    let when = |ms: i64| {
-        chrono::DateTime::from_timestamp_millis(ms)
-            .map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
-            .unwrap_or_default()
-    };
-    let facts = vec![
-        json!({"title": "Setup", "value": row.setup_id}),
-        json!({"title": "Status", "value": row.status}),
-        json!({"title": "Step", "value": format!("{position} of {total}: {}", wizard.step.title())}),
-        json!({"title": "Branch", "value": match wizard.data.auth_type { Some(AuthType::Basic) => "Basic Auth", Some(AuthType::Aad) => "AAD Auth", None => "not chosen yet" }}),
-        json!({"title": "Started by", "value": row.started_by}),
-        json!({"title": "Last change", "value": when(row.updated_at)}),
-    ];
-    let checks: Vec<Value> = wizard
-        .data
-        .verified
-        .iter()
+    let mut facts = Vec::new();
+    if let Some(row) = live {
+        facts.push(json!({"title": "Live integration", "value": format!(
+            "{}, completed {} (setup {}, started by {})",
+            branch(&row.wizard), when(row.updated_at), row.setup_id, row.started_by
+        )}));
+    }
+    if let Some(row) = in_progress {
+        let (position, total) = row.wizard.position();
+        facts.push(json!({"title": if live.is_some() { "New setup in progress" } else { "Setup in progress" },
+            "value": format!(
+                "step {position} of {total}: {} ({}, started by {}, last change {})",
+                row.wizard.step.title(), branch(&row.wizard), row.started_by, when(row.updated_at)
+            )}));
+    }
+    let verified = live.or(in_progress);
+    let checks: Vec<Value> = verified
+        .map(|row| row.wizard.data.verified.iter().collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
         .map(|(id, verdict)| {
-            let now = drift.iter().find(|(check, _, _)| check == id);
-            let (mark, color, detail) = match now {
-                Some((_, detail, true)) => (
-                    "⚠️ drifted:",
-                    "Attention",
-                    format!(
-                        "verified {} at {}, now: {detail}",
-                        verdict.status,
-                        when(verdict.at)
-                    ),
-                ),
-                Some((_, detail, false)) => (
-                    if verdict.status == "pass" {
-                        "✅"
-                    } else {
-                        "❌"
-                    },
-                    if verdict.status == "pass" {
-                        "Good"
-                    } else {
-                        "Attention"
-                    },
-                    format!("{} (verified {}; unchanged now)", detail, when(verdict.at)),
-                ),
-                None => (
-                    if verdict.status == "pass" {
-                        "✅"
-                    } else {
-                        "❌"
-                    },
-                    if verdict.status == "pass" {
-                        "Good"
-                    } else {
-                        "Attention"
-                    },
-                    format!("{} (verified {})", verdict.detail, when(verdict.at)),
-                ),
+            let found = now.iter().find(|check| &check.id == id);
+            let title = found.map_or_else(|| check_title(id), |check| check.title.clone());
+            let (mark, color) = match (found, verdict.status.as_str()) {
+                (Some(check), _) if check.drifted => ("⚠️", "Attention"),
+                (_, "pass") => ("✅", "Good"),
+                _ => ("❌", "Attention"),
             };
-            json!({"mark": mark, "title": id, "detail": detail, "fix": null, "color": color})
+            let detail = match found {
+                Some(check) if check.drifted => format!(
+                    "drifted: verified {} at {}, now: {}",
+                    verdict.status,
+                    when(verdict.at),
+                    check.detail
+                ),
+                Some(check) => format!(
+                    "{} (verified {}; unchanged now)",
+                    check.detail,
+                    when(verdict.at)
+                ),
+                None => format!("{} (verified {})", verdict.detail, when(verdict.at)),
+            };
+            json!({"mark": mark, "title": title, "detail": detail, "fix": null, "color": color})
         })
         .collect();
-    let drifted = drift.iter().filter(|(_, _, d)| *d).count();
+    let drifted = now.iter().filter(|check| check.drifted).count();
+    let mut summary = match live {
+        Some(_) => format!(
+            "Live integration: {} verified, {drifted} drifted since.",
+            checks.len()
+        ),
+        None => format!("{} verified so far, {drifted} drifted since.", checks.len()),
+    };
+    if let Some(row) = in_progress {
+        let (position, total) = row.wizard.position();
+        summary.push_str(&format!(
+            " {} in progress: step {position} of {total}.",
+            if live.is_some() {
+                "A new setup is"
+            } else {
+                "Setup is"
+            }
+        ));
+    }
     let lines: Vec<String> = audit
         .iter()
         .map(|e| {
@@ -700,12 +806,39 @@ pub fn status_card(
         template: "setup_results",
         data: json!({
             "title": "Setup status",
-            "summary": format!("{} verified, {drifted} drifted since", checks.len()),
+            "summary": summary,
             "tone": if drifted > 0 { "warning" } else { "default" },
             "facts": facts,
             "checks": checks,
             "lines": lines,
+            "lines_title": format!("Audit trail (last {})", lines.len()),
             "actions": [],
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::instance_name;
+
+    #[test]
+    fn the_instance_name_comes_only_from_service_now_com_hosts() {
+        assert_eq!(
+            instance_name("dev12345.service-now.com").as_deref(),
+            Some("dev12345")
+        );
+        assert_eq!(
+            instance_name("Contoso.Service-Now.com").as_deref(),
+            Some("contoso")
+        );
+        for host in [
+            "127.0.0.1",
+            "servicenow.contoso.com",
+            "a.b.service-now.com",
+            "service-now.com",
+            "[::1]",
+        ] {
+            assert_eq!(instance_name(host), None, "{host}");
+        }
     }
 }

@@ -21,6 +21,9 @@ use crate::db::conversations::ConversationRef;
 use crate::error::ApiError;
 use activity::{Activity, ChannelAccount, ConversationAccount};
 
+/// The `channelId` of Microsoft Teams activities.
+pub const TEAMS_CHANNEL_ID: &str = "msteams";
+
 /// Content type of an Adaptive Card attachment or invoke response.
 pub const ADAPTIVE_CARD: &str = "application/vnd.microsoft.card.adaptive";
 
@@ -52,6 +55,13 @@ pub async fn messages(State(app): State<Arc<App>>, request: Request) -> Result<R
         verified
             .check_activity(&activity.service_url, &activity.channel_id)
             .map_err(|e| ApiError::Unauthorized(e.to_string()))?;
+    }
+    // Other channels of the same Azure Bot (Web Chat, Direct Line) authenticate the same way
+    // but let their clients set channelData; this endpoint serves Teams only.
+    if activity.channel_id != TEAMS_CHANNEL_ID {
+        return Err(ApiError::Forbidden(format!(
+            "this endpoint accepts Microsoft Teams activities only (channelId {TEAMS_CHANNEL_ID})"
+        )));
     }
     if activity.tenant_id() != Some(app.settings.bot.tenant_id.as_str()) {
         return Err(ApiError::Forbidden(
@@ -151,15 +161,35 @@ pub fn inbound_event(activity: &Activity, kind: EventKind) -> InboundEvent {
 
 /// `invoke`: `adaptiveCard/action` is answered in the HTTP response, replacing the card.
 async fn invoke(app: &App, activity: &Activity) -> Result<Response, ApiError> {
-    if activity.name.as_deref() != Some("adaptiveCard/action") {
-        return Ok((
-            StatusCode::NOT_IMPLEMENTED,
-            Json(
-                json!({"statusCode": 501, "type": "application/vnd.microsoft.error",
-                "value": {"code": "NotImplemented", "message": "this invoke is not supported"}}),
-            ),
-        )
-            .into_response());
+    match activity.name.as_deref() {
+        Some("adaptiveCard/action") => {}
+        // The bot does no single sign-on: 412 tells Teams to fall back to the sign-in card.
+        Some("signin/tokenExchange") => {
+            let value = activity.value.as_ref();
+            let field = |name: &str| value.and_then(|v| v.get(name)).cloned();
+            return Ok((
+                StatusCode::PRECONDITION_FAILED,
+                Json(json!({
+                    "id": field("id"),
+                    "connectionName": field("connectionName"),
+                    "failureDetail": "this bot does not use single sign-on; sign in with link-account",
+                })),
+            )
+                .into_response());
+        }
+        // Nothing to verify: sign-in goes through the bot's own pages, not an OAuth card.
+        Some("signin/verifyState") => return Ok(StatusCode::OK.into_response()),
+        _ => {
+            return Ok((
+                StatusCode::BAD_REQUEST,
+                Json(invoke_error(
+                    400,
+                    "NotSupported",
+                    "this invoke is not supported by m365bot",
+                )),
+            )
+                .into_response());
+        }
     }
     let action = activity.value.as_ref().and_then(|v| v.get("action"));
     let Some(verb) = action.and_then(|a| a.get("verb")).and_then(Value::as_str) else {

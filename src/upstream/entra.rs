@@ -41,7 +41,7 @@ pub enum EntraError {
     #[error("Entra ID is unreachable: {0}")]
     Network(NetworkError),
     /// An OAuth / AADSTS error answer.
-    #[error("Entra ID refused the request ({}{error}: {description}). {hint}", code_prefix(*code))]
+    #[error("Entra ID refused the request ({}{error}: {description}{}). {hint}", code_prefix(*code), trace_suffix(trace_id.as_deref()))]
     Aadsts {
         /// HTTP status.
         status: u16,
@@ -89,6 +89,10 @@ fn code_prefix(code: u32) -> String {
     } else {
         format!("AADSTS{code} ")
     }
+}
+
+fn trace_suffix(trace_id: Option<&str>) -> String {
+    trace_id.map_or_else(String::new, |id| format!("; trace id {id}"))
 }
 
 impl From<NetworkError> for EntraError {
@@ -240,7 +244,8 @@ impl EntraErrorResponse {
     }
 }
 
-fn code_from_description(description: &str) -> Option<u32> {
+/// The AADSTS number in an error text (`AADSTS7000215: …`), if there is one.
+pub fn code_from_description(description: &str) -> Option<u32> {
     let start = description.find("AADSTS")? + "AADSTS".len();
     let digits: String = description[start..]
         .chars()
@@ -673,9 +678,17 @@ impl EntraClient {
         self.inner.recorder.observe(result, EntraError::retry_kind)
     }
 
+    /// A GET, retried under [`super::retry::STANDARD`] when throttled.
     async fn get(&self, url: Url) -> Result<RawResponse, EntraError> {
-        let request = self.inner.http.get(url).header(ACCEPT, "application/json");
-        Ok(super::send(request).await?)
+        super::retry::with_retry(super::retry::STANDARD, || async {
+            let request = self
+                .inner
+                .http
+                .get(url.clone())
+                .header(ACCEPT, "application/json");
+            Ok(super::send(request).await?)
+        })
+        .await
     }
 
     /// Runs a client-credentials request for `client_id` at `token_url`, for the v1
@@ -694,7 +707,7 @@ impl EntraClient {
             Audience::Resource(resource) => request.add_extra_param("resource", resource),
             Audience::Scope(scope) => request.add_scope(Scope::new(scope.to_owned())),
         };
-        let http = TokenHttp::new(&self.inner.http);
+        let http = TokenHttp::with_retry(&self.inner.http, super::retry::STANDARD);
         let result = request.request_async(&http).await;
         http.finish(result)
             .map(AccessToken::from)
@@ -799,7 +812,7 @@ impl EntraClient {
         let result = async {
             let client = self.code_client(tenant, client_id, secret)?;
             let redirect = redirect_url(redirect_uri)?;
-            let http = TokenHttp::new(&self.inner.http);
+            let http = TokenHttp::with_retry(&self.inner.http, super::retry::STANDARD);
             let result = client
                 .exchange_code(AuthorizationCode::new(code.to_owned()))
                 .set_pkce_verifier(PkceCodeVerifier::new(code_verifier.to_owned()))
@@ -848,6 +861,14 @@ impl EntraClient {
 fn redirect_url(redirect_uri: &str) -> Result<RedirectUrl, EntraError> {
     RedirectUrl::new(redirect_uri.to_owned())
         .map_err(|err| EntraError::InvalidInput(format!("the redirect URI is not a URL: {err}")))
+}
+
+/// The claims of a JWT without verifying it: for tokens straight from the token endpoint, to
+/// report what Entra ID put in them. `None` when it is not a readable JWT.
+pub fn unverified_claims(token: &str) -> Option<serde_json::Map<String, serde_json::Value>> {
+    let payload = token.split('.').nth(1)?;
+    let bytes = URL_SAFE_NO_PAD.decode(payload).ok()?;
+    serde_json::from_slice(&bytes).ok()
 }
 
 /// Checks a tenant: a domain name, a tenant id, or `common` / `organizations`.

@@ -852,8 +852,21 @@ impl GraphClient {
         Ok(url)
     }
 
-    /// Sends one request with a bearer token; a 401 renews the token once.
+    /// Sends one request with a bearer token, retried under [`super::retry::STANDARD`] when
+    /// throttled; a 401 renews the token once.
     async fn execute(
+        &self,
+        method: Method,
+        url: Url,
+        body: Option<&Value>,
+    ) -> Result<RawResponse, GraphError> {
+        super::retry::with_retry(super::retry::STANDARD, || {
+            self.execute_once(method.clone(), url.clone(), body)
+        })
+        .await
+    }
+
+    async fn execute_once(
         &self,
         method: Method,
         url: Url,
@@ -1153,6 +1166,24 @@ impl GraphClient {
         }
         .await;
         self.observe(result)
+    }
+
+    /// The application permissions (`roles`) in the bot's own app-only Graph token; empty
+    /// when the token carries none.
+    pub async fn token_roles(&self) -> Result<Vec<String>, GraphError> {
+        let token = self.inner.tokens.token().await.map_err(GraphError::Token)?;
+        let claims = super::entra::unverified_claims(token.expose_secret()).unwrap_or_default();
+        Ok(claims
+            .get("roles")
+            .and_then(Value::as_array)
+            .map(|roles| {
+                roles
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default())
     }
 
     /// The tenant: id, name, verified domains.

@@ -8,16 +8,17 @@
 pub mod entra;
 pub mod graph;
 pub mod oauth;
+pub mod retry;
 pub mod servicenow;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use reqwest::header::{HeaderMap, RETRY_AFTER};
+use reqwest::header::HeaderMap;
 use serde::de::DeserializeOwned;
 use url::Url;
 
-use crate::error::{RetryKind, parse_retry_after};
+use crate::error::RetryKind;
 use crate::metrics::Metrics;
 
 /// Largest success body read, in bytes; a larger body is a [`DecodeError::TooLarge`].
@@ -27,14 +28,20 @@ pub const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
 /// Characters of a body quoted in an error message.
 pub const EXCERPT_CHARS: usize = 200;
 
-/// Classifies a response by status and `Retry-After` header.
+/// Classifies a response by status and the wait it asks for ([`retry::requested_wait`]).
 pub fn classify(status: u16, headers: &HeaderMap) -> RetryKind {
-    RetryKind::from_status(status, header_str(headers, RETRY_AFTER.as_str()))
+    match RetryKind::from_status(status, None) {
+        RetryKind::Transient { .. } => RetryKind::Transient {
+            retry_after: retry_after(headers),
+        },
+        other => other,
+    }
 }
 
-/// The `Retry-After` wait, when the header holds seconds.
+/// The wait a throttled answer asks for: `Retry-After` (seconds or HTTP date) or
+/// `X-RateLimit-Reset`.
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    header_str(headers, RETRY_AFTER.as_str()).and_then(parse_retry_after)
+    retry::requested_wait(headers, std::time::SystemTime::now())
 }
 
 /// A header value as text, when present and visible ASCII.

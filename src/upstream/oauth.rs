@@ -24,6 +24,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use url::Url;
 
+use super::retry::RetryPolicy;
 use super::{DecodeError, NetworkError, RawResponse, decode_raw};
 
 /// An `oauth2` client of one token endpoint (client credentials), with error body `TE`.
@@ -200,7 +201,7 @@ pub fn unreadable_token(answer: &RawResponse, detail: String) -> DecodeError {
 }
 
 enum Transport {
-    Network(reqwest::Client),
+    Network(reqwest::Client, Option<RetryPolicy>),
     Replay(RawResponse),
 }
 
@@ -215,7 +216,15 @@ impl TokenHttp {
     /// Sends through `http` (a clone shares its connection pool).
     pub fn new(http: &reqwest::Client) -> Self {
         Self {
-            transport: Transport::Network(http.clone()),
+            transport: Transport::Network(http.clone(), None),
+            answer: Mutex::new(None),
+        }
+    }
+
+    /// Sends through `http`; a throttled answer (429, 503) is retried under `policy`.
+    pub fn with_retry(http: &reqwest::Client, policy: RetryPolicy) -> Self {
+        Self {
+            transport: Transport::Network(http.clone(), Some(policy)),
             answer: Mutex::new(None),
         }
     }
@@ -240,10 +249,25 @@ impl TokenHttp {
 
     async fn send(&self, request: HttpRequest) -> Result<HttpResponse, NetworkError> {
         let raw = match &self.transport {
-            Transport::Network(http) => {
+            Transport::Network(http, policy) => {
                 let request = reqwest::Request::try_from(request)
                     .map_err(|err| NetworkError::from_reqwest(&err))?;
-                super::send(reqwest::RequestBuilder::from_parts(http.clone(), request)).await?
+                match policy {
+                    None => {
+                        super::send(reqwest::RequestBuilder::from_parts(http.clone(), request))
+                            .await?
+                    }
+                    Some(policy) => {
+                        super::retry::with_retry(*policy, || async {
+                            let attempt = request.try_clone().ok_or_else(|| {
+                                NetworkError("the token request cannot be sent again".to_owned())
+                            })?;
+                            super::send(reqwest::RequestBuilder::from_parts(http.clone(), attempt))
+                                .await
+                        })
+                        .await?
+                    }
+                }
             }
             Transport::Replay(raw) => raw.clone(),
         };
@@ -306,7 +330,7 @@ impl SyncHttpClient for TokenHttp {
     fn call(&self, _request: HttpRequest) -> Result<HttpResponse, NetworkError> {
         match &self.transport {
             Transport::Replay(raw) => self.keep(raw.clone()),
-            Transport::Network(_) => Err(NetworkError(
+            Transport::Network(..) => Err(NetworkError(
                 "a blocking token request is not supported".to_owned(),
             )),
         }

@@ -53,6 +53,11 @@ pub enum ServiceNowAuth {
         /// Its client secret.
         client_secret: SecretString,
     },
+    /// A bearer token obtained elsewhere (an Entra token accepted by an OIDC provider).
+    Bearer {
+        /// The access token.
+        token: SecretString,
+    },
 }
 
 /// A failed ServiceNow call, classified once.
@@ -996,8 +1001,21 @@ impl ServiceNowClient {
         *self.inner.token.lock().await = None;
     }
 
-    /// Sends one request with authentication; with OAuth, a 401 renews the token once.
+    /// Sends one request with authentication, retried under [`super::retry::STANDARD`]
+    /// when throttled; with OAuth, a 401 renews the token once.
     async fn execute(
+        &self,
+        method: Method,
+        url: Url,
+        body: Option<&Value>,
+    ) -> Result<RawResponse, ServiceNowError> {
+        super::retry::with_retry(super::retry::STANDARD, || {
+            self.execute_once(method.clone(), url.clone(), body)
+        })
+        .await
+    }
+
+    async fn execute_once(
         &self,
         method: Method,
         url: Url,
@@ -1026,6 +1044,7 @@ impl ServiceNowClient {
                     let token = self.bearer().await?;
                     request.bearer_auth(token.expose_secret())
                 }
+                ServiceNowAuth::Bearer { token } => request.bearer_auth(token.expose_secret()),
             };
             let raw = super::send(request).await?;
             if raw.status == 401 && oauth && attempt == 1 {

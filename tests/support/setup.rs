@@ -279,7 +279,21 @@ impl Bot {
 
 /// The action titled `title` of a card; panics with the titles present.
 pub fn find_action(card: &Value, title: &str) -> Value {
-    let actions = card["actions"].as_array().cloned().unwrap_or_default();
+    let mut actions = card["actions"].as_array().cloned().unwrap_or_default();
+    // Buttons of ActionSets in the body too.
+    fn action_sets(value: &Value, out: &mut Vec<Value>) {
+        match value {
+            Value::Object(map) => {
+                if map.get("type").and_then(Value::as_str) == Some("ActionSet") {
+                    out.extend(map["actions"].as_array().cloned().unwrap_or_default());
+                }
+                map.values().for_each(|v| action_sets(v, out));
+            }
+            Value::Array(items) => items.iter().for_each(|v| action_sets(v, out)),
+            _ => {}
+        }
+    }
+    action_sets(&card["body"], &mut actions);
     actions
         .iter()
         .find(|a| a["title"] == title)

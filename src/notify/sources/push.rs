@@ -102,26 +102,42 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|value| value.to_str().ok())
 }
 
-/// Decodes the `v1=` values of a signature header (hex or base64, 32 bytes).
-fn signature_candidates(value: &str) -> Vec<Vec<u8>> {
-    value
+/// Longest signature header accepted, in bytes.
+pub const MAX_SIGNATURE_HEADER: usize = 1024;
+/// Most `v1=` signatures compared per request (the current and the next secret).
+pub const MAX_SIGNATURES: usize = 2;
+
+/// Decodes the `v1=` values of a signature header (hex or base64, 32 bytes each): at most
+/// [`MAX_SIGNATURES`] of them, in a header of at most [`MAX_SIGNATURE_HEADER`] bytes.
+pub fn signature_candidates(value: &str) -> Result<Vec<[u8; 32]>, &'static str> {
+    if value.len() > MAX_SIGNATURE_HEADER {
+        return Err("the signature header is longer than 1 KiB");
+    }
+    let mut candidates = Vec::new();
+    for text in value
         .split(',')
         .filter_map(|part| part.trim().strip_prefix("v1="))
-        .filter_map(|text| {
-            let text = text.trim();
-            if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
-                (0..64)
-                    .step_by(2)
-                    .map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok())
-                    .collect::<Option<Vec<u8>>>()
-            } else {
-                base64::engine::general_purpose::STANDARD
-                    .decode(text)
-                    .ok()
-                    .filter(|bytes| bytes.len() == 32)
-            }
-        })
-        .collect()
+    {
+        if candidates.len() == MAX_SIGNATURES {
+            return Err("the signature header carries more than two v1= signatures");
+        }
+        let text = text.trim();
+        let bytes = if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            (0..64)
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok())
+                .collect::<Option<Vec<u8>>>()
+        } else {
+            base64::engine::general_purpose::STANDARD.decode(text).ok()
+        };
+        if let Some(tag) = bytes.and_then(|bytes| <[u8; 32]>::try_from(bytes).ok()) {
+            candidates.push(tag);
+        }
+    }
+    if candidates.is_empty() {
+        return Err("the signature header has no v1= signature of 32 bytes (hex or base64)");
+    }
+    Ok(candidates)
 }
 
 fn verify_hmac(
@@ -140,6 +156,8 @@ fn verify_hmac(
             "signed pushes are not enabled on this bot (notifications.sources.push.hmac_secret)",
         ));
     };
+    // Cheap checks first: a malformed header is refused before any MAC is computed.
+    let candidates = signature_candidates(signature).map_err(unauthorized)?;
     let timestamp: i64 = header(headers, TIMESTAMP_HEADER)
         .and_then(|text| text.trim().parse().ok())
         .ok_or_else(|| unauthorized("missing or invalid X-M365bot-Timestamp (unix seconds)"))?;
@@ -151,12 +169,12 @@ fn verify_hmac(
             "the timestamp is outside the replay window; check the ServiceNow clock and resend",
         ));
     }
+    // One MAC over the body, compared in constant time with each candidate.
     let key = hmac::Key::new(hmac::HMAC_SHA256, secret.expose_secret().as_bytes());
-    let message = signed_message(timestamp, body);
-    let candidates = signature_candidates(signature);
-    let valid = candidates
-        .iter()
-        .find(|tag| hmac::verify(&key, &message, tag).is_ok());
+    let expected = hmac::sign(&key, &signed_message(timestamp, body));
+    let valid = candidates.iter().find(|tag| {
+        aws_lc_rs::constant_time::verify_slices_are_equal(expected.as_ref(), tag.as_slice()).is_ok()
+    });
     let Some(tag) = valid else {
         return Err(unauthorized(
             "the signature does not match: check the shared secret in the Business Rule",
@@ -189,6 +207,11 @@ fn key_cache() -> &'static Mutex<HashMap<String, Arc<TenantKeys>>> {
     CACHE.get_or_init(|| Mutex::new(HashMap::new()))
 }
 
+fn refresh_lock() -> &'static tokio::sync::Mutex<()> {
+    static LOCK: OnceLock<tokio::sync::Mutex<()>> = OnceLock::new();
+    LOCK.get_or_init(|| tokio::sync::Mutex::new(()))
+}
+
 async fn tenant_keys(app: &App, tenant: &str, kid: &str) -> Result<Arc<TenantKeys>, ApiError> {
     let entra = &app.upstreams.entra;
     let cache_key = format!("{}|{tenant}", entra.authority());
@@ -202,6 +225,19 @@ async fn tenant_keys(app: &App, tenant: &str, kid: &str) -> Result<Arc<TenantKey
         if fresh && (knows || keys.fetched.elapsed() < KEYS_MIN_REFRESH) {
             return Ok(keys.clone());
         }
+    }
+    // Single flight: one refresh at a time; whoever waited reuses a refresh made meanwhile,
+    // and unknown key ids refetch at most every KEYS_MIN_REFRESH.
+    let _refreshing = refresh_lock().lock().await;
+    let cached = key_cache()
+        .lock()
+        .ok()
+        .and_then(|cache| cache.get(&cache_key).cloned())
+        .or(cached);
+    if let Some(keys) = &cached
+        && keys.fetched.elapsed() < KEYS_MIN_REFRESH
+    {
+        return Ok(keys.clone());
     }
     let fetched = async {
         let metadata = entra.openid_configuration(tenant).await?;
@@ -234,6 +270,19 @@ async fn tenant_keys(app: &App, tenant: &str, kid: &str) -> Result<Arc<TenantKey
             }
         }
     }
+}
+
+/// True for an app-only (client-credentials) token: no delegated `scp`, and `idtyp = app`
+/// (v2, or v1 with the optional claim) or application `roles`.
+pub fn is_app_only(claims: &Value) -> bool {
+    let delegated =
+        claims.get("scp").is_some() || claims.get("idtyp").and_then(Value::as_str) == Some("user");
+    let app = claims.get("idtyp").and_then(Value::as_str) == Some("app")
+        || claims
+            .get("roles")
+            .and_then(Value::as_array)
+            .is_some_and(|roles| !roles.is_empty());
+    app && !delegated
 }
 
 async fn verify_bearer(app: &App, token: &str) -> Result<Authenticated, ApiError> {
@@ -278,7 +327,8 @@ async fn verify_bearer(app: &App, token: &str) -> Result<Authenticated, ApiError
     validation.set_audience(&settings.bearer_audiences);
     validation.set_issuer(&issuers);
     validation.leeway = 300;
-    validation.set_required_spec_claims(&["exp", "aud", "iss"]);
+    validation.validate_nbf = true;
+    validation.set_required_spec_claims(&["exp", "nbf", "aud", "iss"]);
     let data = jsonwebtoken::decode::<Value>(token, &decoding, &validation).map_err(|_| {
         unauthorized("the bearer token is invalid, expired or for another audience")
     })?;
@@ -289,6 +339,11 @@ async fn verify_bearer(app: &App, token: &str) -> Result<Authenticated, ApiError
         .unwrap_or_default();
     if !tid.eq_ignore_ascii_case(&keys.tenant_id) {
         return Err(unauthorized("the bearer token is from another tenant"));
+    }
+    if !is_app_only(&claims) {
+        return Err(unauthorized(
+            "the bearer token was issued to a user (delegated); push with the outbound app's own client-credentials token",
+        ));
     }
     let client = claims
         .get("appid")
@@ -416,14 +471,30 @@ mod tests {
     fn signatures_are_hex_or_base64_of_32_bytes() {
         let header = sign(b"secret", 1_700_000_000, b"{}");
         assert!(header.starts_with("v1=") && header.len() == 67, "{header}");
-        let hex_tag = signature_candidates(&header);
+        let hex_tag = signature_candidates(&header).expect("one signature");
         assert_eq!(hex_tag.len(), 1);
-        let b64 = base64::engine::general_purpose::STANDARD.encode(&hex_tag[0]);
-        assert_eq!(signature_candidates(&format!("v1={b64}")), hex_tag);
-        assert!(signature_candidates("v1=zz").is_empty());
-        assert!(signature_candidates("v0=abcd").is_empty());
+        let b64 = base64::engine::general_purpose::STANDARD.encode(hex_tag[0]);
+        assert_eq!(
+            signature_candidates(&format!("v1={b64}")),
+            Ok(hex_tag.clone())
+        );
+        assert!(signature_candidates("v1=zz").is_err());
+        assert!(signature_candidates("v0=abcd").is_err());
         let key = hmac::Key::new(hmac::HMAC_SHA256, b"secret");
         assert!(hmac::verify(&key, &signed_message(1_700_000_000, b"{}"), &hex_tag[0]).is_ok());
         assert!(hmac::verify(&key, &signed_message(1_700_000_001, b"{}"), &hex_tag[0]).is_err());
+    }
+
+    #[test]
+    fn signature_headers_are_bounded() {
+        let one = sign(b"secret", 1_700_000_000, b"{}");
+        let two = format!("{one},{one}");
+        assert_eq!(signature_candidates(&two).map(|c| c.len()), Ok(2));
+        // A third candidate, or a header over 1 KiB, is refused before any MAC is computed.
+        assert!(signature_candidates(&format!("{two},{one}")).is_err());
+        let padded = format!("{one},{}", "x".repeat(MAX_SIGNATURE_HEADER));
+        assert!(signature_candidates(&padded).is_err());
+        let many = vec!["v1=zz"; 200].join(",");
+        assert!(signature_candidates(&many).is_err());
     }
 }
