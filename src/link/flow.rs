@@ -474,7 +474,7 @@ pub async fn start(app: &App, state: Option<&str>) -> Result<Url, Outcome> {
                 scope: SIGN_IN_SCOPE,
                 state,
                 nonce: &pending.nonce,
-                code_challenge: pkce.challenge(),
+                pkce: &pkce,
                 login_hint: None,
                 prompt: Some("select_account"),
             },

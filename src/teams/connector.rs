@@ -12,22 +12,29 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use oauth2::{Scope, TokenResponse as _};
+use reqwest::Method;
 use reqwest::header::{AUTHORIZATION, HeaderValue};
-use reqwest::{Method, StatusCode};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use tokio::time::Instant;
 use url::{Host, Url};
 
 use crate::config::Settings;
 use crate::error::{RetryKind, parse_retry_after};
 use crate::metrics::Metrics;
+use crate::upstream::entra::EntraErrorResponse;
+use crate::upstream::oauth::{
+    TokenEndpointClient, TokenFailure, TokenHttp, token_client, unreadable_token,
+};
+use crate::upstream::retry_after;
 
 /// A token is refreshed this long before it expires.
 const REFRESH_MARGIN: Duration = Duration::from_secs(5 * 60);
 /// Lifetime assumed when a token answer has no `expires_in`.
 const DEFAULT_EXPIRES_IN: Duration = Duration::from_secs(10 * 60);
+/// Longest lifetime believed from a token answer.
+const MAX_EXPIRES_IN: Duration = Duration::from_secs(24 * 60 * 60);
 /// Longest answer body read from the connector or the token endpoint.
 const MAX_ANSWER_BYTES: usize = 1024 * 1024;
 /// Longest body excerpt kept in an error.
@@ -430,24 +437,6 @@ impl TokenSlot {
 const CHECKED_URLS: usize = 32;
 
 #[derive(Deserialize)]
-struct TokenAnswer {
-    #[serde(default)]
-    access_token: String,
-    #[serde(default)]
-    expires_in: Option<Value>,
-}
-
-#[derive(Deserialize, Default)]
-struct EntraErrorBody {
-    #[serde(default)]
-    error: Option<String>,
-    #[serde(default)]
-    error_description: Option<String>,
-    #[serde(default)]
-    error_codes: Vec<i64>,
-}
-
-#[derive(Deserialize)]
 struct TeamsErrorBody {
     error: TeamsError,
 }
@@ -817,72 +806,64 @@ impl ConnectorClient {
             ));
         }
         let secret = password.expose_secret();
-        let form = [
-            ("grant_type", "client_credentials"),
-            ("client_id", self.app_id.as_str()),
-            ("client_secret", secret),
-            ("scope", scope),
-        ];
+        let client: TokenEndpointClient<EntraErrorResponse> =
+            token_client(&self.app_id, password, url);
         let started = Instant::now();
-        let host = url.host_str().unwrap_or_default().to_owned();
-        let response = self
-            .http
-            .post(url)
-            .form(&form)
-            .send()
-            .await
-            .map_err(|e| TokenError::Network(network_problem(&e, &host)))?;
-        let status = response.status();
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_retry_after);
-        let bytes = read_limited(response).await.map_err(|e| match e {
-            ReadProblem::Network(e) => TokenError::Network(network_problem(&e, &host)),
-            ReadProblem::TooLarge => TokenError::Decode("the answer is too large".to_owned()),
+        let http = TokenHttp::new(&self.http);
+        let result = client
+            .exchange_client_credentials()
+            .add_scope(Scope::new(scope.to_owned()))
+            .request_async(&http)
+            .await;
+        let answer = http.finish(result).map_err(|failure| match failure {
+            TokenFailure::Network(err) => TokenError::Network(excerpt(&err.0, EXCERPT_CHARS, None)),
+            TokenFailure::Refused { error, answer } => TokenError::Rejected {
+                status: answer.status,
+                error: excerpt(&error.error, 60, Some(secret)),
+                error_codes: error
+                    .error_codes
+                    .iter()
+                    .take(5)
+                    .map(|&code| i64::from(code))
+                    .collect(),
+                description: excerpt(error.first_line(), EXCERPT_CHARS, Some(secret)),
+                retry_after: retry_after(&answer.headers),
+            },
+            TokenFailure::Unreadable { answer, .. } if !answer.is_success() => {
+                TokenError::Rejected {
+                    status: answer.status,
+                    error: String::new(),
+                    error_codes: Vec::new(),
+                    description: excerpt(
+                        &String::from_utf8_lossy(&answer.body),
+                        EXCERPT_CHARS,
+                        Some(secret),
+                    ),
+                    retry_after: retry_after(&answer.headers),
+                }
+            }
+            TokenFailure::Unreadable { answer, detail } => {
+                let problem = unreadable_token(&answer, detail).to_string();
+                TokenError::Decode(excerpt(&problem, EXCERPT_CHARS, Some(secret)))
+            }
+            TokenFailure::Invalid(detail) => TokenError::InvalidUrl(detail),
         })?;
-        if status != StatusCode::OK {
-            let body: EntraErrorBody = serde_json::from_slice(&bytes).unwrap_or_default();
-            let description = match body.error_description.as_deref() {
-                Some(text) => text.lines().next().unwrap_or_default().to_owned(),
-                None if body.error.is_none() => String::from_utf8_lossy(&bytes).into_owned(),
-                None => String::new(),
-            };
-            return Err(TokenError::Rejected {
-                status: status.as_u16(),
-                error: excerpt(body.error.as_deref().unwrap_or_default(), 60, Some(secret)),
-                error_codes: body.error_codes.into_iter().take(5).collect(),
-                description: excerpt(&description, EXCERPT_CHARS, Some(secret)),
-                retry_after,
-            });
-        }
-        let answer: TokenAnswer = serde_json::from_slice(&bytes).map_err(|e| {
-            TokenError::Decode(excerpt(
-                &decode_problem(&e, &bytes),
-                EXCERPT_CHARS,
-                Some(secret),
-            ))
-        })?;
-        if answer.access_token.is_empty() {
+        let access_token = answer.access_token().secret();
+        if access_token.is_empty() {
             return Err(TokenError::Decode("no access_token".to_owned()));
         }
-        let lifetime = match &answer.expires_in {
-            None | Some(Value::Null) => DEFAULT_EXPIRES_IN,
-            Some(value) => parse_expires_in(value).ok_or_else(|| {
-                TokenError::Decode("expires_in is not a number of seconds".to_owned())
-            })?,
-        };
+        let lifetime = answer
+            .expires_in()
+            .map_or(DEFAULT_EXPIRES_IN, |lifetime| lifetime.min(MAX_EXPIRES_IN));
         let refresh_at = (started + lifetime)
             .checked_sub(REFRESH_MARGIN)
             .unwrap_or(started);
-        let mut header =
-            HeaderValue::try_from(format!("Bearer {}", answer.access_token)).map_err(|_| {
-                TokenError::Decode("the access_token cannot be sent in a header".to_owned())
-            })?;
+        let mut header = HeaderValue::try_from(format!("Bearer {access_token}")).map_err(|_| {
+            TokenError::Decode("the access_token cannot be sent in a header".to_owned())
+        })?;
         header.set_sensitive(true);
         Ok(CachedToken {
-            value: answer.access_token.into(),
+            value: access_token.as_str().into(),
             header,
             refresh_at,
         })
@@ -894,16 +875,6 @@ fn json_body(activity: &(impl Serialize + ?Sized)) -> Result<Vec<u8>, ConnectorE
     serde_json::to_vec(activity).map_err(|e| {
         ConnectorError::InvalidRequest(format!("the activity does not serialise: {e}"))
     })
-}
-
-/// `expires_in` as a number or a string of digits, capped at one day.
-fn parse_expires_in(value: &Value) -> Option<Duration> {
-    let seconds = match value {
-        Value::Number(n) => n.as_f64()?,
-        Value::String(s) => s.trim().parse::<f64>().ok()?,
-        _ => return None,
-    };
-    (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds.min(86_400.0)))
 }
 
 fn activities_path(
@@ -1054,21 +1025,6 @@ mod tests {
             activities_path("a:1", Some("")),
             Err(ConnectorError::InvalidRequest(m)) if m.contains("activity")
         ));
-    }
-
-    #[test]
-    fn expires_in_accepts_numbers_and_strings() {
-        assert_eq!(
-            parse_expires_in(&serde_json::json!(3599)),
-            Some(Duration::from_secs(3599))
-        );
-        assert_eq!(
-            parse_expires_in(&serde_json::json!("3600")),
-            Some(Duration::from_secs(3600))
-        );
-        assert_eq!(parse_expires_in(&serde_json::json!("soon")), None);
-        assert_eq!(parse_expires_in(&serde_json::json!(-1)), None);
-        assert_eq!(parse_expires_in(&serde_json::json!([1])), None);
     }
 
     #[test]

@@ -5,17 +5,25 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::borrow::Cow;
+
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
+use oauth2::{
+    AuthUrl, AuthorizationCode, CsrfToken, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, Scope,
+};
 use rand::RngCore as _;
-use reqwest::header::ACCEPT;
+use reqwest::header::{ACCEPT, HeaderMap};
 use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
-use sha2::{Digest, Sha256};
+use serde::{Deserialize, Serialize};
 use url::Url;
 
+use super::oauth::{
+    AuthorizationCodeClient, TokenAnswer, TokenEndpointClient, TokenFailure, TokenHttp,
+    token_client, unreadable_token,
+};
 use super::{
     DecodeError, NetworkError, RawResponse, Recorder, check_base, decode_raw, decode_retry,
     join_segments,
@@ -171,16 +179,69 @@ pub fn hint_for(code: u32) -> &'static str {
     }
 }
 
-/// An OAuth error body of Entra ID.
-#[derive(Debug, Deserialize)]
-struct AadErrorBody {
-    error: String,
+/// An OAuth error body of Entra ID: the standard `error` and `error_description`, plus the
+/// AADSTS numbers in `error_codes` and the `trace_id` of a support request.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct EntraErrorResponse {
+    /// OAuth `error` (`invalid_client`, `invalid_tenant`, …).
+    pub error: String,
+    /// The description, starting with `AADSTS<number>:`.
     #[serde(default)]
-    error_description: Option<String>,
+    pub error_description: Option<String>,
+    /// The AADSTS numbers.
+    #[serde(default, deserialize_with = "super::null_default")]
+    pub error_codes: Vec<u32>,
+    /// `trace_id`.
     #[serde(default)]
-    error_codes: Vec<u32>,
-    #[serde(default)]
-    trace_id: Option<String>,
+    pub trace_id: Option<String>,
+}
+
+impl std::fmt::Display for EntraErrorResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.error, self.first_line())
+    }
+}
+
+impl oauth2::ErrorResponse for EntraErrorResponse {}
+
+impl EntraErrorResponse {
+    /// The AADSTS number: `error_codes[0]`, else the one in the description; 0 when none.
+    pub fn aadsts_code(&self) -> u32 {
+        self.error_codes
+            .first()
+            .copied()
+            .or_else(|| code_from_description(self.error_description.as_deref()?))
+            .unwrap_or(0)
+    }
+
+    /// The first line of the description (the rest is trace and correlation ids).
+    pub fn first_line(&self) -> &str {
+        self.error_description
+            .as_deref()
+            .and_then(|text| text.lines().next())
+            .unwrap_or_default()
+            .trim()
+    }
+
+    /// The typed error of this body, answered with `status` and `headers`.
+    pub fn into_error(self, status: u16, headers: &HeaderMap) -> EntraError {
+        let mut retry = super::classify(status, headers);
+        if self.error == "temporarily_unavailable" && retry == RetryKind::Permanent {
+            retry = RetryKind::Transient {
+                retry_after: super::retry_after(headers),
+            };
+        }
+        let code = self.aadsts_code();
+        EntraError::Aadsts {
+            status,
+            code,
+            description: self.first_line().to_owned(),
+            error: self.error,
+            hint: hint_for(code),
+            trace_id: self.trace_id,
+            retry,
+        }
+    }
 }
 
 /// The AADSTS number in an error text (`AADSTS7000215: …`), if there is one.
@@ -195,40 +256,36 @@ pub fn code_from_description(description: &str) -> Option<u32> {
 
 /// Maps an Entra error answer to a typed error (AADSTS code, first line, hint).
 pub fn parse_error(raw: &RawResponse) -> EntraError {
-    let mut retry = raw.retry();
     let body = if raw.truncated {
         None
     } else {
-        serde_json::from_slice::<AadErrorBody>(&raw.body).ok()
+        serde_json::from_slice::<EntraErrorResponse>(&raw.body).ok()
     };
-    let Some(body) = body else {
-        return EntraError::Http {
+    match body {
+        Some(body) => body.into_error(raw.status, &raw.headers),
+        None => EntraError::Http {
             status: raw.status,
             summary: raw.summary(),
-            retry,
-        };
-    };
-    let full = body.error_description.unwrap_or_default();
-    let code = body
-        .error_codes
-        .first()
-        .copied()
-        .or_else(|| code_from_description(&full))
-        .unwrap_or(0);
-    let description = full.lines().next().unwrap_or_default().trim().to_owned();
-    if body.error == "temporarily_unavailable" && retry == RetryKind::Permanent {
-        retry = RetryKind::Transient {
-            retry_after: super::retry_after(&raw.headers),
-        };
+            retry: raw.retry(),
+        },
     }
-    EntraError::Aadsts {
-        status: raw.status,
-        code,
-        error: body.error,
-        description,
-        hint: hint_for(code),
-        trace_id: body.trace_id,
-        retry,
+}
+
+/// The typed error of a token request that gave no token.
+fn token_failure(failure: TokenFailure<EntraErrorResponse>) -> EntraError {
+    match failure {
+        TokenFailure::Network(err) => EntraError::Network(err),
+        TokenFailure::Refused { error, answer } => error.into_error(answer.status, &answer.headers),
+        TokenFailure::Unreadable { answer, .. } if !answer.is_success() => parse_error(&answer),
+        TokenFailure::Unreadable { answer, detail } => {
+            let cause = unreadable_token(&answer, detail);
+            EntraError::Decode {
+                status: answer.status,
+                retry: decode_retry(answer.status, &answer.headers, &cause),
+                cause,
+            }
+        }
+        TokenFailure::Invalid(detail) => EntraError::InvalidInput(detail),
     }
 }
 
@@ -365,25 +422,6 @@ impl Jwk {
     }
 }
 
-#[derive(Deserialize)]
-struct RawToken {
-    access_token: SecretString,
-    #[serde(default)]
-    token_type: Option<String>,
-    #[serde(deserialize_with = "super::lenient_seconds")]
-    expires_in: u64,
-    #[serde(default, deserialize_with = "super::lenient_seconds_opt")]
-    expires_on: Option<u64>,
-    #[serde(default)]
-    resource: Option<String>,
-    #[serde(default)]
-    scope: Option<String>,
-    #[serde(default)]
-    id_token: Option<SecretString>,
-    #[serde(default)]
-    refresh_token: Option<SecretString>,
-}
-
 /// An access token from a client-credentials request.
 #[derive(Debug, Clone)]
 pub struct AccessToken {
@@ -427,49 +465,67 @@ fn expires_at(expires_in: u64, expires_on: Option<u64>) -> DateTime<Utc> {
         })
 }
 
-/// Decodes a client-credentials token answer (v1 or v2).
-pub fn parse_token_response(raw: &RawResponse) -> Result<AccessToken, EntraError> {
-    let token = parse_response::<RawToken>(raw)?;
-    Ok(AccessToken {
-        expires_at: expires_at(token.expires_in, token.expires_on),
-        access_token: token.access_token,
-        token_type: token.token_type.unwrap_or_else(|| "Bearer".to_owned()),
-        expires_in: Duration::from_secs(token.expires_in),
-        resource: token.resource,
-        scope: token.scope,
-    })
+impl From<TokenAnswer> for AccessToken {
+    fn from(answer: TokenAnswer) -> Self {
+        let expires_in = answer.expires_in_seconds().unwrap_or(DEFAULT_EXPIRES_IN);
+        Self {
+            expires_at: expires_at(expires_in, answer.expires_on),
+            access_token: answer.secret(),
+            token_type: answer.token_type_name(),
+            expires_in: Duration::from_secs(expires_in),
+            scope: answer.scope(),
+            resource: answer.resource,
+        }
+    }
 }
 
-/// Decodes an authorization-code token answer.
-pub fn parse_token_set(raw: &RawResponse) -> Result<TokenSet, EntraError> {
-    let token = parse_response::<RawToken>(raw)?;
-    Ok(TokenSet {
-        access_token: token.access_token,
-        id_token: token.id_token,
-        refresh_token: token.refresh_token,
-        token_type: token.token_type.unwrap_or_else(|| "Bearer".to_owned()),
-        expires_in: Duration::from_secs(token.expires_in),
-        scope: token.scope,
-    })
+impl From<TokenAnswer> for TokenSet {
+    fn from(answer: TokenAnswer) -> Self {
+        Self {
+            access_token: answer.secret(),
+            refresh_token: answer.refresh_secret(),
+            token_type: answer.token_type_name(),
+            expires_in: Duration::from_secs(
+                answer.expires_in_seconds().unwrap_or(DEFAULT_EXPIRES_IN),
+            ),
+            scope: answer.scope(),
+            id_token: answer.id_token,
+        }
+    }
+}
+
+/// Lifetime assumed when a token answer has no `expires_in`.
+const DEFAULT_EXPIRES_IN: u64 = 3600;
+
+/// Decodes a recorded client-credentials token answer (v1 or v2) the way a live request does.
+pub fn parse_token_response(raw: &RawResponse) -> Result<AccessToken, EntraError> {
+    let client: TokenEndpointClient<EntraErrorResponse> = token_client(
+        "",
+        &SecretString::from(""),
+        Url::parse("https://login.microsoftonline.com/common/oauth2/token")
+            .map_err(|err| EntraError::InvalidInput(err.to_string()))?,
+    );
+    let replay = TokenHttp::replay(raw.clone());
+    let result = client.exchange_client_credentials().request(&replay);
+    replay
+        .finish(result)
+        .map(AccessToken::from)
+        .map_err(token_failure)
 }
 
 /// A PKCE verifier and its S256 challenge.
 #[derive(Debug, Clone)]
 pub struct Pkce {
     verifier: SecretString,
-    challenge: String,
+    challenge: PkceCodeChallenge,
 }
 
 impl Pkce {
-    /// The `code_challenge_method`.
-    pub const METHOD: &'static str = "S256";
-
     /// A fresh random verifier (64 characters) and its challenge.
     pub fn generate() -> Self {
-        let verifier = random_token(48);
-        let challenge = pkce_challenge(&verifier);
+        let (challenge, verifier) = PkceCodeChallenge::new_random_sha256_len(48);
         Self {
-            verifier: SecretString::from(verifier),
+            verifier: SecretString::from(verifier.into_secret()),
             challenge,
         }
     }
@@ -486,7 +542,9 @@ impl Pkce {
             ));
         }
         Ok(Self {
-            challenge: pkce_challenge(verifier),
+            challenge: PkceCodeChallenge::from_code_verifier_sha256(&PkceCodeVerifier::new(
+                verifier.to_owned(),
+            )),
             verifier: SecretString::from(verifier),
         })
     }
@@ -498,13 +556,8 @@ impl Pkce {
 
     /// The challenge (sent in the authorize URL).
     pub fn challenge(&self) -> &str {
-        &self.challenge
+        self.challenge.as_str()
     }
-}
-
-/// `base64url(SHA-256(verifier))`, no padding.
-pub fn pkce_challenge(verifier: &str) -> String {
-    URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()))
 }
 
 /// A random URL-safe token of `bytes` random bytes (for `state`, `nonce`, verifiers).
@@ -527,12 +580,21 @@ pub struct AuthorizeRequest<'a> {
     pub state: &'a str,
     /// The nonce echoed in the ID token.
     pub nonce: &'a str,
-    /// [`Pkce::challenge`].
-    pub code_challenge: &'a str,
+    /// The PKCE pair; its S256 challenge goes in the URL.
+    pub pkce: &'a Pkce,
     /// `login_hint` (the expected UPN), optional.
     pub login_hint: Option<&'a str>,
     /// `prompt` (`select_account`, `login`, `consent`), optional.
     pub prompt: Option<&'a str>,
+}
+
+/// What a client-credentials token is for.
+#[derive(Debug, Clone, Copy)]
+enum Audience<'a> {
+    /// v1: `resource` (App ID URI or client id).
+    Resource(&'a str),
+    /// v2: `scope` (`<resource>/.default`).
+    Scope(&'a str),
 }
 
 struct Inner {
@@ -629,18 +691,27 @@ impl EntraClient {
         .await
     }
 
-    /// A form POST, retried under [`super::retry::STANDARD`] when throttled.
-    async fn post_form(&self, url: Url, form: &[(&str, &str)]) -> Result<RawResponse, EntraError> {
-        super::retry::with_retry(super::retry::STANDARD, || async {
-            let request = self
-                .inner
-                .http
-                .post(url.clone())
-                .header(ACCEPT, "application/json")
-                .form(form);
-            Ok(super::send(request).await?)
-        })
-        .await
+    /// Runs a client-credentials request for `client_id` at `token_url`, for the v1
+    /// `resource` or the v2 `scope`.
+    async fn client_credentials(
+        &self,
+        token_url: Url,
+        client_id: &str,
+        secret: &SecretString,
+        audience: Audience<'_>,
+    ) -> Result<AccessToken, EntraError> {
+        let client: TokenEndpointClient<EntraErrorResponse> =
+            token_client(client_id, secret, token_url);
+        let request = client.exchange_client_credentials();
+        let request = match audience {
+            Audience::Resource(resource) => request.add_extra_param("resource", resource),
+            Audience::Scope(scope) => request.add_scope(Scope::new(scope.to_owned())),
+        };
+        let http = TokenHttp::with_retry(&self.inner.http, super::retry::STANDARD);
+        let result = request.request_async(&http).await;
+        http.finish(result)
+            .map(AccessToken::from)
+            .map_err(token_failure)
     }
 
     /// The v1 OpenID metadata of `tenant` (domain or id). An unknown tenant is
@@ -692,14 +763,8 @@ impl EntraClient {
     ) -> Result<AccessToken, EntraError> {
         let result = async {
             let url = self.token_url_v1(tenant)?;
-            let form = [
-                ("grant_type", "client_credentials"),
-                ("client_id", client_id),
-                ("client_secret", secret.expose_secret()),
-                ("resource", resource),
-            ];
-            let raw = self.post_form(url, &form).await?;
-            parse_token_response(&raw)
+            self.client_credentials(url, client_id, secret, Audience::Resource(resource))
+                .await
         }
         .await;
         self.observe(result)
@@ -715,17 +780,23 @@ impl EntraClient {
     ) -> Result<AccessToken, EntraError> {
         let result = async {
             let url = self.token_url_v2(tenant)?;
-            let form = [
-                ("grant_type", "client_credentials"),
-                ("client_id", client_id),
-                ("client_secret", secret.expose_secret()),
-                ("scope", scope),
-            ];
-            let raw = self.post_form(url, &form).await?;
-            parse_token_response(&raw)
+            self.client_credentials(url, client_id, secret, Audience::Scope(scope))
+                .await
         }
         .await;
         self.observe(result)
+    }
+
+    /// The authorization-code client of `tenant` (v2 endpoints).
+    fn code_client(
+        &self,
+        tenant: &str,
+        client_id: &str,
+        secret: &SecretString,
+    ) -> Result<AuthorizationCodeClient<EntraErrorResponse>, EntraError> {
+        let authorize = self.url(tenant, &["oauth2", "v2.0", "authorize"])?;
+        let token = self.token_url_v2(tenant)?;
+        Ok(token_client(client_id, secret, token).set_auth_uri(AuthUrl::from_url(authorize)))
     }
 
     /// Redeems an authorization code (v2 endpoint) with its PKCE verifier.
@@ -739,17 +810,18 @@ impl EntraClient {
         code_verifier: &str,
     ) -> Result<TokenSet, EntraError> {
         let result = async {
-            let url = self.token_url_v2(tenant)?;
-            let form = [
-                ("grant_type", "authorization_code"),
-                ("client_id", client_id),
-                ("client_secret", secret.expose_secret()),
-                ("code", code),
-                ("redirect_uri", redirect_uri),
-                ("code_verifier", code_verifier),
-            ];
-            let raw = self.post_form(url, &form).await?;
-            parse_token_set(&raw)
+            let client = self.code_client(tenant, client_id, secret)?;
+            let redirect = redirect_url(redirect_uri)?;
+            let http = TokenHttp::with_retry(&self.inner.http, super::retry::STANDARD);
+            let result = client
+                .exchange_code(AuthorizationCode::new(code.to_owned()))
+                .set_pkce_verifier(PkceCodeVerifier::new(code_verifier.to_owned()))
+                .set_redirect_uri(Cow::Owned(redirect))
+                .request_async(&http)
+                .await;
+            http.finish(result)
+                .map(TokenSet::from)
+                .map_err(token_failure)
         }
         .await;
         self.observe(result)
@@ -761,28 +833,34 @@ impl EntraClient {
         tenant: &str,
         request: &AuthorizeRequest<'_>,
     ) -> Result<Url, EntraError> {
-        let mut url = self.url(tenant, &["oauth2", "v2.0", "authorize"])?;
-        {
-            let mut pairs = url.query_pairs_mut();
-            pairs
-                .append_pair("client_id", request.client_id)
-                .append_pair("response_type", "code")
-                .append_pair("redirect_uri", request.redirect_uri)
-                .append_pair("response_mode", "query")
-                .append_pair("scope", request.scope)
-                .append_pair("state", request.state)
-                .append_pair("nonce", request.nonce)
-                .append_pair("code_challenge", request.code_challenge)
-                .append_pair("code_challenge_method", Pkce::METHOD);
-            if let Some(hint) = request.login_hint {
-                pairs.append_pair("login_hint", hint);
-            }
-            if let Some(prompt) = request.prompt {
-                pairs.append_pair("prompt", prompt);
-            }
+        // The URL carries no secret.
+        let client = self.code_client(tenant, request.client_id, &SecretString::from(""))?;
+        let state = request.state.to_owned();
+        let mut sign_in = client
+            .authorize_url(move || CsrfToken::new(state))
+            .set_redirect_uri(Cow::Owned(redirect_url(request.redirect_uri)?))
+            .add_scopes(
+                request
+                    .scope
+                    .split_whitespace()
+                    .map(|scope| Scope::new(scope.to_owned())),
+            )
+            .set_pkce_challenge(request.pkce.challenge.clone())
+            .add_extra_param("response_mode", "query")
+            .add_extra_param("nonce", request.nonce);
+        if let Some(hint) = request.login_hint {
+            sign_in = sign_in.add_extra_param("login_hint", hint);
         }
-        Ok(url)
+        if let Some(prompt) = request.prompt {
+            sign_in = sign_in.add_extra_param("prompt", prompt);
+        }
+        Ok(sign_in.url().0)
     }
+}
+
+fn redirect_url(redirect_uri: &str) -> Result<RedirectUrl, EntraError> {
+    RedirectUrl::new(redirect_uri.to_owned())
+        .map_err(|err| EntraError::InvalidInput(format!("the redirect URI is not a URL: {err}")))
 }
 
 /// The claims of a JWT without verifying it: for tokens straight from the token endpoint, to
@@ -825,7 +903,10 @@ mod tests {
         );
         let fresh = Pkce::generate();
         assert!((43..=128).contains(&fresh.verifier().len()));
-        assert_eq!(fresh.challenge(), pkce_challenge(fresh.verifier()));
+        assert_eq!(
+            fresh.challenge(),
+            Pkce::from_verifier(fresh.verifier()).unwrap().challenge()
+        );
         assert_ne!(fresh.verifier(), Pkce::generate().verifier());
         assert!(Pkce::from_verifier("short").is_err());
         assert!(!format!("{fresh:?}").contains(fresh.verifier()));
@@ -860,6 +941,7 @@ mod tests {
             reqwest::Client::new(),
             Url::parse("http://127.0.0.1:1/entra/").unwrap(),
         );
+        let pkce = Pkce::generate();
         let url = client
             .authorize_url(
                 "contoso.com",
@@ -869,7 +951,7 @@ mod tests {
                     scope: "openid profile",
                     state: "st",
                     nonce: "no",
-                    code_challenge: "ch",
+                    pkce: &pkce,
                     login_hint: None,
                     prompt: Some("select_account"),
                 },
@@ -878,6 +960,7 @@ mod tests {
         assert_eq!(url.path(), "/entra/contoso.com/oauth2/v2.0/authorize");
         let pairs: std::collections::HashMap<_, _> = url.query_pairs().into_owned().collect();
         assert_eq!(pairs["code_challenge_method"], "S256");
+        assert_eq!(pairs["code_challenge"], pkce.challenge());
         assert_eq!(pairs["redirect_uri"], "https://bot.example/auth/callback");
         assert_eq!(pairs["response_type"], "code");
         assert_eq!(pairs["prompt"], "select_account");

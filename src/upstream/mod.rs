@@ -7,6 +7,7 @@
 
 pub mod entra;
 pub mod graph;
+pub mod oauth;
 pub mod retry;
 pub mod servicenow;
 
@@ -476,16 +477,8 @@ where
     Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
 }
 
-/// Seconds given as a number (`3599`) or as a string (`"3599"`, Entra v1).
-pub(crate) fn lenient_seconds<'de, D>(deserializer: D) -> Result<u64, D::Error>
-where
-    D: serde::Deserializer<'de>,
-{
-    lenient_seconds_opt(deserializer)?
-        .ok_or_else(|| serde::de::Error::custom("expected seconds, got null"))
-}
-
-/// Like [`lenient_seconds`], `null` or absent allowed.
+/// Seconds given as a number (`3599`) or as a string (`"3599"`, Entra v1); `null` or absent
+/// allowed.
 pub(crate) fn lenient_seconds_opt<'de, D>(deserializer: D) -> Result<Option<u64>, D::Error>
 where
     D: serde::Deserializer<'de>,

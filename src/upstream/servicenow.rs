@@ -12,11 +12,14 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use reqwest::Method;
 use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap};
 use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use url::Url;
 
+use super::oauth::{
+    TokenAnswer, TokenEndpointClient, TokenFailure, TokenHttp, token_client, unreadable_token,
+};
 use super::{
     DecodeError, NetworkError, RawResponse, Recorder, check_base, decode_raw, decode_retry,
     header_str, join_segments,
@@ -1039,59 +1042,94 @@ pub fn total_count(headers: &HeaderMap) -> Option<u64> {
 }
 
 /// A token from `/oauth_token.do`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug)]
 pub struct ServiceNowToken {
     /// The bearer token.
     pub access_token: SecretString,
     /// `Bearer`.
-    #[serde(default)]
     pub token_type: Option<String>,
-    /// Lifetime in seconds (number or string).
-    #[serde(
-        deserialize_with = "super::lenient_seconds",
-        default = "default_expiry"
-    )]
+    /// Lifetime in seconds (number or string; 1799 when not given).
     pub expires_in: u64,
     /// Granted scope.
-    #[serde(default)]
     pub scope: Option<String>,
 }
 
-fn default_expiry() -> u64 {
-    1799
-}
+/// Lifetime of a ServiceNow token that came without `expires_in` (the instance default).
+const DEFAULT_TOKEN_EXPIRY: u64 = 1799;
 
-#[derive(Debug, Deserialize)]
-struct OAuthErrorBody {
-    #[serde(default)]
-    error: Option<String>,
-    #[serde(default)]
-    error_description: Option<String>,
-}
-
-/// Decodes an `/oauth_token.do` answer.
-pub fn parse_token_response(raw: &RawResponse) -> Result<ServiceNowToken, ServiceNowError> {
-    if raw.is_success() {
-        return decode_raw::<ServiceNowToken>(raw, true).map_err(|cause| ServiceNowError::Decode {
-            status: raw.status,
-            retry: decode_retry(raw.status, &raw.headers, &cause),
-            cause,
-        });
+impl From<TokenAnswer> for ServiceNowToken {
+    fn from(answer: TokenAnswer) -> Self {
+        Self {
+            access_token: answer.secret(),
+            token_type: Some(answer.token_type_name()),
+            expires_in: answer.expires_in_seconds().unwrap_or(DEFAULT_TOKEN_EXPIRY),
+            scope: answer.scope(),
+        }
     }
-    let err = match serde_json::from_slice::<OAuthErrorBody>(&raw.body) {
-        Ok(OAuthErrorBody {
-            error: Some(error),
-            error_description,
-        }) => ServiceNowError::Token {
-            status: raw.status,
-            error,
-            description: error_description.unwrap_or_default(),
-            hint: "Check the client id and secret of the instance's OAuth API endpoint (System OAuth > Application Registry), that client credentials are enabled (system property glide.oauth.inbound.client.credential.grant_type.enabled = true) and that the OAuth entity has an OAuth Application User".to_owned(),
-            retry: raw.retry(),
+}
+
+/// The error body of `/oauth_token.do`: `error` and `error_description` only (other
+/// failures of the instance come in the Table API's `{"error": {"message", "detail"}}` shape).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct ServiceNowTokenError {
+    /// OAuth `error` (`access_denied`, `invalid_client`, …).
+    pub error: String,
+    /// OAuth `error_description`.
+    #[serde(default)]
+    pub error_description: Option<String>,
+}
+
+impl std::fmt::Display for ServiceNowTokenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: {}",
+            self.error,
+            self.error_description.as_deref().unwrap_or_default()
+        )
+    }
+}
+
+impl oauth2::ErrorResponse for ServiceNowTokenError {}
+
+const TOKEN_HINT: &str = "Check the client id and secret of the instance's OAuth API endpoint (System OAuth > Application Registry), that client credentials are enabled (system property glide.oauth.inbound.client.credential.grant_type.enabled = true) and that the OAuth entity has an OAuth Application User";
+
+/// The typed error of a token request that gave no token.
+fn token_failure(failure: TokenFailure<ServiceNowTokenError>) -> ServiceNowError {
+    match failure {
+        TokenFailure::Network(err) => ServiceNowError::Network(err),
+        TokenFailure::Refused { error, answer } => ServiceNowError::Token {
+            status: answer.status,
+            error: error.error,
+            description: error.error_description.unwrap_or_default(),
+            hint: TOKEN_HINT.to_owned(),
+            retry: answer.retry(),
         },
-        _ => parse_error(raw),
-    };
-    Err(err)
+        TokenFailure::Unreadable { answer, .. } if !answer.is_success() => parse_error(&answer),
+        TokenFailure::Unreadable { answer, detail } => {
+            let cause = unreadable_token(&answer, detail);
+            ServiceNowError::Decode {
+                status: answer.status,
+                retry: decode_retry(answer.status, &answer.headers, &cause),
+                cause,
+            }
+        }
+        TokenFailure::Invalid(detail) => ServiceNowError::InvalidInput(detail),
+    }
+}
+
+/// Decodes a recorded `/oauth_token.do` answer the way a live request does.
+pub fn parse_token_response(raw: &RawResponse) -> Result<ServiceNowToken, ServiceNowError> {
+    let token_url = Url::parse("https://instance.service-now.com/oauth_token.do")
+        .map_err(|err| ServiceNowError::InvalidInput(err.to_string()))?;
+    let client: TokenEndpointClient<ServiceNowTokenError> =
+        token_client("", &SecretString::from(""), token_url);
+    let replay = TokenHttp::replay(raw.clone());
+    let result = client.exchange_client_credentials().request(&replay);
+    replay
+        .finish(result)
+        .map(ServiceNowToken::from)
+        .map_err(token_failure)
 }
 
 struct CachedToken {
@@ -1226,20 +1264,17 @@ impl ServiceNowClient {
         {
             return Ok(token.token.clone());
         }
-        let url = self.token_url()?;
-        let form = [
-            ("grant_type", "client_credentials"),
-            ("client_id", client_id.as_str()),
-            ("client_secret", client_secret.expose_secret()),
-        ];
-        let request = self
-            .inner
-            .http
-            .post(url)
-            .header(ACCEPT, "application/json")
-            .form(&form);
-        let raw = super::send(request).await?;
-        let token = parse_token_response(&raw)?;
+        let client: TokenEndpointClient<ServiceNowTokenError> =
+            token_client(client_id, client_secret, self.token_url()?);
+        let http = TokenHttp::new(&self.inner.http);
+        let result = client
+            .exchange_client_credentials()
+            .request_async(&http)
+            .await;
+        let token = http
+            .finish(result)
+            .map(ServiceNowToken::from)
+            .map_err(token_failure)?;
         let lifetime = Duration::from_secs(token.expires_in);
         let usable = if lifetime > TOKEN_MARGIN * 2 {
             lifetime - TOKEN_MARGIN
