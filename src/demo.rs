@@ -314,7 +314,8 @@ mirror = true
              \n\
              Verify the demo integration:   m365bot sandbox --doctor\n\
              See doctor find a problem:     m365bot sandbox --doctor --break wrong-secret\n\
-             \x20 (also missing-role, cross-scope, v2-tokens)\n\
+             \x20 (also missing-role, cross-scope, v2-tokens, graph-403)\n\
+             Another ServiceNow release:    m365bot sandbox --doctor --other-release\n\
              Stop with Ctrl-C.",
             sn = urls.servicenow,
             sn_pw = demo.servicenow_admin_password,
