@@ -5,8 +5,6 @@
 //! `application/x-www-form-urlencoded`.
 mod support;
 
-use std::time::Duration;
-
 use m365bot::config::Settings;
 use m365bot::teams::connector::ConnectorClient;
 use m365bot::upstream::entra::{AuthorizeRequest, EntraClient, Pkce};
@@ -18,16 +16,9 @@ use url::Url;
 #[path = "support/upstream.rs"]
 mod fake;
 
-use fake::{Canned, Fake, Recorded};
+use fake::{Canned, Fake, Recorded, http};
 
 const TENANT: &str = "8eaef023-2b34-4da1-9baa-8bc8c9d6a490";
-
-fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .expect("client")
-}
 
 /// The decoded form fields, sorted.
 fn sorted_form(request: &Recorded) -> Vec<(String, String)> {

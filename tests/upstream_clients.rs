@@ -23,16 +23,9 @@ use url::Url;
 #[path = "support/upstream.rs"]
 mod fake;
 
-use fake::{Canned, Fake};
+use fake::{Canned, Fake, http};
 
 const TABLE: &str = "/api/now/v2/table/incident";
-
-fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .expect("client")
-}
 
 fn basic() -> ServiceNowAuth {
     ServiceNowAuth::Basic {

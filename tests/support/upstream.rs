@@ -17,6 +17,14 @@ use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+/// The HTTP client the tests hand to the upstream clients: plain, with a 10 s timeout.
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(10))
+        .build()
+        .expect("client")
+}
+
 /// The samples folder.
 pub fn samples_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/samples/servicenow-entra-graph")
