@@ -301,10 +301,7 @@ impl Filter {
             let Some(priority) = event.priority.as_deref() else {
                 return false;
             };
-            let leading = priority
-                .split(|c: char| c.is_whitespace() || c == '-')
-                .find(|part| !part.is_empty())
-                .unwrap_or_default();
+            let leading = priority_leading(priority);
             if !self.priorities.iter().any(|wanted| {
                 wanted.eq_ignore_ascii_case(priority.trim()) || wanted.eq_ignore_ascii_case(leading)
             }) {
@@ -313,6 +310,75 @@ impl Filter {
         }
         true
     }
+}
+
+/// The route of a subscription stored before routes existed: a candidate for every event.
+pub const UNROUTED: &str = "?";
+
+impl Filter {
+    /// The routes a subscription with this filter is indexed by (`notify_subscription_routes`):
+    /// the values of its most selective dimension (group, then service, then priority, then
+    /// source), or `*` without any. An event can only match when one of these is among
+    /// [`event_routes`], so matching reads only those subscriptions.
+    pub fn routes(&self) -> Vec<String> {
+        let keyed = |key: &str, values: &[String], trim: bool| -> Vec<String> {
+            let mut routes: Vec<String> = values
+                .iter()
+                .map(|v| {
+                    let v = if trim { v.trim() } else { v.as_str() };
+                    format!("{key}:{}", v.to_ascii_lowercase())
+                })
+                .collect();
+            routes.sort();
+            routes.dedup();
+            routes
+        };
+        if !self.groups.is_empty() {
+            keyed("group", &self.groups, true)
+        } else if !self.services.is_empty() {
+            keyed("service", &self.services, true)
+        } else if !self.priorities.is_empty() {
+            keyed("priority", &self.priorities, false)
+        } else if let Some(source) = self.source {
+            vec![format!("source:{}", source.as_str())]
+        } else {
+            vec!["*".to_owned()]
+        }
+    }
+}
+
+/// The routes under which subscriptions that may match `event` are indexed (see
+/// [`Filter::routes`]), including [`UNROUTED`].
+pub fn event_routes(event: &CaseEvent) -> Vec<String> {
+    let mut routes = vec![
+        "*".to_owned(),
+        UNROUTED.to_owned(),
+        format!("source:{}", event.source.as_str()),
+    ];
+    if let Some(group) = &event.assignment_group {
+        routes.push(format!("group:{}", group.trim().to_ascii_lowercase()));
+    }
+    if let Some(service) = &event.service {
+        routes.push(format!("service:{}", service.trim().to_ascii_lowercase()));
+    }
+    if let Some(priority) = &event.priority {
+        routes.push(format!("priority:{}", priority.trim().to_ascii_lowercase()));
+        routes.push(format!(
+            "priority:{}",
+            priority_leading(priority).to_ascii_lowercase()
+        ));
+    }
+    routes.sort();
+    routes.dedup();
+    routes
+}
+
+/// The leading number of a priority (`1` of `1 - Critical`), or its first word.
+fn priority_leading(priority: &str) -> &str {
+    priority
+        .split(|c: char| c.is_whitespace() || c == '-')
+        .find(|part| !part.is_empty())
+        .unwrap_or_default()
 }
 
 /// Splits on whitespace outside quotes; quotes are removed.
@@ -444,6 +510,58 @@ mod tests {
             Err(FilterError::UnexpectedValue("changes-only".to_owned()))
         );
         assert_eq!(Filter::parse(&"x".repeat(600)), Err(FilterError::TooLong));
+    }
+
+    #[test]
+    fn a_matching_filter_shares_a_route_with_the_event() {
+        let texts = [
+            "",
+            "changes-only",
+            "source=servicenow",
+            "source=service_health",
+            "priority=1",
+            "priority=\"1 - critical\"",
+            "priority=2,3",
+            "severity=CRITICAL",
+            "group=\"service desk\" priority=2",
+            "group=\"Service Desk\",Network",
+            "group=Network",
+            "service=\"EXCHANGE ONLINE\" source=servicenow",
+            "service=Teams",
+        ];
+        let mut events = vec![event()];
+        let mut bare = event();
+        bare.priority = None;
+        bare.assignment_group = None;
+        bare.service = None;
+        events.push(bare);
+        let mut padded = event();
+        padded.priority = Some("  critical ".to_owned());
+        padded.assignment_group = Some(" SERVICE DESK ".to_owned());
+        events.push(padded);
+        for text in texts {
+            let filter = Filter::parse(text).expect("valid");
+            let routes = filter.routes();
+            assert!(!routes.is_empty(), "{text}");
+            for event in &events {
+                let shared = event_routes(event).iter().any(|r| routes.contains(r));
+                if filter.matches(event, true) {
+                    assert!(shared, "{text:?} matches {event:?} but shares no route");
+                }
+            }
+        }
+        let routed = |text: &str| Filter::parse(text).expect("valid").routes();
+        assert_eq!(routed(""), vec!["*"]);
+        assert_eq!(routed("changes-only"), vec!["*"]);
+        assert_eq!(routed("source=service_health"), vec!["source:service_health"]);
+        assert_eq!(
+            routed("group=\"Service Desk\",network priority=1"),
+            vec!["group:network", "group:service desk"]
+        );
+        assert_eq!(routed("priority=1,1"), vec!["priority:1"]);
+        // A subscription routed elsewhere is not read for this event.
+        assert!(!event_routes(&event()).contains(&"group:network".to_owned()));
+        assert!(event_routes(&event()).contains(&UNROUTED.to_owned()));
     }
 
     #[test]

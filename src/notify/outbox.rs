@@ -25,7 +25,7 @@ use sqlx::{Any, Row, Transaction};
 
 use crate::db::{Backend, Db, now_millis};
 use crate::notify::event::CaseEvent;
-use crate::notify::filter::Filter;
+use crate::notify::filter::{Filter, event_routes};
 
 /// What recording an event did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -125,12 +125,20 @@ async fn record_once(db: &Db, event: &CaseEvent) -> Result<RecordOutcome, sqlx::
             previous.is_none_or(|previous| !previous.eq_ignore_ascii_case(&event.state))
         }
     };
-    let subscriptions = sqlx::query(
-        "SELECT id, conversation_id, filter_json FROM notify_subscriptions WHERE enabled = 1 \
-         ORDER BY created_at, id",
-    )
-    .fetch_all(&mut *tx)
-    .await?;
+    // Only the subscriptions routed under one of the event's routes can match (an index
+    // lookup per route, whatever the number of subscriptions).
+    let routes = event_routes(event);
+    let sql = format!(
+        "SELECT s.id, s.conversation_id, s.filter_json FROM notify_subscription_routes r \
+         JOIN notify_subscriptions s ON s.id = r.subscription_id \
+         WHERE r.route IN ({}) AND s.enabled = 1 ORDER BY s.created_at, s.id",
+        placeholders(1, routes.len())
+    );
+    let mut query = sqlx::query(&sql);
+    for route in &routes {
+        query = query.bind(route);
+    }
+    let subscriptions = query.fetch_all(&mut *tx).await?;
     // One delivery per conversation: the oldest matching subscription carries it.
     let mut targets: BTreeMap<String, String> = BTreeMap::new();
     for row in &subscriptions {
@@ -154,6 +162,9 @@ async fn record_once(db: &Db, event: &CaseEvent) -> Result<RecordOutcome, sqlx::
         insert_rows(&mut tx, event_id, chunk, &lanes, now).await?;
     }
     tx.commit().await?;
+    if !targets.is_empty() {
+        db.outbox_ready.notify_waiters();
+    }
     Ok(RecordOutcome {
         new: true,
         deliveries: targets.len(),
@@ -695,15 +706,30 @@ pub async fn in_flight(db: &Db, now: i64) -> Result<i64, sqlx::Error> {
     .await
 }
 
-/// Deletes delivered and merged rows finished before `before` (ms); returns how many.
+/// Rows the retention purge deletes per statement (each its own short transaction).
+pub const PURGE_CHUNK: i64 = 1_000;
+/// Pause between two purge chunks, so that delivery commits interleave with the purge.
+const PURGE_PAUSE: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// Deletes delivered and merged rows finished before `before` (ms) in chunks of
+/// [`PURGE_CHUNK`], pausing between chunks; returns how many.
 pub async fn purge_finished(db: &Db, before: i64) -> Result<u64, sqlx::Error> {
-    let done = sqlx::query(
-        "DELETE FROM notify_outbox WHERE status IN ('delivered', 'merged') AND finished_at < $1",
-    )
-    .bind(before)
-    .execute(&db.pool)
-    .await?;
-    Ok(done.rows_affected())
+    let mut total = 0;
+    loop {
+        let done = sqlx::query(
+            "DELETE FROM notify_outbox WHERE id IN (SELECT id FROM notify_outbox \
+             WHERE status IN ('delivered', 'merged') AND finished_at < $1 LIMIT $2)",
+        )
+        .bind(before)
+        .bind(PURGE_CHUNK)
+        .execute(&db.pool)
+        .await?;
+        total += done.rows_affected();
+        if done.rows_affected() < u64::try_from(PURGE_CHUNK).unwrap_or(u64::MAX) {
+            return Ok(total);
+        }
+        tokio::time::sleep(PURGE_PAUSE).await;
+    }
 }
 
 /// The latest recorded event of a case by its number (`INC0010001`) or case key.

@@ -7,7 +7,7 @@ use rand::Rng;
 use serde_json::json;
 use sqlx::Row;
 
-use super::filter::Filter;
+use super::filter::{Filter, UNROUTED};
 use super::outbox::placeholders;
 use crate::app::App;
 use crate::db::{Db, now_millis};
@@ -108,6 +108,7 @@ pub async fn subscribe(
     .bind(now_millis())
     .execute(&mut *tx)
     .await?;
+    insert_routes(&mut tx, &id, &new.filter.routes()).await?;
     tx.commit().await?;
     Ok(SubscribeOutcome::Created(id))
 }
@@ -115,11 +116,71 @@ pub async fn subscribe(
 /// Removes every subscription of a conversation; returns how many. Their pending deliveries
 /// become dead letters when a worker meets them ("the subscription was removed").
 pub async fn unsubscribe(db: &Db, conversation_id: &str) -> Result<u64, sqlx::Error> {
+    let mut tx = db.pool.begin().await?;
+    sqlx::query(
+        "DELETE FROM notify_subscription_routes WHERE subscription_id IN \
+         (SELECT id FROM notify_subscriptions WHERE conversation_id = $1)",
+    )
+    .bind(conversation_id)
+    .execute(&mut *tx)
+    .await?;
     let done = sqlx::query("DELETE FROM notify_subscriptions WHERE conversation_id = $1")
         .bind(conversation_id)
-        .execute(&db.pool)
+        .execute(&mut *tx)
         .await?;
+    tx.commit().await?;
     Ok(done.rows_affected())
+}
+
+/// Indexes subscription `id` under `routes` (see [`Filter::routes`]).
+async fn insert_routes(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    id: &str,
+    routes: &[String],
+) -> Result<(), sqlx::Error> {
+    let values: Vec<String> = (0..routes.len())
+        .map(|n| format!("(${}, $1)", n + 2))
+        .collect();
+    let sql = format!(
+        "INSERT INTO notify_subscription_routes (route, subscription_id) VALUES {} \
+         ON CONFLICT (route, subscription_id) DO NOTHING",
+        values.join(", ")
+    );
+    let mut query = sqlx::query(&sql).bind(id);
+    for route in routes {
+        query = query.bind(route);
+    }
+    query.execute(&mut **tx).await.map(drop)
+}
+
+/// Computes the routes of up to 500 subscriptions stored before routes existed (routed
+/// [`UNROUTED`], a candidate for every event); returns how many were routed.
+pub async fn route_unrouted(db: &Db) -> Result<usize, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT s.id, s.filter_json FROM notify_subscription_routes r \
+         JOIN notify_subscriptions s ON s.id = r.subscription_id WHERE r.route = $1 LIMIT 500",
+    )
+    .bind(UNROUTED)
+    .fetch_all(&db.pool)
+    .await?;
+    let mut tx = db.pool.begin().await?;
+    for row in &rows {
+        let id: String = row.try_get(0)?;
+        let filter_json: String = row.try_get(1)?;
+        // A filter that does not parse matches nothing: it gets no route.
+        if let Ok(filter) = serde_json::from_str::<Filter>(&filter_json) {
+            insert_routes(&mut tx, &id, &filter.routes()).await?;
+        }
+        sqlx::query(
+            "DELETE FROM notify_subscription_routes WHERE route = $1 AND subscription_id = $2",
+        )
+        .bind(UNROUTED)
+        .bind(&id)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(rows.len())
 }
 
 /// One subscription with its delivery health.

@@ -155,27 +155,31 @@ impl Worker {
     }
 
     /// Runs until `shutdown`: `claim_loops` loops (sharing the rate limiter) each claim a
-    /// batch, deliver it and record the outcome, waiting a little when there is nothing to do.
+    /// batch, deliver it and record the outcome, waiting a little when there is nothing to do
+    /// (or until an event is recorded in this process); housekeeping runs beside them, so a
+    /// long retention purge never holds up a claim.
     pub async fn run(&self, shutdown: CancellationToken) {
         tracing::info!(owner = %self.owner, "notification delivery worker started");
         let loops = self.settings().claim_loops.max(1);
         let runs = (0..loops).map(|n| {
             let owner = format!("{}-{n}", self.owner);
             let shutdown = shutdown.clone();
-            async move { self.claim_loop(&owner, n == 0, shutdown).await }
+            async move { self.claim_loop(&owner, shutdown).await }
         });
-        futures_util::future::join_all(runs).await;
+        tokio::join!(
+            futures_util::future::join_all(runs),
+            self.housekeeping_loop(shutdown.clone())
+        );
     }
 
-    async fn claim_loop(&self, owner: &str, housekeeping: bool, shutdown: CancellationToken) {
+    async fn claim_loop(&self, owner: &str, shutdown: CancellationToken) {
         let idle = Duration::from_millis(self.settings().poll_interval_ms.max(1));
-        let mut last_housekeeping: Option<Instant> = None;
+        let ready = self.app.db.outbox_ready.clone();
         while !shutdown.is_cancelled() {
-            if housekeeping && last_housekeeping.is_none_or(|at| at.elapsed() >= HOUSEKEEPING_EVERY)
-            {
-                last_housekeeping = Some(Instant::now());
-                self.housekeeping().await;
-            }
+            // Registered before the claim: an event recorded meanwhile still wakes this loop.
+            let recorded = ready.notified();
+            tokio::pin!(recorded);
+            recorded.as_mut().enable();
             let worked = match self.batch(owner).await {
                 Ok(lanes) => lanes,
                 Err(err) => {
@@ -187,7 +191,18 @@ impl Worker {
                 tokio::select! {
                     () = shutdown.cancelled() => break,
                     () = tokio::time::sleep(idle) => {}
+                    () = &mut recorded => {}
                 }
+            }
+        }
+    }
+
+    async fn housekeeping_loop(&self, shutdown: CancellationToken) {
+        while !shutdown.is_cancelled() {
+            self.housekeeping().await;
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(HOUSEKEEPING_EVERY) => {}
             }
         }
     }
@@ -526,10 +541,14 @@ impl Worker {
         }
     }
 
-    /// Owner notices for disabled subscriptions, and the retention purge.
+    /// Owner notices for disabled subscriptions, routes of subscriptions stored before
+    /// routes existed, and the retention purge.
     async fn housekeeping(&self) {
         if let Err(err) = super::store::send_owner_notices(&self.app).await {
             tracing::warn!(error = %err, "notification owner notices failed");
+        }
+        if let Err(err) = super::store::route_unrouted(&self.app.db).await {
+            tracing::warn!(error = %err, "notification subscription routes not computed");
         }
         let days = i64::from(self.settings().retention_days.max(1));
         let before = now_millis().saturating_sub(days * 86_400_000);
