@@ -12,11 +12,11 @@ CREATE TABLE notify_subscription_routes (
 CREATE INDEX notify_subscription_routes_subscription ON notify_subscription_routes (subscription_id);
 INSERT INTO notify_subscription_routes (route, subscription_id) SELECT '?', id FROM notify_subscriptions;
 
--- The claim finds its own lanes' rows by owner and lease.
-CREATE INDEX notify_lanes_lease ON notify_lanes (lease_owner, lease_until);
+-- The claim finds its own lanes' rows by owner and lease (only leased lanes are indexed).
+CREATE INDEX notify_lanes_lease ON notify_lanes (lease_owner, lease_until) WHERE lease_owner IS NOT NULL;
 
 -- The claim skips frozen conversations.
 CREATE INDEX notify_destinations_frozen ON notify_destinations (frozen_until);
 
 -- The retention purge finds old finished rows in bounded chunks.
-CREATE INDEX notify_outbox_finished ON notify_outbox (finished_at) WHERE status IN ('delivered', 'merged');
+CREATE INDEX notify_outbox_finished ON notify_outbox (status, finished_at);

@@ -553,7 +553,10 @@ mod tests {
         let routed = |text: &str| Filter::parse(text).expect("valid").routes();
         assert_eq!(routed(""), vec!["*"]);
         assert_eq!(routed("changes-only"), vec!["*"]);
-        assert_eq!(routed("source=service_health"), vec!["source:service_health"]);
+        assert_eq!(
+            routed("source=service_health"),
+            vec!["source:service_health"]
+        );
         assert_eq!(
             routed("group=\"Service Desk\",network priority=1"),
             vec!["group:network", "group:service desk"]

@@ -128,12 +128,7 @@ async fn record_once(db: &Db, event: &CaseEvent) -> Result<RecordOutcome, sqlx::
     // Only the subscriptions routed under one of the event's routes can match (an index
     // lookup per route, whatever the number of subscriptions).
     let routes = event_routes(event);
-    let sql = format!(
-        "SELECT s.id, s.conversation_id, s.filter_json FROM notify_subscription_routes r \
-         JOIN notify_subscriptions s ON s.id = r.subscription_id \
-         WHERE r.route IN ({}) AND s.enabled = 1 ORDER BY s.created_at, s.id",
-        placeholders(1, routes.len())
-    );
+    let sql = match_sql(routes.len());
     let mut query = sqlx::query(&sql);
     for route in &routes {
         query = query.bind(route);
@@ -169,6 +164,16 @@ async fn record_once(db: &Db, event: &CaseEvent) -> Result<RecordOutcome, sqlx::
         new: true,
         deliveries: targets.len(),
     })
+}
+
+/// The enabled subscriptions routed under any of `routes` routes (`$1…`), oldest first.
+pub fn match_sql(routes: usize) -> String {
+    format!(
+        "SELECT s.id, s.conversation_id, s.filter_json FROM notify_subscription_routes r \
+         JOIN notify_subscriptions s ON s.id = r.subscription_id \
+         WHERE r.route IN ({}) AND s.enabled = 1 ORDER BY s.created_at, s.id",
+        placeholders(1, routes)
+    )
 }
 
 /// Creates or bumps the lanes of `case_key` in the conversations of `targets`; returns the
@@ -271,6 +276,33 @@ pub struct ClaimedLane {
     pub conversation_type: Option<String>,
 }
 
+/// Leases up to `$4` due lanes (`$3`: now) to `$1` until `$2`, skipping frozen conversations.
+pub fn claim_lanes_sql(backend: Backend) -> String {
+    let lock = match backend {
+        Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+        Backend::Sqlite => "",
+    };
+    format!(
+        "UPDATE notify_lanes SET lease_owner = $1, lease_until = $2 WHERE id IN (\
+         SELECT id FROM notify_lanes WHERE pending_count > 0 AND next_attempt_at <= $3 \
+         AND lease_until < $3 AND conversation_id NOT IN \
+         (SELECT conversation_id FROM notify_destinations WHERE frozen_until > $3) \
+         ORDER BY next_attempt_at, id LIMIT $4{lock}) AND lease_until < $3 \
+         RETURNING id, case_key, conversation_id, root_activity_id, delivered_updated_at, delivered_state"
+    )
+}
+
+/// The pending rows of the lanes leased to `$1` until `$2`, with their events, subscriptions
+/// and conversation references. The lanes come first, found by their lease (`CROSS JOIN`
+/// keeps SQLite from starting at the pending rows; PostgreSQL plans it as an inner join).
+pub const CLAIMED_ROWS_SQL: &str = "SELECT o.id, o.lane_id, o.subscription_id, o.attempts, e.payload, s.enabled, \
+     s.disabled_reason, c.service_url, c.conversation_type FROM notify_lanes l \
+     CROSS JOIN notify_outbox o JOIN notify_events e ON e.id = o.event_id \
+     LEFT JOIN notify_subscriptions s ON s.id = o.subscription_id \
+     LEFT JOIN conversation_refs c ON c.conversation_id = l.conversation_id \
+     WHERE l.lease_owner = $1 AND l.lease_until = $2 AND o.lane_id = l.id AND o.status = 'pending' \
+     ORDER BY o.lane_id, e.updated_at, o.id";
+
 /// Claims up to `limit` due lanes for `owner` until `lease_until` (ms), with their pending
 /// rows. Lanes of frozen conversations are left alone.
 pub async fn claim(
@@ -280,18 +312,7 @@ pub async fn claim(
     lease_until: i64,
     limit: usize,
 ) -> Result<Vec<ClaimedLane>, sqlx::Error> {
-    let lock = match db.backend {
-        Backend::Postgres => " FOR UPDATE SKIP LOCKED",
-        Backend::Sqlite => "",
-    };
-    let sql = format!(
-        "UPDATE notify_lanes SET lease_owner = $1, lease_until = $2 WHERE id IN (\
-         SELECT id FROM notify_lanes WHERE pending_count > 0 AND next_attempt_at <= $3 \
-         AND lease_until < $3 AND conversation_id NOT IN \
-         (SELECT conversation_id FROM notify_destinations WHERE frozen_until > $3) \
-         ORDER BY next_attempt_at, id LIMIT $4{lock}) AND lease_until < $3 \
-         RETURNING id, case_key, conversation_id, root_activity_id, delivered_updated_at, delivered_state"
-    );
+    let sql = claim_lanes_sql(db.backend);
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let rows = sqlx::query(&sql)
         .bind(owner)
@@ -326,19 +347,11 @@ pub async fn claim(
         .map(|(i, lane)| (lane.id, i))
         .collect();
     // The claimed lanes' pending rows, found by this claim's owner and lease (no id list).
-    let rows = sqlx::query(
-        "SELECT o.id, o.lane_id, o.subscription_id, o.attempts, e.payload, s.enabled, s.disabled_reason, \
-         c.service_url, c.conversation_type FROM notify_outbox o JOIN notify_lanes l ON l.id = o.lane_id \
-         JOIN notify_events e ON e.id = o.event_id \
-         LEFT JOIN notify_subscriptions s ON s.id = o.subscription_id \
-         LEFT JOIN conversation_refs c ON c.conversation_id = l.conversation_id \
-         WHERE o.status = 'pending' AND l.lease_owner = $1 AND l.lease_until = $2 \
-         ORDER BY o.lane_id, e.updated_at, o.id",
-    )
-    .bind(owner)
-    .bind(lease_until)
-    .fetch_all(&db.pool)
-    .await?;
+    let rows = sqlx::query(CLAIMED_ROWS_SQL)
+        .bind(owner)
+        .bind(lease_until)
+        .fetch_all(&db.pool)
+        .await?;
     for row in rows {
         let lane_id: i64 = row.try_get(1)?;
         let Some(&at) = index.get(&lane_id) else {
@@ -711,25 +724,42 @@ pub const PURGE_CHUNK: i64 = 1_000;
 /// Pause between two purge chunks, so that delivery commits interleave with the purge.
 const PURGE_PAUSE: std::time::Duration = std::time::Duration::from_millis(5);
 
+/// Deletes up to `$2` rows of status `$3` finished before `$1`, oldest first: the rows are
+/// found through the `(status, finished_at)` index, and deleted by id (on PostgreSQL through
+/// an id array, which keeps the delete on the primary key instead of a semi-join).
+pub fn purge_sql(backend: Backend) -> &'static str {
+    match backend {
+        Backend::Sqlite => {
+            "DELETE FROM notify_outbox WHERE id IN (SELECT id FROM notify_outbox \
+             WHERE status = $3 AND finished_at < $1 ORDER BY finished_at LIMIT $2)"
+        }
+        Backend::Postgres => {
+            "DELETE FROM notify_outbox WHERE id = ANY (ARRAY(SELECT id FROM notify_outbox \
+             WHERE status = $3 AND finished_at < $1 ORDER BY finished_at LIMIT $2))"
+        }
+    }
+}
+
 /// Deletes delivered and merged rows finished before `before` (ms) in chunks of
-/// [`PURGE_CHUNK`], pausing between chunks; returns how many.
+/// [`PURGE_CHUNK`] rows, each its own transaction, pausing between chunks; returns how many.
 pub async fn purge_finished(db: &Db, before: i64) -> Result<u64, sqlx::Error> {
     let mut total = 0;
-    loop {
-        let done = sqlx::query(
-            "DELETE FROM notify_outbox WHERE id IN (SELECT id FROM notify_outbox \
-             WHERE status IN ('delivered', 'merged') AND finished_at < $1 LIMIT $2)",
-        )
-        .bind(before)
-        .bind(PURGE_CHUNK)
-        .execute(&db.pool)
-        .await?;
-        total += done.rows_affected();
-        if done.rows_affected() < u64::try_from(PURGE_CHUNK).unwrap_or(u64::MAX) {
-            return Ok(total);
+    for finished in [status::DELIVERED, status::MERGED] {
+        loop {
+            let done = sqlx::query(purge_sql(db.backend))
+                .bind(before)
+                .bind(PURGE_CHUNK)
+                .bind(finished)
+                .execute(&db.pool)
+                .await?;
+            total += done.rows_affected();
+            if done.rows_affected() < u64::try_from(PURGE_CHUNK).unwrap_or(u64::MAX) {
+                break;
+            }
+            tokio::time::sleep(PURGE_PAUSE).await;
         }
-        tokio::time::sleep(PURGE_PAUSE).await;
     }
+    Ok(total)
 }
 
 /// The latest recorded event of a case by its number (`INC0010001`) or case key.

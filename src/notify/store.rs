@@ -212,16 +212,26 @@ pub struct SubscriptionHealth {
     pub last_error: Option<String>,
 }
 
+/// The subscriptions of conversation `$1`, oldest first.
+pub const LIST_SQL: &str = "SELECT id, filter_text, COALESCE(created_by_name, created_by), created_at, \
+     enabled, disabled_reason, failure_count, last_error FROM notify_subscriptions \
+     WHERE conversation_id = $1 ORDER BY created_at, id";
+
+/// Outbox counts per status of `count` subscriptions (`$1…`).
+pub fn list_health_sql(count: usize) -> String {
+    format!(
+        "SELECT subscription_id, status, COUNT(*), MAX(finished_at) FROM notify_outbox \
+         WHERE subscription_id IN ({}) GROUP BY subscription_id, status",
+        placeholders(1, count)
+    )
+}
+
 /// The subscriptions of a conversation, oldest first, with their health.
 pub async fn list(db: &Db, conversation_id: &str) -> Result<Vec<SubscriptionHealth>, sqlx::Error> {
-    let rows = sqlx::query(
-        "SELECT id, filter_text, COALESCE(created_by_name, created_by), created_at, enabled, \
-         disabled_reason, failure_count, last_error FROM notify_subscriptions \
-         WHERE conversation_id = $1 ORDER BY created_at, id",
-    )
-    .bind(conversation_id)
-    .fetch_all(&db.pool)
-    .await?;
+    let rows = sqlx::query(LIST_SQL)
+        .bind(conversation_id)
+        .fetch_all(&db.pool)
+        .await?;
     let mut list: Vec<SubscriptionHealth> = rows
         .iter()
         .map(|row| {
@@ -244,11 +254,7 @@ pub async fn list(db: &Db, conversation_id: &str) -> Result<Vec<SubscriptionHeal
     if list.is_empty() {
         return Ok(list);
     }
-    let sql = format!(
-        "SELECT subscription_id, status, COUNT(*), MAX(finished_at) FROM notify_outbox \
-         WHERE subscription_id IN ({}) GROUP BY subscription_id, status",
-        placeholders(1, list.len())
-    );
+    let sql = list_health_sql(list.len());
     let mut query = sqlx::query(&sql);
     for item in &list {
         query = query.bind(item.id.clone());

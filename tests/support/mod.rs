@@ -6,6 +6,7 @@ pub mod connector;
 pub mod db;
 pub mod link;
 pub mod notify;
+pub mod notify_scale;
 pub mod playground;
 pub mod setup;
 pub mod tokens;
