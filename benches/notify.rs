@@ -1,16 +1,23 @@
 //! Notification delivery benchmark: 10,000 notifications (10 cases × 1,000 channels) through a
 //! fake Bot Connector on loopback, outbox durable in SQLite and PostgreSQL.
 //!
-//! 1. No connector limit (bot limits off): deliveries per second (claims and status updates
-//!    are batched; every outcome is committed before the next batch).
+//! 1. No connector limit (bot limits off): deliveries per second, 3 runs on fresh databases,
+//!    median and spread. A delivery counts once its outcome is committed: the clock stops when
+//!    the outbox has no pending row left (claims and status updates are batched; every
+//!    outcome is committed before the next batch).
 //! 2. The fake enforces Teams' limits (50 calls/s per app, 7 calls/s per conversation, sliding
 //!    one-second windows, 429 above them) and the bot runs with the same limits: the achieved
 //!    rate against the allowed one, and the 429s received (should be zero).
 //!
-//! Run: `cargo bench --bench notify` (PostgreSQL when `TEST_POSTGRES_URL` names a server where
-//! the role may create databases). `NOTIFY_BENCH_LIMITED=<n>` changes the size of the
-//! limited run (default 1,000 notifications, about 20 s).
+//! The header names the databases' durability settings (read from them), cores, the measured
+//! process and the load. Run: `cargo bench --bench notify` (PostgreSQL when
+//! `TEST_POSTGRES_URL` names a server where the role may create databases;
+//! `scripts/bench-postgres.sh notify` starts one with the production durability settings).
+//! `NOTIFY_BENCH_RUNS` changes the number of runs (default 3), `NOTIFY_BENCH_LIMITED=<n>` the
+//! size of the limited run (default 1,000 notifications, about 20 s).
 
+#[path = "support/conditions.rs"]
+mod conditions;
 #[path = "../tests/support/db.rs"]
 #[allow(dead_code)]
 mod db_support;
@@ -32,26 +39,59 @@ const CASES: usize = 10;
 
 #[tokio::main]
 async fn main() {
-    let mut backends: Vec<(&str, db_support::TestDb)> =
-        vec![("sqlite", db_support::sqlite_test_db().await)];
-    if std::env::var(db_support::POSTGRES_URL_VAR).is_ok_and(|v| !v.trim().is_empty()) {
-        if let Some(db) = db_support::postgres_test_db().await {
-            backends.push(("postgres", db));
+    let postgres = std::env::var(db_support::POSTGRES_URL_VAR).is_ok_and(|v| !v.trim().is_empty());
+    let mut labels = vec!["sqlite"];
+    {
+        let probe = db_support::sqlite_test_db().await;
+        let pg = if postgres {
+            db_support::postgres_test_db().await
+        } else {
+            None
+        };
+        let mut shown = vec![&probe.db];
+        if let Some(pg) = &pg {
+            shown.push(&pg.db);
+            labels.push("postgres");
         }
-    } else {
-        println!("PostgreSQL skipped: set TEST_POSTGRES_URL to include it");
+        conditions::print_header(
+            "notify: delivery throughput and Teams' limits",
+            "this bench process (delivery worker, fake connector and bench in one process)",
+            &shown,
+        )
+        .await;
+        if !postgres {
+            println!(
+                "   PostgreSQL skipped: set TEST_POSTGRES_URL (or run scripts/bench-postgres.sh)"
+            );
+        }
     }
+    let runs = knob("NOTIFY_BENCH_RUNS", 3).max(1);
 
     println!(
-        "\n1. {CASES} cases x {CONVERSATIONS} channels = {} notifications, no connector limit",
+        "\n1. {CASES} cases x {CONVERSATIONS} channels = {} notifications, no connector limit; {runs} runs",
         CASES * CONVERSATIONS
     );
     println!(
-        "{:>9} {:>12} {:>10} {:>13} {:>10} {:>11}",
-        "backend", "record s", "deliver s", "deliveries/s", "calls", "duplicates"
+        "{:>9} {:>4} {:>9} {:>10} {:>13} {:>10} {:>11}",
+        "backend", "run", "record s", "deliver s", "deliveries/s", "calls", "duplicates"
     );
-    for (label, test) in &backends {
-        unlimited(label, &test.url).await;
+    for label in &labels {
+        let mut rates = Vec::new();
+        for run in 1..=runs {
+            let test = if *label == "postgres" {
+                db_support::postgres_test_db()
+                    .await
+                    .expect("TEST_POSTGRES_URL")
+            } else {
+                db_support::sqlite_test_db().await
+            };
+            rates.push(unlimited(label, run, &test.url).await);
+        }
+        let (median, low, high) = conditions::median_and_spread(&mut rates);
+        println!(
+            "{label:>9} median {median:.0} deliveries/s over {runs} runs (spread {low:.0}-{high:.0}); load {}",
+            conditions::load()
+        );
     }
 
     if std::env::var("NOTIFY_BENCH_SKIP_LIMITED").as_deref() == Ok("1") {
@@ -71,7 +111,7 @@ async fn main() {
     // Fresh databases for the limited runs.
     let mut fresh: Vec<(&str, db_support::TestDb)> =
         vec![("sqlite", db_support::sqlite_test_db().await)];
-    if backends.len() > 1
+    if labels.len() > 1
         && let Some(db) = db_support::postgres_test_db().await
     {
         fresh.push(("postgres", db));
@@ -134,7 +174,8 @@ async fn drain(app: &Arc<App>) {
     let _ = running.await;
 }
 
-async fn unlimited(label: &str, url: &str) {
+/// One unlimited run; returns deliveries per second.
+async fn unlimited(label: &str, run: usize, url: &str) -> f64 {
     let fake = LoadConnector::start(Faults::default()).await;
     let app = build_app(
         &fake,
@@ -165,12 +206,14 @@ async fn unlimited(label: &str, url: &str) {
         CASES * CONVERSATIONS,
         "{counts:?}"
     );
+    let rate = counts.delivered as f64 / seconds;
     println!(
-        "{label:>9} {recorded:>12.2} {seconds:>10.2} {:>13.0} {:>10} {:>11}",
-        counts.delivered as f64 / seconds,
+        "{label:>9} {run:>4} {recorded:>9.2} {seconds:>10.2} {rate:>13.0} {:>10} {:>11}   load {}",
         fake.delivery_count(),
-        fake.delivery_count() - fake.unique_messages()
+        fake.delivery_count() - fake.unique_messages(),
+        conditions::load()
     );
+    rate
 }
 
 async fn limited_run(label: &str, url: &str, conversations: usize, cases: usize, allowed: f64) {
@@ -205,9 +248,10 @@ async fn limited_run(label: &str, url: &str, conversations: usize, cases: usize,
     let achieved = (deliveries.len().saturating_sub(1)) as f64 / seconds;
     let scenario = format!("{cases} x {conversations} channel(s)");
     println!(
-        "{label:>9} {scenario:>28} {:>8} {seconds:>10.2} {achieved:>12.1} {allowed:>9.0} {:>6}   ({:.1}% of allowed)",
+        "{label:>9} {scenario:>28} {:>8} {seconds:>10.2} {achieved:>12.1} {allowed:>9.0} {:>6}   ({:.1}% of allowed; load {})",
         deliveries.len(),
         fake.rate_limited(),
-        100.0 * achieved / allowed
+        100.0 * achieved / allowed,
+        conditions::load()
     );
 }
