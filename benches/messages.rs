@@ -122,7 +122,12 @@ async fn main() {
         eprintln!(
             "FAILED: {} request(s) without exactly one reply at the fake connector; the first: {}",
             problems.len(),
-            problems.iter().take(5).cloned().collect::<Vec<_>>().join("; ")
+            problems
+                .iter()
+                .take(5)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("; ")
         );
         std::process::exit(1);
     }

@@ -163,12 +163,12 @@ async fn collect(
 
 fn report(label: &str, path: &str, rate: usize, seconds: usize, latencies: &[f64]) {
     println!(
-        "{label:>9} {path:>5} {:>8} {:>7.1} {:>9.1} {:>9.1} {:>9.1}   load {}",
+        "{label:>9} {path:>5} {:>8} {:>7.1} {:>9.1} {:>9.1} {:>9}   load {}",
         format!("{rate}/s x {seconds}s"),
         conditions::percentile(latencies, 50.0),
         conditions::percentile(latencies, 99.0),
         latencies.last().copied().unwrap_or(f64::NAN),
-        latencies.len() as f64,
+        latencies.len(),
         conditions::load()
     );
 }
@@ -315,9 +315,7 @@ async fn main() {
     let rate = knob("NOTIFY_LATENCY_RATE", 100);
     let push_seconds = knob("NOTIFY_LATENCY_SECONDS", 60);
     let poll_seconds = knob("NOTIFY_LATENCY_POLL_SECONDS", 20);
-    println!(
-        "\n{CHANNELS} channels, one group each; every change is one card to one channel (ms)"
-    );
+    println!("\n{CHANNELS} channels, one group each; every change is one card to one channel (ms)");
     println!(
         "{:>9} {:>5} {:>8} {:>7} {:>9} {:>9} {:>9}",
         "backend", "path", "changes", "p50", "p99", "max", "cards"

@@ -9,7 +9,12 @@ use sqlx::Row;
 /// `/proc/loadavg`'s 1, 5 and 15 minute averages (`?` where it cannot be read).
 pub fn load() -> String {
     std::fs::read_to_string("/proc/loadavg")
-        .map(|text| text.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .map(|text| {
+            text.split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
         .unwrap_or_else(|_| "?".to_owned())
 }
 
@@ -24,6 +29,12 @@ pub fn peak_rss_mib(pid: u32) -> Option<f64> {
 /// Peak resident memory of this process, in MiB.
 pub fn own_peak_rss_mib() -> Option<f64> {
     peak_rss_mib(std::process::id())
+}
+
+/// Resets this process's peak resident memory to its current size (Linux: `5` into
+/// `/proc/self/clear_refs`), so that the next [`own_peak_rss_mib`] covers only what follows.
+pub fn reset_own_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
 /// One line naming the durability settings of `db`, read from the server or file.

@@ -35,7 +35,8 @@ pub struct Scale {
 impl Scale {
     /// `outbox_rows` rows; a tenth as many subscriptions over a fifth as many conversations
     /// (100,000 subscriptions in 20,000 conversations at 1,000,000 rows), 20 subscriptions per
-    /// group, each event delivered through 100 subscriptions, 5 events per case, 1% pending.
+    /// group, each event delivered through 100 subscriptions, 5 events per case, 1% of the
+    /// cases pending (at least 2).
     pub fn for_rows(outbox_rows: usize) -> Self {
         let subscriptions = (outbox_rows / 10).max(500);
         Self {
@@ -60,9 +61,10 @@ impl Scale {
         (n / (self.subscriptions / self.groups).max(1)).min(self.groups - 1)
     }
 
-    /// Cases whose deliveries are pending (the last ones).
+    /// Cases whose deliveries are pending (the last ones); at least 2, so that a claim of 200
+    /// lanes finds 200 at every size.
     pub fn pending_cases(&self) -> usize {
-        (self.cases() * self.pending_per_mille / 1000).max(1)
+        (self.cases() * self.pending_per_mille / 1000).max(2)
     }
 }
 
