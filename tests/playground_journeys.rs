@@ -227,8 +227,7 @@ fn agents_playground_runs_the_three_journeys_against_the_sandbox() {
     );
     assert_eq!(setup["created"][6], "Integration user", "{summary}");
     assert_eq!(
-        setup["completion"]["title"],
-        "Setup complete: hand these values to the Microsoft 365 admin",
+        setup["completion"]["title"], "Setup complete: the bot now runs the integration",
         "{summary}"
     );
     assert_eq!(setup["runTests"]["failed"], 0, "{summary}");

@@ -197,7 +197,7 @@ async function journeySetup(session) {
   card = await press(session, messageId, card, "Check again", {}, "setup cross-scope");
 
   session.step = "setup: completion card";
-  expectHeading(card, "Setup complete: hand these values to the Microsoft 365 admin", "setup after the cross-scope check");
+  expectHeading(card, "Setup complete: the bot now runs the integration", "setup after the cross-scope check");
   visited.push(cardHeading(card));
   for (const label of ["Application ID", "Repository"]) expectText(card, label, "setup completion card");
   const completionValues = cardTexts(card).length;
@@ -214,7 +214,7 @@ async function journeySetup(session) {
 
   session.step = "setup: Show the values";
   const values = await press(session, messageId, card, "Show the values", {}, "setup Run tests");
-  expectHeading(values, "Setup complete: hand these values to the Microsoft 365 admin", "setup Show the values");
+  expectHeading(values, "Setup complete: the bot now runs the integration", "setup Show the values");
   keep("setup_complete", values);
 
   session.step = "setup: `setup status`";
