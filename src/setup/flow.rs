@@ -424,6 +424,9 @@ pub async fn action(app: &App, event: &InboundEvent, verb: &str, data: &Value) -
                 Some("Type **setup** to start again."),
             );
         }
+        status::CANCELLED if verb == "setup.delete_created" => {
+            return delete_created(app, row, &actor).await;
+        }
         status::CANCELLED => return vec![view::step_card(app, &row, &[], None)],
         _ => {}
     }
@@ -610,13 +613,28 @@ async fn submit(
         ..row
     };
     let Some(effect) = started.effects.first() else {
+        let mut detail = format!("now at {:?}", row.wizard.step);
+        if row.wizard.step == Step::Cancelled {
+            let made: Vec<String> = effects::made_by(&row.wizard.data)
+                .iter()
+                .map(effects::Made::describe)
+                .collect();
+            detail.push_str(&format!(
+                "; created by this setup and still existing: {}",
+                if made.is_empty() {
+                    "nothing".to_owned()
+                } else {
+                    made.join(", ")
+                }
+            ));
+        }
         audit(
             app,
             &row.setup_id,
             actor,
             &format!("{verb} at {step:?}"),
             "ok",
-            &format!("now at {:?}", row.wizard.step),
+            &detail,
         )
         .await;
         return vec![card_for(app, &row, None).await];
@@ -1184,6 +1202,42 @@ async fn handover_to(app: &App, row: SetupRow, actor: &str, entered: &str) -> Ve
         "Reveal link (hand-over) sent to {email}; the recipient must sign in and hold a Microsoft 365 admin role"
     );
     save_completed(app, row, wizard, actor, "hand over", &detail).await
+}
+
+/// Deletes what a cancelled setup created (and only that), audits each result and shows what
+/// remains.
+async fn delete_created(app: &App, row: SetupRow, actor: &str) -> Vec<Reply> {
+    let results = effects::delete_made(app, &row.wizard.data).await;
+    let mut wizard = row.wizard.clone();
+    let mut lines = Vec::new();
+    for (made, outcome) in &results {
+        let (outcome_word, line) = match outcome {
+            effects::Removal::Deleted => ("ok", format!("deleted {}", made.describe())),
+            effects::Removal::AlreadyGone => {
+                ("ok", format!("{} was already gone", made.describe()))
+            }
+            effects::Removal::Kept(why) => (
+                "failed",
+                format!("not deleted: {} ({why})", made.describe()),
+            ),
+        };
+        if !matches!(outcome, effects::Removal::Kept(_)) {
+            wizard.data.removed.push(made.key().to_owned());
+        }
+        audit(
+            app,
+            &row.setup_id,
+            actor,
+            "delete created",
+            outcome_word,
+            &line,
+        )
+        .await;
+        lines.push(line);
+    }
+    wizard.data.notes = lines;
+    let shown = save_wizard(app, row, wizard).await;
+    vec![view::step_card(app, &shown, &[], None)]
 }
 
 async fn setup_status(app: &App, user: &ChatUser) -> Vec<Reply> {

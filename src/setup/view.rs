@@ -405,11 +405,43 @@ pub fn step_card_with(
             return complete_card(app, row, None, None);
         }
         Step::Cancelled => {
-            return Reply::notice(
-                crate::core::Tone::Warning,
+            let made = super::effects::made_by(data);
+            let facts: Vec<Value> = made
+                .iter()
+                .map(|m| {
+                    json!({"title": match m {
+                    super::effects::Made::App { .. } => "Entra app".to_owned(),
+                    super::effects::Made::Record { table, .. } => format!("ServiceNow {table}"),
+                }, "value": m.describe()})
+                })
+                .collect();
+            let text = if made.is_empty() {
+                "This setup was cancelled; its secrets were deleted. Nothing it created still exists (apps and records it found, reused or you picked are never deleted). Type **setup** to start again."
+            } else {
+                "This setup was cancelled; its secrets were deleted. It created the apps and records below, which still exist. **Delete what this setup created** removes exactly these, each after checking it is still what this setup made; apps and records it found, reused or you picked are not listed and are never deleted. Type **setup** to start again."
+            };
+            let actions = if made.is_empty() {
+                Vec::new()
+            } else {
+                vec![action(
+                    "Delete what this setup created",
+                    "setup.delete_created",
+                    "destructive",
+                    row,
+                    json!({}),
+                    false,
+                )]
+            };
+            return step_reply(
                 "Setup cancelled",
-                "This setup was cancelled; its secrets were deleted.",
-                Some("Type **setup** to start again."),
+                "Setup · cancelled",
+                "warning",
+                text,
+                facts,
+                notes,
+                wizard,
+                Vec::new(),
+                actions,
             );
         }
     };
