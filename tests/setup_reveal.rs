@@ -439,13 +439,13 @@ async fn a_hand_over_goes_once_to_an_admin_and_can_be_revoked() {
         .requests()
         .into_iter()
         .filter(|r| r.conversation_id.as_deref() == Some("a:fred-personal"))
-        .filter_map(|r| {
+        .rev()
+        .find_map(|r| {
             let card = r.body["attachments"][0]["content"].clone();
             card_text(&card)
                 .contains("handed the Microsoft 365 support integration")
                 .then(|| reveal_url(&card))
         })
-        .last()
         .expect("second hand-over card");
     assert_ne!(second_url, url);
     h.bot
