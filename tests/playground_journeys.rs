@@ -230,6 +230,10 @@ fn agents_playground_runs_the_three_journeys_against_the_sandbox() {
         setup["completion"]["title"], "Setup complete: the bot now runs the integration",
         "{summary}"
     );
+    // The completion card's Reveal button: the Entra sign-in, the values once, then refused.
+    assert_eq!(setup["reveal"]["status"], 200, "{summary}");
+    assert_eq!(setup["reveal"]["again"], 410, "{summary}");
+    assert_eq!(setup["reveal"]["hops"][0], "302 /setup/reveal", "{summary}");
     assert_eq!(setup["runTests"]["failed"], 0, "{summary}");
     assert_eq!(setup["runTests"]["skipped"], 0, "{summary}");
     assert!(
