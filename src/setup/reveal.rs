@@ -157,7 +157,7 @@ async fn by(db: &Db, column: &str, hash: &str) -> sqlx::Result<Option<RevealRow>
 
 /// Marks the link used by `viewed_by` if it is still unused, unrevoked and unexpired at `now`;
 /// false when another request used it first (or it lapsed meanwhile).
-async fn mark_used(db: &Db, token_hash: &str, now: i64, viewed_by: &str) -> sqlx::Result<bool> {
+pub async fn mark_used(db: &Db, token_hash: &str, now: i64, viewed_by: &str) -> sqlx::Result<bool> {
     let done = sqlx::query(
         "UPDATE setup_reveals SET used_at = $1, viewed_by = $2, state_hash = NULL, nonce = NULL \
          WHERE token_hash = $3 AND used_at IS NULL AND revoked_at IS NULL AND expires_at > $4",
@@ -422,7 +422,7 @@ pub async fn callback(app: &App, state: &str, params: &CallbackParams) -> Respon
                 &row.setup_id,
                 "m365bot",
                 "refused",
-                &format!("{who}: {title}"),
+                &format!("{who}: {title}: {message}"),
             )
             .await;
             return error_page(status, title, &message, next);
