@@ -720,6 +720,7 @@ async fn submit(
             "integration stored; secrets kept encrypted, offered through a Reveal link",
         )
         .await;
+        crate::integration::runtime::reload(app).await;
         let binding = setup_admin_binding(app, event, user).await;
         return reveal_link(app, row, actor, &binding).await;
     }
