@@ -464,3 +464,61 @@ async fn a_hand_over_goes_once_to_an_admin_and_can_be_revoked() {
         "{audit:?}"
     );
 }
+
+#[tokio::test]
+async fn with_basic_auth_the_page_shows_the_integration_password_only() {
+    let h = harness().await;
+    let (bot, world) = (&h.bot, &h.world);
+    let consent = bot.say(world, ADMIN, "setup").await;
+    let env = bot.press(world, ADMIN, &consent, "Agree", json!({})).await;
+    let tenant = bot
+        .press(world, ADMIN, &env, "Start setup", json!({"auth": "basic"}))
+        .await;
+    let mut card = bot
+        .press(
+            world,
+            ADMIN,
+            &tenant,
+            "Verify and continue",
+            json!({"domain": "contoso.onmicrosoft.com"}),
+        )
+        .await;
+    for _ in 0..2 {
+        card = bot.press(world, ADMIN, &card, "Continue", create()).await;
+    }
+    card = bot
+        .press(
+            world,
+            ADMIN,
+            &card,
+            "Continue",
+            json!({"mode": "create", "user_name": "m365_integration"}),
+        )
+        .await;
+    let complete = bot
+        .press(world, ADMIN, &card, "Check again", json!({}))
+        .await;
+    let secrets = h.stored_secrets().await;
+    assert_eq!(secrets.len(), 2, "outbound secret and generated password");
+    assert!(!contains_any(&complete.to_string(), &secrets));
+    let text = card_text(&complete);
+    assert!(
+        text.contains("Integration user") && text.contains("m365_integration"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("OIDC entity"),
+        "no OIDC entity with Basic Auth: {text}"
+    );
+    let (status, _, page) = h.open(&reveal_url(&complete), admin()).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(
+        page.contains("password of the integration user m365_integration"),
+        "{page}"
+    );
+    assert_eq!(
+        secrets.iter().filter(|s| page.contains(s.as_str())).count(),
+        1,
+        "the password only, not the outbound secret: {page}"
+    );
+}
