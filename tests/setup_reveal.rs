@@ -376,6 +376,18 @@ async fn a_hand_over_goes_once_to_an_admin_and_can_be_revoked() {
     let (status, _, page) = h.open(&url, fred()).await;
     assert_eq!(status, 403, "{page}");
     assert!(page.contains("no Microsoft 365 admin"), "{page}");
+    // Roles that cannot be read: refused (fail closed), the link stays unused.
+    h.world
+        .sandbox
+        .handle()
+        .set_directory_role_reads_denied(true);
+    let (status, _, page) = h.open(&url, fred()).await;
+    assert_eq!(status, 503, "{page}");
+    assert!(page.contains("could not be checked"), "{page}");
+    h.world
+        .sandbox
+        .handle()
+        .set_directory_role_reads_denied(false);
     // Another account than fred's: refused.
     let (status, _, page) = h.open(&url, admin()).await;
     assert_eq!(status, 403, "{page}");

@@ -678,3 +678,42 @@ fn values_page(viewer: &str, values: &[(String, String, String)]) -> Response {
     no_store(&mut response);
     response
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims(oid: &str, username: &str) -> token::IdClaims {
+        token::IdClaims {
+            oid: oid.to_owned(),
+            tid: "t".to_owned(),
+            username: username.to_owned(),
+            name: None,
+        }
+    }
+
+    #[test]
+    fn a_binding_accepts_only_its_person() {
+        let by_oid = Binding {
+            oid: Some("7C1E0F4A-0000-4000-8000-000000000001".to_owned()),
+            login: Some("admin@contoso.com".to_owned()),
+            label: "admin".to_owned(),
+        };
+        assert!(by_oid.accepts(&claims("7c1e0f4a-0000-4000-8000-000000000001", "x@y")));
+        // With an object id known, the e-mail alone is not enough.
+        assert!(!by_oid.accepts(&claims("other", "admin@contoso.com")));
+        let by_login = Binding {
+            oid: None,
+            login: Some("admin@contoso.com".to_owned()),
+            label: "admin".to_owned(),
+        };
+        assert!(by_login.accepts(&claims("any", "Admin@Contoso.com")));
+        assert!(!by_login.accepts(&claims("any", "jane@contoso.com")));
+        let nobody = Binding {
+            oid: None,
+            login: None,
+            label: "?".to_owned(),
+        };
+        assert!(!nobody.accepts(&claims("any", "admin@contoso.com")));
+    }
+}
