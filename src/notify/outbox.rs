@@ -277,17 +277,19 @@ pub struct ClaimedLane {
 }
 
 /// Leases up to `$4` due lanes (`$3`: now) to `$1` until `$2`, skipping frozen conversations.
+/// On PostgreSQL the candidates are locked `SKIP LOCKED` and passed as an id array, which
+/// keeps the update on the primary key instead of a semi-join over every lane.
 pub fn claim_lanes_sql(backend: Backend) -> String {
-    let lock = match backend {
-        Backend::Postgres => " FOR UPDATE SKIP LOCKED",
-        Backend::Sqlite => "",
+    let (open, close) = match backend {
+        Backend::Postgres => ("= ANY (ARRAY(", " FOR UPDATE SKIP LOCKED))"),
+        Backend::Sqlite => ("IN (", ")"),
     };
     format!(
-        "UPDATE notify_lanes SET lease_owner = $1, lease_until = $2 WHERE id IN (\
+        "UPDATE notify_lanes SET lease_owner = $1, lease_until = $2 WHERE id {open}\
          SELECT id FROM notify_lanes WHERE pending_count > 0 AND next_attempt_at <= $3 \
          AND lease_until < $3 AND conversation_id NOT IN \
          (SELECT conversation_id FROM notify_destinations WHERE frozen_until > $3) \
-         ORDER BY next_attempt_at, id LIMIT $4{lock}) AND lease_until < $3 \
+         ORDER BY next_attempt_at, id LIMIT $4{close} AND lease_until < $3 \
          RETURNING id, case_key, conversation_id, root_activity_id, delivered_updated_at, delivered_state"
     )
 }
