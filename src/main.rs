@@ -71,6 +71,14 @@ enum Commands {
         #[arg(long)]
         repair: bool,
     },
+    /// Rotate an app's client secret: add a new one through Graph, write it where it is used
+    /// (ServiceNow and the bot's encrypted store), verify it live, then remove the old one.
+    /// Exits 1 when the secret was not rotated (the old one is kept and still works).
+    RotateSecret {
+        /// Which app: outbound, inbound or rest-user.
+        #[arg(value_parser = parse_secret_target)]
+        app: m365bot::integration::rotate::SecretTarget,
+    },
     /// Print the ServiceNow Business Rule that pushes case updates to the bot (JavaScript,
     /// for the configured case table; replace <SECRET> with notifications.sources.push.hmac_secret).
     ServicenowScript {
@@ -159,6 +167,7 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
             settings.integration = Some(spec.clone());
             doctor(&settings, &spec, json, repair).await
         }
+        Commands::RotateSecret { app } => rotate_secret(settings, app).await,
         Commands::Manifest { .. }
         | Commands::Init(_)
         | Commands::Sandbox { .. }
@@ -221,6 +230,49 @@ async fn doctor(
         std::process::ExitCode::FAILURE
     } else {
         std::process::ExitCode::SUCCESS
+    })
+}
+
+fn parse_secret_target(word: &str) -> Result<m365bot::integration::rotate::SecretTarget, String> {
+    m365bot::integration::rotate::SecretTarget::parse(word)
+        .ok_or_else(|| "expected outbound, inbound or rest-user".to_owned())
+}
+
+async fn rotate_secret(
+    settings: Settings,
+    target: m365bot::integration::rotate::SecretTarget,
+) -> anyhow::Result<std::process::ExitCode> {
+    let mut settings = settings;
+    // A stored setup that cannot be opened is explained by the rotation itself.
+    if let Ok(Some(spec)) = m365bot::setup::stored_integration_spec(&settings).await {
+        settings.integration = Some(spec);
+    }
+    let db = m365bot::db::Db::connect(&settings.database.url, 1).await?;
+    db.migrate().await?;
+    let http = m365bot::app::http_client(&settings)?;
+    let upstreams =
+        m365bot::integration::Upstreams::from_settings(&settings, http, std::sync::Arc::default());
+    let report = m365bot::setup::rotate::rotate_secret(
+        &db,
+        &settings,
+        &upstreams,
+        target,
+        "command line (m365bot rotate-secret)",
+    )
+    .await;
+    println!("{}", report.text());
+    if let Some(next) = &report.next_step {
+        println!("next: {next}");
+    }
+    Ok(if report.rotated {
+        println!("rotated the {}'s client secret", target.label());
+        std::process::ExitCode::SUCCESS
+    } else {
+        println!(
+            "NOT rotated: the {}'s old client secret is kept",
+            target.label()
+        );
+        std::process::ExitCode::FAILURE
     })
 }
 

@@ -3,7 +3,9 @@
 
 pub mod doctor;
 pub mod provision;
+pub mod rotate;
 pub mod schema;
+pub mod watch;
 
 use std::sync::Arc;
 

@@ -222,7 +222,7 @@ pub struct AppProgress {
 }
 
 /// Display name of the secrets setup adds (and removes again when no longer used).
-const SECRET_NAME: &str = "m365bot";
+pub const SECRET_NAME: &str = "m365bot";
 
 /// True for the answers Entra ID gives while a just-created app replicates: Graph 404, or
 /// 400 "does not reference a valid application object".

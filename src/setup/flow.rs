@@ -104,7 +104,8 @@ pub fn open_secrets(secret_box: &SecretBox, row: &SetupRow) -> Result<Secrets, S
     ))
 }
 
-fn seal_secrets(
+/// Seals secrets for a row's `secrets` column (`None` when there are none).
+pub fn seal_secrets(
     secret_box: &SecretBox,
     setup_id: &str,
     secrets: &Secrets,
@@ -134,6 +135,7 @@ pub async fn command(app: &App, event: &InboundEvent, command: Command) -> Vec<R
         Command::Setup => start_or_show(app, event, &user).await,
         Command::SetupStatus => setup_status(app, &user).await,
         Command::Doctor { repair } => doctor(app, &user, repair).await,
+        Command::RotateSecret { target } => rotate_secret(app, &user, target).await,
         other => vec![crate::core::not_available(&other)],
     }
 }
@@ -1199,6 +1201,28 @@ async fn doctor(app: &App, user: &ChatUser, repair: bool) -> Vec<Reply> {
         "Doctor"
     };
     vec![view::results_card(title, &outcomes, Vec::new())]
+}
+
+async fn rotate_secret(
+    app: &App,
+    user: &ChatUser,
+    target: crate::integration::rotate::SecretTarget,
+) -> Vec<Reply> {
+    let tenant = match store::latest_completed(&app.db).await {
+        Ok(Some(row)) => row.wizard.data.tenant.clone().unwrap_or_default(),
+        Ok(None) => String::new(),
+        Err(err) => return storage_failure(&err),
+    };
+    let upstreams = effects::upstreams_for(app, &tenant);
+    let report = super::rotate::rotate_secret(
+        &app.db,
+        &app.settings,
+        &upstreams,
+        target,
+        &actor_label(user),
+    )
+    .await;
+    vec![view::rotation_card(target, &report)]
 }
 
 /// Stores `wizard` on `row` if nobody changed the row meanwhile (same version) and returns the

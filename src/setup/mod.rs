@@ -8,6 +8,7 @@
 pub mod crypto;
 pub mod effects;
 pub mod flow;
+pub mod rotate;
 pub mod settings;
 pub mod state;
 pub mod store;
@@ -66,6 +67,11 @@ pub const COMMANDS: &[CommandHelp] = &[
     CommandHelp {
         usage: "doctor [--repair]",
         description: "Verify the integration end to end, with a fix for every failure.",
+        scopes: &["personal", "team", "groupChat"],
+    },
+    CommandHelp {
+        usage: "rotate-secret outbound|inbound|rest-user",
+        description: "Replace an app's client secret everywhere it is used, verified, then remove the old one (ServiceNow admins).",
         scopes: &["personal", "team", "groupChat"],
     },
 ];
