@@ -421,15 +421,14 @@ pub fn alert_model(transitions: &[Transition], context: &AlertContext) -> Value 
         .into_iter()
         .map(|t| {
             let o = &t.observation;
-            let (mark, color, what) = match o.state {
-                SubjectState::Failing => ("❌", "Attention", "failing"),
-                SubjectState::Expiring => ("⚠️", "Warning", "expiring"),
-                SubjectState::Ok if t.from == "expiring" => ("✅", "Good", "renewed"),
-                SubjectState::Ok => ("✅", "Good", "recovered"),
+            let (tone, what) = match o.state {
+                SubjectState::Failing => ("attention", "failing"),
+                SubjectState::Expiring => ("warning", "expiring"),
+                SubjectState::Ok if t.from == "expiring" => ("good", "renewed"),
+                SubjectState::Ok => ("good", "recovered"),
             };
             json!({
-                "mark": mark,
-                "color": color,
+                "tone": tone,
                 "title": format!("{} ({what})", o.title),
                 "detail": o.detail,
                 "fix": o.fix,
@@ -589,9 +588,13 @@ async fn send_alert(
 /// The name of the doctor's schedule row.
 const DOCTOR_SCHEDULE: &str = "doctor";
 
+/// The first scheduled run after the very first start comes at most this long after it.
+const FIRST_RUN_DELAY_MS: i64 = 5 * 60 * 1000;
+
 /// Claims the next scheduled doctor run for `owner` when it is due; true when this caller
 /// must run it. Works alike on SQLite and PostgreSQL: the conditional `UPDATE` changes the row
-/// for exactly one caller.
+/// for exactly one caller. The schedule is created on first use, due one interval (at most
+/// five minutes) later.
 pub async fn claim_run(
     db: &Db,
     owner: &str,
@@ -602,7 +605,7 @@ pub async fn claim_run(
         "INSERT INTO trust_schedule (name, next_run_at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
     )
     .bind(DOCTOR_SCHEDULE)
-    .bind(now)
+    .bind(now.saturating_add(interval_ms.min(FIRST_RUN_DELAY_MS)))
     .execute(&db.pool)
     .await?;
     let claimed = sqlx::query(

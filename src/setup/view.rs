@@ -650,12 +650,12 @@ pub fn rotation_card(
         .steps
         .iter()
         .map(|(ok, line)| {
-            let (mark, color) = if *ok {
-                ("✅", "Good")
+            let (mark, title, color) = if *ok {
+                ("✅", "Done", "Good")
             } else {
-                ("❌", "Attention")
+                ("❌", "Failed", "Attention")
             };
-            json!({"mark": mark, "title": line, "detail": "", "color": color, "fix": null})
+            json!({"mark": mark, "title": title, "detail": line, "color": color, "fix": null})
         })
         .collect();
     let title = if report.rotated {
