@@ -119,7 +119,7 @@ async fn wait_for_runs(bot: &Bot, runs: i64) {
             .expect("gauges")
             .last_doctor_run
             .unwrap_or(0);
-        if now >= start + runs + 1 || std::time::Instant::now() > deadline {
+        if now > start + runs || std::time::Instant::now() > deadline {
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
