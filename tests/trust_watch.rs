@@ -629,3 +629,39 @@ async fn the_command_line_rotates_and_says_so_in_its_exit_code() {
     let client_id = app_id(&world, "REST user");
     assert!(token_works(&world, &client_id, &new).await);
 }
+
+#[tokio::test]
+async fn alerts_go_to_the_admin_who_completed_setup() {
+    for test_db in test_databases().await {
+        let db = &test_db.db;
+        let entry = |actor: &str, action: &str| m365bot::setup::store::AuditEntry {
+            setup_id: "s1".to_owned(),
+            at: m365bot::db::now_millis(),
+            actor: actor.to_owned(),
+            action: action.to_owned(),
+            outcome: "ok".to_owned(),
+            detail: String::new(),
+        };
+        m365bot::setup::store::audit(db, &entry("Beth Anglin (29:beth)", "start"))
+            .await
+            .expect("audit");
+        assert_eq!(
+            m365bot::setup::store::completed_by(db, "s1")
+                .await
+                .expect("read"),
+            None
+        );
+        m365bot::setup::store::audit(db, &entry("admin (ops) (29:admin)", "complete"))
+            .await
+            .expect("audit");
+        assert_eq!(
+            m365bot::setup::store::completed_by(db, "s1")
+                .await
+                .expect("read")
+                .as_deref(),
+            Some("29:admin"),
+            "{}",
+            test_db.label
+        );
+    }
+}

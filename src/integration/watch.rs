@@ -267,21 +267,35 @@ pub struct Recipient {
     pub service_url: Option<String>,
 }
 
-/// The admin who completed setup (the wizard's 1:1 chat) and the configured admin channel.
+/// The admin who completed setup (in their 1:1 chat with the bot, else the wizard's) and
+/// the configured admin channel.
 pub async fn recipients(app: &App) -> Vec<Recipient> {
+    use crate::setup::store;
     let mut out = Vec::new();
-    let completed = crate::setup::store::latest_completed(&app.db)
-        .await
-        .ok()
-        .flatten();
+    let completed = store::latest_completed(&app.db).await.ok().flatten();
     let setup_service_url = completed.as_ref().and_then(|row| row.service_url.clone());
-    if let Some(row) = &completed
-        && let Some(conversation_id) = &row.conversation_id
-    {
-        out.push(Recipient {
-            conversation_id: conversation_id.clone(),
-            service_url: row.service_url.clone(),
-        });
+    if let Some(row) = &completed {
+        let completer = match store::completed_by(&app.db, &row.setup_id).await {
+            Ok(Some(user_id)) => store::personal_conversation_of(&app.db, &user_id)
+                .await
+                .ok()
+                .flatten(),
+            _ => None,
+        };
+        let admin = match completer {
+            Some((conversation_id, service_url)) => Some(Recipient {
+                conversation_id,
+                service_url: Some(service_url),
+            }),
+            None => row
+                .conversation_id
+                .clone()
+                .map(|conversation_id| Recipient {
+                    conversation_id,
+                    service_url: row.service_url.clone(),
+                }),
+        };
+        out.extend(admin);
     }
     if let Some(channel) = &app.settings.watch.admin_channel
         && !out.iter().any(|r| &r.conversation_id == channel)

@@ -296,28 +296,31 @@ async fn rotate_stored(
         if let Err(err) =
             wait_until_accepted(upstreams, &stored.spec, &credentials.client_id, &new_secret).await
         {
-            break 'work format!("Entra ID did not accept the new secret: {err}");
+            break 'work Some(format!("Entra ID did not accept the new secret: {err}"));
         }
-        // 3. Where it is used.
+        // 3. Where it is used: the bot's store first (a versioned write, so of two rotations
+        // at once only one gets past this point), then ServiceNow.
+        match store_secret(db, stored, stored.row.version, target, &new_secret).await {
+            Ok(version) => {
+                stored_version = Some(version);
+                report.done("stored the new secret in the bot's encrypted setup store");
+            }
+            Err(err) => {
+                break 'work Some(format!("storing the new secret in the bot failed: {err}"));
+            }
+        }
         if let (Some(record), Some(client)) = (&record, &upstreams.servicenow) {
             if let Err(err) = rotate::write_secret(client, record, &new_secret).await {
-                break 'work format!(
+                break 'work Some(format!(
                     "writing the new secret into the ServiceNow {} failed: {err}",
                     record.describe()
-                );
+                ));
             }
             servicenow_written = true;
             report.done(format!(
                 "wrote the new secret into the ServiceNow {}",
                 record.describe()
             ));
-        }
-        match store_secret(db, stored, stored.row.version, target, &new_secret).await {
-            Ok(version) => {
-                stored_version = Some(version);
-                report.done("stored the new secret in the bot's encrypted setup store");
-            }
-            Err(err) => break 'work format!("storing the new secret in the bot failed: {err}"),
         }
         // 4. The live checks that cover the app, with the new secret.
         let spec = target.with_secret(&stored.spec, new_secret.clone());
@@ -328,18 +331,18 @@ async fn rotate_stored(
             .map(|o| format!("{}: {}", o.title, o.detail))
             .collect();
         if !failed.is_empty() {
-            break 'work format!(
+            break 'work Some(format!(
                 "verification with the new secret failed: {}",
                 failed.join("; ")
-            );
+            ));
         }
         let passed = outcomes.iter().filter(|o| o.status == Status::Pass).count();
         report.done(format!(
             "verified with the new secret: {passed} live check(s) passed"
         ));
-        String::new()
+        None
     };
-    if failure.is_empty() {
+    let Some(failure) = failure else {
         // 5. The old secret goes.
         report.rotated = true;
         if old_keys.is_empty() {
@@ -372,7 +375,7 @@ async fn rotate_stored(
             )
         });
         return report;
-    }
+    };
     // Failed between "added" and "removed": put the old secret back everywhere.
     report.failed(failure);
     if let Some(version) = stored_version {
