@@ -665,3 +665,68 @@ async fn alerts_go_to_the_admin_who_completed_setup() {
         );
     }
 }
+
+#[derive(Clone, Default)]
+struct CapturedLog(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for CapturedLog {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("log lock").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for CapturedLog {
+    type Writer = CapturedLog;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+#[tokio::test]
+async fn no_secret_reaches_the_logs_or_the_database_in_clear_when_rotating() {
+    let captured = CapturedLog::default();
+    m365bot::telemetry::init(
+        &m365bot::config::LogSettings {
+            format: m365bot::config::LogFormat::Json,
+            filter: "trace".to_owned(),
+        },
+        captured.clone(),
+    );
+    let world = World::start().await;
+    let bot = world.bot().await;
+    complete_aad_setup(&bot, &world).await;
+    let before = stored_spec(&world).await;
+    for target in ["outbound", "inbound", "rest-user"] {
+        let card = bot
+            .say(&world, ADMIN, &format!("rotate-secret {target}"))
+            .await;
+        assert!(
+            card_text(&card).contains("was rotated"),
+            "{}",
+            card_text(&card)
+        );
+    }
+    let after = stored_spec(&world).await;
+    let logs = String::from_utf8_lossy(&captured.0.lock().expect("log lock")).into_owned();
+    assert!(logs.contains("rotate-secret"), "the rotations are logged");
+    let database = std::fs::read(world.db_path()).expect("database file");
+    let wal = std::fs::read(world.db_path().with_extension("db-wal")).unwrap_or_default();
+    for spec in [&before, &after] {
+        for target in ["outbound", "inbound", "rest-user"] {
+            let secret = secret_of(spec, target);
+            assert!(!logs.contains(&secret), "{target} secret in the logs");
+            for bytes in [&database, &wal] {
+                assert!(
+                    !bytes
+                        .windows(secret.len())
+                        .any(|window| window == secret.as_bytes()),
+                    "{target} secret in the database in clear"
+                );
+            }
+        }
+    }
+}
