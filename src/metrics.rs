@@ -31,6 +31,7 @@ struct Inner {
     /// By route; looked up by `&str`, so recording allocates only for a route's first request.
     routes: BTreeMap<String, RouteStats>,
     upstream: BTreeMap<(&'static str, &'static str), u64>,
+    runtime_auth_failures: u64,
     trust: Option<TrustGauges>,
 }
 
@@ -85,6 +86,13 @@ impl Metrics {
     pub fn set_trust(&self, gauges: TrustGauges) {
         if let Ok(mut inner) = self.inner.lock() {
             inner.trust = Some(gauges);
+        }
+    }
+
+    /// Records one runtime ServiceNow call refused (401/403) or left without a token.
+    pub fn record_runtime_auth_failure(&self) {
+        if let Ok(mut inner) = self.inner.lock() {
+            inner.runtime_auth_failures += 1;
         }
     }
 
@@ -144,6 +152,13 @@ impl Metrics {
                 "m365bot_upstream_calls_total{{upstream=\"{upstream}\",outcome=\"{outcome}\"}} {count}"
             );
         }
+        out.push_str("# HELP m365bot_runtime_auth_failures_total Runtime ServiceNow calls (as the integration user) refused or left without a token.\n");
+        out.push_str("# TYPE m365bot_runtime_auth_failures_total counter\n");
+        let _ = writeln!(
+            out,
+            "m365bot_runtime_auth_failures_total {}",
+            inner.runtime_auth_failures
+        );
         if let Some(trust) = &inner.trust {
             render_trust(&mut out, trust);
         }

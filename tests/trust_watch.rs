@@ -421,6 +421,12 @@ async fn rotate_secret_for_each_app_end_to_end() {
             );
         }
     }
+    // The runtime identity uses the new REST-user secret (a fresh token is requested).
+    bot.app.runtime.forget_token().await;
+    m365bot::notify::sources::poll_servicenow_once(&bot.app)
+        .await
+        .expect("runtime calls work with the new secret");
+    assert!(bot.app.runtime.last_failure().is_none());
     // Everything still verifies, and the audit trail names each rotation without secrets.
     let doctor = bot.say(&world, ADMIN, "doctor").await;
     assert!(
@@ -729,4 +735,53 @@ async fn no_secret_reaches_the_logs_or_the_database_in_clear_when_rotating() {
             }
         }
     }
+}
+
+#[tokio::test]
+async fn a_refused_runtime_call_alerts_naming_the_step_and_its_verified_repair_recovers() {
+    let world = World::start().await;
+    let bot = world
+        .bot_with("[notifications]\ndeliver = false\n[watch]\nadmin_channel = \"19:channel@thread.tacv2\"\n")
+        .await;
+    assert_eq!(bot.say_in_channel(&world, ADMIN, "help").await, 200);
+    complete_aad_setup(&bot, &world).await;
+    let handle = world.sandbox.handle();
+    // ServiceNow stops mapping the REST-user token: the OIDC entity is made inactive.
+    let inbound = app_id(&world, "inbound REST API");
+    let entity_id = secret_record(&world, "oauth_oidc_entity", &inbound);
+    handle
+        .sn_update("oauth_oidc_entity", &entity_id, json!({"active": "false"}))
+        .expect("deactivate");
+    m365bot::notify::sources::poll_servicenow_once(&bot.app)
+        .await
+        .expect_err("refused");
+    let found = wait_for_alerts(&world, 2, Duration::from_secs(10)).await;
+    assert_eq!(found.len(), 2, "{found:?}");
+    let text = card_text(&found[0].1);
+    assert!(text.contains("Found by a runtime call"), "{text}");
+    assert!(
+        text.contains("Runtime calls to ServiceNow as the integration user (failing)"),
+        "{text}"
+    );
+    assert!(text.contains("likely broken: OIDC"), "{text}");
+    // The same refusal again is not a new failure.
+    m365bot::notify::sources::poll_servicenow_once(&bot.app)
+        .await
+        .expect_err("still refused");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(alerts(&world).len(), 2, "no second alert");
+    // Fixed: the next call works, the chain is verified live, one recovery card each.
+    handle
+        .sn_update("oauth_oidc_entity", &entity_id, json!({"active": "true"}))
+        .expect("reactivate");
+    m365bot::notify::sources::poll_servicenow_once(&bot.app)
+        .await
+        .expect("works again");
+    let found = wait_for_alerts(&world, 4, Duration::from_secs(10)).await;
+    assert_eq!(found.len(), 4, "{found:?}");
+    let recovery = card_text(&found[3].1);
+    assert!(
+        recovery.contains("Runtime calls to ServiceNow as the integration user (recovered)"),
+        "{recovery}"
+    );
 }

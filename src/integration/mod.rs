@@ -4,6 +4,7 @@
 pub mod doctor;
 pub mod provision;
 pub mod rotate;
+pub mod runtime;
 pub mod schema;
 pub mod watch;
 

@@ -653,6 +653,7 @@ pub async fn run_doctor(app: &App) -> Result<Option<RunSummary>, String> {
     let upstreams = crate::setup::effects::upstreams_for(app, &spec.tenant);
     let outcomes = super::doctor::run(&upstreams, &spec, false).await;
     let mut observations = observations_from_doctor(&outcomes);
+    observations.extend(runtime_recovered(app, &spec, &outcomes));
     observations.extend(
         secret_expiry(
             &upstreams,
@@ -678,7 +679,96 @@ pub async fn run_doctor(app: &App) -> Result<Option<RunSummary>, String> {
     }))
 }
 
-/// Reports what the runtime path saw (a refused call, or a call that worked again): raises
+/// The subject of the runtime path (the integration user's calls to ServiceNow).
+pub const RUNTIME_SUBJECT: &str = "runtime.servicenow";
+const RUNTIME_TITLE: &str = "Runtime calls to ServiceNow as the integration user";
+
+/// The doctor checks that prove the runtime chain works, by authentication type.
+fn runtime_chain_checks(auth: super::AuthType) -> &'static [&'static str] {
+    match auth {
+        super::AuthType::Aad => &[
+            "tenant",
+            "rest_user_app.token",
+            "servicenow.reachable",
+            "servicenow.inbound_flow",
+        ],
+        super::AuthType::Basic => &["servicenow.reachable", "servicenow.basic_login"],
+    }
+}
+
+/// The runtime path's failure as an observation, naming the likely broken step.
+pub fn runtime_failure(failure: &super::runtime::RuntimeFailure) -> Observation {
+    Observation {
+        subject: RUNTIME_SUBJECT.to_owned(),
+        state: SubjectState::Failing,
+        title: RUNTIME_TITLE.to_owned(),
+        detail: format!(
+            "{} (likely broken: {}; at {} UTC)",
+            failure.detail,
+            failure.step,
+            failure.at.format("%Y-%m-%d %H:%M:%S")
+        ),
+        fix: Some(failure.fix.clone()),
+        expires_at: None,
+    }
+}
+
+/// The runtime path recovered, when the checks of its chain passed (in `outcomes`) and this
+/// replica's last runtime call was not refused.
+fn runtime_recovered(
+    app: &App,
+    spec: &IntegrationSpec,
+    outcomes: &[CheckOutcome],
+) -> Option<Observation> {
+    let needed = runtime_chain_checks(spec.auth_type);
+    let proven = needed.iter().all(|id| {
+        outcomes
+            .iter()
+            .any(|o| o.id == *id && o.status == Status::Pass)
+    });
+    (proven && app.runtime.last_failure().is_none()).then(|| Observation {
+        subject: RUNTIME_SUBJECT.to_owned(),
+        state: SubjectState::Ok,
+        title: RUNTIME_TITLE.to_owned(),
+        detail: "the integration user's chain was verified live (token, ServiceNow read)"
+            .to_owned(),
+        fix: None,
+        expires_at: None,
+    })
+}
+
+/// Follows the runtime path's failures: a new failure raises an alert at once; when the
+/// failure clears (a call worked again, or the identity was reloaded) the chain is verified
+/// live before a recovery is reported.
+async fn follow_runtime(app: Arc<App>, shutdown: CancellationToken) {
+    let mut changes = app.runtime.subscribe();
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+            }
+        }
+        let current = changes.borrow_and_update().clone();
+        match current {
+            Some(failure) => report_runtime(&app, runtime_failure(&failure)).await,
+            None => {
+                if let Ok(Some(spec)) = crate::setup::flow::stored_integration(&app).await {
+                    let upstreams = crate::setup::effects::upstreams_for(&app, &spec.tenant);
+                    let checks = runtime_chain_checks(spec.auth_type);
+                    let outcomes = super::doctor::run_only(&upstreams, &spec, checks, false).await;
+                    if let Some(recovered) = runtime_recovered(&app, &spec, &outcomes) {
+                        report_runtime(&app, recovered).await;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Reports what the runtime path saw (a refused call, or a chain verified again): raises
 /// the same alert as the scheduled doctor when the state changes, and delivers it.
 pub async fn report_runtime(app: &App, observation: Observation) {
     let recipients = recipients(app).await;
@@ -762,11 +852,20 @@ pub async fn current_problems(
 /// Runs the watch on this replica until `shutdown`: delivers due alerts, claims and runs the
 /// scheduled doctor when it is due, and refreshes the trust metrics.
 pub fn spawn(app: Arc<App>, shutdown: CancellationToken) {
+    tokio::spawn(follow_runtime(app.clone(), shutdown.clone()));
     tokio::spawn(async move {
         let owner = crate::setup::store::new_id();
         let interval = app.settings.watch.doctor_interval_secs;
         let tick = Duration::from_secs(interval.clamp(1, 30));
+        let mut loaded = stored_setup_stamp(&app.db).await;
         loop {
+            // A setup changed by another replica or the command line (a rotated secret):
+            // the runtime identity uses it from now on.
+            let stamp = stored_setup_stamp(&app.db).await;
+            if stamp != loaded {
+                super::runtime::reload(&app).await;
+                loaded = stamp;
+            }
             tick_once(&app, &owner).await;
             tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -774,6 +873,15 @@ pub fn spawn(app: Arc<App>, shutdown: CancellationToken) {
             }
         }
     });
+}
+
+/// When the latest completed setup was last written (`None`: none, or unreadable).
+async fn stored_setup_stamp(db: &Db) -> Option<(String, i64)> {
+    crate::setup::store::latest_completed(db)
+        .await
+        .ok()
+        .flatten()
+        .map(|row| (row.setup_id, row.version))
 }
 
 async fn tick_once(app: &App, owner: &str) {

@@ -694,6 +694,7 @@ async fn submit(
             "integration stored; secrets shown once",
         )
         .await;
+        crate::integration::runtime::reload(app).await;
         return vec![view::complete_card(app, &row, &secrets, true, None)];
     }
     vec![card_for(app, &row, None).await]
@@ -1222,6 +1223,11 @@ async fn rotate_secret(
         &actor_label(user),
     )
     .await;
+    if report.rotated {
+        // The runtime identity uses the new secret from now on (other replicas and the
+        // command line follow within one watch tick).
+        crate::integration::runtime::reload(app).await;
+    }
     vec![view::rotation_card(target, &report)]
 }
 
