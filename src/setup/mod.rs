@@ -72,7 +72,9 @@ pub const COMMANDS: &[CommandHelp] = &[
     CommandHelp {
         usage: "rotate-secret outbound|inbound|rest-user",
         description: "Replace an app's client secret everywhere it is used, verified, then remove the old one (ServiceNow admins).",
-        scopes: &["personal", "team", "groupChat"],
+        // An occasional admin task: on the help card, typed, but not in the Teams command
+        // menus (they hold 12 commands), where it would push everyday commands out.
+        scopes: &[],
     },
 ];
 
