@@ -169,6 +169,12 @@ async fn a_broken_rest_user_secret_alerts_once_and_its_repair_recovers_once() {
         2,
         "no second alert for the same failure"
     );
+    let status = card_text(&bot.say(&world, ADMIN, "setup status").await);
+    assert!(status.contains("scheduled doctor last ran"), "{status}");
+    assert!(
+        status.contains("REST-user app gets a token (failing)"),
+        "{status}"
+    );
     let metrics = bot.app.metrics.render();
     assert!(
         !metrics.contains("m365bot_doctor_failing_checks 0"),

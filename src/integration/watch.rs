@@ -828,6 +828,36 @@ pub async fn gauges(db: &Db) -> Result<TrustGauges, sqlx::Error> {
     })
 }
 
+/// One line on what the watch knows now, for `setup status`: when the scheduled doctor last
+/// ran, what is failing or expiring, the nearest secret expiry. `None` before the first run.
+pub async fn summary(db: &Db) -> Option<String> {
+    let gauges = gauges(db).await.ok()?;
+    let last = gauges.last_doctor_run?;
+    let mut line = format!(
+        "scheduled doctor last ran {} UTC",
+        Utc.timestamp_opt(last, 0)
+            .single()?
+            .format("%Y-%m-%d %H:%M")
+    );
+    let problems = current_problems(db).await.ok()?;
+    if problems.is_empty() {
+        line.push_str("; nothing failing or expiring");
+    } else {
+        let listed: Vec<String> = problems
+            .iter()
+            .map(|(_, state, title, _)| format!("{title} ({state})"))
+            .collect();
+        line.push_str(&format!("; {}", listed.join(", ")));
+    }
+    if let Some(days) = gauges.nearest_secret_expiry_days {
+        line.push_str(&format!(
+            "; nearest client secret expiry in {} day(s)",
+            days.floor() as i64
+        ));
+    }
+    Some(line)
+}
+
 /// The subjects failing or expiring now: (subject, state, title, detail).
 pub async fn current_problems(
     db: &Db,

@@ -1095,12 +1095,16 @@ async fn setup_status(app: &App, user: &ChatUser) -> Vec<Reply> {
     for row in [&live, &in_progress].into_iter().flatten() {
         audit(app, &row.setup_id, &actor, "status", "ok", "").await;
     }
-    vec![view::status_card(
-        live.as_ref(),
-        in_progress.as_ref(),
-        &drift,
-        &log,
-    )]
+    let mut card = view::status_card(live.as_ref(), in_progress.as_ref(), &drift, &log);
+    if live.is_some()
+        && let Some(watched) = crate::integration::watch::summary(&app.db).await
+    {
+        let Reply::Card { data, .. } = &mut card;
+        if let Some(facts) = data["facts"].as_array_mut() {
+            facts.push(json!({"title": "Watched", "value": watched}));
+        }
+    }
+    vec![card]
 }
 
 /// Each verified check of `row` run again now: (id, title, detail now, drifted).
