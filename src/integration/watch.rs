@@ -972,14 +972,33 @@ mod tests {
     }
 
     #[test]
-    fn a_zero_interval_is_refused() {
-        let settings = WatchSettings {
-            doctor_interval_secs: 0,
-            ..WatchSettings::default()
-        };
+    fn the_watch_section_is_read_and_checked_at_start_up() {
+        const BASE: &str = "[bot]\nauth_mode = \"insecure-local\"\ntenant_id = \"t\"\n[server]\nlisten = \"127.0.0.1:0\"\n";
+        let defaults = crate::config::Settings::from_toml_str(BASE).expect("defaults");
+        assert_eq!(defaults.watch.doctor_interval_secs, 6 * 60 * 60);
+        assert_eq!(defaults.watch.expiry_warning_days, 30);
+        assert_eq!(defaults.watch.admin_channel, None);
+        let set = crate::config::Settings::from_toml_str(&format!(
+            "{BASE}[watch]\ndoctor_interval_secs = 60\nadmin_channel = \"19:abc@thread.tacv2\"\n"
+        ))
+        .expect("valid");
+        assert_eq!(set.watch.doctor_interval_secs, 60);
         assert_eq!(
-            settings.validate().map_err(|(key, _)| key),
-            Err("watch.doctor_interval_secs")
+            set.watch.admin_channel.as_deref(),
+            Some("19:abc@thread.tacv2")
         );
+        let err = crate::config::Settings::from_toml_str(&format!(
+            "{BASE}[watch]\ndoctor_interval_secs = 0\n"
+        ))
+        .expect_err("refused");
+        assert!(
+            err.to_string().contains("watch.doctor_interval_secs"),
+            "{err}"
+        );
+        let err = crate::config::Settings::from_toml_str(&format!(
+            "{BASE}[watch]\nadmin_channel = \" \"\n"
+        ))
+        .expect_err("refused");
+        assert!(err.to_string().contains("watch.admin_channel"), "{err}");
     }
 }
