@@ -207,21 +207,7 @@ pub async fn secret_expiry(
             }
         };
         let secret = secrecy::ExposeSecret::expose_secret(&credentials.client_secret);
-        let in_use: Vec<_> = application
-            .password_credentials
-            .iter()
-            .filter(|c| {
-                c.hint
-                    .as_deref()
-                    .is_some_and(|hint| !hint.is_empty() && secret.starts_with(hint))
-            })
-            .collect();
-        let candidates = if in_use.is_empty() {
-            application.password_credentials.iter().collect()
-        } else {
-            in_use
-        };
-        let Some(end) = candidates.iter().filter_map(|c| c.end_date_time).max() else {
+        let Some(end) = expiry_in_use(&application.password_credentials, secret) else {
             continue;
         };
         let subject = format!("secret.{name}");
@@ -256,6 +242,28 @@ pub async fn secret_expiry(
         });
     }
     observations
+}
+
+/// When the secret in use expires: among the app's secrets whose `hint` starts the stored
+/// secret (else all of them), the latest end date.
+fn expiry_in_use(
+    credentials: &[crate::upstream::graph::PasswordCredentialInfo],
+    secret: &str,
+) -> Option<DateTime<Utc>> {
+    let in_use: Vec<_> = credentials
+        .iter()
+        .filter(|c| {
+            c.hint
+                .as_deref()
+                .is_some_and(|hint| !hint.is_empty() && secret.starts_with(hint))
+        })
+        .collect();
+    let candidates = if in_use.is_empty() {
+        credentials.iter().collect()
+    } else {
+        in_use
+    };
+    candidates.iter().filter_map(|c| c.end_date_time).max()
 }
 
 /// Where alerts go: a conversation, and its serviceUrl when known from setup.
@@ -969,6 +977,23 @@ mod tests {
         let recovered = alert_model(&transitions[..1], &AlertContext::default());
         assert_eq!(recovered["tone"], "good");
         assert!(recovered["next_step"].is_null());
+    }
+
+    #[test]
+    fn the_expiry_is_the_one_of_the_secret_in_use() {
+        let credential = |hint: &str, days: i64| crate::upstream::graph::PasswordCredentialInfo {
+            key_id: hint.to_owned(),
+            display_name: None,
+            end_date_time: Some(Utc::now() + chrono::Duration::days(days)),
+            hint: Some(hint.to_owned()),
+        };
+        let credentials = [credential("abc", 20), credential("xyz", 400)];
+        let in_use = expiry_in_use(&credentials, "abcdef-secret").expect("found");
+        assert!((in_use - Utc::now()).num_days() < 21, "{in_use}");
+        // An unknown secret: the latest-expiring one counts.
+        let latest = expiry_in_use(&credentials, "zzz-unknown").expect("found");
+        assert!((latest - Utc::now()).num_days() > 300, "{latest}");
+        assert_eq!(expiry_in_use(&[], "abc"), None);
     }
 
     #[test]
