@@ -489,3 +489,183 @@ async fn a_broken_rest_user_secret_is_reported_and_recovers_after_the_fix() {
     assert!(bot.app.runtime.last_failure().is_none());
     assert!(changes.has_changed().expect("open"), "recovery signalled");
 }
+
+// ---- pushes from ServiceNow with the outbound app's token ----
+
+/// Runs the printed Business Rule in node against stand-ins of ServiceNow's scripting objects
+/// (off the runtime's thread: the emulators and the bot answer meanwhile); returns the report.
+async fn run_business_rule(dir: &std::path::Path, script: &str, world: &Value) -> Value {
+    let script_path = dir.join("business-rule.js");
+    let world_path = dir.join("world.json");
+    std::fs::write(&script_path, script).expect("script");
+    std::fs::write(&world_path, world.to_string()).expect("world");
+    let harness = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tools")
+        .join("node")
+        .join("servicenow-script.js");
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("node")
+            .arg(&harness)
+            .arg(&script_path)
+            .arg(&world_path)
+            .output()
+    })
+    .await
+    .expect("task")
+    .expect("node runs (it is needed for this test)");
+    assert!(output.status.success(), "{output:?}");
+    serde_json::from_slice(&output.stdout).expect("one JSON report")
+}
+
+#[tokio::test]
+async fn the_printed_business_rule_pushes_with_the_outbound_apps_token() {
+    let world = World::start().await;
+    let bot = world.bot_with(BOT_EXTRA).await;
+    complete_setup(&bot, &world, false).await;
+    let spec = m365bot::setup::flow::stored_integration(&bot.app)
+        .await
+        .expect("stored")
+        .expect("integration");
+    assert!(
+        bot.app
+            .settings
+            .notifications
+            .sources
+            .push
+            .bearer_allowed_app_ids
+            .is_empty(),
+        "no allow-list configured"
+    );
+
+    // `m365bot servicenow-script` with the bot's configuration and database.
+    let dir = tempfile::tempdir().expect("dir");
+    let config = dir.path().join("m365bot.toml");
+    let toml = support::merge_toml(
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\npublic_url = \"{}/\"\n[database]\nurl = \"sqlite://{}\"\n",
+            bot.base_url,
+            world.db_path().display()
+        ),
+        &world.toml,
+    );
+    std::fs::write(&config, toml).expect("config");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_m365bot"))
+        .arg("--config")
+        .arg(&config)
+        .arg("servicenow-script")
+        .output()
+        .expect("runs");
+    assert!(output.status.success(), "{output:?}");
+    let script = String::from_utf8(output.stdout).expect("utf-8");
+    let provider = spec.outbound_provider_name();
+    for needle in [
+        "sn_auth.GlideOAuthClient",
+        "requestTokenByRequest",
+        "'Bearer '",
+        provider.as_str(),
+        spec.outbound_app.client_id.as_str(),
+    ] {
+        assert!(script.contains(needle), "{needle}:\n{script}");
+    }
+    assert!(!script.contains("<SECRET>"), "{script}");
+
+    // The provider as setup created it in ServiceNow (the emulator masks its secret).
+    let handle = world.sandbox.handle();
+    let record = handle
+        .sn_query(
+            "oauth_entity",
+            &format!("client_id={}", spec.outbound_app.client_id),
+        )
+        .expect("table")
+        .remove(0);
+    assert_eq!(record["name"], provider.as_str());
+    let token_url = record["token_url"].as_str().expect("token url").to_owned();
+    // The case as the Business Rule sees it.
+    let admin = bot.app.upstreams.servicenow.as_ref().expect("admin");
+    let settings = &bot.app.settings.notifications.sources.servicenow;
+    let case = admin
+        .list(
+            "incident",
+            &m365bot::upstream::servicenow::ListOptions {
+                query: "number=INC0010001".to_owned(),
+                fields: settings.fields(),
+                limit: Some(1),
+                page_size: Some(1),
+                display_value: m365bot::upstream::servicenow::DisplayValue::All,
+                include_reference_links: false,
+            },
+        )
+        .await
+        .expect("case")
+        .remove(0);
+    use secrecy::ExposeSecret;
+    let world_with = |client_id: &str, client_secret: &str| {
+        json!({
+            "providers": {provider.as_str(): {
+                "client_id": client_id,
+                "client_secret": client_secret,
+                "token_url": token_url,
+            }},
+            "table": "incident",
+            "fields": case.fields(),
+            "changed": ["state", "comments"],
+            "journal": {"comments": "Microsoft asked for a trace"},
+            "previous": {"state": "New"},
+        })
+    };
+    let accepted = run_business_rule(
+        dir.path(),
+        &script,
+        &world_with(
+            &spec.outbound_app.client_id,
+            spec.outbound_app.client_secret.expose_secret(),
+        ),
+    )
+    .await;
+    assert_eq!(accepted["token_requests"], 1, "{accepted}");
+    assert_eq!(accepted["errors"], json!([]), "{accepted}");
+    assert_eq!(accepted["pushes"][0]["status"], 200, "{accepted}");
+    let event = outbox::latest_event(&bot.app.db, "INC0010001")
+        .await
+        .expect("outbox")
+        .expect("the push was recorded");
+    assert_eq!(
+        event.latest_note.as_deref(),
+        Some("Microsoft asked for a trace")
+    );
+    assert_eq!(event.previous_state.as_deref(), Some("New"));
+
+    // A token of another app of the tenant (the REST-user app) is refused.
+    let rest_user = spec.rest_user_app.as_ref().expect("REST-user app");
+    let refused = run_business_rule(
+        dir.path(),
+        &script,
+        &world_with(
+            &rest_user.client_id,
+            rest_user.client_secret.expose_secret(),
+        ),
+    )
+    .await;
+    assert_eq!(refused["token_requests"], 1, "{refused}");
+    assert_eq!(refused["pushes"][0]["status"], 401, "{refused}");
+    assert!(
+        refused["pushes"][0]["body"]
+            .as_str()
+            .is_some_and(|body| body.contains("appid") || body.contains("audience")),
+        "{refused}"
+    );
+    // A wrong provider secret: no token, nothing pushed, the rule logs why.
+    let no_token = run_business_rule(
+        dir.path(),
+        &script,
+        &world_with(&spec.outbound_app.client_id, "not-the-secret"),
+    )
+    .await;
+    assert_eq!(no_token["pushes"], json!([]), "{no_token}");
+    assert!(
+        no_token["errors"][0]
+            .as_str()
+            .is_some_and(|e| e.contains("gave no token") && e.contains("7000215")),
+        "{no_token}"
+    );
+}

@@ -55,8 +55,18 @@ pub struct RuntimeFailure {
     pub fix: String,
 }
 
+/// The app whose tokens ServiceNow's pushes carry: the integration's outbound app.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushIdentity {
+    /// Tenant (domain or id) the tokens come from.
+    pub tenant: String,
+    /// The outbound app's client id: `appid`/`azp` and the audience the Business Rule asks for.
+    pub client_id: String,
+}
+
 struct Active {
     client: Option<ServiceNowClient>,
+    push: Option<PushIdentity>,
     mode: RuntimeMode,
     /// Why runtime calls use the admin account or none, for logs and cards.
     note: Option<String>,
@@ -85,6 +95,7 @@ impl RuntimeIdentity {
         let identity = Self {
             active: RwLock::new(Arc::new(Active {
                 client: None,
+                push: None,
                 mode: RuntimeMode::Unavailable,
                 note: Some("the runtime identity is not loaded yet".to_owned()),
             })),
@@ -102,14 +113,22 @@ impl RuntimeIdentity {
     /// Uses `spec` (the latest integration) from now on; `None` when none exists, with
     /// `problem` saying why when it could not be read. A past failure is forgotten.
     pub fn install(&self, spec: Option<&IntegrationSpec>, problem: Option<&str>) {
+        let push = spec
+            .filter(|spec| !spec.outbound_app.client_id.trim().is_empty())
+            .map(|spec| PushIdentity {
+                tenant: spec.tenant.clone(),
+                client_id: spec.outbound_app.client_id.clone(),
+            });
         let active = match spec.map(|spec| self.integration_client(spec)) {
             Some(Ok((client, mode))) => Active {
                 client: Some(client),
+                push,
                 mode,
                 note: None,
             },
             Some(Err(why)) => Active {
                 client: None,
+                push,
                 mode: RuntimeMode::Unavailable,
                 note: Some(why),
             },
@@ -122,6 +141,7 @@ impl RuntimeIdentity {
                 match (&self.admin, self.admin_fallback && problem.is_none()) {
                     (Some(admin), true) => Active {
                         client: Some(admin.clone()),
+                        push: None,
                         mode: RuntimeMode::AdminFallback,
                         note: Some(format!(
                             "{why}: cases are read with the bot's own ServiceNow account until setup completes"
@@ -129,6 +149,7 @@ impl RuntimeIdentity {
                     },
                     _ => Active {
                         client: None,
+                        push: None,
                         mode: RuntimeMode::Unavailable,
                         note: Some(format!(
                             "{why}: the bot makes no runtime calls to ServiceNow"
@@ -218,6 +239,11 @@ impl RuntimeIdentity {
                 .clone()
                 .unwrap_or_else(|| "ServiceNow is not configured".to_owned())
         })
+    }
+
+    /// The app whose bearer tokens the push endpoint accepts, when an integration exists.
+    pub fn push_identity(&self) -> Option<PushIdentity> {
+        self.current().push.clone()
     }
 
     /// Whose credentials runtime calls use now.
