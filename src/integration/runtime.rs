@@ -84,7 +84,8 @@ pub struct RuntimeIdentity {
 }
 
 impl RuntimeIdentity {
-    /// An identity with no integration loaded yet (see [`Self::install`]).
+    /// An identity with nothing loaded yet: no runtime calls until [`Self::install`] (or
+    /// [`reload`]) runs, as the application does at start.
     pub fn new(
         entra: EntraClient,
         http: reqwest::Client,
@@ -92,7 +93,7 @@ impl RuntimeIdentity {
         admin: Option<ServiceNowClient>,
         admin_fallback: bool,
     ) -> Self {
-        let identity = Self {
+        Self {
             active: RwLock::new(Arc::new(Active {
                 client: None,
                 push: None,
@@ -105,9 +106,7 @@ impl RuntimeIdentity {
             metrics,
             admin,
             admin_fallback,
-        };
-        identity.install(None, None);
-        identity
+        }
     }
 
     /// Uses `spec` (the latest integration) from now on; `None` when none exists, with
