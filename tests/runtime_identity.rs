@@ -433,6 +433,30 @@ async fn a_refused_token_is_renewed_once_and_the_failure_names_the_step() {
         .expect("accepted again");
     assert!(bot.app.runtime.last_failure().is_none());
     assert!(changes.has_changed().expect("open"), "recovery signalled");
+    // A locked-out integration user is refused as ServiceNow refuses it: 401, its error body.
+    let RuntimeMode::IntegrationUser { user_name, .. } = bot.app.runtime.mode() else {
+        panic!("not the integration user");
+    };
+    let user = handle
+        .sn_query("sys_user", &format!("user_name={user_name}"))
+        .expect("table")
+        .remove(0);
+    let user_id = user["sys_id"].as_str().expect("sys_id").to_owned();
+    handle
+        .sn_update("sys_user", &user_id, json!({"locked_out": "true"}))
+        .expect("lock");
+    let err = client
+        .query("incident", "", &["sys_id"], Some(1))
+        .await
+        .expect_err("locked out");
+    assert!(err.to_string().contains("User Not Authenticated"), "{err}");
+    handle
+        .sn_update("sys_user", &user_id, json!({"locked_out": "false"}))
+        .expect("unlock");
+    client
+        .query("incident", "", &["sys_id"], Some(1))
+        .await
+        .expect("accepted again");
 }
 
 #[tokio::test]
