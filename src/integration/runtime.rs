@@ -65,6 +65,9 @@ pub struct PushIdentity {
 }
 
 struct Active {
+    /// What was installed (a digest of the integration, secrets included), to skip reloads
+    /// that change nothing and keep the cached token.
+    digest: Option<[u8; 32]>,
     client: Option<ServiceNowClient>,
     push: Option<PushIdentity>,
     mode: RuntimeMode,
@@ -95,6 +98,7 @@ impl RuntimeIdentity {
     ) -> Self {
         Self {
             active: RwLock::new(Arc::new(Active {
+                digest: None,
                 client: None,
                 push: None,
                 mode: RuntimeMode::Unavailable,
@@ -112,6 +116,10 @@ impl RuntimeIdentity {
     /// Uses `spec` (the latest integration) from now on; `None` when none exists, with
     /// `problem` saying why when it could not be read. A past failure is forgotten.
     pub fn install(&self, spec: Option<&IntegrationSpec>, problem: Option<&str>) {
+        let digest = digest(spec, problem);
+        if self.current().digest == Some(digest) {
+            return;
+        }
         let push = spec
             .filter(|spec| !spec.outbound_app.client_id.trim().is_empty())
             .map(|spec| PushIdentity {
@@ -120,12 +128,14 @@ impl RuntimeIdentity {
             });
         let active = match spec.map(|spec| self.integration_client(spec)) {
             Some(Ok((client, mode))) => Active {
+                digest: Some(digest),
                 client: Some(client),
                 push,
                 mode,
                 note: None,
             },
             Some(Err(why)) => Active {
+                digest: Some(digest),
                 client: None,
                 push,
                 mode: RuntimeMode::Unavailable,
@@ -139,6 +149,7 @@ impl RuntimeIdentity {
                 };
                 match (&self.admin, self.admin_fallback && problem.is_none()) {
                     (Some(admin), true) => Active {
+                        digest: Some(digest),
                         client: Some(admin.clone()),
                         push: None,
                         mode: RuntimeMode::AdminFallback,
@@ -147,6 +158,7 @@ impl RuntimeIdentity {
                         )),
                     },
                     _ => Active {
+                        digest: Some(digest),
                         client: None,
                         push: None,
                         mode: RuntimeMode::Unavailable,
@@ -290,6 +302,54 @@ impl RuntimeIdentity {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
     }
+}
+
+/// How often every instance reloads the integration (a setup completed on another replica).
+pub const RELOAD_INTERVAL: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// A digest of what [`RuntimeIdentity::install`] is given, secrets included (never stored).
+fn digest(spec: Option<&IntegrationSpec>, problem: Option<&str>) -> [u8; 32] {
+    use secrecy::ExposeSecret;
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    let mut part = |bytes: &[u8]| {
+        hasher.update((bytes.len() as u64).to_be_bytes());
+        hasher.update(bytes);
+    };
+    part(problem.unwrap_or_default().as_bytes());
+    if let Some(spec) = spec {
+        part(&serde_json::to_vec(spec).unwrap_or_default());
+        for app in [
+            Some(&spec.outbound_app),
+            spec.inbound_app.as_ref(),
+            spec.rest_user_app.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            part(app.client_secret.expose_secret().as_bytes());
+        }
+        if let Some(password) = &spec.integration_user_password {
+            part(password.expose_secret().as_bytes());
+        }
+    }
+    hasher.finalize().into()
+}
+
+/// Reloads the integration every [`RELOAD_INTERVAL`] until `shutdown`, so a setup completed
+/// (or a secret stored) by another instance is used here too; an unchanged one keeps its token.
+pub fn spawn_reloader(
+    app: std::sync::Arc<crate::app::App>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(RELOAD_INTERVAL) => reload(&app).await,
+            }
+        }
+    });
 }
 
 /// Loads the latest integration (completed setup, else `[integration]`) into `app.runtime`.
