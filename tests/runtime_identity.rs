@@ -702,3 +702,52 @@ async fn the_printed_business_rule_pushes_with_the_outbound_apps_token() {
         "{no_token}"
     );
 }
+
+#[tokio::test]
+async fn without_an_integration_the_fallback_is_a_choice_and_says_so() {
+    let world = World::start().await;
+    let strict = world
+        .bot_with(&format!(
+            "{BOT_EXTRA}[servicenow]\nruntime_admin_fallback = false\n"
+        ))
+        .await;
+    assert_eq!(strict.app.runtime.mode(), RuntimeMode::Unavailable);
+    let err = sources::poll_servicenow_once(&strict.app)
+        .await
+        .expect_err("no runtime identity");
+    assert!(
+        err.to_string().contains("no integration is set up yet"),
+        "{err}"
+    );
+    let from = world
+        .sandbox
+        .handle()
+        .request_log(Emulator::ServiceNow)
+        .len();
+    assert!(
+        servicenow_requests(&world, from).is_empty(),
+        "nothing was asked"
+    );
+    // With the default, the bot's own account reads cases until setup completes, and says so.
+    let lenient = world.bot_with(BOT_EXTRA).await;
+    assert_eq!(lenient.app.runtime.mode(), RuntimeMode::AdminFallback);
+    let readiness: Value = reqwest::get(format!("{}/readyz", lenient.base_url))
+        .await
+        .expect("readyz")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        readiness["servicenow_identity"]["mode"], "admin_fallback",
+        "{readiness}"
+    );
+    assert!(
+        readiness["servicenow_identity"]["note"]
+            .as_str()
+            .is_some_and(|note| note.contains("bot's own ServiceNow account")),
+        "{readiness}"
+    );
+    sources::poll_servicenow_once(&lenient.app)
+        .await
+        .expect("polled with the admin account");
+}
