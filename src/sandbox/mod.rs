@@ -573,6 +573,12 @@ impl SandboxHandle {
         self.shared.world().dir.authorize_outcome = AuthorizeOutcome::SignIn(user);
     }
 
+    /// Rewrites every ID token the token endpoint issues from now on (`None`: issue them as
+    /// Entra ID does). Tests use it to hand the bot forged or misdirected tokens.
+    pub fn set_id_token_rewrite(&self, rewrite: Option<entra::IdTokenRewrite>) {
+        self.shared.world().dir.id_token_rewrite = rewrite;
+    }
+
     /// What the authorize endpoint does next: sign in a user or let the user cancel.
     pub fn set_authorize_outcome(&self, outcome: AuthorizeOutcome) {
         self.shared.world().dir.authorize_outcome = outcome;
