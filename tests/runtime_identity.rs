@@ -477,6 +477,7 @@ async fn a_broken_rest_user_secret_is_reported_and_recovers_after_the_fix() {
         .await
         .expect("stored")
         .expect("integration");
+    use secrecy::ExposeSecret;
     let rest_user = spec.rest_user_app.expect("REST-user app");
     let handle = world.sandbox.handle();
     handle
@@ -509,9 +510,22 @@ async fn a_broken_rest_user_secret_is_reported_and_recovers_after_the_fix() {
         metrics.contains("m365bot_runtime_auth_failures_total 2"),
         "{metrics}"
     );
+    let readiness: Value = reqwest::get(format!("{}/readyz", bot.base_url))
+        .await
+        .expect("readyz")
+        .json()
+        .await
+        .expect("json");
+    let shown = &readiness["servicenow_identity"]["last_failure"];
+    assert_eq!(shown["step"], "REST-user secret", "{readiness}");
+    assert!(
+        !readiness
+            .to_string()
+            .contains(rest_user.client_secret.expose_secret()),
+        "no secret in readiness"
+    );
 
     // The fix: the stored secret is valid again.
-    use secrecy::ExposeSecret;
     assert!(handle.add_secret(
         &rest_user.client_id,
         rest_user.client_secret.expose_secret()

@@ -41,7 +41,7 @@ pub enum RuntimeMode {
 
 /// The latest failure of the runtime chain: what the instance or Entra ID answered and which
 /// part of the integration is likely broken.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct RuntimeFailure {
     /// When it happened (the latest occurrence).
     pub at: DateTime<Utc>,
