@@ -440,7 +440,7 @@ fn token_failure(err: &ServiceNowError) -> Option<RuntimeFailure> {
     let (step, fix) = match entra.aadsts_code() {
         Some(7_000_215 | 7_000_222) => (
             "REST-user secret",
-            "Entra ID refused the REST-user app's secret (wrong or expired): add a new client secret to the REST-user app and store it with **rotate-secret rest-user** or a new setup.",
+            "Entra ID refused the REST-user app's secret (wrong or expired): give the REST-user app a new client secret and store it in the bot (run setup again with it); **doctor** shows the secrets' state.",
         ),
         Some(700_016) => (
             "REST-user app registration",
