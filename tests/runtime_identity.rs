@@ -494,10 +494,7 @@ async fn a_broken_rest_user_secret_is_reported_and_recovers_after_the_fix() {
     let failure = bot.app.runtime.last_failure().expect("failure");
     assert_eq!(failure.step, "REST-user secret");
     assert_eq!(failure.status, None);
-    assert!(
-        failure.fix.contains("rotate-secret rest-user"),
-        "{failure:?}"
-    );
+    assert!(failure.fix.contains("new client secret"), "{failure:?}");
     assert!(changes.has_changed().expect("open"));
     changes.borrow_and_update();
     // The same failure again is not a new one.
