@@ -85,6 +85,10 @@ enum Commands {
         /// The bot's push endpoint; defaults to server.public_url + /api/servicenow/events.
         #[arg(long)]
         endpoint: Option<String>,
+        /// Sign pushes with notifications.sources.push.hmac_secret even when an integration
+        /// exists (by default the script then uses the outbound app's OAuth provider).
+        #[arg(long)]
+        hmac: bool,
     },
     /// Write the Teams app package (manifest.json and icons, zipped).
     Manifest {
@@ -136,13 +140,33 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
         return sandbox(listen, &database, doctor, &break_it, json, fresh, options).await;
     }
     let settings = Settings::load(cli.config.as_deref())?;
-    if let Commands::ServicenowScript { endpoint } = &command {
+    if let Commands::ServicenowScript { endpoint, hmac } = &command {
+        use m365bot::notify::sources::script;
         let endpoint = endpoint
             .clone()
-            .unwrap_or_else(|| m365bot::notify::sources::script::endpoint(&settings));
+            .unwrap_or_else(|| script::endpoint(&settings));
+        let auth = if *hmac {
+            script::PushAuth::Hmac
+        } else {
+            // The latest completed setup, else [integration]: its outbound app pushes. A SQLite
+            // file that does not exist holds no setup (and is not created here).
+            let stored = if sqlite_file_missing(&settings.database.url) {
+                None
+            } else {
+                m365bot::setup::stored_integration_spec(&settings)
+                    .await
+                    .with_context(|| {
+                        "cannot read the completed setup (use --hmac for a script signed with notifications.sources.push.hmac_secret)"
+                    })?
+            };
+            match stored.or_else(|| settings.integration.clone()) {
+                Some(spec) => script::PushAuth::for_integration(&spec),
+                None => script::PushAuth::Hmac,
+            }
+        };
         print!(
             "{}",
-            m365bot::notify::sources::script::business_rule(&settings, &endpoint)
+            script::business_rule_with(&settings, &endpoint, &auth)
         );
         return Ok(std::process::ExitCode::SUCCESS);
     }
@@ -378,4 +402,16 @@ fn manifest(
     m365bot::manifest::write_package(&app_id, &domain, out)?;
     println!("wrote {}", out.display());
     Ok(())
+}
+
+/// True when `url` names a SQLite database file that does not exist.
+fn sqlite_file_missing(url: &str) -> bool {
+    let Some(rest) = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+    else {
+        return false;
+    };
+    let path = rest.split('?').next().unwrap_or_default();
+    !path.is_empty() && path != ":memory:" && !std::path::Path::new(path).exists()
 }

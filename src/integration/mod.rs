@@ -132,6 +132,11 @@ impl IntegrationSpec {
         format!("{capitalised} Azure")
     }
 
+    /// The name setup gives the outbound OAuth provider (`oauth_entity`).
+    pub fn outbound_provider_name(&self) -> String {
+        format!("{} Microsoft 365 outbound", self.tenant)
+    }
+
     /// The OIDC entity name the guide prescribes: `{tenant}_application_inbound_api`.
     pub fn oidc_entity_name(&self) -> String {
         format!("{}_application_inbound_api", self.tenant)

@@ -535,7 +535,7 @@ pub async fn ensure_oauth_provider(
     let table = columns_of(client, &schema::OAUTH_ENTITY).await?;
     let token_url = spec.token_url(authority);
     let redirect = spec.redirect_url();
-    let name = format!("{} Microsoft 365 outbound", spec.tenant);
+    let name = spec.outbound_provider_name();
     let values = owned(&[
         ("name", &name),
         ("type", "oauth_provider"),
