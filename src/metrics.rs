@@ -102,6 +102,15 @@ impl Metrics {
         }
     }
 
+    /// Outbox rows counted with `outcome` so far.
+    pub fn deliveries(&self, outcome: &str) -> u64 {
+        self.inner
+            .lock()
+            .ok()
+            .and_then(|inner| inner.deliveries.get(outcome).copied())
+            .unwrap_or(0)
+    }
+
     /// Records a 429 from the connector; `freeze` when it froze the conversation and paused
     /// the app (it came with `Retry-After`).
     pub fn record_throttled(&self, freeze: bool) {
