@@ -37,6 +37,8 @@ pub struct App {
     pub upstreams: crate::integration::Upstreams,
     /// Chat users' e-mail and UPN, as the platform reported them recently.
     pub identities: crate::core::identity::IdentityCache,
+    /// Who the bot is when it reads and writes cases (the integration user).
+    pub runtime: crate::integration::runtime::RuntimeIdentity,
 }
 
 /// A built application, bound to its port and ready to serve.
@@ -88,6 +90,13 @@ impl Application {
         let connector = ConnectorClient::new(&settings, http.clone(), metrics.clone());
         let upstreams =
             crate::integration::Upstreams::from_settings(&settings, http.clone(), metrics.clone());
+        let runtime = crate::integration::runtime::RuntimeIdentity::new(
+            upstreams.entra.clone(),
+            http.clone(),
+            metrics.clone(),
+            upstreams.servicenow.clone(),
+            settings.servicenow.runtime_admin_fallback,
+        );
         let listener = TcpListener::bind(settings.server.listen)
             .await
             .with_context(|| {
@@ -111,7 +120,9 @@ impl Application {
             stored_conversations: Default::default(),
             upstreams,
             identities: Default::default(),
+            runtime,
         });
+        crate::integration::runtime::reload(&app).await;
         Ok(Self {
             listener,
             metrics_listener,

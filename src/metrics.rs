@@ -53,6 +53,7 @@ struct Inner {
     app_pauses: u64,
     /// Whether this instance leads each enabled poller.
     leaders: BTreeMap<&'static str, bool>,
+    runtime_auth_failures: u64,
 }
 
 /// The registry; cheap to update from any task.
@@ -143,6 +144,13 @@ impl Metrics {
             .lock()
             .ok()
             .and_then(|inner| inner.leaders.get(source).copied())
+    }
+
+    /// Records one runtime ServiceNow call refused (401/403) or left without a token.
+    pub fn record_runtime_auth_failure(&self) {
+        if let Ok(mut inner) = self.inner.lock() {
+            inner.runtime_auth_failures += 1;
+        }
     }
 
     /// Renders every metric in the Prometheus text format.
@@ -241,6 +249,13 @@ impl Metrics {
                 u8::from(*leading)
             );
         }
+        out.push_str("# HELP m365bot_runtime_auth_failures_total Runtime ServiceNow calls (as the integration user) refused or left without a token.\n");
+        out.push_str("# TYPE m365bot_runtime_auth_failures_total counter\n");
+        let _ = writeln!(
+            out,
+            "m365bot_runtime_auth_failures_total {}",
+            inner.runtime_auth_failures
+        );
         out
     }
 }

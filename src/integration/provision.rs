@@ -489,6 +489,12 @@ async fn upsert(
     }
 }
 
+/// True when the log of one `ensure_*` call says it created a ServiceNow record (rather than
+/// reusing or correcting one): only such records are this setup's to delete.
+pub fn log_says_created(log: &[String]) -> bool {
+    log.iter().any(|entry| entry.starts_with("created the "))
+}
+
 /// Keys of values never reported (secrets or write-only).
 const SECRET_FIELDS: &[&str] = &["client_secret", "user_password"];
 

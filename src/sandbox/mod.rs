@@ -41,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 pub use entra::{
     AppRegistration, AuthorizeOutcome, DirectoryRoleAssignment, PasswordCredential, SignedInUser,
 };
-pub use faults::{Emulator, FaultConfig, LoggedRequest};
+pub use faults::{AuthMethod, Emulator, FaultConfig, LoggedRequest};
 pub use graph::{IssueAdvance, IssuePost, ServiceHealthIssue};
 
 /// Base URLs of the three emulators, without a trailing slash.
@@ -477,6 +477,19 @@ impl SandboxHandle {
         self.shared.world().sn.set_row_hidden(sys_id, hidden);
     }
 
+    /// Row ACL knob: only callers with `role` (or `admin`) may read the record; `None` lifts
+    /// it. Lists omit the row for others and a read by sys_id answers 404 "No Record found",
+    /// as ServiceNow does for rows its security constraints remove.
+    pub fn sn_set_read_role(&self, sys_id: &str, role: Option<&str>) {
+        self.shared.world().sn.set_read_role(sys_id, role);
+    }
+
+    /// Adds a client secret with the given text to an app (a person adding a secret back in
+    /// the portal), so a stored secret works again. False if the app is unknown.
+    pub fn add_secret(&self, client_id: &str, secret: &str) -> bool {
+        self.shared.world().dir.add_secret_text(client_id, secret)
+    }
+
     // ---- Entra / Graph app registry ----
 
     /// Every application registration of the demo tenant.
@@ -558,6 +571,12 @@ impl SandboxHandle {
     /// The user the authorize endpoint signs in without a UI.
     pub fn set_signed_in_user(&self, user: SignedInUser) {
         self.shared.world().dir.authorize_outcome = AuthorizeOutcome::SignIn(user);
+    }
+
+    /// Rewrites every ID token the token endpoint issues from now on (`None`: issue them as
+    /// Entra ID does). Tests use it to hand the bot forged or misdirected tokens.
+    pub fn set_id_token_rewrite(&self, rewrite: Option<entra::IdTokenRewrite>) {
+        self.shared.world().dir.id_token_rewrite = rewrite;
     }
 
     /// What the authorize endpoint does next: sign in a user or let the user cancel.

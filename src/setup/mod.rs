@@ -3,11 +3,13 @@
 //!
 //! Modules: [`state`] (steps, inputs, the pure transition), [`store`] (rows, versions, audit),
 //! [`crypto`] (secrets at rest), [`effects`] (Graph / ServiceNow / Entra work per step),
-//! [`view`] (card view models), [`flow`] (commands and card actions).
+//! [`view`] (card view models), [`flow`] (commands and card actions), [`reveal`] (the one-time
+//! page that shows the secrets after an Entra sign-in).
 
 pub mod crypto;
 pub mod effects;
 pub mod flow;
+pub mod reveal;
 pub mod settings;
 pub mod state;
 pub mod store;
@@ -106,5 +108,5 @@ pub async fn stored_integration_spec(
 
 /// This module's HTTP routes.
 pub fn routes() -> Router<Arc<App>> {
-    Router::new()
+    Router::new().route(reveal::REVEAL_PATH, axum::routing::get(reveal::start))
 }
