@@ -48,6 +48,9 @@ pub struct Settings {
     /// Case-status and service-health notifications.
     #[serde(default)]
     pub notifications: crate::notify::NotifySettings,
+    /// Watching the trust: the scheduled doctor, secret expiry and alerts.
+    #[serde(default)]
+    pub watch: crate::integration::watch::WatchSettings,
 }
 
 /// The bot's own ServiceNow account, used to set up and verify the integration.
@@ -554,6 +557,9 @@ impl Settings {
         self.setup
             .validate()
             .map_err(|problem| invalid("setup", &problem))?;
+        self.watch
+            .validate()
+            .map_err(|(key, problem)| invalid(key, &problem))?;
         Ok(())
     }
 

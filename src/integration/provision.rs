@@ -222,7 +222,7 @@ pub struct AppProgress {
 }
 
 /// Display name of the secrets setup adds (and removes again when no longer used).
-const SECRET_NAME: &str = "m365bot";
+pub const SECRET_NAME: &str = "m365bot";
 
 /// True for the answers Entra ID gives while a just-created app replicates: Graph 404, or
 /// 400 "does not reference a valid application object".
@@ -535,7 +535,7 @@ pub async fn ensure_oauth_provider(
     let table = columns_of(client, &schema::OAUTH_ENTITY).await?;
     let token_url = spec.token_url(authority);
     let redirect = spec.redirect_url();
-    let name = format!("{} Microsoft 365 outbound", spec.tenant);
+    let name = spec.outbound_provider_name();
     let values = owned(&[
         ("name", &name),
         ("type", "oauth_provider"),

@@ -105,7 +105,8 @@ pub fn open_secrets(secret_box: &SecretBox, row: &SetupRow) -> Result<Secrets, S
     ))
 }
 
-fn seal_secrets(
+/// Seals secrets for a row's `secrets` column (`None` when there are none).
+pub fn seal_secrets(
     secret_box: &SecretBox,
     setup_id: &str,
     secrets: &Secrets,
@@ -135,6 +136,7 @@ pub async fn command(app: &App, event: &InboundEvent, command: Command) -> Vec<R
         Command::Setup => start_or_show(app, event, &user).await,
         Command::SetupStatus => setup_status(app, &user).await,
         Command::Doctor { repair } => doctor(app, &user, repair).await,
+        Command::RotateSecret { target } => rotate_secret(app, &user, target).await,
         other => vec![crate::core::not_available(&other)],
     }
 }
@@ -1284,13 +1286,16 @@ async fn setup_status(app: &App, user: &ChatUser) -> Vec<Reply> {
             .unwrap_or_default(),
         None => Vec::new(),
     };
-    vec![view::status_card(
-        live.as_ref(),
-        in_progress.as_ref(),
-        &drift,
-        &log,
-        &reveals,
-    )]
+    let mut card = view::status_card(live.as_ref(), in_progress.as_ref(), &drift, &log, &reveals);
+    if live.is_some()
+        && let Some(watched) = crate::integration::watch::summary(&app.db).await
+    {
+        let Reply::Card { data, .. } = &mut card;
+        if let Some(facts) = data["facts"].as_array_mut() {
+            facts.push(json!({"title": "Watched", "value": watched}));
+        }
+    }
+    vec![card]
 }
 
 /// Each verified check of `row` run again now: (id, title, detail now, drifted).
@@ -1392,6 +1397,33 @@ async fn doctor(app: &App, user: &ChatUser, repair: bool) -> Vec<Reply> {
         "Doctor"
     };
     vec![view::results_card(title, &outcomes, Vec::new())]
+}
+
+async fn rotate_secret(
+    app: &App,
+    user: &ChatUser,
+    target: crate::integration::rotate::SecretTarget,
+) -> Vec<Reply> {
+    let tenant = match store::latest_completed(&app.db).await {
+        Ok(Some(row)) => row.wizard.data.tenant.clone().unwrap_or_default(),
+        Ok(None) => String::new(),
+        Err(err) => return storage_failure(&err),
+    };
+    let upstreams = effects::upstreams_for(app, &tenant);
+    let report = super::rotate::rotate_secret(
+        &app.db,
+        &app.settings,
+        &upstreams,
+        target,
+        &actor_label(user),
+    )
+    .await;
+    if report.rotated {
+        // The runtime identity uses the new secret from now on (other replicas and the
+        // command line follow within one watch tick).
+        crate::integration::runtime::reload(app).await;
+    }
+    vec![view::rotation_card(target, &report)]
 }
 
 /// Stores `wizard` on `row` if nobody changed the row meanwhile (same version) and returns the

@@ -10,6 +10,7 @@ pub mod crypto;
 pub mod effects;
 pub mod flow;
 pub mod reveal;
+pub mod rotate;
 pub mod settings;
 pub mod state;
 pub mod store;
@@ -69,6 +70,13 @@ pub const COMMANDS: &[CommandHelp] = &[
         usage: "doctor [--repair]",
         description: "Verify the integration end to end, with a fix for every failure.",
         scopes: &["personal", "team", "groupChat"],
+    },
+    CommandHelp {
+        usage: "rotate-secret outbound|inbound|rest-user",
+        description: "Replace an app's client secret everywhere it is used, verified, then remove the old one (ServiceNow admins).",
+        // An occasional admin task: on the help card, typed, but not in the Teams command
+        // menus (they hold 12 commands), where it would push everyday commands out.
+        scopes: &[],
     },
 ];
 

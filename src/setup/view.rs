@@ -766,6 +766,50 @@ pub fn results_card(title: &str, outcomes: &[CheckOutcome], actions: Vec<Value>)
     }
 }
 
+/// The outcome of `rotate-secret`: one line per step, what to do now.
+pub fn rotation_card(
+    target: crate::integration::rotate::SecretTarget,
+    report: &super::rotate::RotationReport,
+) -> Reply {
+    let checks: Vec<Value> = report
+        .steps
+        .iter()
+        .map(|(ok, line)| {
+            let (mark, title, color) = if *ok {
+                ("✅", "Done", "Good")
+            } else {
+                ("❌", "Failed", "Attention")
+            };
+            json!({"mark": mark, "title": title, "detail": line, "color": color, "fix": null})
+        })
+        .collect();
+    let title = if report.rotated {
+        format!("The {}'s client secret was rotated", target.label())
+    } else {
+        format!("The {}'s client secret was not rotated", target.label())
+    };
+    let mut facts = Vec::new();
+    if let Some(next) = &report.next_step {
+        facts.push(json!({"title": "Next step", "value": next}));
+    }
+    Reply::Card {
+        template: "setup_results",
+        data: json!({
+            "title": title,
+            "summary": if report.rotated {
+                "The new secret is in use everywhere and verified live."
+            } else {
+                "The old secret is kept; here is exactly what happened."
+            },
+            "tone": if report.rotated { "good" } else { "attention" },
+            "facts": facts,
+            "checks": checks,
+            "lines": [],
+            "actions": [],
+        }),
+    }
+}
+
 /// Buttons under Run-tests results.
 pub fn results_actions(row: &SetupRow) -> Vec<Value> {
     vec![
