@@ -37,6 +37,8 @@ pub struct App {
     pub upstreams: crate::integration::Upstreams,
     /// Chat users' e-mail and UPN, as the platform reported them recently.
     pub identities: crate::core::identity::IdentityCache,
+    /// The Slack adapter, when `slack.enabled`.
+    pub slack: Option<crate::slack::Slack>,
 }
 
 /// A built application, bound to its port and ready to serve.
@@ -88,6 +90,7 @@ impl Application {
         let connector = ConnectorClient::new(&settings, http.clone(), metrics.clone());
         let upstreams =
             crate::integration::Upstreams::from_settings(&settings, http.clone(), metrics.clone());
+        let slack = crate::slack::Slack::from_settings(&settings.slack, http.clone());
         let listener = TcpListener::bind(settings.server.listen)
             .await
             .with_context(|| {
@@ -111,6 +114,7 @@ impl Application {
             stored_conversations: Default::default(),
             upstreams,
             identities: Default::default(),
+            slack,
         });
         Ok(Self {
             listener,

@@ -48,6 +48,9 @@ pub struct Settings {
     /// Case-status and service-health notifications.
     #[serde(default)]
     pub notifications: crate::notify::NotifySettings,
+    /// The Slack app.
+    #[serde(default)]
+    pub slack: crate::slack::SlackSettings,
 }
 
 /// The bot's own ServiceNow account, used to set up and verify the integration.
@@ -544,6 +547,9 @@ impl Settings {
         self.setup
             .validate()
             .map_err(|problem| invalid("setup", &problem))?;
+        self.slack
+            .validate()
+            .map_err(|(key, problem)| invalid(key, &problem))?;
         Ok(())
     }
 
