@@ -325,20 +325,7 @@ impl SlackClient {
                 method,
                 message: e.without_url().to_string(),
             })?;
-            let decode = |e: serde_json::Error| SlackApiError::Decode {
-                method,
-                message: e.to_string(),
-            };
-            let envelope: Envelope = serde_json::from_slice(&bytes).map_err(decode)?;
-            if !envelope.ok {
-                return Err(SlackApiError::Slack {
-                    method,
-                    error: envelope.error.unwrap_or_else(|| "unknown_error".to_owned()),
-                    messages: envelope.response_metadata.unwrap_or_default().messages,
-                    needed: envelope.needed,
-                });
-            }
-            return serde_json::from_slice(&bytes).map_err(decode);
+            return decode_answer(method, &bytes);
         }
     }
 
@@ -521,6 +508,28 @@ impl SlackClient {
         }
         Ok(())
     }
+}
+
+/// Decodes a Web API answer: `ok: false` becomes [`SlackApiError::Slack`] with the error code
+/// and `response_metadata.messages`, anything else the expected type.
+pub fn decode_answer<T: DeserializeOwned>(
+    method: &'static str,
+    bytes: &[u8],
+) -> Result<T, SlackApiError> {
+    let decode = |e: serde_json::Error| SlackApiError::Decode {
+        method,
+        message: e.to_string(),
+    };
+    let envelope: Envelope = serde_json::from_slice(bytes).map_err(decode)?;
+    if !envelope.ok {
+        return Err(SlackApiError::Slack {
+            method,
+            error: envelope.error.unwrap_or_else(|| "unknown_error".to_owned()),
+            messages: envelope.response_metadata.unwrap_or_default().messages,
+            needed: envelope.needed,
+        });
+    }
+    serde_json::from_slice(bytes).map_err(decode)
 }
 
 fn view_id(method: &'static str, answer: &Value) -> Result<String, SlackApiError> {

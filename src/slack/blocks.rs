@@ -581,6 +581,57 @@ pub fn modal_title(text: &str) -> Value {
     plain(text, MAX_MODAL_TITLE)
 }
 
+/// A message's blocks as readable plain text (for the sandbox driver and logs): headers
+/// underlined, sections and fields as lines, context in parentheses, buttons as `[text](url)`.
+pub fn to_text(blocks: &Value, fallback: &str) -> String {
+    fn text_of(value: &Value) -> String {
+        value
+            .get("text")
+            .and_then(Value::as_str)
+            .map(|t| t.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&"))
+            .unwrap_or_default()
+    }
+    let Some(list) = blocks.as_array().filter(|l| !l.is_empty()) else {
+        return fallback.to_owned();
+    };
+    let mut lines = Vec::new();
+    for block in list {
+        match block.get("type").and_then(Value::as_str).unwrap_or_default() {
+            "header" => {
+                let text = text_of(&block["text"]);
+                lines.push(format!("{text}\n{}", "=".repeat(text.chars().count())));
+            }
+            "section" => {
+                if let Some(text) = block.get("text") {
+                    lines.push(text_of(text));
+                }
+                for field in block.get("fields").and_then(Value::as_array).into_iter().flatten() {
+                    lines.push(format!("  {}", text_of(field).replace('\n', ": ")));
+                }
+            }
+            "context" => {
+                let parts: Vec<String> = block
+                    .get("elements")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .map(text_of)
+                    .collect();
+                lines.push(format!("({})", parts.join(" · ")));
+            }
+            "actions" => {
+                for element in block.get("elements").and_then(Value::as_array).into_iter().flatten() {
+                    let url = element.get("url").and_then(Value::as_str).unwrap_or("button");
+                    lines.push(format!("[{}]({url})", text_of(&element["text"])));
+                }
+            }
+            "divider" => lines.push("---".to_owned()),
+            other => lines.push(format!("<{other} block>")),
+        }
+    }
+    lines.join("\n")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

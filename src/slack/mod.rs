@@ -10,6 +10,7 @@
 
 pub mod api;
 pub mod blocks;
+pub mod manifest;
 pub mod payload;
 pub mod settings;
 pub mod verify;
@@ -131,7 +132,9 @@ async fn commands(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) 
     answer_command(app, command)
 }
 
-/// True for the commands whose replies Slack can show in this version.
+/// True for the commands whose replies Slack can show in this version. (`subscriptions` and
+/// `status` wait for notifications to accept Slack conversations; `doctor --repair`, `setup`,
+/// linking and grants for their modals and buttons.)
 pub fn works_in_slack(command: &Command) -> bool {
     matches!(
         command,
@@ -140,9 +143,30 @@ pub fn works_in_slack(command: &Command) -> bool {
             | Command::Doctor { repair: false }
             | Command::LinkAccountStatus
             | Command::Roles
-            | Command::Subscriptions
-            | Command::Status { .. }
     )
+}
+
+/// The usages of the help card that work in Slack (see [`works_in_slack`]).
+const SLACK_USAGES: &[&str] = &["help", "setup status", "doctor", "link-account status", "roles"];
+
+/// The help card for Slack: the core's, with the commands Slack cannot do yet marked.
+pub fn help_card() -> Reply {
+    let Reply::Card { template, mut data } = chat::help_card();
+    if let Some(commands) = data.get_mut("commands").and_then(Value::as_array_mut) {
+        for command in commands {
+            let usage = command["usage"].as_str().unwrap_or_default();
+            let works = SLACK_USAGES.iter().any(|known| {
+                usage == *known
+                    || usage
+                        .strip_prefix(known)
+                        .is_some_and(|rest| rest.starts_with(" [") || rest.starts_with(" <"))
+            });
+            if !works && let Some(description) = command["description"].as_str() {
+                command["description"] = json!(format!("{description} _(in Teams for now)_"));
+            }
+        }
+    }
+    Reply::Card { template, data }
 }
 
 /// The answer to a command that Slack cannot do yet.
@@ -164,7 +188,7 @@ pub fn not_in_slack_yet(command: &Command) -> Reply {
 pub fn answer_command(app: Arc<App>, slash: SlashCommand) -> Response {
     let parsed = command::parse(&slash.text);
     let reply = match parsed {
-        Ok(Command::Help) | Err(ParseError::Empty) => chat::help_card(),
+        Ok(Command::Help) | Err(ParseError::Empty) => help_card(),
         Err(err @ ParseError::Unknown(_)) => Reply::notice(
             Tone::Default,
             "I understand commands; type /m365 help",
@@ -245,7 +269,7 @@ async fn interactions(State(app): State<Arc<App>>, headers: HeaderMap, body: Byt
             let needs_answer = actions.actions.iter().any(|a| a.url.is_none());
             if let (true, Some(url)) = (needs_answer, actions.response_url.clone()) {
                 let reply = if actions.actions.iter().any(|a| a.action_id == "help") {
-                    chat::help_card()
+                    help_card()
                 } else {
                     Reply::notice(
                         Tone::Warning,
