@@ -244,8 +244,9 @@ pub fn render(reply: &Reply) -> Message {
             ));
         }
     };
+    // The fallback text is mrkdwn too (and shown in notifications): escaped like the rest.
     Message {
-        text: shorten(&text, MAX_FALLBACK_TEXT),
+        text: shorten(&escape(&text), MAX_FALLBACK_TEXT),
         blocks: fit(blocks, MAX_MESSAGE_BLOCKS, more_url.as_deref()),
     }
 }

@@ -49,6 +49,8 @@ pub const INTERACTIONS_PATH: &str = "/slack/interactions";
 pub const EVENTS_PATH: &str = "/slack/events";
 /// The slash command the manifest declares.
 pub const SLASH_COMMAND: &str = "/m365";
+/// `action_id` of a button that shows the help.
+pub const HELP_ACTION: &str = "help";
 
 /// The Slack side of the application, present when `slack.enabled`.
 #[derive(Debug)]
@@ -253,8 +255,8 @@ pub fn command_event(slash: &SlashCommand) -> InboundEvent {
     }
 }
 
-/// `POST /slack/interactions`: acknowledged at once; buttons of this version's messages are
-/// links, so clicks need no work beyond the help button.
+/// `POST /slack/interactions`: acknowledged at once; the buttons of this version's messages
+/// are links, so clicks need no work beyond the help button.
 async fn interactions(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
     let slack = match verified(&app, &headers, &body) {
         Ok(slack) => slack,
@@ -266,21 +268,17 @@ async fn interactions(State(app): State<Arc<App>>, headers: HeaderMap, body: Byt
     };
     match interaction {
         Interaction::BlockActions(actions) => {
-            let needs_answer = actions.actions.iter().any(|a| a.url.is_none());
-            if let (true, Some(url)) = (needs_answer, actions.response_url.clone()) {
-                let reply = if actions.actions.iter().any(|a| a.action_id == "help") {
-                    help_card()
-                } else {
-                    Reply::notice(
-                        Tone::Warning,
-                        "Not available in Slack yet",
-                        "This button does nothing in Slack in this version.",
-                        Some("Type **/m365 help** to see what works here."),
-                    )
-                };
+            // Link buttons need nothing; only the help button asks for an answer. Elements of
+            // other apps' messages are acknowledged and ignored.
+            let wants_help = actions
+                .actions
+                .iter()
+                .any(|a| a.action_id == HELP_ACTION && a.url.is_none());
+            if let (true, Some(url)) = (wants_help, actions.response_url.clone()) {
                 let api = slack.api.clone();
                 tokio::spawn(async move {
-                    if let Err(err) = api.respond(&url, &blocks::render(&reply), false, false).await {
+                    let message = blocks::render(&help_card());
+                    if let Err(err) = api.respond(&url, &message, false, false).await {
                         tracing::warn!(error = %err, "Slack reply not delivered");
                     }
                 });
