@@ -185,7 +185,10 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
             ..m365bot::sandbox::SandboxOptions::default()
         };
         let ports = SandboxPorts { slack: slack_port };
-        return sandbox(listen, &database, doctor, &break_it, json, fresh, options, ports).await;
+        return sandbox(
+            listen, &database, doctor, &break_it, json, fresh, options, ports,
+        )
+        .await;
     }
     let settings = Settings::load(cli.config.as_deref())?;
     if let Commands::ServicenowScript { endpoint } = &command {

@@ -122,7 +122,9 @@ async fn slack_error_bodies_become_typed_errors() {
     );
     let too_long = Message {
         text: "x".to_owned(),
-        blocks: vec![json!({"type": "section", "text": {"type": "mrkdwn", "text": "x".repeat(3001)}})],
+        blocks: vec![
+            json!({"type": "section", "text": {"type": "mrkdwn", "text": "x".repeat(3001)}}),
+        ],
     };
     let err = api
         .post_message("C0GENERAL", &too_long, None)
@@ -133,7 +135,10 @@ async fn slack_error_bodies_become_typed_errors() {
     let wrong = client(&slack, "xoxb-not-the-token");
     let err = wrong.auth_test().await.expect_err("invalid_auth");
     assert_eq!(err.code(), Some("invalid_auth"));
-    assert!(!err.to_string().contains("xoxb"), "no token in errors: {err}");
+    assert!(
+        !err.to_string().contains("xoxb"),
+        "no token in errors: {err}"
+    );
     let err = api
         .open_connection(&SecretString::from(SANDBOX_BOT_TOKEN))
         .await
@@ -147,7 +152,10 @@ async fn users_channels_ephemeral_messages_and_views() {
     let slack = emulator().await;
     let api = client(&slack, SANDBOX_BOT_TOKEN);
     let jane = api.user_info("U0JANE").await.expect("users.info");
-    assert_eq!(jane.profile.email.as_deref(), Some("jane.doe@contoso.example"));
+    assert_eq!(
+        jane.profile.email.as_deref(),
+        Some("jane.doe@contoso.example")
+    );
     assert_eq!(
         api.user_info("U0NOBODY").await.expect_err("unknown").code(),
         Some("user_not_found")
@@ -167,8 +175,14 @@ async fn users_channels_ephemeral_messages_and_views() {
     let view = json!({"type": "modal", "title": blocks::modal_title("Microsoft 365 setup wizard"),
         "close": {"type": "plain_text", "text": "Cancel"},
         "blocks": [blocks::section("Step 1 of 12")]});
-    assert!(blocks::check_modal(&view).is_empty(), "the title was shortened");
-    let id = api.open_view(&ticket.trigger_id, &view).await.expect("views.open");
+    assert!(
+        blocks::check_modal(&view).is_empty(),
+        "the title was shortened"
+    );
+    let id = api
+        .open_view(&ticket.trigger_id, &view)
+        .await
+        .expect("views.open");
     let again = api
         .open_view(&ticket.trigger_id, &view)
         .await
@@ -179,7 +193,9 @@ async fn users_channels_ephemeral_messages_and_views() {
         .await
         .expect_err("hash guard");
     assert_eq!(conflict.code(), Some("hash_conflict"));
-    api.update_view(&id, &view, None).await.expect("views.update");
+    api.update_view(&id, &view, None)
+        .await
+        .expect("views.update");
     let bad = api
         .open_view("not-a-trigger", &view)
         .await
@@ -201,15 +217,24 @@ async fn response_urls_are_slacks_only_and_good_for_five_posts() {
         .respond(&ticket.response_url, &message("ok"), false, false)
         .await
         .expect_err("used up");
-    assert!(matches!(sixth, SlackApiError::Status { status: 404, .. }), "{sixth:?}");
+    assert!(
+        matches!(sixth, SlackApiError::Status { status: 404, .. }),
+        "{sixth:?}"
+    );
     let before = slack.handle().request_log().len();
     let foreign = api
         .respond("https://attacker.example/hook", &message("x"), false, false)
         .await
         .expect_err("refused");
     assert!(matches!(foreign, SlackApiError::ForeignResponseUrl));
-    assert!(!api.is_response_url("http://hooks.slack.com/commands/x"), "https only");
+    assert!(
+        !api.is_response_url("http://hooks.slack.com/commands/x"),
+        "https only"
+    );
     assert!(api.is_response_url("https://hooks.slack.com/commands/T1/2/3"));
     assert_eq!(slack.handle().request_log().len(), before, "nothing sent");
-    assert!(!format!("{api:?}").contains(SANDBOX_BOT_TOKEN), "Debug hides the token");
+    assert!(
+        !format!("{api:?}").contains(SANDBOX_BOT_TOKEN),
+        "Debug hides the token"
+    );
 }

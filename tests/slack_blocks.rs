@@ -99,7 +99,10 @@ fn card_samples() -> Vec<(String, String, Value)> {
             .trim_start_matches("teams/")
             .to_owned();
         samples.push((
-            path.file_name().expect("name").to_string_lossy().into_owned(),
+            path.file_name()
+                .expect("name")
+                .to_string_lossy()
+                .into_owned(),
             template,
             sample["model"].clone(),
         ));
@@ -116,9 +119,13 @@ fn leak(template: &str) -> &'static str {
 fn every_card_sample_carries_the_same_facts_on_both_platforms() {
     let renderer = CardRenderer::new().expect("templates");
     let mut samples = card_samples();
-    samples.push(("help".to_owned(), "help".to_owned(), match m365bot::core::help_card() {
-        Reply::Card { data, .. } => data,
-    }));
+    samples.push((
+        "help".to_owned(),
+        "help".to_owned(),
+        match m365bot::core::help_card() {
+            Reply::Card { data, .. } => data,
+        },
+    ));
     samples.push((
         "notice".to_owned(),
         "notice".to_owned(),
@@ -147,7 +154,10 @@ fn every_card_sample_carries_the_same_facts_on_both_platforms() {
                 .filter_map(|v| v["value"].as_str())
                 .filter(|v| v.len() > 6)
             {
-                assert!(!slack_text.contains(&normalise(value)), "{name} leaks {value}");
+                assert!(
+                    !slack_text.contains(&normalise(value)),
+                    "{name} leaks {value}"
+                );
             }
             continue;
         }
@@ -156,11 +166,17 @@ fn every_card_sample_carries_the_same_facts_on_both_platforms() {
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         let teams_text = normalise(&teams.to_string());
         let expected = facts(&template, &model);
-        assert!(!expected.is_empty() || template == "notify_subscriptions", "{name}: no facts");
+        assert!(
+            !expected.is_empty() || template == "notify_subscriptions",
+            "{name}: no facts"
+        );
         for fact in expected {
             let fact = normalise(fact);
             assert!(teams_text.contains(&fact), "{name}: Teams lacks {fact}");
-            assert!(slack_text.contains(&fact), "{name}: Slack lacks {fact}\n{slack_text}");
+            assert!(
+                slack_text.contains(&fact),
+                "{name}: Slack lacks {fact}\n{slack_text}"
+            );
         }
         compared += 1;
     }
@@ -229,7 +245,15 @@ fn servicenow_text_cannot_mention_everyone_or_forge_links() {
         assert!(!raw.contains(forged), "{forged} survived: {raw}");
     }
     assert!(raw.contains("&lt;!here&gt;"), "{raw}");
-    assert!(!message.text.contains("<!channel>"), "fallback text: {}", message.text);
-    assert!(message.text.contains("&lt;!channel&gt;"), "{}", message.text);
+    assert!(
+        !message.text.contains("<!channel>"),
+        "fallback text: {}",
+        message.text
+    );
+    assert!(
+        message.text.contains("&lt;!channel&gt;"),
+        "{}",
+        message.text
+    );
     assert!(raw.contains("&amp;"), "{raw}");
 }

@@ -57,14 +57,36 @@ async fn bad_missing_future_and_replayed_signatures_get_401_and_change_nothing()
         ("no headers", None, None),
         ("no signature", Some(now.to_string()), None),
         ("no timestamp", None, Some(sign(now, secret))),
-        ("other secret", Some(now.to_string()), Some(sign(now, "some-other-signing-secret"))),
-        ("stale", Some((now - 301).to_string()), Some(sign(now - 301, secret))),
-        ("future", Some((now + 301).to_string()), Some(sign(now + 301, secret))),
-        ("garbage", Some(now.to_string()), Some("v0=nothex".to_owned())),
+        (
+            "other secret",
+            Some(now.to_string()),
+            Some(sign(now, "some-other-signing-secret")),
+        ),
+        (
+            "stale",
+            Some((now - 301).to_string()),
+            Some(sign(now - 301, secret)),
+        ),
+        (
+            "future",
+            Some((now + 301).to_string()),
+            Some(sign(now + 301, secret)),
+        ),
+        (
+            "garbage",
+            Some(now.to_string()),
+            Some("v0=nothex".to_owned()),
+        ),
     ];
     for (label, ts, sig) in cases {
         let answer = bot
-            .post_raw(COMMANDS_PATH, FORM, form.clone(), ts.as_deref(), sig.as_deref())
+            .post_raw(
+                COMMANDS_PATH,
+                FORM,
+                form.clone(),
+                ts.as_deref(),
+                sig.as_deref(),
+            )
             .await;
         assert_eq!(answer.status, 401, "{label}: {}", answer.text);
         assert_eq!(answer.json["error"]["code"], "unauthorized", "{label}");
@@ -72,21 +94,46 @@ async fn bad_missing_future_and_replayed_signatures_get_401_and_change_nothing()
     // A body changed after signing is refused too.
     let tampered = form.replace("doctor", "roles");
     let answer = bot
-        .post_raw(COMMANDS_PATH, FORM, tampered, Some(&now.to_string()), Some(&sign(now, secret)))
+        .post_raw(
+            COMMANDS_PATH,
+            FORM,
+            tampered,
+            Some(&now.to_string()),
+            Some(&sign(now, secret)),
+        )
         .await;
     assert_eq!(answer.status, 401);
-    assert!(bot.world().request_log().is_empty(), "nothing sent for refused requests");
+    assert!(
+        bot.world().request_log().is_empty(),
+        "nothing sent for refused requests"
+    );
 
     let signature = sign(now, secret);
     let accepted = bot
-        .post_raw(COMMANDS_PATH, FORM, form.clone(), Some(&now.to_string()), Some(&signature))
+        .post_raw(
+            COMMANDS_PATH,
+            FORM,
+            form.clone(),
+            Some(&now.to_string()),
+            Some(&signature),
+        )
         .await;
     assert_eq!(accepted.status, 200, "{}", accepted.text);
     let replayed = bot
-        .post_raw(COMMANDS_PATH, FORM, form.clone(), Some(&now.to_string()), Some(&signature))
+        .post_raw(
+            COMMANDS_PATH,
+            FORM,
+            form.clone(),
+            Some(&now.to_string()),
+            Some(&signature),
+        )
         .await;
     assert_eq!(replayed.status, 401, "one signature is accepted once");
-    assert!(replayed.text.contains("already received"), "{}", replayed.text);
+    assert!(
+        replayed.text.contains("already received"),
+        "{}",
+        replayed.text
+    );
     let posted = bot.responses(&ticket, 1).await;
     assert_eq!(posted.len(), 1, "the accepted command was answered once");
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
@@ -106,7 +153,10 @@ async fn malformed_bodies_get_400_and_oversized_ones_413() {
         assert_eq!(answer.status, 400, "{path} {body}: {}", answer.text);
         assert_eq!(answer.json["error"]["code"], "bad_request");
     }
-    let huge = format!("text={}", "a".repeat(bot.app.settings.server.max_body_bytes + 1));
+    let huge = format!(
+        "text={}",
+        "a".repeat(bot.app.settings.server.max_body_bytes + 1)
+    );
     let answer = bot.post_signed(COMMANDS_PATH, FORM, &huge).await;
     assert_eq!(answer.status, 413, "{}", answer.text);
     assert!(bot.world().request_log().is_empty(), "nothing sent");
@@ -189,7 +239,11 @@ async fn every_sample_is_parsed_and_answered() {
                 };
                 let parsed = m365bot::slack::payload::Interaction::from_form(form.as_bytes())
                     .unwrap_or_else(|e| panic!("{name}: {e}"));
-                assert_ne!(parsed, m365bot::slack::payload::Interaction::Other, "{name}");
+                assert_ne!(
+                    parsed,
+                    m365bot::slack::payload::Interaction::Other,
+                    "{name}"
+                );
                 let answer = bot.post_signed(INTERACTIONS_PATH, FORM, &form).await;
                 assert_eq!(answer.status, 200, "{name}: {}", answer.text);
             }
@@ -304,7 +358,10 @@ async fn check_error_examples(text: &str) {
         };
         if key == "rate_limited_http" {
             // Served for real: HTTP 429 with Retry-After, through the client.
-            let retry_after = entry["headers"]["Retry-After"].as_str().expect("header").to_owned();
+            let retry_after = entry["headers"]["Retry-After"]
+                .as_str()
+                .expect("header")
+                .to_owned();
             let router = axum::Router::new().route(
                 "/api/auth.test",
                 axum::routing::post(move || {
@@ -323,7 +380,9 @@ async fn check_error_examples(text: &str) {
                 json!({"ok": false, "error": "ratelimited"})
             }
             assert_eq!(body, &entry_body());
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
             let addr = listener.local_addr().expect("addr");
             tokio::spawn(async move { axum::serve(listener, router).await });
             let client = m365bot::slack::api::SlackClient::new(
@@ -347,11 +406,16 @@ async fn check_error_examples(text: &str) {
         }
         let err = decoded.expect_err("ok false");
         assert_eq!(err.code(), body["error"].as_str(), "{key}");
-        if let Some(messages) = body.pointer("/response_metadata/messages").and_then(Value::as_array)
+        if let Some(messages) = body
+            .pointer("/response_metadata/messages")
+            .and_then(Value::as_array)
         {
             let shown = err.to_string();
             for message in messages {
-                assert!(shown.contains(message.as_str().expect("text")), "{key}: {shown}");
+                assert!(
+                    shown.contains(message.as_str().expect("text")),
+                    "{key}: {shown}"
+                );
             }
         }
     }
@@ -365,12 +429,19 @@ async fn help_is_answered_at_once_and_doctor_through_the_response_url() {
     assert_eq!(help.json["response_type"], "ephemeral");
     let shown = text_of(&help.json["blocks"]);
     assert!(shown.contains("/m365 doctor"), "{shown}");
-    assert!(shown.contains("(in Teams for now)"), "Teams-only commands are marked: {shown}");
+    assert!(
+        shown.contains("(in Teams for now)"),
+        "Teams-only commands are marked: {shown}"
+    );
     assert!(bot.world().request_log().is_empty(), "help needs no call");
 
     let (ack, ticket) = bot.command("U0ADMIN", "C0GENERAL", "doctor").await;
     assert_eq!(ack.status, 200);
-    assert!(text_of(&ack.json["blocks"]).contains("Working on `doctor`"), "{}", ack.text);
+    assert!(
+        text_of(&ack.json["blocks"]).contains("Working on `doctor`"),
+        "{}",
+        ack.text
+    );
     let posted = bot.responses(&ticket, 1).await;
     let report = posted.first().expect("the report arrives");
     assert_eq!(report.ephemeral_to.as_deref(), Some("U0ADMIN"), "ephemeral");
@@ -388,7 +459,11 @@ async fn help_is_answered_at_once_and_doctor_through_the_response_url() {
         .into_iter()
         .map(|l| l.method)
         .collect();
-    assert_eq!(methods, ["users.info", "response_url"], "the e-mail, then the answer");
+    assert_eq!(
+        methods,
+        ["users.info", "response_url"],
+        "the e-mail, then the answer"
+    );
 }
 
 #[tokio::test]
@@ -396,12 +471,24 @@ async fn roles_are_checked_and_unknown_users_are_explained() {
     let bot = SlackBot::start().await;
     let cases = [
         ("U0JANE", "doctor", "You need another ServiceNow role"),
-        ("U0JANE", "roles", "your ServiceNow user *jane.doe* does not hold it"),
+        (
+            "U0JANE",
+            "roles",
+            "your ServiceNow user *jane.doe* does not hold it",
+        ),
         ("U0GONE", "doctor", "cannot use m365bot"),
         ("U0NOBODY", "doctor", "could not find out who you are"),
-        ("U0ADMIN", "roles", "*x_mioms_m365_assis.administrator*\nSystem Administrator (admin)"),
+        (
+            "U0ADMIN",
+            "roles",
+            "*x_mioms_m365_assis.administrator*\nSystem Administrator (admin)",
+        ),
         ("U0ADMIN", "setup status", "No setup yet"),
-        ("U0ADMIN", "link-account status", "Your ServiceNow user *admin* has no linked"),
+        (
+            "U0ADMIN",
+            "link-account status",
+            "Your ServiceNow user *admin* has no linked",
+        ),
     ];
     for (user, command, expected) in cases {
         let (ack, ticket) = bot.command(user, "C0GENERAL", command).await;
@@ -432,7 +519,10 @@ async fn commands_not_built_for_slack_say_so_at_once() {
         let (answer, _) = bot.command("U0ADMIN", "C0GENERAL", command).await;
         assert_eq!(answer.status, 200, "{command}");
         let shown = text_of(&answer.json["blocks"]);
-        assert!(shown.contains("Not available in Slack yet"), "{command}: {shown}");
+        assert!(
+            shown.contains("Not available in Slack yet"),
+            "{command}: {shown}"
+        );
         assert!(shown.contains("Use Teams"), "{command}: {shown}");
     }
     let (answer, _) = bot.command("U0ADMIN", "C0GENERAL", "frobnicate").await;

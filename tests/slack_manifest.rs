@@ -75,12 +75,16 @@ fn the_validator_refuses_what_slack_would() {
     let manifest = cli_manifest(&[("M365BOT_SERVER__PUBLIC_URL", "https://bot.contoso.example/")]);
     let mut broken = manifest.clone();
     broken["features"]["slash_commands"][0]["command"] = "m365".into();
-    broken["display_information"]["name"] = "a name far longer than the thirty-five characters allowed".into();
+    broken["display_information"]["name"] =
+        "a name far longer than the thirty-five characters allowed".into();
     let file = dir.path().join("broken.json");
     std::fs::write(&file, serde_json::to_vec(&broken).expect("json")).expect("write");
     let output = validate(&file);
     assert_eq!(output.status.code(), Some(1));
     let errors = String::from_utf8_lossy(&output.stderr);
-    assert!(errors.contains("/features/slash_commands/0/command"), "{errors}");
+    assert!(
+        errors.contains("/features/slash_commands/0/command"),
+        "{errors}"
+    );
     assert!(errors.contains("/display_information/name"), "{errors}");
 }

@@ -183,9 +183,27 @@ impl SlackEmulator {
         }
         let world = World {
             users: vec![
-                user("U0ADMIN", "admin", "System Administrator", &format!("admin@{email_domain}"), false),
-                user("U0JANE", "jane.doe", "Jane Doe", &format!("jane.doe@{email_domain}"), false),
-                user("U0GONE", "gone", "Former Employee", &format!("gone@{email_domain}"), true),
+                user(
+                    "U0ADMIN",
+                    "admin",
+                    "System Administrator",
+                    &format!("admin@{email_domain}"),
+                    false,
+                ),
+                user(
+                    "U0JANE",
+                    "jane.doe",
+                    "Jane Doe",
+                    &format!("jane.doe@{email_domain}"),
+                    false,
+                ),
+                user(
+                    "U0GONE",
+                    "gone",
+                    "Former Employee",
+                    &format!("gone@{email_domain}"),
+                    true,
+                ),
             ],
             channels,
             messages: Vec::new(),
@@ -317,7 +335,10 @@ fn new_ticket(shared: &Shared, channel: &str, user: &str) -> CommandTicket {
         .triggers
         .insert(trigger_id.clone(), (Instant::now(), false));
     CommandTicket {
-        response_url: format!("{}/commands/{SANDBOX_TEAM_ID}/{id}/{secret}", shared.base_url),
+        response_url: format!(
+            "{}/commands/{SANDBOX_TEAM_ID}/{id}/{secret}",
+            shared.base_url
+        ),
         response_id: id,
         trigger_id,
     }
@@ -341,7 +362,10 @@ struct MessagesQuery {
     response_url: Option<String>,
 }
 
-async fn messages(State(shared): State<Arc<Shared>>, Query(query): Query<MessagesQuery>) -> Response {
+async fn messages(
+    State(shared): State<Arc<Shared>>,
+    Query(query): Query<MessagesQuery>,
+) -> Response {
     let world = shared.world();
     let list: Vec<&SlackPosted> = world
         .messages
@@ -403,7 +427,9 @@ fn arguments(headers: &HeaderMap, body: &[u8]) -> Option<Map<String, Value>> {
 }
 
 fn arg<'a>(args: &'a Map<String, Value>, name: &str) -> Option<&'a str> {
-    args.get(name).and_then(Value::as_str).filter(|v| !v.is_empty())
+    args.get(name)
+        .and_then(Value::as_str)
+        .filter(|v| !v.is_empty())
 }
 
 /// Blocks given as JSON or as a JSON string (form bodies).
@@ -417,12 +443,18 @@ fn blocks_of(args: &Map<String, Value>) -> Value {
 
 fn next_ts(world: &mut World) -> String {
     world.next += 1;
-    format!("{}.{:06}", chrono::Utc::now().timestamp(), world.next % 1_000_000)
+    format!(
+        "{}.{:06}",
+        chrono::Utc::now().timestamp(),
+        world.next % 1_000_000
+    )
 }
 
 fn check_blocks(blocks: &Value) -> Result<(), Vec<String>> {
     let Some(list) = blocks.as_array() else {
-        return Err(vec!["[ERROR] must be an array [json-pointer:/blocks]".to_owned()]);
+        return Err(vec![
+            "[ERROR] must be an array [json-pointer:/blocks]".to_owned(),
+        ]);
     };
     let problems = check_limits(list, Surface::Message);
     if problems.is_empty() {
@@ -557,7 +589,10 @@ fn post_message(world: &mut World, method: &str, args: &Map<String, Value>) -> R
     let ts = next_ts(world);
     let thread_ts = arg(args, "thread_ts").map(str::to_owned);
     if let Some(root) = &thread_ts
-        && !world.messages.iter().any(|m| &m.ts == root && m.channel == channel)
+        && !world
+            .messages
+            .iter()
+            .any(|m| &m.ts == root && m.channel == channel)
     {
         // Slack accepts an unknown thread_ts and posts to the channel; keep it, as Slack does.
         tracing::debug!(thread_ts = %root, "thread root unknown to the emulator");
@@ -619,7 +654,11 @@ fn update_message(world: &mut World, method: &str, args: &Map<String, Value>) ->
         text: text.clone(),
         blocks,
     });
-    slack_ok(world, method, json!({"channel": channel, "ts": ts, "text": text}))
+    slack_ok(
+        world,
+        method,
+        json!({"channel": channel, "ts": ts, "text": text}),
+    )
 }
 
 fn post_ephemeral(world: &mut World, method: &str, args: &Map<String, Value>) -> Response {
@@ -656,18 +695,30 @@ fn post_ephemeral(world: &mut World, method: &str, args: &Map<String, Value>) ->
 
 fn view_problems(view: Option<&Value>) -> Vec<String> {
     match view {
-        Some(view) if view.get("type").and_then(Value::as_str) == Some("modal") => check_modal(view),
+        Some(view) if view.get("type").and_then(Value::as_str) == Some("modal") => {
+            check_modal(view)
+        }
         _ => vec!["invalid `view`: a modal is required".to_owned()],
     }
 }
 
 fn open_view(world: &mut World, method: &str, args: &Map<String, Value>) -> Response {
     let Some(trigger) = arg(args, "trigger_id").map(str::to_owned) else {
-        return slack_error(world, method, "invalid_arguments", &["invalid `trigger_id`".to_owned()]);
+        return slack_error(
+            world,
+            method,
+            "invalid_arguments",
+            &["invalid `trigger_id`".to_owned()],
+        );
     };
     match world.triggers.get(&trigger).copied() {
         None => {
-            return slack_error(world, method, "invalid_arguments", &["invalid `trigger_id`".to_owned()]);
+            return slack_error(
+                world,
+                method,
+                "invalid_arguments",
+                &["invalid `trigger_id`".to_owned()],
+            );
         }
         Some((_, true)) => return slack_error(world, method, "exchanged_trigger_id", &[]),
         Some((issued, false)) if issued.elapsed() > TRIGGER_TTL => {
@@ -845,7 +896,11 @@ pub async fn say(
         .json(&json!({"channel": channel, "user": user}))
         .send()
         .await
-        .with_context(|| format!("the Slack emulator at {emulator} does not answer: is `m365bot sandbox` running?"))?
+        .with_context(|| {
+            format!(
+                "the Slack emulator at {emulator} does not answer: is `m365bot sandbox` running?"
+            )
+        })?
         .error_for_status()?
         .json()
         .await?;
@@ -869,8 +924,11 @@ pub async fn say(
         .append_pair("trigger_id", &ticket.trigger_id)
         .finish();
     let timestamp = chrono::Utc::now().timestamp().to_string();
-    let signature =
-        crate::slack::verify::sign(SANDBOX_SIGNING_SECRET.as_bytes(), &timestamp, form.as_bytes());
+    let signature = crate::slack::verify::sign(
+        SANDBOX_SIGNING_SECRET.as_bytes(),
+        &timestamp,
+        form.as_bytes(),
+    );
     let response = http
         .post(format!("{bot}{}", crate::slack::COMMANDS_PATH))
         .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
@@ -879,13 +937,18 @@ pub async fn say(
         .body(form)
         .send()
         .await
-        .with_context(|| format!("the bot at {bot} does not answer: is `m365bot sandbox` running?"))?;
+        .with_context(|| {
+            format!("the bot at {bot} does not answer: is `m365bot sandbox` running?")
+        })?;
     let status = response.status().as_u16();
     let body = response.text().await.unwrap_or_default();
     let ack = match serde_json::from_str::<Value>(&body) {
         Ok(answer) if status == 200 => crate::slack::blocks::to_text(
             answer.get("blocks").unwrap_or(&Value::Null),
-            answer.get("text").and_then(Value::as_str).unwrap_or_default(),
+            answer
+                .get("text")
+                .and_then(Value::as_str)
+                .unwrap_or_default(),
         ),
         _ => body.clone(),
     };
@@ -905,7 +968,10 @@ pub async fn say(
         tokio::time::sleep(Duration::from_millis(100)).await;
         let page: Value = http
             .get(format!("{emulator}/_sandbox/messages"))
-            .query(&[("after", seen.to_string()), ("response_url", ticket.response_id.clone())])
+            .query(&[
+                ("after", seen.to_string()),
+                ("response_url", ticket.response_id.clone()),
+            ])
             .send()
             .await?
             .json()
@@ -920,9 +986,10 @@ pub async fn say(
         }
         for message in messages {
             seen = seen.max(message.seq);
-            conversation
-                .posted
-                .push(crate::slack::blocks::to_text(&message.blocks, &message.text));
+            conversation.posted.push(crate::slack::blocks::to_text(
+                &message.blocks,
+                &message.text,
+            ));
         }
         quiet_since = Instant::now();
     }

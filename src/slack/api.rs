@@ -278,13 +278,10 @@ impl SlackClient {
         token: &SecretString,
         body: Body<'_>,
     ) -> Result<T, SlackApiError> {
-        let url = self
-            .base
-            .join(method)
-            .map_err(|e| SlackApiError::Decode {
-                method,
-                message: e.to_string(),
-            })?;
+        let url = self.base.join(method).map_err(|e| SlackApiError::Decode {
+            method,
+            message: e.to_string(),
+        })?;
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -309,7 +306,11 @@ impl SlackClient {
                     .and_then(parse_retry_after)
                     .unwrap_or(Duration::from_secs(1));
                 if attempt == 1 && retry_after <= MAX_INLINE_RETRY_WAIT {
-                    tracing::debug!(slack.method = method, wait_ms = retry_after.as_millis() as u64, "Slack rate limit: waiting");
+                    tracing::debug!(
+                        slack.method = method,
+                        wait_ms = retry_after.as_millis() as u64,
+                        "Slack rate limit: waiting"
+                    );
                     tokio::time::sleep(retry_after).await;
                     continue;
                 }
@@ -475,7 +476,11 @@ impl SlackClient {
             return Err(SlackApiError::ForeignResponseUrl);
         }
         let mut body = message.to_json();
-        body["response_type"] = json!(if in_channel { "in_channel" } else { "ephemeral" });
+        body["response_type"] = json!(if in_channel {
+            "in_channel"
+        } else {
+            "ephemeral"
+        });
         body["replace_original"] = json!(replace_original);
         let response = self
             .http

@@ -125,7 +125,9 @@ fn markdown_link(chars: &[char]) -> Option<(String, String, usize)> {
     let label: String = chars[1..close].iter().collect();
     let url: String = chars[close + 2..end].iter().collect();
     let safe = (url.starts_with("https://") || url.starts_with("http://"))
-        && !url.chars().any(|c| c.is_whitespace() || c == '<' || c == '>');
+        && !url
+            .chars()
+            .any(|c| c.is_whitespace() || c == '<' || c == '>');
     safe.then_some((label, url, end + 1))
 }
 
@@ -324,11 +326,7 @@ fn results(data: &Value) -> Built {
     }
     let lines = list(data, "lines");
     if !lines.is_empty() {
-        let text: Vec<String> = lines
-            .iter()
-            .filter_map(Value::as_str)
-            .map(mrkdwn)
-            .collect();
+        let text: Vec<String> = lines.iter().filter_map(Value::as_str).map(mrkdwn).collect();
         blocks.push(section(&format!(
             "*{}*\n{}",
             escape(str_of(data, "lines_title")),
@@ -425,7 +423,11 @@ fn case(data: &Value) -> Built {
         blocks.push(link_button(label, url, "case.open"));
     }
     let text = format!("{number} {title}: {}", str_of(data, "state"));
-    (text, blocks, url.starts_with("http").then(|| url.to_owned()))
+    (
+        text,
+        blocks,
+        url.starts_with("http").then(|| url.to_owned()),
+    )
 }
 
 fn update(data: &Value) -> Built {
@@ -532,7 +534,12 @@ fn walk(value: &Value, pointer: &str, parent_type: Option<&str>, problems: &mut 
                     problems.push(format!("{pointer}/fields: more than {MAX_FIELDS}"));
                 }
                 for (i, field) in fields.iter().enumerate() {
-                    walk(field, &format!("{pointer}/fields/{i}"), Some("field"), problems);
+                    walk(
+                        field,
+                        &format!("{pointer}/fields/{i}"),
+                        Some("field"),
+                        problems,
+                    );
                 }
             }
             if kind == Some("context")
@@ -541,13 +548,20 @@ fn walk(value: &Value, pointer: &str, parent_type: Option<&str>, problems: &mut 
                     .and_then(Value::as_array)
                     .is_some_and(|e| e.len() > MAX_CONTEXT_ELEMENTS || e.is_empty())
             {
-                problems.push(format!("{pointer}/elements: 1 to {MAX_CONTEXT_ELEMENTS} allowed"));
+                problems.push(format!(
+                    "{pointer}/elements: 1 to {MAX_CONTEXT_ELEMENTS} allowed"
+                ));
             }
             for (key, child) in map {
                 if key == "fields" && kind == Some("section") {
                     continue;
                 }
-                walk(child, &format!("{pointer}/{key}"), kind.or(parent_type), problems);
+                walk(
+                    child,
+                    &format!("{pointer}/{key}"),
+                    kind.or(parent_type),
+                    problems,
+                );
             }
         }
         Value::Array(items) => {
@@ -563,7 +577,10 @@ fn walk(value: &Value, pointer: &str, parent_type: Option<&str>, problems: &mut 
 pub fn check_modal(view: &Value) -> Vec<String> {
     let mut problems = Vec::new();
     for key in ["title", "submit", "close"] {
-        if let Some(text) = view.get(key).and_then(|t| t.get("text")).and_then(Value::as_str)
+        if let Some(text) = view
+            .get(key)
+            .and_then(|t| t.get("text"))
+            .and_then(Value::as_str)
             && text.chars().count() > MAX_MODAL_TITLE
         {
             problems.push(format!("/{key}/text: longer than {MAX_MODAL_TITLE}"));
@@ -589,7 +606,11 @@ pub fn to_text(blocks: &Value, fallback: &str) -> String {
         value
             .get("text")
             .and_then(Value::as_str)
-            .map(|t| t.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&"))
+            .map(|t| {
+                t.replace("&lt;", "<")
+                    .replace("&gt;", ">")
+                    .replace("&amp;", "&")
+            })
             .unwrap_or_default()
     }
     let Some(list) = blocks.as_array().filter(|l| !l.is_empty()) else {
@@ -597,7 +618,11 @@ pub fn to_text(blocks: &Value, fallback: &str) -> String {
     };
     let mut lines = Vec::new();
     for block in list {
-        match block.get("type").and_then(Value::as_str).unwrap_or_default() {
+        match block
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+        {
             "header" => {
                 let text = text_of(&block["text"]);
                 lines.push(format!("{text}\n{}", "=".repeat(text.chars().count())));
@@ -606,7 +631,12 @@ pub fn to_text(blocks: &Value, fallback: &str) -> String {
                 if let Some(text) = block.get("text") {
                     lines.push(text_of(text));
                 }
-                for field in block.get("fields").and_then(Value::as_array).into_iter().flatten() {
+                for field in block
+                    .get("fields")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
                     lines.push(format!("  {}", text_of(field).replace('\n', ": ")));
                 }
             }
@@ -621,8 +651,16 @@ pub fn to_text(blocks: &Value, fallback: &str) -> String {
                 lines.push(format!("({})", parts.join(" · ")));
             }
             "actions" => {
-                for element in block.get("elements").and_then(Value::as_array).into_iter().flatten() {
-                    let url = element.get("url").and_then(Value::as_str).unwrap_or("button");
+                for element in block
+                    .get("elements")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    let url = element
+                        .get("url")
+                        .and_then(Value::as_str)
+                        .unwrap_or("button");
                     lines.push(format!("[{}]({url})", text_of(&element["text"])));
                 }
             }
@@ -639,15 +677,24 @@ mod tests {
 
     #[test]
     fn mrkdwn_converts_bold_and_links_and_escapes_control_characters() {
-        assert_eq!(mrkdwn("**doctor** & <!channel>"), "*doctor* &amp; &lt;!channel&gt;");
+        assert_eq!(
+            mrkdwn("**doctor** & <!channel>"),
+            "*doctor* &amp; &lt;!channel&gt;"
+        );
         assert_eq!(
             mrkdwn("see [the guide](https://example.com/a?b=1&c=2)"),
             "see <https://example.com/a?b=1&amp;c=2|the guide>"
         );
-        assert_eq!(mrkdwn("[not a link](javascript:x)"), "[not a link](javascript:x)");
+        assert_eq!(
+            mrkdwn("[not a link](javascript:x)"),
+            "[not a link](javascript:x)"
+        );
         let escaped = crate::cards::escape_markdown("**x** <@U1> [a](https://e.com)");
         let out = mrkdwn(&escaped);
-        assert!(!out.contains('<'), "user text never becomes a link or mention: {out}");
+        assert!(
+            !out.contains('<'),
+            "user text never becomes a link or mention: {out}"
+        );
         assert!(out.contains("&lt;@U1&gt;"), "{out}");
     }
 
@@ -664,7 +711,10 @@ mod tests {
         let fitted = fit(blocks, MAX_MESSAGE_BLOCKS, Some("https://sn.example.com/x"));
         assert_eq!(fitted.len(), MAX_MESSAGE_BLOCKS);
         let last = fitted.last().expect("last").to_string();
-        assert!(last.contains("11 more") && last.contains("https://sn.example.com/x"), "{last}");
+        assert!(
+            last.contains("11 more") && last.contains("https://sn.example.com/x"),
+            "{last}"
+        );
         assert!(check_limits(&fitted, Surface::Message).is_empty());
     }
 
@@ -681,6 +731,11 @@ mod tests {
         assert_eq!(problems.len(), 4, "{problems:?}");
         let view = json!({"title": {"type": "plain_text", "text": "A title longer than 24 chars"}, "blocks": []});
         assert_eq!(check_modal(&view).len(), 1);
-        assert_eq!(modal_title("A title longer than 24 chars")["text"].as_str().map(|t| t.chars().count()), Some(24));
+        assert_eq!(
+            modal_title("A title longer than 24 chars")["text"]
+                .as_str()
+                .map(|t| t.chars().count()),
+            Some(24)
+        );
     }
 }

@@ -83,7 +83,11 @@ mod tests {
         assert_eq!(http["settings"]["socket_mode_enabled"], false);
         let socket = manifest(&base, Transport::Socket);
         assert!(socket["features"]["slash_commands"][0].get("url").is_none());
-        assert!(socket["settings"]["interactivity"].get("request_url").is_none());
+        assert!(
+            socket["settings"]["interactivity"]
+                .get("request_url")
+                .is_none()
+        );
         assert_eq!(socket["settings"]["socket_mode_enabled"], true);
     }
 }

@@ -92,26 +92,37 @@ pub fn routes() -> Router<Arc<App>> {
         .route(EVENTS_PATH, post(events))
 }
 
-fn not_enabled() -> Response {
-    (
-        StatusCode::NOT_FOUND,
-        Json(json!({"error": {"code": "not_found", "message": "Slack request URLs are not enabled on this bot (slack.enabled, slack.transport = \"http\")"}})),
-    )
-        .into_response()
+/// Why a request to a Slack URL is not served.
+enum Refusal {
+    /// Slack (or its HTTP transport) is off.
+    NotEnabled,
+    /// The signature check failed.
+    Refused(ApiError),
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        match self {
+            Self::NotEnabled => (
+                StatusCode::NOT_FOUND,
+                Json(json!({"error": {"code": "not_found", "message": "Slack request URLs are not enabled on this bot (slack.enabled, slack.transport = \"http\")"}})),
+            )
+                .into_response(),
+            Self::Refused(err) => err.into_response(),
+        }
+    }
 }
 
 /// The adapter, when the request is signed by Slack; else the refusal to answer.
-fn verified<'a>(app: &'a App, headers: &HeaderMap, body: &[u8]) -> Result<&'a Slack, Response> {
-    let Some(slack) = app.slack.as_ref() else {
-        return Err(not_enabled());
-    };
-    let Some(verifier) = slack.verifier.as_ref() else {
-        return Err(not_enabled());
-    };
+fn verified<'a>(app: &'a App, headers: &HeaderMap, body: &[u8]) -> Result<&'a Slack, Refusal> {
+    let slack = app.slack.as_ref().ok_or(Refusal::NotEnabled)?;
+    let verifier = slack.verifier.as_ref().ok_or(Refusal::NotEnabled)?;
     match verifier.verify(headers, body) {
         Ok(()) => Ok(slack),
-        Err(VerifyError::Busy) => Err(ApiError::Unavailable(VerifyError::Busy.to_string()).into_response()),
-        Err(err) => Err(ApiError::Unauthorized(err.to_string()).into_response()),
+        Err(VerifyError::Busy) => Err(Refusal::Refused(ApiError::Unavailable(
+            VerifyError::Busy.to_string(),
+        ))),
+        Err(err) => Err(Refusal::Refused(ApiError::Unauthorized(err.to_string()))),
     }
 }
 
@@ -125,7 +136,7 @@ fn ephemeral(message: &Message) -> Response {
 /// `POST /slack/commands`.
 async fn commands(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
     if let Err(refused) = verified(&app, &headers, &body) {
-        return refused;
+        return refused.into_response();
     }
     let command = match SlashCommand::from_form(&body) {
         Ok(command) => command,
@@ -149,7 +160,13 @@ pub fn works_in_slack(command: &Command) -> bool {
 }
 
 /// The usages of the help card that work in Slack (see [`works_in_slack`]).
-const SLACK_USAGES: &[&str] = &["help", "setup status", "doctor", "link-account status", "roles"];
+const SLACK_USAGES: &[&str] = &[
+    "help",
+    "setup status",
+    "doctor",
+    "link-account status",
+    "roles",
+];
 
 /// The help card for Slack: the core's, with the commands Slack cannot do yet marked.
 pub fn help_card() -> Reply {
@@ -197,7 +214,12 @@ pub fn answer_command(app: Arc<App>, slash: SlashCommand) -> Response {
             &err.to_string(),
             None,
         ),
-        Err(err) => Reply::notice(Tone::Attention, "I didn't understand that", &err.to_string(), None),
+        Err(err) => Reply::notice(
+            Tone::Attention,
+            "I didn't understand that",
+            &err.to_string(),
+            None,
+        ),
         Ok(command) if !works_in_slack(&command) => not_in_slack_yet(&command),
         Ok(command) => {
             let word = chat::command_word(&command);
@@ -222,7 +244,11 @@ async fn run_command(app: Arc<App>, slash: SlashCommand) {
     };
     for reply in replies {
         let message = blocks::render(&reply);
-        if let Err(err) = slack.api.respond(&slash.response_url, &message, false, false).await {
+        if let Err(err) = slack
+            .api
+            .respond(&slash.response_url, &message, false, false)
+            .await
+        {
             tracing::warn!(error = %err, retry = ?err.retry_kind(), "Slack reply not delivered");
         }
     }
@@ -260,7 +286,7 @@ pub fn command_event(slash: &SlashCommand) -> InboundEvent {
 async fn interactions(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
     let slack = match verified(&app, &headers, &body) {
         Ok(slack) => slack,
-        Err(refused) => return refused,
+        Err(refused) => return refused.into_response(),
     };
     let interaction = match Interaction::from_form(&body) {
         Ok(interaction) => interaction,
@@ -295,14 +321,17 @@ async fn interactions(State(app): State<Arc<App>>, headers: HeaderMap, body: Byt
 /// `POST /slack/events`: the `url_verification` handshake; events are acknowledged.
 async fn events(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
     if let Err(refused) = verified(&app, &headers, &body) {
-        return refused;
+        return refused.into_response();
     }
     match EventEnvelope::from_json(&body) {
         Ok(EventEnvelope::UrlVerification { challenge }) => {
             Json(json!({"challenge": challenge})).into_response()
         }
         Ok(EventEnvelope::EventCallback { event, .. }) => {
-            let kind = event.get("type").and_then(Value::as_str).unwrap_or_default();
+            let kind = event
+                .get("type")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
             tracing::debug!(slack.event = kind, "Slack event acknowledged");
             StatusCode::OK.into_response()
         }
@@ -350,15 +379,14 @@ pub async fn platform_identity(app: &App, user_id: &str) -> Result<PlatformIdent
             Tone::Attention,
             "Your Slack profile has no e-mail I can read",
             "I match Slack users to ServiceNow users by e-mail, and Slack did not give me yours.",
-            Some("Ask your Slack admin to grant the app the users:read.email scope and reinstall it."),
+            Some(
+                "Ask your Slack admin to grant the app the users:read.email scope and reinstall it.",
+            ),
         ));
     }
     Ok(PlatformIdentity {
         user_id: user.id,
-        name: user
-            .real_name
-            .or(user.profile.real_name)
-            .or(user.name),
+        name: user.real_name.or(user.profile.real_name).or(user.name),
         aad_object_id: None,
         email,
         user_principal_name: None,

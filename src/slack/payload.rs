@@ -202,7 +202,7 @@ pub struct ViewPayload {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Interaction {
     /// Buttons, selects and other interactive elements.
-    BlockActions(BlockActions),
+    BlockActions(Box<BlockActions>),
     /// A modal's submit button.
     ViewSubmission(ViewPayload),
     /// A modal closed (only with `notify_on_close`).

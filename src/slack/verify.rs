@@ -121,12 +121,7 @@ impl SignatureVerifier {
         };
         let timestamp = header(TIMESTAMP_HEADER)?;
         let signature = header(SIGNATURE_HEADER)?;
-        self.verify_at(
-            timestamp,
-            signature,
-            body,
-            chrono::Utc::now().timestamp(),
-        )
+        self.verify_at(timestamp, signature, body, chrono::Utc::now().timestamp())
     }
 
     /// Verifies `signature` of `body` signed at `timestamp`, with `now` as the current unix
@@ -154,7 +149,11 @@ impl SignatureVerifier {
         let tag = decode_signature(signature).ok_or(VerifyError::MalformedSignature)?;
         hmac::verify(&self.key, &base_string(timestamp, body), &tag)
             .map_err(|_| VerifyError::Mismatch)?;
-        self.remember(tag, signed_at.saturating_add(i64::try_from(self.window_secs).unwrap_or(300)), now)
+        self.remember(
+            tag,
+            signed_at.saturating_add(i64::try_from(self.window_secs).unwrap_or(300)),
+            now,
+        )
     }
 
     /// Records an accepted signature until `expires_at`; refuses one seen before.
@@ -194,7 +193,10 @@ mod tests {
 
     #[test]
     fn the_official_vector_signs_and_verifies_with_a_fixed_clock() {
-        assert_eq!(sign(SECRET.as_bytes(), TIMESTAMP, BODY.as_bytes()), EXPECTED);
+        assert_eq!(
+            sign(SECRET.as_bytes(), TIMESTAMP, BODY.as_bytes()),
+            EXPECTED
+        );
         let now: i64 = 1_531_420_618;
         assert_eq!(
             verifier().verify_at(TIMESTAMP, EXPECTED, BODY.as_bytes(), now),
@@ -245,7 +247,11 @@ mod tests {
             Err(VerifyError::Mismatch)
         );
         let upper = good.to_ascii_uppercase().replacen("V0=", "v0=", 1);
-        assert_eq!(verifier.verify_at(&ts, &upper, b"a=1", signed), Ok(()), "hex digits in any case");
+        assert_eq!(
+            verifier.verify_at(&ts, &upper, b"a=1", signed),
+            Ok(()),
+            "hex digits in any case"
+        );
         for bad in ["", "v1=00", "v0=zz", &good[..good.len() - 1]] {
             assert_eq!(
                 verifier.verify_at(&ts, bad, b"a=1", signed),
@@ -278,7 +284,11 @@ mod tests {
         };
         assert_eq!(at(1_000, b"1"), Ok(()));
         assert_eq!(at(1_001, b"2"), Ok(()));
-        assert_eq!(at(1_002, b"3"), Err(VerifyError::Busy), "full inside the window");
+        assert_eq!(
+            at(1_002, b"3"),
+            Err(VerifyError::Busy),
+            "full inside the window"
+        );
         assert_eq!(at(1_400, b"4"), Ok(()), "expired entries make room");
         assert!(verifier.remembered() <= 2);
     }

@@ -7,8 +7,7 @@ use m365bot::app::{App, Application};
 use m365bot::demo::Demo;
 use m365bot::sandbox::SandboxOptions;
 use m365bot::sandbox::slack::{
-    CommandTicket, SANDBOX_SIGNING_SECRET, SANDBOX_TEAM_ID, SlackEmulator, SlackHandle,
-    SlackPosted,
+    CommandTicket, SANDBOX_SIGNING_SECRET, SANDBOX_TEAM_ID, SlackEmulator, SlackHandle, SlackPosted,
 };
 use m365bot::slack::verify::{SIGNATURE_HEADER, TIMESTAMP_HEADER, sign};
 use serde_json::Value;
@@ -117,8 +116,14 @@ impl SlackBot {
     pub async fn post_signed(&self, path: &str, content_type: &str, body: &str) -> Answer {
         let ts = chrono::Utc::now().timestamp().to_string();
         let signature = sign(SANDBOX_SIGNING_SECRET.as_bytes(), &ts, body.as_bytes());
-        self.post_raw(path, content_type, body.to_owned(), Some(&ts), Some(&signature))
-            .await
+        self.post_raw(
+            path,
+            content_type,
+            body.to_owned(),
+            Some(&ts),
+            Some(&signature),
+        )
+        .await
     }
 
     /// The form body of `/m365 <text>` typed by `user` in `channel`, with a fresh ticket.
