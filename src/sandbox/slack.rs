@@ -1,5 +1,5 @@
-//! An in-process emulator of the Slack Web API and of Slack's `response_url`s, for the sandbox
-//! and the end-to-end tests.
+//! An in-process emulator of the Slack Web API, of Slack's `response_url`s and of Socket Mode,
+//! for the sandbox and the end-to-end tests.
 //!
 //! [`SlackEmulator::start`] binds one loopback server that stands for both
 //! `https://slack.com/api/` (under `/api/`) and `https://hooks.slack.com/` (response URLs under
@@ -11,13 +11,17 @@
 //! one channel within a second, and response URLs good for 5 posts within 30 minutes. Every
 //! call lands in a request log; every message posted lands in a message log, readable through
 //! [`SlackHandle`] or `GET /_sandbox/messages` (the `slack-say` driver reads it there).
+//! `apps.connections.open` (app-level token) returns the URL of a Socket Mode WebSocket that
+//! says `hello`, sends the envelopes of [`SlackHandle::socket_command`], records the acks,
+//! redelivers unacknowledged envelopes to the next connection with `retry_attempt` raised, and
+//! can send `disconnect` or drop the connection.
 //!
 //! Seed: workspace `T0SANDBOX` with the bot `U0BOT`, users `U0ADMIN` (e-mail of the ServiceNow
 //! emulator's `admin`) and `U0JANE` (`jane.doe`), a deactivated `U0GONE`, channels `C0GENERAL`
 //! (public, bot a member), `C0PRIVATE` (private, bot not a member), `C0OLD` (archived) and
 //! the direct message `D0ADMIN`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -116,6 +120,35 @@ struct World {
     last_post: HashMap<String, Instant>,
     next: u64,
     per_channel_interval: Duration,
+    socket: SocketState,
+}
+
+/// Socket Mode: the open connection, envelopes not yet sent, sent but not acknowledged, and
+/// the acknowledgements received.
+#[derive(Default)]
+struct SocketState {
+    link: Option<tokio::sync::mpsc::UnboundedSender<SocketOrder>>,
+    connections: u32,
+    queued: VecDeque<Value>,
+    unacked: Vec<Value>,
+    acks: Vec<SocketAck>,
+}
+
+enum SocketOrder {
+    Send(Value),
+    Disconnect(String),
+    Drop,
+}
+
+/// An acknowledgement the bot sent over Socket Mode.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SocketAck {
+    /// The envelope acknowledged.
+    pub envelope_id: String,
+    /// Its retry attempt when acknowledged (0: first delivery).
+    pub retry_attempt: u64,
+    /// The response payload, if any.
+    pub payload: Option<Value>,
 }
 
 struct Shared {
@@ -214,6 +247,7 @@ impl SlackEmulator {
             last_post: HashMap::new(),
             next: 0,
             per_channel_interval: Duration::from_secs(1),
+            socket: SocketState::default(),
         };
         let shared = Arc::new(Shared {
             world: Mutex::new(world),
@@ -225,6 +259,7 @@ impl SlackEmulator {
             .route("/actions/{team}/{id}/{secret}", post(respond))
             .route("/_sandbox/messages", get(messages))
             .route("/_sandbox/command", post(new_command))
+            .route("/socket-mode", get(socket_mode))
             .with_state(shared.clone());
         let shutdown = CancellationToken::new();
         let stop = shutdown.clone();
@@ -308,6 +343,73 @@ impl SlackHandle {
             });
         entry.is_member = is_member;
         entry.is_archived = is_archived;
+    }
+
+    /// Sends `/m365 <text>` typed by `user` in `channel` over Socket Mode (queued until the
+    /// bot is connected); returns the envelope id and the command's ticket.
+    pub fn socket_command(&self, user: &str, channel: &str, text: &str) -> (String, CommandTicket) {
+        let ticket = new_ticket(&self.shared, channel, user);
+        let mut world = self.shared.world();
+        world.next += 1;
+        let envelope_id = format!("env-{:08}", world.next);
+        let envelope = json!({
+            "type": "slash_commands",
+            "envelope_id": envelope_id,
+            "accepts_response_payload": true,
+            "retry_attempt": 0,
+            "retry_reason": "",
+            "payload": {
+                "token": "unused", "team_id": SANDBOX_TEAM_ID, "team_domain": "contoso-sandbox",
+                "channel_id": channel, "channel_name": "general", "user_id": user, "user_name": user,
+                "command": "/m365", "text": text, "api_app_id": "A0SANDBOX",
+                "is_enterprise_install": "false",
+                "response_url": ticket.response_url, "trigger_id": ticket.trigger_id,
+            },
+        });
+        let link = world.socket.link.clone();
+        match link {
+            Some(link) => {
+                world.socket.unacked.push(envelope.clone());
+                if link.send(SocketOrder::Send(envelope)).is_err() {
+                    tracing::debug!(
+                        "Socket Mode link gone; the envelope waits for the next connection"
+                    );
+                }
+            }
+            None => world.socket.queued.push_back(envelope),
+        }
+        (envelope_id, ticket)
+    }
+
+    /// Asks the bot to reconnect (`disconnect` with `reason`), as Slack does regularly.
+    pub fn socket_disconnect(&self, reason: &str) {
+        if let Some(link) = self.shared.world().socket.link.take() {
+            let _ = link.send(SocketOrder::Disconnect(reason.to_owned()));
+        }
+    }
+
+    /// Drops the Socket Mode connection without a word, as a network failure would.
+    pub fn socket_drop(&self) {
+        if let Some(link) = self.shared.world().socket.link.take() {
+            let _ = link.send(SocketOrder::Drop);
+        }
+    }
+
+    /// Acknowledgements received over Socket Mode.
+    pub fn socket_acks(&self) -> Vec<SocketAck> {
+        self.shared.world().socket.acks.clone()
+    }
+
+    /// Socket Mode connections opened so far, and whether one is open now.
+    pub fn socket_connections(&self) -> (u32, bool) {
+        let world = self.shared.world();
+        (world.socket.connections, world.socket.link.is_some())
+    }
+
+    /// Envelopes sent or queued and not acknowledged yet.
+    pub fn socket_unacknowledged(&self) -> usize {
+        let world = self.shared.world();
+        world.socket.unacked.len() + world.socket.queued.len()
     }
 
     /// Changes the per-channel `chat.postMessage` spacing (1 s, as Slack).
@@ -483,6 +585,15 @@ async fn api(
         return slack_error(&mut world, &method, "not_authed", &[]);
     };
     let app_level = method == "apps.connections.open";
+    if app_level && token == SANDBOX_APP_TOKEN {
+        world.next += 1;
+        let url = format!(
+            "{}/socket-mode?ticket={}",
+            shared.base_url.replacen("http://", "ws://", 1),
+            world.next
+        );
+        return slack_ok(&mut world, &method, json!({"url": url}));
+    }
     match (app_level, token.as_str()) {
         (false, SANDBOX_BOT_TOKEN) | (true, SANDBOX_APP_TOKEN) => {}
         (true, SANDBOX_BOT_TOKEN) | (false, SANDBOX_APP_TOKEN) => {
@@ -994,4 +1105,103 @@ pub async fn say(
         quiet_since = Instant::now();
     }
     Ok(conversation)
+}
+
+async fn socket_mode(
+    State(shared): State<Arc<Shared>>,
+    upgrade: axum::extract::ws::WebSocketUpgrade,
+) -> Response {
+    upgrade.on_upgrade(move |socket| serve_socket(shared, socket))
+}
+
+/// One Socket Mode connection: `hello`, then unacknowledged envelopes again (with their retry
+/// attempt raised), queued ones, and whatever [`SlackHandle::socket_command`] sends; acks are
+/// recorded as they come.
+async fn serve_socket(shared: Arc<Shared>, mut socket: axum::extract::ws::WebSocket) {
+    use axum::extract::ws::Message as Frame;
+    use futures_util::StreamExt;
+    let (link, mut orders) = tokio::sync::mpsc::unbounded_channel();
+    let replay: Vec<Value> = {
+        let mut world = shared.world();
+        let state = &mut world.socket;
+        state.connections += 1;
+        state.link = Some(link.clone());
+        let mut replay: Vec<Value> = state
+            .unacked
+            .iter_mut()
+            .map(|envelope| {
+                let attempt = envelope["retry_attempt"].as_u64().unwrap_or(0) + 1;
+                envelope["retry_attempt"] = json!(attempt);
+                envelope["retry_reason"] = json!("timeout");
+                envelope.clone()
+            })
+            .collect();
+        let queued: Vec<Value> = state.queued.drain(..).collect();
+        state.unacked.extend(queued.iter().cloned());
+        replay.extend(queued);
+        replay
+    };
+    let hello = json!({"type": "hello", "num_connections": 1,
+        "debug_info": {"host": "sandbox", "approximate_connection_time": 3600},
+        "connection_info": {"app_id": "A0SANDBOX"}});
+    if socket
+        .send(Frame::Text(hello.to_string().into()))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    for envelope in replay {
+        if socket
+            .send(Frame::Text(envelope.to_string().into()))
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+    loop {
+        tokio::select! {
+            order = orders.recv() => match order {
+                Some(SocketOrder::Send(envelope)) => {
+                    if socket.send(Frame::Text(envelope.to_string().into())).await.is_err() {
+                        return;
+                    }
+                }
+                Some(SocketOrder::Disconnect(reason)) => {
+                    let message = json!({"type": "disconnect", "reason": reason,
+                        "debug_info": {"host": "sandbox"}});
+                    let _ = socket.send(Frame::Text(message.to_string().into())).await;
+                    return;
+                }
+                Some(SocketOrder::Drop) | None => return,
+            },
+            frame = socket.next() => match frame {
+                Some(Ok(Frame::Text(text))) => {
+                    let Ok(ack) = serde_json::from_str::<Value>(text.as_str()) else { continue };
+                    let Some(id) = ack["envelope_id"].as_str() else { continue };
+                    let mut world = shared.world();
+                    let state = &mut world.socket;
+                    let attempt = state
+                        .unacked
+                        .iter()
+                        .position(|e| e["envelope_id"].as_str() == Some(id))
+                        .map(|at| state.unacked.remove(at)["retry_attempt"].as_u64().unwrap_or(0));
+                    state.acks.push(SocketAck {
+                        envelope_id: id.to_owned(),
+                        retry_attempt: attempt.unwrap_or(u64::MAX),
+                        payload: ack.get("payload").cloned(),
+                    });
+                }
+                Some(Ok(Frame::Close(_))) | None | Some(Err(_)) => {
+                    let mut world = shared.world();
+                    if world.socket.link.as_ref().is_some_and(|current| current.same_channel(&link)) {
+                        world.socket.link = None;
+                    }
+                    return;
+                }
+                Some(Ok(_)) => {}
+            },
+        }
+    }
 }

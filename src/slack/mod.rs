@@ -13,6 +13,7 @@ pub mod blocks;
 pub mod manifest;
 pub mod payload;
 pub mod settings;
+pub mod socket;
 pub mod verify;
 
 use std::sync::Arc;
@@ -59,6 +60,8 @@ pub struct Slack {
     pub verifier: Option<SignatureVerifier>,
     /// The Web API with the bot token.
     pub api: SlackClient,
+    /// The app-level token, for Socket Mode.
+    pub app_token: Option<secrecy::SecretString>,
 }
 
 impl Slack {
@@ -77,11 +80,24 @@ impl Slack {
             }),
             Transport::Socket => None,
         };
+        let app_token = match settings.transport {
+            Transport::Socket => settings.app_token.clone(),
+            Transport::Http => None,
+        };
         Some(Self {
             verifier,
             api: SlackClient::new(http, settings.api_url.clone(), token),
+            app_token,
         })
     }
+}
+
+/// Starts Socket Mode when it is the configured transport.
+pub fn start_background(app: Arc<App>, shutdown: tokio_util::sync::CancellationToken) {
+    let Some(token) = app.slack.as_ref().and_then(|slack| slack.app_token.clone()) else {
+        return;
+    };
+    tokio::spawn(socket::run(app, token, shutdown));
 }
 
 /// The Slack request URLs.
@@ -127,10 +143,10 @@ fn verified<'a>(app: &'a App, headers: &HeaderMap, body: &[u8]) -> Result<&'a Sl
 }
 
 /// An immediate ephemeral answer to a command.
-fn ephemeral(message: &Message) -> Response {
+fn ephemeral(message: &Message) -> Value {
     let mut body = message.to_json();
     body["response_type"] = json!("ephemeral");
-    Json(body).into_response()
+    body
 }
 
 /// `POST /slack/commands`.
@@ -142,7 +158,7 @@ async fn commands(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) 
         Ok(command) => command,
         Err(err) => return ApiError::BadRequest(err.to_string()).into_response(),
     };
-    answer_command(app, command)
+    Json(answer_command(app, command)).into_response()
 }
 
 /// True for the commands whose replies Slack can show in this version. (`subscriptions` and
@@ -201,10 +217,10 @@ pub fn not_in_slack_yet(command: &Command) -> Reply {
     )
 }
 
-/// Acknowledges a slash command at once: help and refusals in the answer itself, anything
-/// that calls ServiceNow or Entra with "working on it", its replies following through the
-/// `response_url`.
-pub fn answer_command(app: Arc<App>, slash: SlashCommand) -> Response {
+/// The immediate answer to a slash command (the HTTP body, or the Socket Mode ack payload):
+/// help and refusals in it, anything that calls ServiceNow or Entra "working on it", its
+/// replies following through the `response_url`.
+pub fn answer_command(app: Arc<App>, slash: SlashCommand) -> Value {
     let parsed = command::parse(&slash.text);
     let reply = match parsed {
         Ok(Command::Help) | Err(ParseError::Empty) => help_card(),
@@ -292,6 +308,14 @@ async fn interactions(State(app): State<Arc<App>>, headers: HeaderMap, body: Byt
         Ok(interaction) => interaction,
         Err(err) => return ApiError::BadRequest(err.to_string()).into_response(),
     };
+    match answer_interaction(slack, interaction) {
+        Some(body) => Json(body).into_response(),
+        None => StatusCode::OK.into_response(),
+    }
+}
+
+/// The immediate answer to an interaction (`None`: an empty acknowledgement).
+pub fn answer_interaction(slack: &Slack, interaction: Interaction) -> Option<Value> {
     match interaction {
         Interaction::BlockActions(actions) => {
             // Link buttons need nothing; only the help button asks for an answer. Elements of
@@ -309,12 +333,10 @@ async fn interactions(State(app): State<Arc<App>>, headers: HeaderMap, body: Byt
                     }
                 });
             }
-            StatusCode::OK.into_response()
+            None
         }
         // No modal of this version asks for anything: an empty answer closes it.
-        Interaction::ViewSubmission(_) | Interaction::ViewClosed(_) | Interaction::Other => {
-            StatusCode::OK.into_response()
-        }
+        Interaction::ViewSubmission(_) | Interaction::ViewClosed(_) | Interaction::Other => None,
     }
 }
 

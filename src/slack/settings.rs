@@ -162,21 +162,13 @@ impl SlackSettings {
                     "set the signing secret (Basic Information > App Credentials) with M365BOT_SLACK__SIGNING_SECRET: every request from Slack is checked with it".to_owned(),
                 )),
             },
-            Transport::Socket => {
-                match present(self.app_token.as_ref()) {
-                    Some(token) if token.starts_with("xapp-") => {}
-                    _ => {
-                        return Err((
-                            "slack.app_token",
-                            "Socket Mode needs an app-level token (xapp-…, scope connections:write) in M365BOT_SLACK__APP_TOKEN".to_owned(),
-                        ));
-                    }
-                }
-                Err((
-                    "slack.transport",
-                    "socket is not available in this version: use http (request URLs, see docs/slack.md)".to_owned(),
-                ))
-            }
+            Transport::Socket => match present(self.app_token.as_ref()) {
+                Some(token) if token.starts_with("xapp-") => Ok(()),
+                _ => Err((
+                    "slack.app_token",
+                    "Socket Mode needs an app-level token (xapp-…, scope connections:write, Basic Information > App-Level Tokens) in M365BOT_SLACK__APP_TOKEN".to_owned(),
+                )),
+            },
         }
     }
 }
