@@ -176,6 +176,63 @@ impl SlackSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Settings;
+
+    const BASE: &str = "[server]\nlisten = \"127.0.0.1:3978\"\n[bot]\nauth_mode = \"insecure-local\"\ntenant_id = \"t\"\n";
+
+    fn load(slack: &str) -> Result<Settings, String> {
+        Settings::from_toml_str(&format!("{BASE}[slack]\n{slack}")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn each_missing_or_wrong_value_names_its_key() {
+        let secret = "signing_secret = \"0123456789abcdef0123\"\n";
+        let cases = [
+            ("enabled = true\n".to_owned(), "slack.bot_token"),
+            (
+                format!("enabled = true\nbot_token = \"xoxp-user\"\n{secret}"),
+                "slack.bot_token",
+            ),
+            (
+                "enabled = true\nbot_token = \"xoxb-1\"\n".to_owned(),
+                "slack.signing_secret",
+            ),
+            (
+                "enabled = true\nbot_token = \"xoxb-1\"\nsigning_secret = \"short\"\n".to_owned(),
+                "slack.signing_secret",
+            ),
+            (
+                "enabled = true\nbot_token = \"xoxb-1\"\ntransport = \"socket\"\n".to_owned(),
+                "slack.app_token",
+            ),
+            (
+                "api_url = \"http://slack.example.com/api/\"\n".to_owned(),
+                "slack.api_url",
+            ),
+            (
+                "api_url = \"https://slack.com/api\"\n".to_owned(),
+                "slack.api_url",
+            ),
+            (
+                "signature_window_secs = 3600\n".to_owned(),
+                "slack.signature_window_secs",
+            ),
+        ];
+        for (toml, key) in cases {
+            let err = load(&toml).expect_err(&toml);
+            assert!(err.contains(key), "{toml}: {err}");
+        }
+        let http =
+            load(&format!("enabled = true\nbot_token = \"xoxb-1\"\n{secret}")).expect("valid");
+        assert!(http.slack.enabled);
+        assert!(
+            !format!("{http:?}").contains("0123456789abcdef0123"),
+            "secrets stay out of Debug"
+        );
+        load("enabled = true\nbot_token = \"xoxb-1\"\ntransport = \"socket\"\napp_token = \"xapp-1\"\n")
+            .expect("socket with an app token");
+        load("").expect("off by default needs nothing");
+    }
 
     #[test]
     fn the_email_rule_compares_without_case_and_never_matches_empty() {
