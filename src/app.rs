@@ -39,6 +39,8 @@ pub struct App {
     pub identities: crate::core::identity::IdentityCache,
     /// The Slack adapter, when `slack.enabled`.
     pub slack: Option<crate::slack::Slack>,
+    /// Who the bot is when it reads and writes cases (the integration user).
+    pub runtime: crate::integration::runtime::RuntimeIdentity,
 }
 
 /// A built application, bound to its port and ready to serve.
@@ -91,6 +93,13 @@ impl Application {
         let upstreams =
             crate::integration::Upstreams::from_settings(&settings, http.clone(), metrics.clone());
         let slack = crate::slack::Slack::from_settings(&settings.slack, http.clone());
+        let runtime = crate::integration::runtime::RuntimeIdentity::new(
+            upstreams.entra.clone(),
+            http.clone(),
+            metrics.clone(),
+            upstreams.servicenow.clone(),
+            settings.servicenow.runtime_admin_fallback,
+        );
         let listener = TcpListener::bind(settings.server.listen)
             .await
             .with_context(|| {
@@ -115,7 +124,9 @@ impl Application {
             upstreams,
             identities: Default::default(),
             slack,
+            runtime,
         });
+        crate::integration::runtime::reload(&app).await;
         Ok(Self {
             listener,
             metrics_listener,

@@ -78,6 +78,11 @@ pub struct ServiceNowSettings {
     /// Role that may run `setup`, `doctor` and `grant`.
     #[serde(default = "default_admin_role")]
     pub admin_role: String,
+    /// While no integration exists (no completed setup, no `[integration]`), the pollers,
+    /// `status` and mirroring use this account instead of the integration user. Never used once
+    /// an integration exists.
+    #[serde(default = "default_true")]
+    pub runtime_admin_fallback: bool,
 }
 
 /// Entra ID and Microsoft Graph.
@@ -108,6 +113,7 @@ impl Default for ServiceNowSettings {
             client_secret: None,
             app_scope: default_app_scope(),
             admin_role: default_admin_role(),
+            runtime_admin_fallback: true,
         }
     }
 }
@@ -126,6 +132,10 @@ impl Default for EntraSettings {
 fn default_app_scope() -> String {
     "x_mioms_m365_assis".to_owned()
 }
+fn default_true() -> bool {
+    true
+}
+
 fn default_admin_role() -> String {
     "admin".to_owned()
 }

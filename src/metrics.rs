@@ -31,6 +31,7 @@ struct Inner {
     /// By route; looked up by `&str`, so recording allocates only for a route's first request.
     routes: BTreeMap<String, RouteStats>,
     upstream: BTreeMap<(&'static str, &'static str), u64>,
+    runtime_auth_failures: u64,
 }
 
 /// The registry; cheap to update from any task.
@@ -66,6 +67,13 @@ impl Metrics {
     pub fn record_upstream(&self, upstream: &'static str, outcome: &'static str) {
         if let Ok(mut inner) = self.inner.lock() {
             *inner.upstream.entry((upstream, outcome)).or_default() += 1;
+        }
+    }
+
+    /// Records one runtime ServiceNow call refused (401/403) or left without a token.
+    pub fn record_runtime_auth_failure(&self) {
+        if let Ok(mut inner) = self.inner.lock() {
+            inner.runtime_auth_failures += 1;
         }
     }
 
@@ -125,6 +133,13 @@ impl Metrics {
                 "m365bot_upstream_calls_total{{upstream=\"{upstream}\",outcome=\"{outcome}\"}} {count}"
             );
         }
+        out.push_str("# HELP m365bot_runtime_auth_failures_total Runtime ServiceNow calls (as the integration user) refused or left without a token.\n");
+        out.push_str("# TYPE m365bot_runtime_auth_failures_total counter\n");
+        let _ = writeln!(
+            out,
+            "m365bot_runtime_auth_failures_total {}",
+            inner.runtime_auth_failures
+        );
         out
     }
 }

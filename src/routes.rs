@@ -88,6 +88,18 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
         ),
     };
     let sources = &app.settings.notifications.sources;
+    let identity = {
+        use crate::integration::runtime::RuntimeMode;
+        let (mode, user) = match app.runtime.mode() {
+            RuntimeMode::IntegrationUser { user_name, .. } => ("integration_user", Some(user_name)),
+            RuntimeMode::AdminFallback => ("admin_fallback", None),
+            RuntimeMode::Unavailable => ("unavailable", None),
+        };
+        let failure = app.runtime.last_failure().map(|f| {
+            serde_json::json!({"at": f.at.to_rfc3339(), "status": f.status, "step": f.step, "detail": f.detail})
+        });
+        serde_json::json!({"mode": mode, "user": user, "note": app.runtime.note(), "last_failure": failure})
+    };
     let body = serde_json::json!({
         "status": if ready { "ready" } else { "unavailable" },
         "version": crate::VERSION,
@@ -98,6 +110,7 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
             "servicenow": sources.servicenow.poll,
             "service_health": sources.service_health.poll,
         },
+        "servicenow_identity": identity,
     });
     let status = if ready {
         StatusCode::OK

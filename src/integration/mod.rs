@@ -3,6 +3,7 @@
 
 pub mod doctor;
 pub mod provision;
+pub mod runtime;
 pub mod schema;
 
 use std::sync::Arc;

@@ -207,8 +207,12 @@ async fn choice_values(
 /// What the sources can produce for the keys `filter` uses (only what it needs is read).
 async fn vocabulary(app: &App, filter: &Filter) -> filter::Vocabulary {
     let source = &app.settings.notifications.sources.servicenow;
-    let client = app.upstreams.servicenow.as_ref();
-    let no_servicenow = "the bot has no ServiceNow access configured".to_owned();
+    let runtime = app.runtime.client();
+    let client = runtime.as_ref().ok();
+    let no_servicenow = match &runtime {
+        Err(why) => format!("the bot cannot read ServiceNow: {why}"),
+        Ok(_) => String::new(),
+    };
     let mut known = filter::Vocabulary {
         priorities: Vec::new(),
         services: Ok(Vec::new()),
@@ -464,6 +468,27 @@ fn not_a_support_case(reference: &str) -> Reply {
     )
 }
 
+/// The card for a reference ServiceNow did not show the runtime identity: not a support case,
+/// missing, or hidden from the integration user by the instance's ACLs.
+fn not_found_live(app: &App, reference: &str) -> Reply {
+    let who = app.runtime.describe();
+    let mut text = format!(
+        "**{}** is not a Microsoft 365 support case I can show: not found, or not visible to {who}.",
+        cards::untrusted(reference, 40)
+    );
+    if let Some(note) = app.runtime.note() {
+        text.push_str(&format!(" Note: {}.", crate::cards::escape_markdown(&note)));
+    }
+    Reply::notice(
+        Tone::Warning,
+        "Not a Microsoft 365 support case",
+        &text,
+        Some(
+            "Give the number of an incident that tracks a Microsoft support case (e.g. INC0010001), or its Microsoft case number. A case the integration user may not read stays hidden.",
+        ),
+    )
+}
+
 async fn status(app: &App, reference: &str) -> Result<Vec<Reply>, sqlx::Error> {
     let reference = reference.trim();
     if reference.is_empty() {
@@ -488,7 +513,7 @@ async fn status(app: &App, reference: &str) -> Result<Vec<Reply>, sqlx::Error> {
             template: "notify_status",
             data: cards::case_model(&event, true),
         }]),
-        Ok(None) => Ok(vec![not_a_support_case(reference)]),
+        Ok(None) => Ok(vec![not_found_live(app, reference)]),
         Err(reason) => Ok(vec![Reply::notice(
             Tone::Warning,
             "Case not found here",
@@ -506,9 +531,7 @@ async fn status(app: &App, reference: &str) -> Result<Vec<Reply>, sqlx::Error> {
 /// row is checked in code, because ServiceNow ignores query terms on unknown columns.
 async fn live_incident(app: &App, reference: &str) -> Result<Option<event::CaseEvent>, String> {
     use crate::upstream::servicenow::{DisplayValue, ListOptions};
-    let Some(client) = app.upstreams.servicenow.as_ref() else {
-        return Err("ServiceNow is not configured".to_owned());
-    };
+    let client = app.runtime.client()?;
     let settings = &app.settings.notifications.sources.servicenow;
     let filter = settings.filter();
     let mut named = sources::servicenow::filter_fields(&filter)?;

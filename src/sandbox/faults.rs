@@ -158,6 +158,28 @@ pub struct LoggedRequest {
     pub status: u16,
     /// The `Retry-After` answered, in seconds, when there was one.
     pub retry_after_secs: Option<u64>,
+    /// Who the emulator authenticated the request as (ServiceNow: the `sys_user` User ID).
+    pub authenticated_as: Option<String>,
+    /// How it was authenticated.
+    pub auth_method: Option<AuthMethod>,
+}
+
+/// How an emulator authenticated a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMethod {
+    /// User name and password.
+    Basic,
+    /// An external JWT (an Entra token mapped through the OIDC provider configuration).
+    Bearer,
+    /// A token the instance issued itself (`/oauth_token.do`).
+    OAuth,
+}
+
+/// Set by an emulator on its response: the authenticated principal, for the request log.
+#[derive(Debug, Clone)]
+pub(crate) struct Authenticated {
+    pub(crate) user: String,
+    pub(crate) method: AuthMethod,
 }
 
 /// Requests kept per emulator in the log; older ones are dropped.
@@ -352,6 +374,7 @@ pub(crate) async fn middleware(
         .get(axum::http::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse().ok());
+    let authenticated = response.extensions().get::<Authenticated>().cloned();
     layer.shared.faults.log(
         layer.emulator,
         LoggedRequest {
@@ -361,6 +384,8 @@ pub(crate) async fn middleware(
             at,
             status: response.status().as_u16(),
             retry_after_secs,
+            authenticated_as: authenticated.as_ref().map(|a| a.user.clone()),
+            auth_method: authenticated.map(|a| a.method),
         },
     );
     response

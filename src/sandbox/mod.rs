@@ -42,7 +42,7 @@ use tokio_util::sync::CancellationToken;
 pub use entra::{
     AppRegistration, AuthorizeOutcome, DirectoryRoleAssignment, PasswordCredential, SignedInUser,
 };
-pub use faults::{Emulator, FaultConfig, LoggedRequest};
+pub use faults::{AuthMethod, Emulator, FaultConfig, LoggedRequest};
 pub use graph::{IssueAdvance, IssuePost, ServiceHealthIssue};
 
 /// Base URLs of the three emulators, without a trailing slash.
@@ -476,6 +476,19 @@ impl SandboxHandle {
     /// short, as `sysparm_limit` is applied before ACLs).
     pub fn sn_set_row_hidden(&self, sys_id: &str, hidden: bool) {
         self.shared.world().sn.set_row_hidden(sys_id, hidden);
+    }
+
+    /// Row ACL knob: only callers with `role` (or `admin`) may read the record; `None` lifts
+    /// it. Lists omit the row for others and a read by sys_id answers 404 "No Record found",
+    /// as ServiceNow does for rows its security constraints remove.
+    pub fn sn_set_read_role(&self, sys_id: &str, role: Option<&str>) {
+        self.shared.world().sn.set_read_role(sys_id, role);
+    }
+
+    /// Adds a client secret with the given text to an app (a person adding a secret back in
+    /// the portal), so a stored secret works again. False if the app is unknown.
+    pub fn add_secret(&self, client_id: &str, secret: &str) -> bool {
+        self.shared.world().dir.add_secret_text(client_id, secret)
     }
 
     // ---- Entra / Graph app registry ----

@@ -40,7 +40,7 @@ use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
 use super::entra::{Directory, SigningKeys};
-use super::faults::{Emulator, Fault, FaultLayer};
+use super::faults::{AuthMethod, Authenticated, Emulator, Fault, FaultLayer};
 use super::{SandboxOptions, Shared, new_sys_id, now, query_pairs, random_token, sn_datetime};
 
 /// Client id of the seeded inbound OAuth client (`oauth_entity` type `client`).
@@ -176,6 +176,8 @@ pub(crate) struct SnState {
     push_target: Option<PushTarget>,
     /// sys_ids of rows only `admin` may read (a row ACL), for short-page tests.
     hidden_rows: HashSet<String>,
+    /// sys_id to the role a read ACL requires for that row (besides `admin`).
+    read_roles: HashMap<String, String>,
     /// Whether [`UNVERIFIED_COLUMNS`] carry other names.
     renamed_columns: bool,
 }
@@ -743,6 +745,7 @@ impl SnState {
             next_incident: 10001,
             push_target: None,
             hidden_rows: HashSet::new(),
+            read_roles: HashMap::new(),
             renamed_columns: options.servicenow_renamed_columns,
         };
         state.seed_metadata();
@@ -1510,7 +1513,7 @@ impl SnState {
         &mut self,
         headers: &HeaderMap,
         oidc: Option<(&SigningKeys, &Directory, &str)>,
-    ) -> Option<Caller> {
+    ) -> Option<(Caller, AuthMethod)> {
         let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
         let (scheme, credentials) = value.split_once(' ')?;
         let credentials = credentials.trim();
@@ -1520,19 +1523,25 @@ impl SnState {
                 .ok()?;
             let decoded = String::from_utf8(decoded).ok()?;
             let (user, password) = decoded.split_once(':')?;
-            return self.check_password(user, password);
+            return self
+                .check_password(user, password)
+                .map(|caller| (caller, AuthMethod::Basic));
         }
         if scheme.eq_ignore_ascii_case("bearer") {
             if credentials.split('.').count() == 3 {
                 let (keys, dir, entra_base) = oidc?;
-                return self.oidc_caller(keys, dir, entra_base, credentials);
+                return self
+                    .oidc_caller(keys, dir, entra_base, credentials)
+                    .map(|caller| (caller, AuthMethod::Bearer));
             }
             let grant = self.tokens.get(credentials)?.clone();
             if grant.expires <= now() {
                 self.tokens.remove(credentials);
                 return None;
             }
-            return self.caller_for(&grant.user_sys_id);
+            return self
+                .caller_for(&grant.user_sys_id)
+                .map(|caller| (caller, AuthMethod::OAuth));
         }
         None
     }
@@ -1585,6 +1594,10 @@ impl SnState {
             Some(other) => other,
         };
         let user = self.find_by("sys_user", field, value)?;
+        let (_, record) = self.find_record("sys_user", &user)?;
+        if record.get("locked_out").map(String::as_str) == Some("true") {
+            return None;
+        }
         self.caller_for(&user)
     }
 
@@ -1599,6 +1612,11 @@ impl SnState {
         if record
             .get("sys_id")
             .is_some_and(|id| self.hidden_rows.contains(id))
+        {
+            return false;
+        }
+        if let Some(role) = record.get("sys_id").and_then(|id| self.read_roles.get(id))
+            && !caller.roles.contains(role)
         {
             return false;
         }
@@ -2126,6 +2144,17 @@ impl SnState {
 
     pub(crate) fn set_push_target(&mut self, target: Option<PushTarget>) {
         self.push_target = target;
+    }
+
+    pub(crate) fn set_read_role(&mut self, sys_id: &str, role: Option<&str>) {
+        match role {
+            Some(role) => {
+                self.read_roles.insert(sys_id.to_owned(), role.to_owned());
+            }
+            None => {
+                self.read_roles.remove(sys_id);
+            }
+        }
     }
 
     pub(crate) fn set_row_hidden(&mut self, sys_id: &str, hidden: bool) {
@@ -2799,8 +2828,12 @@ async fn table_api(
     let world = &mut *world;
     let sn = &mut world.sn;
     let oidc = (&shared.keys, &world.dir, shared.urls.entra.as_str());
-    let Some(caller) = sn.authenticate(&headers, Some(oidc)) else {
+    let Some((caller, auth_method)) = sn.authenticate(&headers, Some(oidc)) else {
         return unauthenticated();
+    };
+    let authenticated = Authenticated {
+        user: caller.user_name.clone(),
+        method: auth_method,
     };
     if !sn.tables.contains_key(&table) {
         return invalid_table(&table);
@@ -2820,6 +2853,7 @@ async fn table_api(
     response
         .headers_mut()
         .insert("x-is-logged-in", HeaderValue::from_static("true"));
+    response.extensions_mut().insert(authenticated);
     response
 }
 

@@ -692,6 +692,7 @@ async fn submit(
             "integration stored; secrets shown once",
         )
         .await;
+        crate::integration::runtime::reload(app).await;
         return vec![view::complete_card(app, &row, &secrets, true, None)];
     }
     vec![card_for(app, &row, None).await]

@@ -58,7 +58,40 @@ pub enum ServiceNowAuth {
         /// The access token.
         token: SecretString,
     },
+    /// Microsoft's call path: a v1 client-credentials token of an Entra app (the REST-user
+    /// app) for `resource` (the inbound app), which the instance's OIDC provider maps to a user.
+    EntraClientCredentials {
+        /// The Entra client the token is requested from.
+        entra: super::entra::EntraClient,
+        /// Tenant (domain or id).
+        tenant: String,
+        /// The Entra app's client id.
+        client_id: String,
+        /// Its secret.
+        client_secret: SecretString,
+        /// The v1 `resource` the token is for.
+        resource: String,
+    },
 }
+
+/// What one authenticated call showed about the credentials, for an [`AuthObserver`].
+#[derive(Debug)]
+pub enum AuthEvent<'a> {
+    /// The instance accepted the credentials (a 2xx answer, or an error that is not about them).
+    Accepted,
+    /// The instance answered 401 (after one token renewal) or 403.
+    Refused {
+        /// 401 or 403.
+        status: u16,
+        /// The instance's error message and detail.
+        message: String,
+    },
+    /// No token could be obtained for the call.
+    TokenFailed(&'a ServiceNowError),
+}
+
+/// Told about every authenticated call's outcome (see [`ServiceNowClient::with_auth_observer`]).
+pub type AuthObserver = Arc<dyn Fn(AuthEvent<'_>) + Send + Sync>;
 
 /// A failed ServiceNow call, classified once.
 #[derive(Debug, thiserror::Error)]
@@ -127,6 +160,9 @@ pub enum ServiceNowError {
         /// Retry classification.
         retry: RetryKind,
     },
+    /// Entra ID gave no token for the instance (Microsoft's call path).
+    #[error("no Entra ID token for ServiceNow: {0}")]
+    EntraToken(Box<super::entra::EntraError>),
     /// `/oauth_token.do` refused the client credentials.
     #[error("ServiceNow refused the OAuth token request ({status} {error}: {description}). {hint}")]
     Token {
@@ -242,6 +278,7 @@ impl ServiceNowError {
     pub fn retry_kind(&self) -> RetryKind {
         match self {
             Self::Network(_) => RetryKind::Network,
+            Self::EntraToken(err) => err.retry_kind(),
             Self::Api { retry, .. }
             | Self::Http { retry, .. }
             | Self::Decode { retry, .. }
@@ -1145,6 +1182,7 @@ struct Inner {
     dictionaries: Mutex<HashMap<String, Arc<TableDictionary>>>,
     page_size: usize,
     recorder: Recorder,
+    observer: Option<AuthObserver>,
 }
 
 /// The ServiceNow Table API client; cheap to clone (shared state).
@@ -1172,6 +1210,7 @@ impl ServiceNowClient {
             auth,
             DEFAULT_PAGE_SIZE,
             Recorder::new("servicenow"),
+            None,
         )
     }
 
@@ -1181,6 +1220,7 @@ impl ServiceNowClient {
         auth: ServiceNowAuth,
         page_size: usize,
         recorder: Recorder,
+        observer: Option<AuthObserver>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -1191,6 +1231,7 @@ impl ServiceNowClient {
                 dictionaries: Mutex::new(HashMap::new()),
                 page_size: page_size.max(1),
                 recorder,
+                observer,
             }),
         }
     }
@@ -1203,7 +1244,37 @@ impl ServiceNowClient {
             inner.auth.clone(),
             page_size,
             recorder,
+            inner.observer.clone(),
         )
+    }
+
+    /// Tells `observer` how the instance treated the credentials on every call.
+    pub fn with_auth_observer(self, observer: AuthObserver) -> Self {
+        let inner = &self.inner;
+        Self::build(
+            inner.http.clone(),
+            inner.base.clone(),
+            inner.auth.clone(),
+            inner.page_size,
+            inner.recorder.clone(),
+            Some(observer),
+        )
+    }
+
+    /// How the client authenticates.
+    pub fn auth(&self) -> &ServiceNowAuth {
+        &self.inner.auth
+    }
+
+    /// Drops the cached token, so the next call requests a new one.
+    pub async fn forget_cached_token(&self) {
+        self.forget_token().await;
+    }
+
+    fn tell(&self, event: AuthEvent<'_>) {
+        if let Some(observer) = &self.inner.observer {
+            observer(event);
+        }
     }
 
     /// Records every call in `metrics` as `servicenow` / outcome.
@@ -1248,15 +1319,6 @@ impl ServiceNowClient {
     }
 
     async fn bearer(&self) -> Result<SecretString, ServiceNowError> {
-        let ServiceNowAuth::OAuthClientCredentials {
-            client_id,
-            client_secret,
-        } = &self.inner.auth
-        else {
-            return Err(ServiceNowError::InvalidInput(
-                "no OAuth credentials configured".to_owned(),
-            ));
-        };
         // Held across the refresh: one token request at a time.
         let mut cached = self.inner.token.lock().await;
         if let Some(token) = cached.as_ref()
@@ -1264,28 +1326,53 @@ impl ServiceNowClient {
         {
             return Ok(token.token.clone());
         }
-        let client: TokenEndpointClient<ServiceNowTokenError> =
-            token_client(client_id, client_secret, self.token_url()?);
-        let http = TokenHttp::new(&self.inner.http);
-        let result = client
-            .exchange_client_credentials()
-            .request_async(&http)
-            .await;
-        let token = http
-            .finish(result)
-            .map(ServiceNowToken::from)
-            .map_err(token_failure)?;
-        let lifetime = Duration::from_secs(token.expires_in);
+        let (access_token, lifetime) = match &self.inner.auth {
+            ServiceNowAuth::OAuthClientCredentials {
+                client_id,
+                client_secret,
+            } => {
+                let client: TokenEndpointClient<ServiceNowTokenError> =
+                    token_client(client_id, client_secret, self.token_url()?);
+                let http = TokenHttp::new(&self.inner.http);
+                let result = client
+                    .exchange_client_credentials()
+                    .request_async(&http)
+                    .await;
+                let token = http
+                    .finish(result)
+                    .map(ServiceNowToken::from)
+                    .map_err(token_failure)?;
+                (token.access_token, Duration::from_secs(token.expires_in))
+            }
+            ServiceNowAuth::EntraClientCredentials {
+                entra,
+                tenant,
+                client_id,
+                client_secret,
+                resource,
+            } => {
+                let token = entra
+                    .client_credentials_v1(tenant, client_id, client_secret, resource)
+                    .await
+                    .map_err(|err| ServiceNowError::EntraToken(Box::new(err)))?;
+                (token.access_token, token.expires_in)
+            }
+            ServiceNowAuth::Basic { .. } | ServiceNowAuth::Bearer { .. } => {
+                return Err(ServiceNowError::InvalidInput(
+                    "no OAuth credentials configured".to_owned(),
+                ));
+            }
+        };
         let usable = if lifetime > TOKEN_MARGIN * 2 {
             lifetime - TOKEN_MARGIN
         } else {
             lifetime / 2
         };
         *cached = Some(CachedToken {
-            token: token.access_token.clone(),
+            token: access_token.clone(),
             renew_at: Instant::now() + usable,
         });
-        Ok(token.access_token)
+        Ok(access_token)
     }
 
     async fn forget_token(&self) {
@@ -1312,9 +1399,10 @@ impl ServiceNowClient {
         url: Url,
         body: Option<&Value>,
     ) -> Result<RawResponse, ServiceNowError> {
-        let oauth = matches!(
+        let renewable = matches!(
             self.inner.auth,
             ServiceNowAuth::OAuthClientCredentials { .. }
+                | ServiceNowAuth::EntraClientCredentials { .. }
         );
         let mut attempt = 0;
         loop {
@@ -1331,16 +1419,40 @@ impl ServiceNowClient {
                 ServiceNowAuth::Basic { user, password } => {
                     request.basic_auth(user, Some(password.expose_secret()))
                 }
-                ServiceNowAuth::OAuthClientCredentials { .. } => {
-                    let token = self.bearer().await?;
+                ServiceNowAuth::OAuthClientCredentials { .. }
+                | ServiceNowAuth::EntraClientCredentials { .. } => {
+                    let token = match self.bearer().await {
+                        Ok(token) => token,
+                        Err(err) => {
+                            self.tell(AuthEvent::TokenFailed(&err));
+                            return Err(err);
+                        }
+                    };
                     request.bearer_auth(token.expose_secret())
                 }
                 ServiceNowAuth::Bearer { token } => request.bearer_auth(token.expose_secret()),
             };
             let raw = super::send(request).await?;
-            if raw.status == 401 && oauth && attempt == 1 {
+            if raw.status == 401 && renewable && attempt == 1 {
                 self.forget_token().await;
                 continue;
+            }
+            if raw.status == 401 || raw.status == 403 {
+                let message = match parse_error(&raw) {
+                    ServiceNowError::Unauthorized {
+                        message, detail, ..
+                    }
+                    | ServiceNowError::Forbidden {
+                        message, detail, ..
+                    } => format!("{message}{}", detail_suffix(&detail)),
+                    other => other.to_string(),
+                };
+                self.tell(AuthEvent::Refused {
+                    status: raw.status,
+                    message,
+                });
+            } else if raw.status < 500 && raw.status != 429 {
+                self.tell(AuthEvent::Accepted);
             }
             return Ok(raw);
         }

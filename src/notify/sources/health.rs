@@ -129,11 +129,10 @@ pub async fn poll_once(app: &App) -> Result<PollReport, SourceError> {
         )
     })?;
     let mirror_client = if settings.mirror {
-        Some(app.upstreams.servicenow.as_ref().ok_or_else(|| {
-            SourceError::NotConfigured(
-                "mirroring service health needs [servicenow] instance_url and credentials"
-                    .to_owned(),
-            )
+        Some(app.runtime.client().map_err(|why| {
+            SourceError::NotConfigured(format!(
+                "mirroring service health into ServiceNow needs the integration user: {why}"
+            ))
         })?)
     } else {
         None
@@ -167,7 +166,7 @@ pub async fn poll_once(app: &App) -> Result<PollReport, SourceError> {
             let known = store::case_state(&app.db, &event.case_key).await?;
             if known.is_none_or(|state| state.revision_order < order) {
                 report.count(accept_event(app, event, order).await?);
-                if let Some(client) = mirror_client {
+                if let Some(client) = &mirror_client {
                     mirror_issue(app, client, settings, issue, &mut report).await?;
                 }
             } else {
@@ -177,7 +176,7 @@ pub async fn poll_once(app: &App) -> Result<PollReport, SourceError> {
         }
         let accepted = accept_event(app, event, order).await?;
         report.count(accepted);
-        if let Some(client) = mirror_client {
+        if let Some(client) = &mirror_client {
             mirror_issue(app, client, settings, issue, &mut report).await?;
         }
         cursor = (issue.last_modified_date_time, issue.id.clone());

@@ -189,11 +189,12 @@ pub async fn latest_note(
 /// Polls the case table once: every record changed after the watermark becomes an event.
 pub async fn poll_once(app: &App) -> Result<PollReport, SourceError> {
     let settings = &app.settings.notifications.sources.servicenow;
-    let client = app.upstreams.servicenow.as_ref().ok_or_else(|| {
-        SourceError::NotConfigured(
-            "the ServiceNow poller needs [servicenow] instance_url and credentials".to_owned(),
-        )
+    let client = app.runtime.client().map_err(|why| {
+        SourceError::NotConfigured(format!(
+            "the ServiceNow poller reads cases as the integration user: {why}"
+        ))
     })?;
+    let client = &client;
     let table = settings.table.as_str();
     let filter = settings.filter();
     let mut named = filter_fields(&filter).map_err(SourceError::NotConfigured)?;
