@@ -318,6 +318,16 @@ impl SlackHandle {
         self.shared.world().messages.clone()
     }
 
+    /// True once something was posted to the response URL `response_id`.
+    pub fn has_response(&self, response_id: &str) -> bool {
+        self.shared
+            .world()
+            .messages
+            .iter()
+            .rev()
+            .any(|m| m.response_url.as_deref() == Some(response_id))
+    }
+
     /// Every call so far.
     pub fn request_log(&self) -> Vec<SlackLogged> {
         self.shared.world().log.clone()
