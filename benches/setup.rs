@@ -218,6 +218,7 @@ async fn main() {
                     client_id: creds.client_id.clone(),
                     name: None,
                     created: true,
+                    made: false,
                 },
             );
             secrets.0.insert(slot.secret(), creds.client_secret.clone());

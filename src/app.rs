@@ -158,6 +158,8 @@ impl Application {
         let router = crate::routes::router(self.app.clone());
         crate::notify::start_background(self.app.clone(), shutdown.clone());
         crate::slack::start_background(self.app.clone(), shutdown.clone());
+        crate::integration::runtime::spawn_reloader(self.app.clone(), shutdown.clone());
+        crate::integration::watch::spawn(self.app.clone(), shutdown.clone());
         tracing::info!(listen = %self.local_addr(), "m365bot listening");
         if let Some(listener) = self.metrics_listener {
             let metrics = crate::routes::metrics_router(self.app.clone());

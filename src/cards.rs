@@ -56,6 +56,10 @@ const TEMPLATES: &[(&str, &str)] = &[
         include_str!("../cards/teams/notify_status.json.hbs"),
     ),
     (
+        "teams/trust_alert",
+        include_str!("../cards/teams/trust_alert.json.hbs"),
+    ),
+    (
         "teams/notify_subscriptions",
         include_str!("../cards/teams/notify_subscriptions.json.hbs"),
     ),

@@ -51,6 +51,9 @@ pub struct Settings {
     /// The Slack app.
     #[serde(default)]
     pub slack: crate::slack::SlackSettings,
+    /// Watching the trust: the scheduled doctor, secret expiry and alerts.
+    #[serde(default)]
+    pub watch: crate::integration::watch::WatchSettings,
 }
 
 /// The bot's own ServiceNow account, used to set up and verify the integration.
@@ -558,6 +561,9 @@ impl Settings {
             .validate()
             .map_err(|problem| invalid("setup", &problem))?;
         self.slack
+            .validate()
+            .map_err(|(key, problem)| invalid(key, &problem))?;
+        self.watch
             .validate()
             .map_err(|(key, problem)| invalid(key, &problem))?;
         Ok(())

@@ -95,12 +95,24 @@ enum Commands {
         #[arg(long)]
         repair: bool,
     },
+    /// Rotate an app's client secret: add a new one through Graph, write it where it is used
+    /// (ServiceNow and the bot's encrypted store), verify it live, then remove the old one.
+    /// Exits 1 when the secret was not rotated (the old one is kept and still works).
+    RotateSecret {
+        /// Which app: outbound, inbound or rest-user.
+        #[arg(value_parser = parse_secret_target)]
+        app: m365bot::integration::rotate::SecretTarget,
+    },
     /// Print the ServiceNow Business Rule that pushes case updates to the bot (JavaScript,
     /// for the configured case table; replace <SECRET> with notifications.sources.push.hmac_secret).
     ServicenowScript {
         /// The bot's push endpoint; defaults to server.public_url + /api/servicenow/events.
         #[arg(long)]
         endpoint: Option<String>,
+        /// Sign pushes with notifications.sources.push.hmac_secret even when an integration
+        /// exists (by default the script then uses the outbound app's OAuth provider).
+        #[arg(long)]
+        hmac: bool,
     },
     /// Write the Teams app package (manifest.json and icons, zipped); with --slack, print the
     /// Slack app manifest (JSON) instead.
@@ -191,13 +203,33 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
         .await;
     }
     let settings = Settings::load(cli.config.as_deref())?;
-    if let Commands::ServicenowScript { endpoint } = &command {
+    if let Commands::ServicenowScript { endpoint, hmac } = &command {
+        use m365bot::notify::sources::script;
         let endpoint = endpoint
             .clone()
-            .unwrap_or_else(|| m365bot::notify::sources::script::endpoint(&settings));
+            .unwrap_or_else(|| script::endpoint(&settings));
+        let auth = if *hmac {
+            script::PushAuth::Hmac
+        } else {
+            // The latest completed setup, else [integration]: its outbound app pushes. A SQLite
+            // file that does not exist holds no setup (and is not created here).
+            let stored = if sqlite_file_missing(&settings.database.url) {
+                None
+            } else {
+                m365bot::setup::stored_integration_spec(&settings)
+                    .await
+                    .with_context(|| {
+                        "cannot read the completed setup (use --hmac for a script signed with notifications.sources.push.hmac_secret)"
+                    })?
+            };
+            match stored.or_else(|| settings.integration.clone()) {
+                Some(spec) => script::PushAuth::for_integration(&spec),
+                None => script::PushAuth::Hmac,
+            }
+        };
         print!(
             "{}",
-            m365bot::notify::sources::script::business_rule(&settings, &endpoint)
+            script::business_rule_with(&settings, &endpoint, &auth)
         );
         return Ok(std::process::ExitCode::SUCCESS);
     }
@@ -222,6 +254,7 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
             settings.integration = Some(spec.clone());
             doctor(&settings, &spec, json, repair).await
         }
+        Commands::RotateSecret { app } => rotate_secret(settings, app).await,
         Commands::Manifest { .. }
         | Commands::Init(_)
         | Commands::Sandbox { .. }
@@ -285,6 +318,49 @@ async fn doctor(
         std::process::ExitCode::FAILURE
     } else {
         std::process::ExitCode::SUCCESS
+    })
+}
+
+fn parse_secret_target(word: &str) -> Result<m365bot::integration::rotate::SecretTarget, String> {
+    m365bot::integration::rotate::SecretTarget::parse(word)
+        .ok_or_else(|| "expected outbound, inbound or rest-user".to_owned())
+}
+
+async fn rotate_secret(
+    settings: Settings,
+    target: m365bot::integration::rotate::SecretTarget,
+) -> anyhow::Result<std::process::ExitCode> {
+    let mut settings = settings;
+    // A stored setup that cannot be opened is explained by the rotation itself.
+    if let Ok(Some(spec)) = m365bot::setup::stored_integration_spec(&settings).await {
+        settings.integration = Some(spec);
+    }
+    let db = m365bot::db::Db::connect(&settings.database.url, 1).await?;
+    db.migrate().await?;
+    let http = m365bot::app::http_client(&settings)?;
+    let upstreams =
+        m365bot::integration::Upstreams::from_settings(&settings, http, std::sync::Arc::default());
+    let report = m365bot::setup::rotate::rotate_secret(
+        &db,
+        &settings,
+        &upstreams,
+        target,
+        "command line (m365bot rotate-secret)",
+    )
+    .await;
+    println!("{}", report.text());
+    if let Some(next) = &report.next_step {
+        println!("next: {next}");
+    }
+    Ok(if report.rotated {
+        println!("rotated the {}'s client secret", target.label());
+        std::process::ExitCode::SUCCESS
+    } else {
+        println!(
+            "NOT rotated: the {}'s old client secret is kept",
+            target.label()
+        );
+        std::process::ExitCode::FAILURE
     })
 }
 
@@ -434,4 +510,16 @@ fn slack_manifest(config: Option<&std::path::Path>) -> anyhow::Result<()> {
     let manifest = m365bot::slack::manifest::manifest(&public_url, transport);
     println!("{}", serde_json::to_string_pretty(&manifest)?);
     Ok(())
+}
+
+/// True when `url` names a SQLite database file that does not exist.
+fn sqlite_file_missing(url: &str) -> bool {
+    let Some(rest) = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+    else {
+        return false;
+    };
+    let path = rest.split('?').next().unwrap_or_default();
+    !path.is_empty() && path != ":memory:" && !std::path::Path::new(path).exists()
 }

@@ -32,6 +32,18 @@ struct Inner {
     routes: BTreeMap<String, RouteStats>,
     upstream: BTreeMap<(&'static str, &'static str), u64>,
     runtime_auth_failures: u64,
+    trust: Option<TrustGauges>,
+}
+
+/// What the last scheduled doctor found, as every replica reads it from the database.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct TrustGauges {
+    /// When the last scheduled doctor ran (Unix seconds), if it ever did.
+    pub last_doctor_run: Option<i64>,
+    /// Watched subjects (checks, secrets, the runtime path) failing now.
+    pub failing_checks: i64,
+    /// Days until the nearest client secret expires (negative: expired), if known.
+    pub nearest_secret_expiry_days: Option<f64>,
 }
 
 /// The registry; cheap to update from any task.
@@ -67,6 +79,13 @@ impl Metrics {
     pub fn record_upstream(&self, upstream: &'static str, outcome: &'static str) {
         if let Ok(mut inner) = self.inner.lock() {
             *inner.upstream.entry((upstream, outcome)).or_default() += 1;
+        }
+    }
+
+    /// Replaces the trust gauges.
+    pub fn set_trust(&self, gauges: TrustGauges) {
+        if let Ok(mut inner) = self.inner.lock() {
+            inner.trust = Some(gauges);
         }
     }
 
@@ -140,7 +159,30 @@ impl Metrics {
             "m365bot_runtime_auth_failures_total {}",
             inner.runtime_auth_failures
         );
+        if let Some(trust) = &inner.trust {
+            render_trust(&mut out, trust);
+        }
         out
+    }
+}
+
+fn render_trust(out: &mut String, trust: &TrustGauges) {
+    if let Some(at) = trust.last_doctor_run {
+        out.push_str("# HELP m365bot_doctor_last_run_timestamp_seconds When the scheduled doctor last ran (any replica).\n");
+        out.push_str("# TYPE m365bot_doctor_last_run_timestamp_seconds gauge\n");
+        let _ = writeln!(out, "m365bot_doctor_last_run_timestamp_seconds {at}");
+    }
+    out.push_str("# HELP m365bot_doctor_failing_checks Watched checks failing now (doctor checks, secrets, the runtime path).\n");
+    out.push_str("# TYPE m365bot_doctor_failing_checks gauge\n");
+    let _ = writeln!(
+        out,
+        "m365bot_doctor_failing_checks {}",
+        trust.failing_checks
+    );
+    if let Some(days) = trust.nearest_secret_expiry_days {
+        out.push_str("# HELP m365bot_secret_expiry_days Days until the integration's nearest client secret expires.\n");
+        out.push_str("# TYPE m365bot_secret_expiry_days gauge\n");
+        let _ = writeln!(out, "m365bot_secret_expiry_days {days:.2}");
     }
 }
 
@@ -174,5 +216,23 @@ mod tests {
         assert!(
             text.contains("m365bot_upstream_calls_total{upstream=\"connector\",outcome=\"ok\"} 1")
         );
+        assert!(!text.contains("m365bot_doctor_failing_checks"), "{text}");
+    }
+
+    #[test]
+    fn renders_the_trust_gauges_once_set() {
+        let metrics = Metrics::default();
+        metrics.set_trust(TrustGauges {
+            last_doctor_run: Some(1_700_000_000),
+            failing_checks: 2,
+            nearest_secret_expiry_days: Some(19.5),
+        });
+        let text = metrics.render();
+        assert!(
+            text.contains("m365bot_doctor_last_run_timestamp_seconds 1700000000"),
+            "{text}"
+        );
+        assert!(text.contains("m365bot_doctor_failing_checks 2"), "{text}");
+        assert!(text.contains("m365bot_secret_expiry_days 19.50"), "{text}");
     }
 }

@@ -95,9 +95,7 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
             RuntimeMode::AdminFallback => ("admin_fallback", None),
             RuntimeMode::Unavailable => ("unavailable", None),
         };
-        let failure = app.runtime.last_failure().map(|f| {
-            serde_json::json!({"at": f.at.to_rfc3339(), "status": f.status, "step": f.step, "detail": f.detail})
-        });
+        let failure = app.runtime.last_failure();
         serde_json::json!({"mode": mode, "user": user, "note": app.runtime.note(), "last_failure": failure})
     };
     let body = serde_json::json!({

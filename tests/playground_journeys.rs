@@ -227,10 +227,13 @@ fn agents_playground_runs_the_three_journeys_against_the_sandbox() {
     );
     assert_eq!(setup["created"][6], "Integration user", "{summary}");
     assert_eq!(
-        setup["completion"]["title"],
-        "Setup complete: hand these values to the Microsoft 365 admin",
+        setup["completion"]["title"], "Setup complete: the bot now runs the integration",
         "{summary}"
     );
+    // The completion card's Reveal button: the Entra sign-in, the values once, then refused.
+    assert_eq!(setup["reveal"]["status"], 200, "{summary}");
+    assert_eq!(setup["reveal"]["again"], 410, "{summary}");
+    assert_eq!(setup["reveal"]["hops"][0], "302 /setup/reveal", "{summary}");
     assert_eq!(setup["runTests"]["failed"], 0, "{summary}");
     assert_eq!(setup["runTests"]["skipped"], 0, "{summary}");
     assert!(

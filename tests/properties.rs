@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use m365bot::cards::{CardRenderer, escape_markdown};
 use m365bot::core::command::{self, AppRole, Command};
+use m365bot::integration::rotate::SecretTarget;
 use m365bot::notify::cards::{case_model, update_model};
 use m365bot::notify::event::{CaseEvent, EventSource};
 use m365bot::notify::sources::push;
@@ -157,6 +158,7 @@ fn typed(command: &Command) -> String {
         Command::Unsubscribe => "unsubscribe".to_owned(),
         Command::Subscriptions => "subscriptions".to_owned(),
         Command::Status { reference } => format!("status {reference}"),
+        Command::RotateSecret { target } => format!("rotate-secret {}", target.word()),
     }
 }
 
@@ -192,6 +194,8 @@ fn command_strategy() -> impl Strategy<Value = Command> {
         Just(Command::Unsubscribe),
         Just(Command::Subscriptions),
         word().prop_map(|reference| Command::Status { reference }),
+        proptest::sample::select(SecretTarget::ALL.to_vec())
+            .prop_map(|target| Command::RotateSecret { target }),
     ]
 }
 

@@ -376,8 +376,17 @@ async fn concurrent_calls_share_one_token_request() {
             .expect("read as the integration user");
     }
     assert_eq!(token_requests(&world, from), 1, "one token for 16 calls");
-    // Cached: later calls request none.
+    // Cached: later calls request none, also after a reload that changes nothing (as the
+    // periodic reload of every instance does).
     client
+        .query("incident", "", &["sys_id"], Some(1))
+        .await
+        .expect("read");
+    m365bot::integration::runtime::reload(&bot.app).await;
+    bot.app
+        .runtime
+        .client()
+        .expect("runtime client")
         .query("incident", "", &["sys_id"], Some(1))
         .await
         .expect("read");
@@ -433,6 +442,30 @@ async fn a_refused_token_is_renewed_once_and_the_failure_names_the_step() {
         .expect("accepted again");
     assert!(bot.app.runtime.last_failure().is_none());
     assert!(changes.has_changed().expect("open"), "recovery signalled");
+    // A locked-out integration user is refused as ServiceNow refuses it: 401, its error body.
+    let RuntimeMode::IntegrationUser { user_name, .. } = bot.app.runtime.mode() else {
+        panic!("not the integration user");
+    };
+    let user = handle
+        .sn_query("sys_user", &format!("user_name={user_name}"))
+        .expect("table")
+        .remove(0);
+    let user_id = user["sys_id"].as_str().expect("sys_id").to_owned();
+    handle
+        .sn_update("sys_user", &user_id, json!({"locked_out": "true"}))
+        .expect("lock");
+    let err = client
+        .query("incident", "", &["sys_id"], Some(1))
+        .await
+        .expect_err("locked out");
+    assert!(err.to_string().contains("User Not Authenticated"), "{err}");
+    handle
+        .sn_update("sys_user", &user_id, json!({"locked_out": "false"}))
+        .expect("unlock");
+    client
+        .query("incident", "", &["sys_id"], Some(1))
+        .await
+        .expect("accepted again");
 }
 
 #[tokio::test]
@@ -444,6 +477,7 @@ async fn a_broken_rest_user_secret_is_reported_and_recovers_after_the_fix() {
         .await
         .expect("stored")
         .expect("integration");
+    use secrecy::ExposeSecret;
     let rest_user = spec.rest_user_app.expect("REST-user app");
     let handle = world.sandbox.handle();
     handle
@@ -460,10 +494,7 @@ async fn a_broken_rest_user_secret_is_reported_and_recovers_after_the_fix() {
     let failure = bot.app.runtime.last_failure().expect("failure");
     assert_eq!(failure.step, "REST-user secret");
     assert_eq!(failure.status, None);
-    assert!(
-        failure.fix.contains("rotate-secret rest-user"),
-        "{failure:?}"
-    );
+    assert!(failure.fix.contains("new client secret"), "{failure:?}");
     assert!(changes.has_changed().expect("open"));
     changes.borrow_and_update();
     // The same failure again is not a new one.
@@ -476,9 +507,22 @@ async fn a_broken_rest_user_secret_is_reported_and_recovers_after_the_fix() {
         metrics.contains("m365bot_runtime_auth_failures_total 2"),
         "{metrics}"
     );
+    let readiness: Value = reqwest::get(format!("{}/readyz", bot.base_url))
+        .await
+        .expect("readyz")
+        .json()
+        .await
+        .expect("json");
+    let shown = &readiness["servicenow_identity"]["last_failure"];
+    assert_eq!(shown["step"], "REST-user secret", "{readiness}");
+    assert!(
+        !readiness
+            .to_string()
+            .contains(rest_user.client_secret.expose_secret()),
+        "no secret in readiness"
+    );
 
     // The fix: the stored secret is valid again.
-    use secrecy::ExposeSecret;
     assert!(handle.add_secret(
         &rest_user.client_id,
         rest_user.client_secret.expose_secret()
@@ -488,4 +532,233 @@ async fn a_broken_rest_user_secret_is_reported_and_recovers_after_the_fix() {
         .expect("works again");
     assert!(bot.app.runtime.last_failure().is_none());
     assert!(changes.has_changed().expect("open"), "recovery signalled");
+}
+
+// ---- pushes from ServiceNow with the outbound app's token ----
+
+/// Runs the printed Business Rule in node against stand-ins of ServiceNow's scripting objects
+/// (off the runtime's thread: the emulators and the bot answer meanwhile); returns the report.
+async fn run_business_rule(dir: &std::path::Path, script: &str, world: &Value) -> Value {
+    let script_path = dir.join("business-rule.js");
+    let world_path = dir.join("world.json");
+    std::fs::write(&script_path, script).expect("script");
+    std::fs::write(&world_path, world.to_string()).expect("world");
+    let harness = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tools")
+        .join("node")
+        .join("servicenow-script.js");
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("node")
+            .arg(&harness)
+            .arg(&script_path)
+            .arg(&world_path)
+            .output()
+    })
+    .await
+    .expect("task")
+    .expect("node runs (it is needed for this test)");
+    assert!(output.status.success(), "{output:?}");
+    serde_json::from_slice(&output.stdout).expect("one JSON report")
+}
+
+#[tokio::test]
+async fn the_printed_business_rule_pushes_with_the_outbound_apps_token() {
+    let world = World::start().await;
+    let bot = world.bot_with(BOT_EXTRA).await;
+    complete_setup(&bot, &world, false).await;
+    let spec = m365bot::setup::flow::stored_integration(&bot.app)
+        .await
+        .expect("stored")
+        .expect("integration");
+    assert!(
+        bot.app
+            .settings
+            .notifications
+            .sources
+            .push
+            .bearer_allowed_app_ids
+            .is_empty(),
+        "no allow-list configured"
+    );
+
+    // `m365bot servicenow-script` with the bot's configuration and database.
+    let dir = tempfile::tempdir().expect("dir");
+    let config = dir.path().join("m365bot.toml");
+    let toml = support::merge_toml(
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\npublic_url = \"{}/\"\n[database]\nurl = \"sqlite://{}\"\n",
+            bot.base_url,
+            world.db_path().display()
+        ),
+        &world.toml,
+    );
+    std::fs::write(&config, toml).expect("config");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_m365bot"))
+        .arg("--config")
+        .arg(&config)
+        .arg("servicenow-script")
+        .output()
+        .expect("runs");
+    assert!(output.status.success(), "{output:?}");
+    let script = String::from_utf8(output.stdout).expect("utf-8");
+    let provider = spec.outbound_provider_name();
+    for needle in [
+        "sn_auth.GlideOAuthClient",
+        "requestTokenByRequest",
+        "'Bearer '",
+        provider.as_str(),
+        spec.outbound_app.client_id.as_str(),
+    ] {
+        assert!(script.contains(needle), "{needle}:\n{script}");
+    }
+    assert!(!script.contains("<SECRET>"), "{script}");
+
+    // The provider as setup created it in ServiceNow (the emulator masks its secret).
+    let handle = world.sandbox.handle();
+    let record = handle
+        .sn_query(
+            "oauth_entity",
+            &format!("client_id={}", spec.outbound_app.client_id),
+        )
+        .expect("table")
+        .remove(0);
+    assert_eq!(record["name"], provider.as_str());
+    let token_url = record["token_url"].as_str().expect("token url").to_owned();
+    // The case as the Business Rule sees it.
+    let admin = bot.app.upstreams.servicenow.as_ref().expect("admin");
+    let settings = &bot.app.settings.notifications.sources.servicenow;
+    let case = admin
+        .list(
+            "incident",
+            &m365bot::upstream::servicenow::ListOptions {
+                query: "number=INC0010001".to_owned(),
+                fields: settings.fields(),
+                limit: Some(1),
+                page_size: Some(1),
+                display_value: m365bot::upstream::servicenow::DisplayValue::All,
+                include_reference_links: false,
+            },
+        )
+        .await
+        .expect("case")
+        .remove(0);
+    use secrecy::ExposeSecret;
+    let world_with = |client_id: &str, client_secret: &str| {
+        json!({
+            "providers": {provider.as_str(): {
+                "client_id": client_id,
+                "client_secret": client_secret,
+                "token_url": token_url,
+            }},
+            "table": "incident",
+            "fields": case.fields(),
+            "changed": ["state", "comments"],
+            "journal": {"comments": "Microsoft asked for a trace"},
+            "previous": {"state": "New"},
+        })
+    };
+    let accepted = run_business_rule(
+        dir.path(),
+        &script,
+        &world_with(
+            &spec.outbound_app.client_id,
+            spec.outbound_app.client_secret.expose_secret(),
+        ),
+    )
+    .await;
+    assert_eq!(accepted["token_requests"], 1, "{accepted}");
+    assert_eq!(accepted["errors"], json!([]), "{accepted}");
+    assert_eq!(accepted["pushes"][0]["status"], 200, "{accepted}");
+    let event = outbox::latest_event(&bot.app.db, "INC0010001")
+        .await
+        .expect("outbox")
+        .expect("the push was recorded");
+    assert_eq!(
+        event.latest_note.as_deref(),
+        Some("Microsoft asked for a trace")
+    );
+    assert_eq!(event.previous_state.as_deref(), Some("New"));
+
+    // A token of another app of the tenant (the REST-user app) is refused.
+    let rest_user = spec.rest_user_app.as_ref().expect("REST-user app");
+    let refused = run_business_rule(
+        dir.path(),
+        &script,
+        &world_with(
+            &rest_user.client_id,
+            rest_user.client_secret.expose_secret(),
+        ),
+    )
+    .await;
+    assert_eq!(refused["token_requests"], 1, "{refused}");
+    assert_eq!(refused["pushes"][0]["status"], 401, "{refused}");
+    assert!(
+        refused["pushes"][0]["body"]
+            .as_str()
+            .is_some_and(|body| body.contains("appid") || body.contains("audience")),
+        "{refused}"
+    );
+    // A wrong provider secret: no token, nothing pushed, the rule logs why.
+    let no_token = run_business_rule(
+        dir.path(),
+        &script,
+        &world_with(&spec.outbound_app.client_id, "not-the-secret"),
+    )
+    .await;
+    assert_eq!(no_token["pushes"], json!([]), "{no_token}");
+    assert!(
+        no_token["errors"][0]
+            .as_str()
+            .is_some_and(|e| e.contains("gave no token") && e.contains("7000215")),
+        "{no_token}"
+    );
+}
+
+#[tokio::test]
+async fn without_an_integration_the_fallback_is_a_choice_and_says_so() {
+    let world = World::start().await;
+    let strict = world
+        .bot_with(&format!(
+            "{BOT_EXTRA}[servicenow]\nruntime_admin_fallback = false\n"
+        ))
+        .await;
+    assert_eq!(strict.app.runtime.mode(), RuntimeMode::Unavailable);
+    let err = sources::poll_servicenow_once(&strict.app)
+        .await
+        .expect_err("no runtime identity");
+    assert!(
+        err.to_string().contains("no integration is set up yet"),
+        "{err}"
+    );
+    let from = world
+        .sandbox
+        .handle()
+        .request_log(Emulator::ServiceNow)
+        .len();
+    assert!(
+        servicenow_requests(&world, from).is_empty(),
+        "nothing was asked"
+    );
+    // With the default, the bot's own account reads cases until setup completes, and says so.
+    let lenient = world.bot_with(BOT_EXTRA).await;
+    assert_eq!(lenient.app.runtime.mode(), RuntimeMode::AdminFallback);
+    let readiness: Value = reqwest::get(format!("{}/readyz", lenient.base_url))
+        .await
+        .expect("readyz")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        readiness["servicenow_identity"]["mode"], "admin_fallback",
+        "{readiness}"
+    );
+    assert!(
+        readiness["servicenow_identity"]["note"]
+            .as_str()
+            .is_some_and(|note| note.contains("bot's own ServiceNow account")),
+        "{readiness}"
+    );
+    sources::poll_servicenow_once(&lenient.app)
+        .await
+        .expect("polled with the admin account");
 }

@@ -106,3 +106,81 @@ async fn versioned_writes_one_active_setup_expiry_and_audit() {
         );
     }
 }
+
+#[tokio::test]
+async fn reveal_links_are_hashed_single_use_expiring_and_revocable() {
+    use m365bot::link::store::state_hash;
+    use m365bot::setup::reveal::{self, Binding, purpose};
+    for test_db in test_databases().await {
+        let label = test_db.label;
+        let db = &test_db.db;
+        let admin = Binding {
+            oid: Some("7C1E0F4A-0000-4000-8000-000000000001".into()),
+            login: None,
+            label: "admin (29:admin)".into(),
+        };
+        let fred = Binding {
+            oid: None,
+            login: Some("Fred.Luddy@contoso.com".into()),
+            label: "Fred Luddy".into(),
+        };
+        let own = reveal::issue(db, "s1", purpose::SETUP_ADMIN, &admin)
+            .await
+            .expect("issue");
+        let handed = reveal::issue(db, "s1", purpose::HANDOVER, &fred)
+            .await
+            .expect("issue");
+        let links = reveal::links_of(db, "s1").await.expect("links");
+        assert_eq!(links.len(), 2, "{label}");
+        for link in &links {
+            assert_ne!(link.token_hash, own, "{label}: never the token itself");
+            assert_eq!(link.token_hash.len(), 64, "{label}");
+            assert_eq!(link.expires_at - link.created_at, 10 * 60_000, "{label}");
+        }
+        let stored_fred = links
+            .iter()
+            .find(|l| l.purpose == purpose::HANDOVER)
+            .expect("hand-over link");
+        assert_eq!(
+            stored_fred.binding.login.as_deref(),
+            Some("fred.luddy@contoso.com"),
+            "{label}"
+        );
+        let now = m365bot::db::now_millis();
+        // Single use, first writer wins.
+        assert!(
+            reveal::mark_used(db, &state_hash(&own), now, "admin@contoso.com")
+                .await
+                .expect("use"),
+            "{label}"
+        );
+        assert!(
+            !reveal::mark_used(db, &state_hash(&own), now, "admin@contoso.com")
+                .await
+                .expect("use"),
+            "{label}: second use refused"
+        );
+        // Expiry is enforced by the write itself.
+        assert!(
+            !reveal::mark_used(db, &state_hash(&handed), now + 11 * 60_000, "fred")
+                .await
+                .expect("use"),
+            "{label}: expired"
+        );
+        // Revoking touches only unused hand-over links.
+        assert_eq!(
+            reveal::revoke_handover(db, "s1").await.expect("revoke"),
+            1,
+            "{label}"
+        );
+        assert!(
+            !reveal::mark_used(db, &state_hash(&handed), now, "fred")
+                .await
+                .expect("use"),
+            "{label}: revoked"
+        );
+        let links = reveal::links_of(db, "s1").await.expect("links");
+        let viewed: Vec<_> = links.iter().filter_map(|l| l.viewed_by.clone()).collect();
+        assert_eq!(viewed, vec!["admin@contoso.com".to_owned()], "{label}");
+    }
+}

@@ -118,7 +118,8 @@ async fn aad_branch_create_for_me_then_run_tests_all_green() {
     // Typing setup again shows the completed setup without secrets; doctor uses it.
     let again = bot.say(&world, ADMIN, "setup").await;
     assert!(
-        card_text(&again).contains("shown once"),
+        card_text(&again).contains("New Reveal link")
+            && card_text(&again).contains("(on the Reveal page, not in chat)"),
         "{}",
         card_text(&again)
     );
@@ -382,9 +383,15 @@ async fn aad_branch_with_existing_apps_and_an_existing_record() {
         "{text}"
     );
     assert!(
-        text.contains(&inbound_secret),
-        "the secrets are shown once: {text}"
+        !complete.to_string().contains(&inbound_secret)
+            && !complete.to_string().contains(&rest_secret),
+        "no secret in the completion card: {text}"
     );
+    assert!(text.contains("Reveal the secrets (once)"), "{text}");
+    // What is left for a person names what the wizard recorded, the picked record included.
+    assert!(text.contains("Microsoft 365 support > Setup"), "{text}");
+    assert!(text.contains("Hand-made provider"), "{text}");
+    assert!(text.contains(&rest_id), "{text}");
     assert_eq!(apps_named(&world, "outbound"), 0, "nothing created");
     let results = bot
         .press(&world, ADMIN, &complete, "Run tests", json!({}))

@@ -59,6 +59,11 @@ pub enum Command {
         /// Case number, incident number or sys_id.
         reference: String,
     },
+    /// `rotate-secret outbound|inbound|rest-user`
+    RotateSecret {
+        /// Whose client secret.
+        target: crate::integration::rotate::SecretTarget,
+    },
 }
 
 /// Why a text is not a command; the message says what to type instead.
@@ -150,9 +155,20 @@ pub fn parse(text: &str) -> Result<Command, ParseError> {
         ("status", _) => Err(ParseError::Usage {
             usage: "status <case or incident number>",
         }),
+        ("rotate-secret", [word]) => crate::integration::rotate::SecretTarget::parse(word)
+            .map(|target| Command::RotateSecret { target })
+            .ok_or(ParseError::Usage {
+                usage: ROTATE_USAGE,
+            }),
+        ("rotate-secret", _) => Err(ParseError::Usage {
+            usage: ROTATE_USAGE,
+        }),
         _ => Err(ParseError::Unknown(bare_word(typed))),
     }
 }
+
+/// How `rotate-secret` is typed.
+const ROTATE_USAGE: &str = "rotate-secret outbound|inbound|rest-user";
 
 fn parse_role_change(verb: &str, rest: &[&str]) -> Result<Command, ParseError> {
     let usage = if verb == "grant" {
@@ -210,6 +226,12 @@ mod tests {
                 "subscribe",
                 Command::Subscribe {
                     filter: String::new(),
+                },
+            ),
+            (
+                "rotate-secret rest-user",
+                Command::RotateSecret {
+                    target: crate::integration::rotate::SecretTarget::RestUser,
                 },
             ),
             (
@@ -272,6 +294,14 @@ mod tests {
             Err(ParseError::Usage { .. })
         ));
         assert!(matches!(parse("status"), Err(ParseError::Usage { .. })));
+        assert!(matches!(
+            parse("rotate-secret graph"),
+            Err(ParseError::Usage { .. })
+        ));
+        assert!(matches!(
+            parse("rotate-secret"),
+            Err(ParseError::Usage { .. })
+        ));
         assert!(
             parse("setup now")
                 .expect_err("usage")

@@ -217,9 +217,10 @@ pub async fn handle(app: &App, event: InboundEvent) -> Vec<Reply> {
 async fn dispatch_command(app: &App, event: &InboundEvent, command: Command) -> Vec<Reply> {
     match command {
         Command::Help => vec![help_card()],
-        Command::Setup | Command::SetupStatus | Command::Doctor { .. } => {
-            crate::setup::handle_command(app, event, command).await
-        }
+        Command::Setup
+        | Command::SetupStatus
+        | Command::Doctor { .. }
+        | Command::RotateSecret { .. } => crate::setup::handle_command(app, event, command).await,
         Command::LinkAccount
         | Command::LinkAccountStatus
         | Command::UnlinkAccount
@@ -273,6 +274,7 @@ pub fn command_word(command: &Command) -> &'static str {
         Command::Unsubscribe => "unsubscribe",
         Command::Subscriptions => "subscriptions",
         Command::Status { .. } => "status",
+        Command::RotateSecret { .. } => "rotate-secret",
     }
 }
 

@@ -3,8 +3,10 @@
 
 pub mod doctor;
 pub mod provision;
+pub mod rotate;
 pub mod runtime;
 pub mod schema;
+pub mod watch;
 
 use std::sync::Arc;
 
@@ -128,6 +130,11 @@ impl IntegrationSpec {
             None => String::new(),
         };
         format!("{capitalised} Azure")
+    }
+
+    /// The name setup gives the outbound OAuth provider (`oauth_entity`).
+    pub fn outbound_provider_name(&self) -> String {
+        format!("{} Microsoft 365 outbound", self.tenant)
     }
 
     /// The OIDC entity name the guide prescribes: `{tenant}_application_inbound_api`.

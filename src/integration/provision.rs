@@ -222,7 +222,7 @@ pub struct AppProgress {
 }
 
 /// Display name of the secrets setup adds (and removes again when no longer used).
-const SECRET_NAME: &str = "m365bot";
+pub const SECRET_NAME: &str = "m365bot";
 
 /// True for the answers Entra ID gives while a just-created app replicates: Graph 404, or
 /// 400 "does not reference a valid application object".
@@ -489,6 +489,12 @@ async fn upsert(
     }
 }
 
+/// True when the log of one `ensure_*` call says it created a ServiceNow record (rather than
+/// reusing or correcting one): only such records are this setup's to delete.
+pub fn log_says_created(log: &[String]) -> bool {
+    log.iter().any(|entry| entry.starts_with("created the "))
+}
+
 /// Keys of values never reported (secrets or write-only).
 const SECRET_FIELDS: &[&str] = &["client_secret", "user_password"];
 
@@ -529,7 +535,7 @@ pub async fn ensure_oauth_provider(
     let table = columns_of(client, &schema::OAUTH_ENTITY).await?;
     let token_url = spec.token_url(authority);
     let redirect = spec.redirect_url();
-    let name = format!("{} Microsoft 365 outbound", spec.tenant);
+    let name = spec.outbound_provider_name();
     let values = owned(&[
         ("name", &name),
         ("type", "oauth_provider"),

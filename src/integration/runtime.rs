@@ -41,7 +41,7 @@ pub enum RuntimeMode {
 
 /// The latest failure of the runtime chain: what the instance or Entra ID answered and which
 /// part of the integration is likely broken.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct RuntimeFailure {
     /// When it happened (the latest occurrence).
     pub at: DateTime<Utc>,
@@ -55,8 +55,21 @@ pub struct RuntimeFailure {
     pub fix: String,
 }
 
+/// The app whose tokens ServiceNow's pushes carry: the integration's outbound app.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushIdentity {
+    /// Tenant (domain or id) the tokens come from.
+    pub tenant: String,
+    /// The outbound app's client id: `appid`/`azp` and the audience the Business Rule asks for.
+    pub client_id: String,
+}
+
 struct Active {
+    /// What was installed (a digest of the integration, secrets included), to skip reloads
+    /// that change nothing and keep the cached token.
+    digest: Option<[u8; 32]>,
     client: Option<ServiceNowClient>,
+    push: Option<PushIdentity>,
     mode: RuntimeMode,
     /// Why runtime calls use the admin account or none, for logs and cards.
     note: Option<String>,
@@ -74,7 +87,8 @@ pub struct RuntimeIdentity {
 }
 
 impl RuntimeIdentity {
-    /// An identity with no integration loaded yet (see [`Self::install`]).
+    /// An identity with nothing loaded yet: no runtime calls until [`Self::install`] (or
+    /// [`reload`]) runs, as the application does at start.
     pub fn new(
         entra: EntraClient,
         http: reqwest::Client,
@@ -82,9 +96,11 @@ impl RuntimeIdentity {
         admin: Option<ServiceNowClient>,
         admin_fallback: bool,
     ) -> Self {
-        let identity = Self {
+        Self {
             active: RwLock::new(Arc::new(Active {
+                digest: None,
                 client: None,
+                push: None,
                 mode: RuntimeMode::Unavailable,
                 note: Some("the runtime identity is not loaded yet".to_owned()),
             })),
@@ -94,22 +110,34 @@ impl RuntimeIdentity {
             metrics,
             admin,
             admin_fallback,
-        };
-        identity.install(None, None);
-        identity
+        }
     }
 
     /// Uses `spec` (the latest integration) from now on; `None` when none exists, with
     /// `problem` saying why when it could not be read. A past failure is forgotten.
     pub fn install(&self, spec: Option<&IntegrationSpec>, problem: Option<&str>) {
+        let digest = digest(spec, problem);
+        if self.current().digest == Some(digest) {
+            return;
+        }
+        let push = spec
+            .filter(|spec| !spec.outbound_app.client_id.trim().is_empty())
+            .map(|spec| PushIdentity {
+                tenant: spec.tenant.clone(),
+                client_id: spec.outbound_app.client_id.clone(),
+            });
         let active = match spec.map(|spec| self.integration_client(spec)) {
             Some(Ok((client, mode))) => Active {
+                digest: Some(digest),
                 client: Some(client),
+                push,
                 mode,
                 note: None,
             },
             Some(Err(why)) => Active {
+                digest: Some(digest),
                 client: None,
+                push,
                 mode: RuntimeMode::Unavailable,
                 note: Some(why),
             },
@@ -121,14 +149,18 @@ impl RuntimeIdentity {
                 };
                 match (&self.admin, self.admin_fallback && problem.is_none()) {
                     (Some(admin), true) => Active {
+                        digest: Some(digest),
                         client: Some(admin.clone()),
+                        push: None,
                         mode: RuntimeMode::AdminFallback,
                         note: Some(format!(
                             "{why}: cases are read with the bot's own ServiceNow account until setup completes"
                         )),
                     },
                     _ => Active {
+                        digest: Some(digest),
                         client: None,
+                        push: None,
                         mode: RuntimeMode::Unavailable,
                         note: Some(format!(
                             "{why}: the bot makes no runtime calls to ServiceNow"
@@ -220,6 +252,11 @@ impl RuntimeIdentity {
         })
     }
 
+    /// The app whose bearer tokens the push endpoint accepts, when an integration exists.
+    pub fn push_identity(&self) -> Option<PushIdentity> {
+        self.current().push.clone()
+    }
+
     /// Whose credentials runtime calls use now.
     pub fn mode(&self) -> RuntimeMode {
         self.current().mode.clone()
@@ -265,6 +302,54 @@ impl RuntimeIdentity {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
     }
+}
+
+/// How often every instance reloads the integration (a setup completed on another replica).
+pub const RELOAD_INTERVAL: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// A digest of what [`RuntimeIdentity::install`] is given, secrets included (never stored).
+fn digest(spec: Option<&IntegrationSpec>, problem: Option<&str>) -> [u8; 32] {
+    use secrecy::ExposeSecret;
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    let mut part = |bytes: &[u8]| {
+        hasher.update((bytes.len() as u64).to_be_bytes());
+        hasher.update(bytes);
+    };
+    part(problem.unwrap_or_default().as_bytes());
+    if let Some(spec) = spec {
+        part(&serde_json::to_vec(spec).unwrap_or_default());
+        for app in [
+            Some(&spec.outbound_app),
+            spec.inbound_app.as_ref(),
+            spec.rest_user_app.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            part(app.client_secret.expose_secret().as_bytes());
+        }
+        if let Some(password) = &spec.integration_user_password {
+            part(password.expose_secret().as_bytes());
+        }
+    }
+    hasher.finalize().into()
+}
+
+/// Reloads the integration every [`RELOAD_INTERVAL`] until `shutdown`, so a setup completed
+/// (or a secret stored) by another instance is used here too; an unchanged one keeps its token.
+pub fn spawn_reloader(
+    app: std::sync::Arc<crate::app::App>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(RELOAD_INTERVAL) => reload(&app).await,
+            }
+        }
+    });
 }
 
 /// Loads the latest integration (completed setup, else `[integration]`) into `app.runtime`.
@@ -355,7 +440,7 @@ fn token_failure(err: &ServiceNowError) -> Option<RuntimeFailure> {
     let (step, fix) = match entra.aadsts_code() {
         Some(7_000_215 | 7_000_222) => (
             "REST-user secret",
-            "Entra ID refused the REST-user app's secret (wrong or expired): add a new client secret to the REST-user app and store it with **rotate-secret rest-user** or a new setup.",
+            "Entra ID refused the REST-user app's secret (wrong or expired): type **rotate-secret rest-user** (a new client secret, stored in the bot and verified), or run setup again with a new secret; **doctor** shows the secrets' state.",
         ),
         Some(700_016) => (
             "REST-user app registration",

@@ -75,7 +75,8 @@ impl Page {
         )
     }
 
-    fn response(&self) -> Response {
+    /// The page as a `no-store` response.
+    pub fn response(&self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::BAD_REQUEST);
         let mut response = (status, axum::response::Html(self.html())).into_response();
         no_store(&mut response);
@@ -83,7 +84,8 @@ impl Page {
     }
 }
 
-fn no_store(response: &mut Response) {
+/// Marks a response as never cached, sending no referrer, loading nothing else.
+pub fn no_store(response: &mut Response) {
     let headers = response.headers_mut();
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert(
@@ -147,6 +149,12 @@ pub async fn callback(State(app): State<Arc<App>>, RawQuery(query): RawQuery) ->
         error: query_value(query, "error"),
         error_description: query_value(query, "error_description"),
     };
+    // A Reveal sign-in of a completed setup comes back here too (same sign-in app).
+    if let Some(state) = params.state.as_deref()
+        && crate::setup::reveal::owns_state(&app, state).await
+    {
+        return crate::setup::reveal::callback(&app, state, &params).await;
+    }
     let outcome = flow::callback(&app, &params).await;
     answer(&app, outcome).await
 }

@@ -374,6 +374,9 @@ fn guid_bytes_le(guid: &str) -> Vec<u8> {
     bytes
 }
 
+/// A test's rewrite of issued ID tokens: (claims, correctly signed token) → token to send.
+pub type IdTokenRewrite = std::sync::Arc<dyn Fn(&Value, &str) -> String + Send + Sync>;
+
 /// The demo tenant's directory: tenant facts, app registry, pending codes.
 pub(crate) struct Directory {
     pub(crate) tenant_id: String,
@@ -391,6 +394,9 @@ pub(crate) struct Directory {
     pub(crate) role_assignments: Vec<DirectoryRoleAssignment>,
     /// Graph answers 403 to role-assignment reads (no `RoleManagement.Read.Directory`).
     pub(crate) role_reads_denied: bool,
+    /// Rewrites the ID token of code redemptions (claims, correctly signed token) → token sent:
+    /// lets tests return a forged, misdirected or expired ID token from a real code exchange.
+    pub(crate) id_token_rewrite: Option<IdTokenRewrite>,
     codes: HashMap<String, PendingCode>,
     redeemed: HashSet<String>,
     refresh_tokens: HashMap<String, RefreshGrant>,
@@ -440,6 +446,7 @@ impl Directory {
                 tenant_id: None,
             }),
             graph_writes_denied: false,
+            id_token_rewrite: None,
             replication_lag: ChronoDuration::zero(),
             // The default signed-in user is a Global Administrator, as a tenant's first admin is.
             role_assignments: vec![DirectoryRoleAssignment::new(
@@ -1336,6 +1343,10 @@ fn user_tokens(
                 "signing failed",
             )
         })?;
+        let id_token = match &dir.id_token_rewrite {
+            Some(rewrite) => rewrite(&id, &id_token),
+            None => id_token,
+        };
         body["id_token"] = json!(id_token);
     }
     if scopes.contains(&"offline_access") {

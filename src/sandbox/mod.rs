@@ -417,6 +417,12 @@ impl SandboxHandle {
             .update_as_system(table, sys_id, &fields)
     }
 
+    /// The stored value of a password column (e.g. `oauth_entity.client_secret`), which the
+    /// Table API never returns: lets tests check what the bot wrote. `None` if absent.
+    pub fn sn_stored_password(&self, table: &str, sys_id: &str, column: &str) -> Option<String> {
+        self.shared.world().sn.stored_value(table, sys_id, column)
+    }
+
     /// Deletes a record; false if it did not exist.
     pub fn sn_delete(&self, table: &str, sys_id: &str) -> bool {
         self.shared.world().sn.delete_as_system(table, sys_id)
@@ -551,6 +557,24 @@ impl SandboxHandle {
         }
     }
 
+    /// Sets `endDateTime` of every secret of the app (Graph reports it; Entra ID refuses a
+    /// secret past it with AADSTS7000222). False if the app is unknown.
+    pub fn set_secret_end(&self, client_id: &str, end: DateTime<Utc>) -> bool {
+        let mut world = self.shared.world();
+        match world.dir.app_by_client_id_mut(client_id) {
+            Some(app) => {
+                for credential in &mut app.password_credentials {
+                    credential.end = end;
+                    if credential.start >= end {
+                        credential.start = end - chrono::Duration::days(1);
+                    }
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Misconfiguration knob: makes every secret of the app expired (AADSTS7000222).
     pub fn expire_secrets(&self, client_id: &str) -> bool {
         self.shared.world().dir.expire_secrets(client_id)
@@ -572,6 +596,12 @@ impl SandboxHandle {
     /// The user the authorize endpoint signs in without a UI.
     pub fn set_signed_in_user(&self, user: SignedInUser) {
         self.shared.world().dir.authorize_outcome = AuthorizeOutcome::SignIn(user);
+    }
+
+    /// Rewrites every ID token the token endpoint issues from now on (`None`: issue them as
+    /// Entra ID does). Tests use it to hand the bot forged or misdirected tokens.
+    pub fn set_id_token_rewrite(&self, rewrite: Option<entra::IdTokenRewrite>) {
+        self.shared.world().dir.id_token_rewrite = rewrite;
     }
 
     /// What the authorize endpoint does next: sign in a user or let the user cancel.

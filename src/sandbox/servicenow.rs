@@ -2018,6 +2018,11 @@ impl SnState {
         )
     }
 
+    pub(crate) fn stored_value(&self, table: &str, sys_id: &str, column: &str) -> Option<String> {
+        let (t, r) = self.find_record(table, sys_id)?;
+        self.field(r, &t, column).map(str::to_owned)
+    }
+
     pub(crate) fn export_record(&self, table: &str, sys_id: &str) -> Option<Map<String, Value>> {
         let (t, r) = self.find_record(table, sys_id)?;
         Some(self.raw_export(&t, r))

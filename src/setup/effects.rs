@@ -236,6 +236,11 @@ async fn run_once(
                     } else {
                         Vec::new()
                     };
+                    // An app an earlier attempt of this setup created stays this setup's own.
+                    let made_before = |client_id: &str| {
+                        data.app(*slot)
+                            .is_some_and(|a| a.made && a.client_id == client_id)
+                    };
                     let known = data.app(*slot).and_then(|record| {
                         Some(AppCredentials {
                             client_id: record.client_id.clone(),
@@ -255,6 +260,7 @@ async fn run_once(
                     {
                         Ok(creds) => {
                             let record = AppRecord {
+                                made: progress.created || made_before(&creds.client_id),
                                 client_id: creds.client_id.clone(),
                                 name: Some(name),
                                 created: true,
@@ -268,6 +274,7 @@ async fn run_once(
                                 result.app = Some((
                                     *slot,
                                     AppRecord {
+                                        made: progress.created || made_before(&client_id),
                                         client_id,
                                         name: Some(name),
                                         created: true,
@@ -290,6 +297,7 @@ async fn run_once(
                         client_id: client_id.clone(),
                         name: None,
                         created: false,
+                        made: false,
                     },
                 ),
             };
@@ -342,7 +350,7 @@ async fn run_once(
         Effect::Record { slot, choice } => {
             record_effect(ups, &spec, data, *slot, choice, step).await
         }
-        Effect::User(choice) => user_effect(ups, &mut spec, choice, step).await,
+        Effect::User(choice) => user_effect(ups, &mut spec, data, choice, step).await,
         Effect::CrossScope { repair } => {
             verify(ups, &spec, step.checks(auth), *repair, |_| "repair").await
         }
@@ -486,6 +494,7 @@ async fn record_effect(
         Err(err) => return provision_failure(&err, None),
     };
     let mut notes = Vec::new();
+    let mut made = false;
     let record: Record = match choice {
         RecordChoice::Create => {
             let saved = match slot {
@@ -507,6 +516,16 @@ async fn record_effect(
                     provision::ensure_oidc_entity(client, spec, &provider, &mut notes).await
                 }
             };
+            // Created now, or by an earlier attempt of this setup and found again.
+            made = provision::log_says_created(&notes)
+                || saved
+                    .as_ref()
+                    .ok()
+                    .and_then(Option::as_ref)
+                    .is_some_and(|record| {
+                        data.record(slot)
+                            .is_some_and(|r| r.made && Some(r.sys_id.as_str()) == record.sys_id())
+                    });
             match saved {
                 Ok(Some(record)) => record,
                 Ok(None) => {
@@ -575,6 +594,7 @@ async fn record_effect(
                 sys_id: record.sys_id().unwrap_or_default().to_owned(),
                 name,
                 created: matches!(choice, RecordChoice::Create),
+                made,
             },
         ));
     }
@@ -598,6 +618,7 @@ pub fn record_name(table: &ResolvedTable, record: &Record) -> String {
 async fn user_effect(
     ups: &Upstreams,
     spec: &mut IntegrationSpec,
+    data: &Collected,
     choice: &UserChoice,
     step: Step,
 ) -> EffectResult {
@@ -608,6 +629,7 @@ async fn user_effect(
     let basic = spec.auth_type == AuthType::Basic;
     let mut notes = Vec::new();
     let mut secrets = Vec::new();
+    let mut user_record = None;
     let created = match choice {
         UserChoice::Create { user_name } => {
             if basic {
@@ -616,8 +638,27 @@ async fn user_effect(
                 spec.integration_user_password = Some(password.clone());
                 secrets.push((SecretSlot::IntegrationPassword, password));
             }
-            if let Err(err) = provision::ensure_integration_user(client, spec, &mut notes).await {
-                return provision_failure(&err, None);
+            let record = match provision::ensure_integration_user(client, spec, &mut notes).await {
+                Ok(record) => record,
+                Err(err) => return provision_failure(&err, None),
+            };
+            // Created now, or by an earlier attempt of this setup and found again.
+            let sys_id = record
+                .as_ref()
+                .and_then(|r| r.sys_id())
+                .unwrap_or_default()
+                .to_owned();
+            let made_before = data
+                .user_record
+                .as_ref()
+                .is_some_and(|r| r.made && r.sys_id == sys_id);
+            if !sys_id.is_empty() && (provision::log_says_created(&notes) || made_before) {
+                user_record = Some(RecordRef {
+                    sys_id,
+                    name: spec.integration_user_name().unwrap_or_default(),
+                    created: true,
+                    made: true,
+                });
             }
             true
         }
@@ -655,6 +696,7 @@ async fn user_effect(
     result.notes.splice(0..0, notes);
     if result.error.is_none() {
         result.user = spec.integration_user_name().map(|name| (name, created));
+        result.user_record = user_record;
         result.secrets = secrets;
     }
     result
@@ -718,4 +760,179 @@ pub async fn run_tests(
 /// Verdicts of outcomes, for the stored state.
 pub fn verdicts(outcomes: &[CheckOutcome]) -> Vec<(String, Verdict)> {
     outcomes.iter().map(verdict).collect()
+}
+
+/// Something this setup created, which cancel may delete.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Made {
+    /// An Entra app registration.
+    App {
+        /// Client id.
+        client_id: String,
+        /// Display name it was created with.
+        name: String,
+    },
+    /// A ServiceNow record.
+    Record {
+        /// Table.
+        table: &'static str,
+        /// sys_id.
+        sys_id: String,
+        /// Name recorded when it was created.
+        name: String,
+        /// The wizard's slot (`None`: the integration user).
+        slot: Option<RecordSlot>,
+    },
+}
+
+impl Made {
+    /// The id stored in `Collected::removed` once deleted.
+    pub fn key(&self) -> &str {
+        match self {
+            Self::App { client_id, .. } => client_id,
+            Self::Record { sys_id, .. } => sys_id,
+        }
+    }
+
+    /// "Entra app NAME (app id …)" / "ServiceNow oauth_entity NAME (sys_id …)".
+    pub fn describe(&self) -> String {
+        match self {
+            Self::App { client_id, name } => format!("Entra app {name} (app id {client_id})"),
+            Self::Record {
+                table,
+                sys_id,
+                name,
+                ..
+            } => format!("ServiceNow {table} {name} (sys_id {sys_id})"),
+        }
+    }
+}
+
+/// What this setup created and has not deleted yet, in the order it is deleted (records that
+/// reference others first, apps last). Found, reused, corrected or picked ones are not listed.
+pub fn made_by(data: &Collected) -> Vec<Made> {
+    let mut made = Vec::new();
+    for slot in [
+        RecordSlot::OidcEntity,
+        RecordSlot::OidcProvider,
+        RecordSlot::OauthProvider,
+    ] {
+        if let Some(record) = data.record(slot).filter(|r| r.made) {
+            made.push(Made::Record {
+                table: slot.table(),
+                sys_id: record.sys_id.clone(),
+                name: record.name.clone(),
+                slot: Some(slot),
+            });
+        }
+    }
+    if let Some(user) = data.user_record.as_ref().filter(|r| r.made) {
+        made.push(Made::Record {
+            table: "sys_user",
+            sys_id: user.sys_id.clone(),
+            name: user.name.clone(),
+            slot: None,
+        });
+    }
+    for slot in [AppSlot::RestUser, AppSlot::Inbound, AppSlot::Outbound] {
+        if let Some(app) = data.app(slot).filter(|a| a.made) {
+            made.push(Made::App {
+                client_id: app.client_id.clone(),
+                name: app.name.clone().unwrap_or_default(),
+            });
+        }
+    }
+    made.retain(|m| !data.removed.iter().any(|key| key == m.key()));
+    made
+}
+
+/// What became of one deletion.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Removal {
+    /// Deleted now.
+    Deleted,
+    /// It did not exist any more.
+    AlreadyGone,
+    /// Left alone: it is no longer what this setup created (why), or the call failed (why).
+    Kept(String),
+}
+
+/// Deletes what [`made_by`] lists, each after checking it is still what this setup created
+/// (an app by its display name, a record by its name); reports each result.
+pub async fn delete_made(app: &App, data: &Collected) -> Vec<(Made, Removal)> {
+    let tenant = data
+        .tenant_id
+        .clone()
+        .or_else(|| data.tenant.clone())
+        .unwrap_or_default();
+    let ups = upstreams_for(app, &tenant);
+    let mut results = Vec::new();
+    for made in made_by(data) {
+        let outcome = match &made {
+            Made::App { client_id, name } => delete_app(&ups, client_id, name).await,
+            Made::Record {
+                table,
+                sys_id,
+                name,
+                slot,
+            } => delete_record(&ups, table, sys_id, name, *slot).await,
+        };
+        results.push((made, outcome));
+    }
+    results
+}
+
+async fn delete_app(ups: &Upstreams, client_id: &str, name: &str) -> Removal {
+    let graph = match provision::graph_client(ups) {
+        Ok(graph) => graph,
+        Err(err) => return Removal::Kept(err.to_string()),
+    };
+    match graph.find_application_by_app_id(client_id).await {
+        Ok(None) => Removal::AlreadyGone,
+        Ok(Some(found)) if found.display_name.as_deref() != Some(name) => Removal::Kept(format!(
+            "it is no longer the app this setup created (its name is now {:?})",
+            found.display_name.unwrap_or_default()
+        )),
+        Ok(Some(found)) => match graph.delete_application(&found.id).await {
+            Ok(()) => Removal::Deleted,
+            Err(err) if err.status() == Some(404) => Removal::AlreadyGone,
+            Err(err) => Removal::Kept(format!("Microsoft Graph refused: {err}")),
+        },
+        Err(err) => Removal::Kept(format!("Microsoft Graph could not be read: {err}")),
+    }
+}
+
+async fn delete_record(
+    ups: &Upstreams,
+    table: &str,
+    sys_id: &str,
+    name: &str,
+    slot: Option<RecordSlot>,
+) -> Removal {
+    let client = match provision::servicenow_client(ups) {
+        Ok(client) => client,
+        Err(err) => return Removal::Kept(err.to_string()),
+    };
+    let record = match client.get(table, sys_id, &[]).await {
+        Ok(Some(record)) => record,
+        Ok(None) => return Removal::AlreadyGone,
+        Err(err) => return Removal::Kept(format!("ServiceNow could not be read: {err}")),
+    };
+    let now_named = match slot {
+        Some(slot) => match schema::load(client, slot_spec(slot)).await {
+            Ok(resolved) => record_name(&resolved, &record),
+            Err(err) => return Removal::Kept(err.to_string()),
+        },
+        None => record.str("user_name").unwrap_or_default().to_owned(),
+    };
+    if now_named != name {
+        return Removal::Kept(format!(
+            "it is no longer the record this setup created (its name is now {now_named:?})"
+        ));
+    }
+    match client.delete(table, sys_id).await {
+        Ok(true) => Removal::Deleted,
+        Ok(false) => Removal::AlreadyGone,
+        Err(err) => Removal::Kept(format!("ServiceNow refused: {err}")),
+    }
 }

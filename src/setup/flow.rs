@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 
 use super::crypto::SecretBox;
 use super::effects;
+use super::reveal::{self, Binding};
 use super::state::{
     AppChoice, Input, RecordChoice, RecordSlot, Rejection, SecretSlot, Secrets, Step, StepError,
     UserChoice, Wizard, transition,
@@ -104,7 +105,8 @@ pub fn open_secrets(secret_box: &SecretBox, row: &SetupRow) -> Result<Secrets, S
     ))
 }
 
-fn seal_secrets(
+/// Seals secrets for a row's `secrets` column (`None` when there are none).
+pub fn seal_secrets(
     secret_box: &SecretBox,
     setup_id: &str,
     secrets: &Secrets,
@@ -134,6 +136,7 @@ pub async fn command(app: &App, event: &InboundEvent, command: Command) -> Vec<R
         Command::Setup => start_or_show(app, event, &user).await,
         Command::SetupStatus => setup_status(app, &user).await,
         Command::Doctor { repair } => doctor(app, &user, repair).await,
+        Command::RotateSecret { target } => rotate_secret(app, &user, target).await,
         other => vec![crate::core::not_available(&other)],
     }
 }
@@ -262,13 +265,7 @@ async fn start_or_show(app: &App, event: &InboundEvent, user: &ChatUser) -> Vec<
             if let Ok(Some(done)) = store::latest_completed(&app.db).await
                 && event.is_personal()
             {
-                return vec![view::complete_card(
-                    app,
-                    &done,
-                    &Secrets::default(),
-                    false,
-                    None,
-                )];
+                return vec![view::complete_card(app, &done, None, None)];
             }
             match new_setup(app, event, &actor).await {
                 Ok(row) => (
@@ -429,6 +426,9 @@ pub async fn action(app: &App, event: &InboundEvent, verb: &str, data: &Value) -
                 Some("Type **setup** to start again."),
             );
         }
+        status::CANCELLED if verb == "setup.delete_created" => {
+            return delete_created(app, row, &actor).await;
+        }
         status::CANCELLED => return vec![view::step_card(app, &row, &[], None)],
         _ => {}
     }
@@ -441,29 +441,46 @@ pub async fn action(app: &App, event: &InboundEvent, verb: &str, data: &Value) -
             };
         }
         "setup.show" if completed => {
-            return vec![view::complete_card(
-                app,
-                &row,
-                &Secrets::default(),
-                false,
-                None,
-            )];
+            return vec![view::complete_card(app, &row, None, None)];
         }
         "setup.run_tests" if completed => return run_tests(app, &secret_box, row, &actor).await,
+        "setup.reveal" | "setup.handover" | "setup.handover_revoke"
+            if completed && row.started_by != actor =>
+        {
+            audit(
+                app,
+                &row.setup_id,
+                &actor,
+                verb,
+                "refused",
+                "not the admin who ran setup",
+            )
+            .await;
+            return notice(
+                Tone::Warning,
+                "Only the admin who ran setup can do that",
+                &format!(
+                    "The secrets of this setup are revealed, handed over and revoked only by {}, who ran it.",
+                    row.started_by
+                ),
+                Some("Ask them, or start a new setup with **Start a new setup**."),
+            );
+        }
+        "setup.reveal" if completed => {
+            let binding = setup_admin_binding(app, event, &user).await;
+            return reveal_link(app, row, &actor, &binding).await;
+        }
         "setup.handover" if completed => {
-            return handover(app, &secret_box, row, &actor, data).await;
+            return handover(app, row, &actor, data).await;
+        }
+        "setup.handover_revoke" if completed => {
+            return revoke_handover(app, row, &actor).await;
         }
         "setup.repository" if completed => {
             return save_repository_id(app, row, &actor, data).await;
         }
         _ if completed => {
-            return vec![view::complete_card(
-                app,
-                &row,
-                &Secrets::default(),
-                false,
-                None,
-            )];
+            return vec![view::complete_card(app, &row, None, None)];
         }
         "setup.refresh" => {
             let row = recover_stale(app, row).await;
@@ -495,7 +512,7 @@ pub async fn action(app: &App, event: &InboundEvent, verb: &str, data: &Value) -
         }
     };
     let submitted_step = row.wizard.step.title();
-    let replies = submit(app, &secret_box, row, input, &actor, verb).await;
+    let replies = submit(app, &secret_box, row, input, (event, &user), verb).await;
     keep_entered_after_failure(replies, submitted_step, data)
 }
 
@@ -538,9 +555,10 @@ async fn submit(
     secret_box: &SecretBox,
     row: SetupRow,
     input: Input,
-    actor: &str,
+    (event, user): (&InboundEvent, &ChatUser),
     verb: &str,
 ) -> Vec<Reply> {
+    let actor = &actor_label(user);
     let step = row.wizard.step;
     let started = match transition(&row.wizard, input, now_millis()) {
         Ok(next) => next,
@@ -597,13 +615,28 @@ async fn submit(
         ..row
     };
     let Some(effect) = started.effects.first() else {
+        let mut detail = format!("now at {:?}", row.wizard.step);
+        if row.wizard.step == Step::Cancelled {
+            let made: Vec<String> = effects::made_by(&row.wizard.data)
+                .iter()
+                .map(effects::Made::describe)
+                .collect();
+            detail.push_str(&format!(
+                "; created by this setup and still existing: {}",
+                if made.is_empty() {
+                    "nothing".to_owned()
+                } else {
+                    made.join(", ")
+                }
+            ));
+        }
         audit(
             app,
             &row.setup_id,
             actor,
             &format!("{verb} at {step:?}"),
             "ok",
-            &format!("now at {:?}", row.wizard.step),
+            &detail,
         )
         .await;
         return vec![card_for(app, &row, None).await];
@@ -637,11 +670,8 @@ async fn submit(
     for (slot, secret) in finished.secrets {
         secrets.0.insert(slot, secret);
     }
-    let mut wizard = finished.wizard;
+    let wizard = finished.wizard;
     let reached_end = wizard.step == Step::Complete;
-    if reached_end {
-        wizard.data.secrets_shown = true;
-    }
     let sealed = match seal_secrets(secret_box, &row.setup_id, &secrets) {
         Ok(sealed) => sealed,
         Err(err) => return storage_failure(&err),
@@ -689,11 +719,12 @@ async fn submit(
             actor,
             "complete",
             "ok",
-            "integration stored; secrets shown once",
+            "integration stored; secrets kept encrypted, offered through a Reveal link",
         )
         .await;
         crate::integration::runtime::reload(app).await;
-        return vec![view::complete_card(app, &row, &secrets, true, None)];
+        let binding = setup_admin_binding(app, event, user).await;
+        return reveal_link(app, row, actor, &binding).await;
     }
     vec![card_for(app, &row, None).await]
 }
@@ -905,8 +936,7 @@ async fn save_repository_id(app: &App, row: SetupRow, actor: &str, data: &Value)
         return vec![view::complete_card_with(
             app,
             &row,
-            &Secrets::default(),
-            false,
+            None,
             None,
             Some("Enter the instance name: letters, digits, - or _ (for example dev12345)."),
         )];
@@ -928,24 +958,12 @@ async fn save_completed(
 ) -> Vec<Reply> {
     let shown = save_wizard(app, row, wizard).await;
     audit(app, &shown.setup_id, actor, action, "ok", detail).await;
-    vec![view::complete_card(
-        app,
-        &shown,
-        &Secrets::default(),
-        false,
-        None,
-    )]
+    vec![view::complete_card(app, &shown, None, None)]
 }
 
-async fn handover(
-    app: &App,
-    secret_box: &SecretBox,
-    row: SetupRow,
-    actor: &str,
-    data: &Value,
-) -> Vec<Reply> {
+async fn handover(app: &App, row: SetupRow, actor: &str, data: &Value) -> Vec<Reply> {
     let entered = text(data, "handover_email");
-    let replies = handover_to(app, secret_box, row, actor, entered).await;
+    let replies = handover_to(app, row, actor, entered).await;
     // A refused hand-over keeps the address the admin typed.
     replies
         .into_iter()
@@ -965,35 +983,148 @@ async fn handover(
         .collect()
 }
 
-async fn handover_to(
-    app: &App,
-    secret_box: &SecretBox,
-    row: SetupRow,
-    actor: &str,
-    entered: &str,
-) -> Vec<Reply> {
+/// Who the Reveal link of the admin who ran setup is bound to: their Entra object id (from
+/// Teams, else their linked account), else their e-mail/UPN.
+async fn setup_admin_binding(app: &App, event: &InboundEvent, user: &ChatUser) -> Binding {
+    let mut oid = event
+        .actor
+        .aad_object_id
+        .clone()
+        .or_else(|| user.platform.aad_object_id.clone())
+        .filter(|id| !id.trim().is_empty());
+    if oid.is_none() {
+        let platform = match event.platform {
+            crate::core::Platform::Teams => "teams",
+            crate::core::Platform::Slack => "slack",
+        };
+        oid = crate::link::store::LinkStore::new(&app.db)
+            .link(platform, &event.actor.user_id)
+            .await
+            .ok()
+            .flatten()
+            .map(|link| link.m365_object_id);
+    }
+    let login = user
+        .platform
+        .addresses()
+        .into_iter()
+        .next()
+        .or_else(|| user.email.clone())
+        .filter(|address| address.contains('@'));
+    Binding {
+        oid,
+        login,
+        label: actor_label(user),
+    }
+}
+
+/// Issues a Reveal link for the admin who ran setup and shows the completion card with it.
+async fn reveal_link(app: &App, row: SetupRow, actor: &str, binding: &Binding) -> Vec<Reply> {
+    if binding.oid.is_none() && binding.login.is_none() {
+        audit(
+            app,
+            &row.setup_id,
+            actor,
+            "reveal link",
+            "refused",
+            "no Entra object id or e-mail known",
+        )
+        .await;
+        return vec![view::complete_card_with(
+            app,
+            &row,
+            None,
+            Some(
+                "I cannot tell which Microsoft 365 account is yours (Teams sent no object id and your ServiceNow user has no e-mail), so I cannot issue a Reveal link. Type **link-account** first, then press New Reveal link.",
+            ),
+            None,
+        )];
+    }
+    match reveal::issue(
+        &app.db,
+        &row.setup_id,
+        reveal::purpose::SETUP_ADMIN,
+        binding,
+    )
+    .await
+    {
+        Ok(token) => {
+            let how = if binding.oid.is_some() {
+                "Entra object id"
+            } else {
+                "e-mail/UPN"
+            };
+            audit(
+                app,
+                &row.setup_id,
+                actor,
+                "reveal link",
+                "ok",
+                &format!("issued for {} (bound by {how})", binding.label),
+            )
+            .await;
+            vec![view::complete_card(
+                app,
+                &row,
+                Some(&reveal::url(app, &token)),
+                None,
+            )]
+        }
+        Err(err) => storage_failure(&err),
+    }
+}
+
+async fn revoke_handover(app: &App, row: SetupRow, actor: &str) -> Vec<Reply> {
+    let Some(recipient) = row.wizard.data.handed_over_to.clone() else {
+        return vec![view::complete_card(app, &row, None, None)];
+    };
+    let revoked = match reveal::revoke_handover(&app.db, &row.setup_id).await {
+        Ok(count) => count,
+        Err(err) => return storage_failure(&err),
+    };
+    let mut wizard = row.wizard.clone();
+    wizard.data.handed_over_to = None;
+    let detail = format!(
+        "hand-over to {recipient} revoked ({})",
+        if revoked > 0 {
+            "its link was unused and no longer works"
+        } else {
+            "its link was already used or expired"
+        }
+    );
+    save_completed(app, row, wizard, actor, "revoke hand-over", &detail).await
+}
+
+async fn handover_to(app: &App, row: SetupRow, actor: &str, entered: &str) -> Vec<Reply> {
+    if let Some(to) = &row.wizard.data.handed_over_to {
+        audit(
+            app,
+            &row.setup_id,
+            actor,
+            "hand over",
+            "refused",
+            &format!("already handed over to {to}"),
+        )
+        .await;
+        return vec![view::complete_card(
+            app,
+            &row,
+            None,
+            Some(&format!(
+                "This setup was already handed over to {to}: a hand-over works once. Press Revoke hand-over first to hand it over again."
+            )),
+        )];
+    }
     let email = entered.to_ascii_lowercase();
     let at = email.find('@');
     if at.is_none_or(|i| i == 0 || !is_domain(&email[i + 1..])) {
         return vec![view::complete_card(
             app,
             &row,
-            &Secrets::default(),
-            false,
+            None,
             Some("Enter the Microsoft 365 admin's e-mail address."),
         )];
     }
-    let secrets = match open_secrets(secret_box, &row) {
-        Ok(secrets) => secrets,
-        Err(err) => {
-            return notice(
-                Tone::Attention,
-                "Stored secrets unreadable",
-                &err,
-                Some("Run setup again."),
-            );
-        }
-    };
     let conversations = match store::personal_conversations(&app.db).await {
         Ok(list) => list,
         Err(err) => return storage_failure(&err),
@@ -1013,12 +1144,12 @@ async fn handover_to(
             .flatten()
             .any(|a| a.eq_ignore_ascii_case(&email));
             if matches {
-                target = Some((conversation_id, service_url, bot_id, member.name));
+                target = Some((conversation_id, service_url, bot_id, member));
                 break;
             }
         }
     }
-    let Some((conversation_id, service_url, bot_id, name)) = target else {
+    let Some((conversation_id, service_url, bot_id, member)) = target else {
         audit(
             app,
             &row.setup_id,
@@ -1031,29 +1162,85 @@ async fn handover_to(
         return vec![view::complete_card(
             app,
             &row,
-            &Secrets::default(),
-            false,
+            None,
             Some(&format!(
                 "I have no chat with {email} yet. Ask them to open a chat with me (Apps > m365bot), then hand over again."
             )),
         )];
     };
-    let card = view::complete_card(app, &row, &secrets, true, None);
+    let recipient = member
+        .name
+        .clone()
+        .map_or_else(|| email.clone(), |n| format!("{n} ({email})"));
+    let binding = Binding {
+        oid: member
+            .aad_object_id
+            .clone()
+            .filter(|id| !id.trim().is_empty()),
+        login: Some(email.clone()),
+        label: recipient.clone(),
+    };
+    let token =
+        match reveal::issue(&app.db, &row.setup_id, reveal::purpose::HANDOVER, &binding).await {
+            Ok(token) => token,
+            Err(err) => return storage_failure(&err),
+        };
+    let card = view::handover_card(app, &row, &reveal::url(app, &token), &row.started_by);
     if let Err(err) = send_card(app, &service_url, &conversation_id, &bot_id, &card).await {
+        // The link was never delivered: it must not stay usable.
+        if let Err(revoke) = reveal::revoke_handover(&app.db, &row.setup_id).await {
+            tracing::warn!(error = %revoke, "setup: undelivered hand-over link not revoked");
+        }
         audit(app, &row.setup_id, actor, "hand over", "failed", &err).await;
         return vec![view::complete_card(
             app,
             &row,
-            &Secrets::default(),
-            false,
+            None,
             Some(&format!("Sending to {email} failed: {err}")),
         )];
     }
     let mut wizard = row.wizard.clone();
-    wizard.data.handed_over_to =
-        Some(name.map_or_else(|| email.clone(), |n| format!("{n} ({email})")));
-    let detail = format!("completion card sent to {email}");
+    wizard.data.handed_over_to = Some(recipient);
+    let detail = format!(
+        "Reveal link (hand-over) sent to {email}; the recipient must sign in and hold a Microsoft 365 admin role"
+    );
     save_completed(app, row, wizard, actor, "hand over", &detail).await
+}
+
+/// Deletes what a cancelled setup created (and only that), audits each result and shows what
+/// remains.
+async fn delete_created(app: &App, row: SetupRow, actor: &str) -> Vec<Reply> {
+    let results = effects::delete_made(app, &row.wizard.data).await;
+    let mut wizard = row.wizard.clone();
+    let mut lines = Vec::new();
+    for (made, outcome) in &results {
+        let (outcome_word, line) = match outcome {
+            effects::Removal::Deleted => ("ok", format!("deleted {}", made.describe())),
+            effects::Removal::AlreadyGone => {
+                ("ok", format!("{} was already gone", made.describe()))
+            }
+            effects::Removal::Kept(why) => (
+                "failed",
+                format!("not deleted: {} ({why})", made.describe()),
+            ),
+        };
+        if !matches!(outcome, effects::Removal::Kept(_)) {
+            wizard.data.removed.push(made.key().to_owned());
+        }
+        audit(
+            app,
+            &row.setup_id,
+            actor,
+            "delete created",
+            outcome_word,
+            &line,
+        )
+        .await;
+        lines.push(line);
+    }
+    wizard.data.notes = lines;
+    let shown = save_wizard(app, row, wizard).await;
+    vec![view::step_card(app, &shown, &[], None)]
 }
 
 async fn setup_status(app: &App, user: &ChatUser) -> Vec<Reply> {
@@ -1093,12 +1280,22 @@ async fn setup_status(app: &App, user: &ChatUser) -> Vec<Reply> {
     for row in [&live, &in_progress].into_iter().flatten() {
         audit(app, &row.setup_id, &actor, "status", "ok", "").await;
     }
-    vec![view::status_card(
-        live.as_ref(),
-        in_progress.as_ref(),
-        &drift,
-        &log,
-    )]
+    let reveals = match &live {
+        Some(row) => reveal::links_of(&app.db, &row.setup_id)
+            .await
+            .unwrap_or_default(),
+        None => Vec::new(),
+    };
+    let mut card = view::status_card(live.as_ref(), in_progress.as_ref(), &drift, &log, &reveals);
+    if live.is_some()
+        && let Some(watched) = crate::integration::watch::summary(&app.db).await
+    {
+        let Reply::Card { data, .. } = &mut card;
+        if let Some(facts) = data["facts"].as_array_mut() {
+            facts.push(json!({"title": "Watched", "value": watched}));
+        }
+    }
+    vec![card]
 }
 
 /// Each verified check of `row` run again now: (id, title, detail now, drifted).
@@ -1200,6 +1397,33 @@ async fn doctor(app: &App, user: &ChatUser, repair: bool) -> Vec<Reply> {
         "Doctor"
     };
     vec![view::results_card(title, &outcomes, Vec::new())]
+}
+
+async fn rotate_secret(
+    app: &App,
+    user: &ChatUser,
+    target: crate::integration::rotate::SecretTarget,
+) -> Vec<Reply> {
+    let tenant = match store::latest_completed(&app.db).await {
+        Ok(Some(row)) => row.wizard.data.tenant.clone().unwrap_or_default(),
+        Ok(None) => String::new(),
+        Err(err) => return storage_failure(&err),
+    };
+    let upstreams = effects::upstreams_for(app, &tenant);
+    let report = super::rotate::rotate_secret(
+        &app.db,
+        &app.settings,
+        &upstreams,
+        target,
+        &actor_label(user),
+    )
+    .await;
+    if report.rotated {
+        // The runtime identity uses the new secret from now on (other replicas and the
+        // command line follow within one watch tick).
+        crate::integration::runtime::reload(app).await;
+    }
+    vec![view::rotation_card(target, &report)]
 }
 
 /// Stores `wizard` on `row` if nobody changed the row meanwhile (same version) and returns the

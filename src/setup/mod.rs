@@ -3,11 +3,14 @@
 //!
 //! Modules: [`state`] (steps, inputs, the pure transition), [`store`] (rows, versions, audit),
 //! [`crypto`] (secrets at rest), [`effects`] (Graph / ServiceNow / Entra work per step),
-//! [`view`] (card view models), [`flow`] (commands and card actions).
+//! [`view`] (card view models), [`flow`] (commands and card actions), [`reveal`] (the one-time
+//! page that shows the secrets after an Entra sign-in).
 
 pub mod crypto;
 pub mod effects;
 pub mod flow;
+pub mod reveal;
+pub mod rotate;
 pub mod settings;
 pub mod state;
 pub mod store;
@@ -68,6 +71,13 @@ pub const COMMANDS: &[CommandHelp] = &[
         description: "Verify the integration end to end, with a fix for every failure.",
         scopes: &["personal", "team", "groupChat"],
     },
+    CommandHelp {
+        usage: "rotate-secret outbound|inbound|rest-user",
+        description: "Replace an app's client secret everywhere it is used, verified, then remove the old one (ServiceNow admins).",
+        // An occasional admin task: on the help card, typed, but not in the Teams command
+        // menus (they hold 12 commands), where it would push everyday commands out.
+        scopes: &[],
+    },
 ];
 
 /// Answers one of this module's commands.
@@ -106,5 +116,5 @@ pub async fn stored_integration_spec(
 
 /// This module's HTTP routes.
 pub fn routes() -> Router<Arc<App>> {
-    Router::new()
+    Router::new().route(reveal::REVEAL_PATH, axum::routing::get(reveal::start))
 }

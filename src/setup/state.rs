@@ -221,6 +221,9 @@ pub struct AppRecord {
     pub name: Option<String>,
     /// True when the bot created or reused it by name (create for me).
     pub created: bool,
+    /// True when this setup created it (not found, reused or entered): cancel may delete it.
+    #[serde(default)]
+    pub made: bool,
 }
 
 /// A ServiceNow record the wizard recorded.
@@ -232,6 +235,9 @@ pub struct RecordRef {
     pub name: String,
     /// True when the bot created or updated it (create for me).
     pub created: bool,
+    /// True when this setup created it (not found, corrected or picked): cancel may delete it.
+    #[serde(default)]
+    pub made: bool,
 }
 
 /// A verification verdict remembered for `setup status` (drift is a later verdict that differs).
@@ -272,13 +278,19 @@ pub struct Collected {
     /// Whether the bot created the integration user.
     #[serde(default)]
     pub user_created: bool,
+    /// The integration user's `sys_user` record, when this setup created it.
+    #[serde(default)]
+    pub user_record: Option<RecordRef>,
+    /// What was deleted after a cancel (app client ids and record sys_ids).
+    #[serde(default)]
+    pub removed: Vec<String>,
     /// Last verdict per doctor check id.
     #[serde(default)]
     pub verified: BTreeMap<String, Verdict>,
     /// What the last effect did (created, reused, what differs), shown on the next card.
     #[serde(default)]
     pub notes: Vec<String>,
-    /// True once the completion card with secrets was shown (they are shown once).
+    /// Set by releases that showed the secrets on the completion card; kept so stored states read.
     #[serde(default)]
     pub secrets_shown: bool,
     /// The Repository ID the admin entered (when the instance URL does not tell it).
@@ -530,6 +542,8 @@ pub struct EffectResult {
     pub record: Option<(RecordSlot, RecordRef)>,
     /// Integration user recorded (name, created).
     pub user: Option<(String, bool)>,
+    /// The integration user's record, when this run created it.
+    pub user_record: Option<RecordRef>,
     /// Secrets to keep.
     pub secrets: Vec<(SecretSlot, SecretString)>,
     /// Verdicts of the checks that ran.
@@ -682,6 +696,9 @@ fn apply(wizard: &Wizard, result: EffectResult, now: i64) -> Transition {
     if let Some((name, created)) = result.user {
         next.data.integration_user = Some(name);
         next.data.user_created = created;
+        if result.user_record.is_some() || !created {
+            next.data.user_record = result.user_record;
+        }
     }
     let _ = now;
     next.error = None;
@@ -954,6 +971,7 @@ mod tests {
                     client_id: "c1".into(),
                     name: None,
                     created: true,
+                    made: true,
                 },
             )),
             secrets: vec![(SecretSlot::OutboundSecret, SecretString::from("s"))],

@@ -266,6 +266,41 @@ pub async fn audit_log(db: &Db, setup_id: &str, limit: i64) -> Result<Vec<AuditE
     Ok(entries)
 }
 
+/// The chat user id of whoever completed a setup (from its `complete` audit entry, whose
+/// actor reads `user name (platform id)`), if known.
+pub async fn completed_by(db: &Db, setup_id: &str) -> Result<Option<String>, StoreError> {
+    let actor: Option<String> = sqlx::query_scalar(
+        "SELECT actor FROM setup_audit WHERE setup_id = $1 AND action = $2 ORDER BY at DESC LIMIT 1",
+    )
+    .bind(setup_id)
+    .bind("complete")
+    .fetch_optional(&db.pool)
+    .await?;
+    Ok(actor.and_then(|actor| {
+        let inner = actor.strip_suffix(')')?;
+        let start = inner.rfind(" (")?;
+        Some(inner[start + 2..].to_owned()).filter(|id| !id.is_empty())
+    }))
+}
+
+/// The newest 1:1 conversation with a chat user: (conversation id, serviceUrl).
+pub async fn personal_conversation_of(
+    db: &Db,
+    user_id: &str,
+) -> Result<Option<(String, String)>, StoreError> {
+    let row = sqlx::query(
+        "SELECT conversation_id, service_url FROM conversation_refs \
+         WHERE conversation_type = $1 AND user_id = $2 ORDER BY updated_at DESC LIMIT 1",
+    )
+    .bind("personal")
+    .bind(user_id)
+    .fetch_optional(&db.pool)
+    .await?;
+    row.map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+        .transpose()
+        .map_err(|err: sqlx::Error| err.into())
+}
+
 /// A stored personal conversation: (conversation id, serviceUrl, user id, bot id).
 pub type PersonalConversation = (String, String, String, String);
 

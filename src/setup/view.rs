@@ -1,10 +1,9 @@
 //! Card view models of the wizard: one per step, the completion card, check results and
-//! `setup status`. Secrets appear only in the completion card, only when asked to.
+//! `setup status`. No card carries a secret: the completion card offers a Reveal link.
 
-use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 
-use super::state::{AppSlot, RecordSlot, SecretSlot, Secrets, Step, Wizard};
+use super::state::{AppSlot, RecordSlot, Step, Wizard};
 use super::store::{AuditEntry, SetupRow};
 use crate::app::App;
 use crate::core::Reply;
@@ -171,7 +170,7 @@ pub fn step_card_with(
                 json!({}),
                 false,
             ));
-            "I will set up the Microsoft 365 support integration with you, step by step, and verify every step live. For each piece you choose **Create it for me** or **Use an existing one**; I look up what exists first and never create anything twice.\n\nWith AAD Auth I create or check: three Entra ID apps (outbound, inbound REST API, REST user), the ServiceNow outbound OAuth provider, the OIDC provider configuration, the OIDC entity, and the integration user with the role incident_manager. Basic Auth needs only the outbound app, the OAuth provider and an integration user with a password.\n\nI use: Microsoft Graph (Application.ReadWrite.All, to create apps and secrets) and the bot's ServiceNow account (admin, Table API). Secrets are entered only here, in password fields, stored encrypted, and shown once at the end.".to_owned()
+            "I will set up the Microsoft 365 support integration with you, step by step, and verify every step live. For each piece you choose **Create it for me** or **Use an existing one**; I look up what exists first and never create anything twice.\n\nWith AAD Auth I create or check: three Entra ID apps (outbound, inbound REST API, REST user), the ServiceNow outbound OAuth provider, the OIDC provider configuration, the OIDC entity, and the integration user with the role incident_manager. Basic Auth needs only the outbound app, the OAuth provider and an integration user with a password.\n\nI use: Microsoft Graph (Application.ReadWrite.All, to create apps and secrets) and the bot's ServiceNow account (admin, Table API). Secrets are entered only here, in password fields, and stored encrypted; they are never shown in chat again (a one-time Reveal page, after a Microsoft sign-in, shows them once).".to_owned()
         }
         Step::Environment => {
             inputs.push(input(
@@ -403,14 +402,46 @@ pub fn step_card_with(
             )
         }
         Step::Complete => {
-            return complete_card(app, row, &Secrets::default(), false, None);
+            return complete_card(app, row, None, None);
         }
         Step::Cancelled => {
-            return Reply::notice(
-                crate::core::Tone::Warning,
+            let made = super::effects::made_by(data);
+            let facts: Vec<Value> = made
+                .iter()
+                .map(|m| {
+                    json!({"title": match m {
+                    super::effects::Made::App { .. } => "Entra app".to_owned(),
+                    super::effects::Made::Record { table, .. } => format!("ServiceNow {table}"),
+                }, "value": m.describe()})
+                })
+                .collect();
+            let text = if made.is_empty() {
+                "This setup was cancelled; its secrets were deleted. Nothing it created still exists (apps and records it found, reused or you picked are never deleted). Type **setup** to start again."
+            } else {
+                "This setup was cancelled; its secrets were deleted. It created the apps and records below, which still exist. **Delete what this setup created** removes exactly these, each after checking it is still what this setup made; apps and records it found, reused or you picked are not listed and are never deleted. Type **setup** to start again."
+            };
+            let actions = if made.is_empty() {
+                Vec::new()
+            } else {
+                vec![action(
+                    "Delete what this setup created",
+                    "setup.delete_created",
+                    "destructive",
+                    row,
+                    json!({}),
+                    false,
+                )]
+            };
+            return step_reply(
                 "Setup cancelled",
-                "This setup was cancelled; its secrets were deleted.",
-                Some("Type **setup** to start again."),
+                "Setup · cancelled",
+                "warning",
+                text,
+                facts,
+                notes,
+                wizard,
+                Vec::new(),
+                actions,
             );
         }
     };
@@ -478,40 +509,164 @@ fn step_reply(
     }
 }
 
-/// The completion card: every value for the Microsoft 365 admin center. Secrets only when
-/// `show_secrets` (once, 1:1).
+/// The completion card of the admin who ran setup: what the bot now does, what is left for a
+/// person in ServiceNow, a Reveal button (`reveal_url`, or one that asks for a new link)
+/// instead of any secret, and the admin-center values collapsed.
 pub fn complete_card(
     app: &App,
     row: &SetupRow,
-    secrets: &Secrets,
-    show_secrets: bool,
+    reveal_url: Option<&str>,
     handover_error: Option<&str>,
 ) -> Reply {
-    complete_card_with(app, row, secrets, show_secrets, handover_error, None)
+    complete_card_with(app, row, reveal_url, handover_error, None)
 }
 
 /// [`complete_card`], with the error of a refused Repository ID.
 pub fn complete_card_with(
     app: &App,
     row: &SetupRow,
-    secrets: &Secrets,
-    show_secrets: bool,
+    reveal_url: Option<&str>,
     handover_error: Option<&str>,
     repository_error: Option<&str>,
 ) -> Reply {
     let data = &row.wizard.data;
-    let aad = data.auth_type != Some(AuthType::Basic);
-    let hidden = "•••••• (shown once; use Hand over to send it to the Microsoft 365 admin)";
-    let secret = |slot: SecretSlot| -> String {
-        if show_secrets {
-            secrets
-                .get(slot)
-                .map(|s| s.expose_secret().to_owned())
-                .unwrap_or_else(|| "(not recorded)".to_owned())
-        } else {
-            hidden.to_owned()
-        }
+    let mut actions = vec![match reveal_url {
+        Some(url) => open_url("Reveal the secrets (once)", url),
+        None => action(
+            "New Reveal link",
+            "setup.reveal",
+            "default",
+            row,
+            json!({}),
+            false,
+        ),
+    }];
+    actions.push(action(
+        "Run tests",
+        "setup.run_tests",
+        "positive",
+        row,
+        json!({}),
+        false,
+    ));
+    if data.handed_over_to.is_some() {
+        actions.push(action(
+            "Revoke hand-over",
+            "setup.handover_revoke",
+            "destructive",
+            row,
+            json!({}),
+            false,
+        ));
+    } else {
+        actions.push(action(
+            "Hand over",
+            "setup.handover",
+            "default",
+            row,
+            json!({}),
+            true,
+        ));
+    }
+    actions.push(action(
+        "Start a new setup",
+        "setup.new",
+        "default",
+        row,
+        json!({}),
+        false,
+    ));
+    let ask_repository = repository_id(app, data).is_none().then(|| {
+        json!({
+            "reason": "Your instance's address is not a *.service-now.com name, so I cannot tell its Repository ID (the instance name, as in <name>.service-now.com). Enter the name the admin-center step should use for this instance.",
+            "action": action("Save Repository ID", "setup.repository", "default", row, json!({}), true),
+        })
+    });
+    let reveal_text = match reveal_url {
+        Some(_) => format!(
+            "The secrets are not shown in chat. **Reveal** opens a one-time page on the bot, valid {} minutes, after you sign in with your Microsoft 365 account; it shows them once and records who viewed them.",
+            super::reveal::REVEAL_MINUTES
+        ),
+        None => "The secrets are not shown in chat. **New Reveal link** gives you a one-time page that shows them after you sign in with your Microsoft 365 account.".to_owned(),
     };
+    let mut card = completion_data(app, row, reveal_text);
+    card["title"] = json!("Setup complete: the bot now runs the integration");
+    card["ask_repository"] = json!(ask_repository);
+    card["repository_error"] = json!(repository_error);
+    card["handover"] = json!(data.handed_over_to.is_none());
+    card["handover_error"] = json!(handover_error);
+    card["handover_email"] = json!("");
+    card["handed_over_to"] = json!(data.handed_over_to.as_ref().map(|to| format!(
+        "Handed over to {to}. A hand-over works once; Revoke hand-over cancels its unused link and allows another."
+    )));
+    card["actions"] = json!(actions);
+    Reply::Card {
+        template: "setup_complete",
+        data: card,
+    }
+}
+
+/// The card the hand-over recipient gets: the same facts and a Reveal button bound to them;
+/// no secret and no setup action.
+pub fn handover_card(app: &App, row: &SetupRow, reveal_url: &str, from: &str) -> Reply {
+    let mut card = completion_data(
+        app,
+        row,
+        format!(
+            "{from} handed the Microsoft 365 support integration over to you. The secrets are not shown in chat: **Reveal** opens a one-time page on the bot, valid {} minutes, after you sign in with your Microsoft 365 admin account (it needs an admin role that may manage support requests).",
+            super::reveal::REVEAL_MINUTES
+        ),
+    );
+    card["title"] = json!("The Microsoft 365 support integration was handed over to you");
+    card["ask_repository"] = Value::Null;
+    card["repository_error"] = Value::Null;
+    card["handover"] = json!(false);
+    card["handover_error"] = Value::Null;
+    card["handover_email"] = json!("");
+    card["handed_over_to"] = Value::Null;
+    card["actions"] = json!([open_url("Reveal the secrets (once)", reveal_url)]);
+    Reply::Card {
+        template: "setup_complete",
+        data: card,
+    }
+}
+
+fn open_url(title: &str, url: &str) -> Value {
+    json!({"title": title, "url": url, "style": "positive", "verb": null, "data": null, "with_inputs": false})
+}
+
+/// What the bot made that the ServiceNow Setup page asks for: (label, exact name).
+pub fn made_for_servicenow_setup(data: &super::state::Collected) -> Vec<(&'static str, String)> {
+    let name = |slot: RecordSlot| {
+        data.record(slot)
+            .map(|r| r.name.clone())
+            .unwrap_or_else(|| "(not recorded)".to_owned())
+    };
+    let mut made = vec![(
+        "OAuth profile (outbound OAuth provider)",
+        name(RecordSlot::OauthProvider),
+    )];
+    if data.auth_type != Some(AuthType::Basic) {
+        made.push((
+            "OIDC entity (External OIDC provider)",
+            name(RecordSlot::OidcEntity),
+        ));
+    }
+    made.push((
+        "Integration user",
+        data.integration_user
+            .clone()
+            .unwrap_or_else(|| "(not recorded)".to_owned()),
+    ));
+    made
+}
+
+/// The parts every completion card shares: what the bot does now, what is left in ServiceNow,
+/// and the admin-center values (collapsed; never a secret).
+fn completion_data(app: &App, row: &SetupRow, reveal_text: String) -> Value {
+    let data = &row.wizard.data;
+    let aad = data.auth_type != Some(AuthType::Basic);
+    let on_reveal = "(on the Reveal page, not in chat)";
     let client = |slot: AppSlot| {
         data.app(slot)
             .map(|a| a.client_id.clone())
@@ -532,16 +687,14 @@ pub fn complete_card_with(
     ];
     if aad {
         values.push(json!({"label": "Client ID", "value": client(AppSlot::Inbound)}));
-        values.push(json!({"label": "Client secret", "value": secret(SecretSlot::InboundSecret)}));
+        values.push(json!({"label": "Client secret", "value": on_reveal}));
         values.push(json!({"label": "Rest username", "value": client(AppSlot::RestUser)}));
-        values.push(
-            json!({"label": "Rest user password", "value": secret(SecretSlot::RestUserSecret)}),
-        );
+        values.push(json!({"label": "Rest user password", "value": on_reveal}));
     } else {
         values.push(json!({"label": "Client ID", "value": "(not used with Basic Auth)"}));
         values.push(json!({"label": "Client secret", "value": "(not used with Basic Auth)"}));
         values.push(json!({"label": "Rest username", "value": data.integration_user.clone().unwrap_or_default()}));
-        values.push(json!({"label": "Rest user password", "value": secret(SecretSlot::IntegrationPassword)}));
+        values.push(json!({"label": "Rest user password", "value": on_reveal}));
     }
     let mut advice = vec![
         "Select Basic information > Internal support tool > ServiceNow and enter the outbound app id; then Repositories > New repository with the other values.".to_owned(),
@@ -550,55 +703,27 @@ pub fn complete_card_with(
     if data.test_environment {
         advice.push("This setup is marked as a test environment.".to_owned());
     }
-    let ask_repository = repository_id(app, data).is_none().then(|| {
-        json!({
-            "reason": "Your instance's address is not a *.service-now.com name, so I cannot tell its Repository ID (the instance name, as in <name>.service-now.com). Enter the name Microsoft 365 should use for this instance.",
-            "action": action("Save Repository ID", "setup.repository", "default", row, json!({}), true),
-        })
-    });
-    let actions = vec![
-        action(
-            "Run tests",
-            "setup.run_tests",
-            "positive",
-            row,
-            json!({}),
-            false,
-        ),
-        action(
-            "Hand over",
-            "setup.handover",
-            "default",
-            row,
-            json!({}),
-            true,
-        ),
-        action(
-            "Start a new setup",
-            "setup.new",
-            "default",
-            row,
-            json!({}),
-            false,
-        ),
-    ];
-    Reply::Card {
-        template: "setup_complete",
-        data: json!({
-            "title": "Setup complete: hand these values to the Microsoft 365 admin",
-            "text": if show_secrets { "Copy the secrets now: this is the only time I show them here." } else { "Every step is verified. Run tests checks everything again, live." },
+    let made: Vec<Value> = made_for_servicenow_setup(data)
+        .into_iter()
+        .map(|(label, value)| json!({"label": label, "value": value}))
+        .collect();
+    json!({
+        "text": "Microsoft retired its hosted service for this integration on 2025-05-30. The bot now plays that part: it calls ServiceNow and receives ServiceNow's calls itself, with the credentials this setup made, which it keeps encrypted. Every step is verified; Run tests checks everything again, live.",
+        "reveal_text": reveal_text,
+        "remaining": {
+            "text": format!(
+                "Left for you: open **Microsoft 365 support > Setup** in [ServiceNow]({endpoint}) and pick what I made, by these exact names:"
+            ),
+            "items": made,
+        },
+        "admin_center": {
+            "title": "For the guide's admin-center step (retired by Microsoft on 2025-05-30)",
             "where": "Microsoft 365 admin center > Settings > Org settings > Organization profiles",
             "values": values,
             "advice": advice,
-            "notes": data.notes,
-            "handover_error": handover_error,
-            "handover_email": "",
-            "ask_repository": ask_repository,
-            "repository_error": repository_error,
-            "handed_over_to": data.handed_over_to,
-            "actions": actions,
-        }),
-    }
+        },
+        "notes": data.notes,
+    })
 }
 
 fn mark(status: Status) -> (&'static str, &'static str) {
@@ -637,6 +762,50 @@ pub fn results_card(title: &str, outcomes: &[CheckOutcome], actions: Vec<Value>)
             "checks": checks,
             "lines": [],
             "actions": actions,
+        }),
+    }
+}
+
+/// The outcome of `rotate-secret`: one line per step, what to do now.
+pub fn rotation_card(
+    target: crate::integration::rotate::SecretTarget,
+    report: &super::rotate::RotationReport,
+) -> Reply {
+    let checks: Vec<Value> = report
+        .steps
+        .iter()
+        .map(|(ok, line)| {
+            let (mark, title, color) = if *ok {
+                ("✅", "Done", "Good")
+            } else {
+                ("❌", "Failed", "Attention")
+            };
+            json!({"mark": mark, "title": title, "detail": line, "color": color, "fix": null})
+        })
+        .collect();
+    let title = if report.rotated {
+        format!("The {}'s client secret was rotated", target.label())
+    } else {
+        format!("The {}'s client secret was not rotated", target.label())
+    };
+    let mut facts = Vec::new();
+    if let Some(next) = &report.next_step {
+        facts.push(json!({"title": "Next step", "value": next}));
+    }
+    Reply::Card {
+        template: "setup_results",
+        data: json!({
+            "title": title,
+            "summary": if report.rotated {
+                "The new secret is in use everywhere and verified live."
+            } else {
+                "The old secret is kept; here is exactly what happened."
+            },
+            "tone": if report.rotated { "good" } else { "attention" },
+            "facts": facts,
+            "checks": checks,
+            "lines": [],
+            "actions": [],
         }),
     }
 }
@@ -734,6 +903,7 @@ pub fn status_card(
     in_progress: Option<&SetupRow>,
     now: &[CheckNow],
     audit: &[AuditEntry],
+    reveals: &[super::reveal::RevealRow],
 ) -> Reply {
     let mut facts = Vec::new();
     if let Some(row) = live {
@@ -741,6 +911,26 @@ pub fn status_card(
             "{}, completed {} (setup {}, started by {})",
             branch(&row.wizard), when(row.updated_at), row.setup_id, row.started_by
         )}));
+        let viewed: Vec<String> = reveals
+            .iter()
+            .filter_map(|link| {
+                let at = link.used_at?;
+                Some(format!(
+                    "{} by {} ({} link of {})",
+                    when(at),
+                    link.viewed_by.as_deref().unwrap_or("?"),
+                    link.purpose,
+                    link.binding.label
+                ))
+            })
+            .collect();
+        facts.push(
+            json!({"title": "Secrets viewed", "value": if viewed.is_empty() {
+                "not yet (no Reveal link was opened)".to_owned()
+            } else {
+                viewed.join("; ")
+            }}),
+        );
     }
     if let Some(row) = in_progress {
         let (position, total) = row.wizard.position();

@@ -1080,6 +1080,22 @@ impl GraphClient {
         self.observe(result)
     }
 
+    /// Deletes an application (`DELETE /applications/{id}`, 204; Entra keeps it in deleted
+    /// items for 30 days). Its service principal goes with it.
+    pub async fn delete_application(&self, object_id: &str) -> Result<(), GraphError> {
+        let result = async {
+            let url = self.url(&["applications", object_id], &[])?;
+            let raw = self.execute(Method::DELETE, url, None).await?;
+            if raw.is_success() {
+                Ok(())
+            } else {
+                Err(parse_error(&raw, PERMISSION_APPLICATIONS))
+            }
+        }
+        .await;
+        self.observe(result)
+    }
+
     /// Changes an application (`PATCH`, 204).
     pub async fn update_application(
         &self,

@@ -6,7 +6,9 @@
 //   Playground (HTTP + WebSocket APIs, no browser) against `m365bot sandbox --fresh`:
 //     setup   personal chat `setup`: Agree, Start setup (AAD Auth, test environment), the tenant
 //             contoso.onmicrosoft.com, *Create it for me* on every step, the cross-scope check,
-//             the completion card, then Run tests -> every check passed;
+//             the completion card, its Reveal button followed over HTTP (bot /setup/reveal ->
+//             Entra ID emulator -> bot callback: the secrets once, then "already used"), then
+//             Run tests -> every check passed;
 //     link    `link-account` -> the sign-in card's Action.OpenUrl followed over HTTP (bot
 //             /auth/link/start -> Entra ID emulator -> bot callback) -> the success page -> the
 //             confirmation card in the chat; `link-account status` shows the link;
@@ -197,10 +199,25 @@ async function journeySetup(session) {
   card = await press(session, messageId, card, "Check again", {}, "setup cross-scope");
 
   session.step = "setup: completion card";
-  expectHeading(card, "Setup complete: hand these values to the Microsoft 365 admin", "setup after the cross-scope check");
+  expectHeading(card, "Setup complete: the bot now runs the integration", "setup after the cross-scope check");
   visited.push(cardHeading(card));
   for (const label of ["Application ID", "Repository"]) expectText(card, label, "setup completion card");
   const completionValues = cardTexts(card).length;
+
+  session.step = "setup: the Reveal page";
+  const revealButton = cardActions(card).find((a) => a.type === "Action.OpenUrl" && a.title === "Reveal the secrets (once)");
+  if (!revealButton) fail(`setup completion card: no Action.OpenUrl "Reveal the secrets (once)": ${textOf(card).slice(0, 600)}`);
+  if (new URL(revealButton.url).pathname !== "/setup/reveal") fail(`setup: the Reveal button opens ${revealButton.url}, not the bot's /setup/reveal`);
+  const revealed = await followSignIn(revealButton.url, "setup Reveal sign-in");
+  const revealedText = pageText(revealed.html);
+  if (revealed.status !== 200 || !/Client secret/.test(revealedText) || !/Rest user password/.test(revealedText)) {
+    fail(`setup Reveal: HTTP ${revealed.status} (${revealed.hops.join(" -> ")}): ${revealedText.slice(0, 400)}`);
+  }
+  const revealedAgain = await followSignIn(revealButton.url, "setup Reveal, second open");
+  const revealedAgainText = pageText(revealedAgain.html);
+  if (revealedAgain.status !== 410 || !/already used/i.test(revealedAgainText)) {
+    fail(`setup Reveal: the second open answered HTTP ${revealedAgain.status}: ${revealedAgainText.slice(0, 300)}`);
+  }
 
   session.step = "setup: Run tests";
   card = await press(session, messageId, card, "Run tests", {}, "setup Run tests");
@@ -214,7 +231,7 @@ async function journeySetup(session) {
 
   session.step = "setup: Show the values";
   const values = await press(session, messageId, card, "Show the values", {}, "setup Run tests");
-  expectHeading(values, "Setup complete: hand these values to the Microsoft 365 admin", "setup Show the values");
+  expectHeading(values, "Setup complete: the bot now runs the integration", "setup Show the values");
   keep("setup_complete", values);
 
   session.step = "setup: `setup status`";
@@ -245,6 +262,7 @@ async function journeySetup(session) {
     cards: visited,
     created,
     completion: { title: visited[visited.length - 1], texts: completionValues },
+    reveal: { status: revealed.status, hops: revealed.hops, again: revealedAgain.status },
     refusedApp: refusedApp.summary,
     status: cardHeading(statusCard),
     freeText: cardHeading(freeText),

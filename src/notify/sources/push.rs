@@ -5,8 +5,11 @@
 //!   `X-M365bot-Signature: v1=<HMAC-SHA256 of "{timestamp}.{raw body}">` (hex, or base64 as
 //!   ServiceNow's `CertificateEncryption.generateMac` returns it), within a replay window; a
 //!   signature is accepted once.
-//! - An Entra access token (`Authorization: Bearer`) of the configured tenant: signature by the
-//!   tenant's keys, issuer, audience from the configuration, `appid`/`azp` in the allow-list.
+//! - An Entra access token (`Authorization: Bearer`), app-only: signature by the tenant's keys,
+//!   issuer, `nbf`/`exp`. With an integration (completed setup or `[integration]`) exactly its
+//!   outbound app: its tenant, `appid`/`azp` = the outbound client id, `aud` = that client id
+//!   (or `api://` form), the token the Business Rule gets from the outbound OAuth provider.
+//!   Without one, the configured tenant, audiences and `appid`/`azp` allow-list.
 //!
 //! Anything else is 401, a malformed body 400; nothing is stored for a refused request.
 //!
@@ -287,16 +290,36 @@ pub fn is_app_only(claims: &Value) -> bool {
 
 async fn verify_bearer(app: &App, token: &str) -> Result<Authenticated, ApiError> {
     let settings = &app.settings.notifications.sources.push;
-    if settings.bearer_audiences.is_empty() || settings.bearer_allowed_app_ids.is_empty() {
-        return Err(unauthorized(
-            "bearer tokens are not enabled on this bot (notifications.sources.push.bearer_audiences and bearer_allowed_app_ids)",
-        ));
-    }
-    let tenant = settings
-        .bearer_tenant
-        .clone()
-        .filter(|t| !t.trim().is_empty())
-        .unwrap_or_else(|| app.settings.bot.tenant_id.clone());
+    // With an integration, exactly its outbound app may push (the Business Rule asks the
+    // outbound OAuth provider for a token whose resource is that app); otherwise the
+    // configured audiences and allow-list.
+    let (tenant, audiences, allowed_apps) = match app.runtime.push_identity() {
+        Some(outbound) => {
+            let mut audiences = vec![
+                outbound.client_id.clone(),
+                format!("api://{}", outbound.client_id),
+            ];
+            audiences.extend(settings.bearer_audiences.iter().cloned());
+            (outbound.tenant, audiences, vec![outbound.client_id])
+        }
+        None => {
+            if settings.bearer_audiences.is_empty() || settings.bearer_allowed_app_ids.is_empty() {
+                return Err(unauthorized(
+                    "bearer tokens are not enabled on this bot (no integration is set up, and notifications.sources.push.bearer_audiences and bearer_allowed_app_ids are empty)",
+                ));
+            }
+            let tenant = settings
+                .bearer_tenant
+                .clone()
+                .filter(|t| !t.trim().is_empty())
+                .unwrap_or_else(|| app.settings.bot.tenant_id.clone());
+            (
+                tenant,
+                settings.bearer_audiences.clone(),
+                settings.bearer_allowed_app_ids.clone(),
+            )
+        }
+    };
     let header = jsonwebtoken::decode_header(token)
         .map_err(|_| unauthorized("the bearer token is not a JWT"))?;
     if header.alg != Algorithm::RS256 {
@@ -324,7 +347,7 @@ async fn verify_bearer(app: &App, token: &str) -> Result<Authenticated, ApiError
         format!("{authority}/{}/v2.0", keys.tenant_id),
     ];
     let mut validation = Validation::new(Algorithm::RS256);
-    validation.set_audience(&settings.bearer_audiences);
+    validation.set_audience(&audiences);
     validation.set_issuer(&issuers);
     validation.leeway = 300;
     validation.validate_nbf = true;
@@ -350,8 +373,7 @@ async fn verify_bearer(app: &App, token: &str) -> Result<Authenticated, ApiError
         .or_else(|| claims.get("azp"))
         .and_then(Value::as_str)
         .unwrap_or_default();
-    let allowed = settings
-        .bearer_allowed_app_ids
+    let allowed = allowed_apps
         .iter()
         .any(|id| id.eq_ignore_ascii_case(client));
     if !allowed {
