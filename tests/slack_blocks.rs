@@ -142,7 +142,20 @@ fn every_card_sample_carries_the_same_facts_on_both_platforms() {
         assert!(problems.is_empty(), "{name}: {problems:?}");
         assert!(!slack.text.is_empty(), "{name}: a fallback text");
         let slack_text = normalise(&blocks::to_text(&json!(slack.blocks), ""));
-        if matches!(template.as_str(), "setup_step" | "setup_complete") {
+        // Templates with a Slack form; the others (the setup wizard's steps, trust alerts) are
+        // Teams-only in this version.
+        let in_slack = [
+            "help",
+            "notice",
+            "setup_results",
+            "link_roles",
+            "link_signin",
+            "notify_case",
+            "notify_status",
+            "notify_update",
+            "notify_subscriptions",
+        ];
+        if !in_slack.contains(&template.as_str()) {
             // No Slack form yet: a notice instead, never the card's content (it may hold
             // secrets meant for a 1:1 Teams chat).
             assert!(slack_text.contains("notavailableinslackyet"), "{name}");
