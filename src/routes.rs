@@ -27,6 +27,7 @@ pub fn router(app: Arc<App>) -> Router {
         .merge(crate::setup::routes())
         .merge(crate::link::routes())
         .merge(crate::notify::routes())
+        .merge(crate::slack::routes())
         .fallback(not_found)
         // One middleware for both (each layer costs an allocation or two per request).
         .layer(middleware::from_fn_with_state(app.clone(), record_metrics))

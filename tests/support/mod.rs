@@ -8,6 +8,7 @@ pub mod link;
 pub mod notify;
 pub mod playground;
 pub mod setup;
+pub mod slack;
 pub mod tokens;
 
 use std::net::SocketAddr;
