@@ -37,6 +37,8 @@ pub struct App {
     pub upstreams: crate::integration::Upstreams,
     /// Chat users' e-mail and UPN, as the platform reported them recently.
     pub identities: crate::core::identity::IdentityCache,
+    /// The Slack adapter, when `slack.enabled`.
+    pub slack: Option<crate::slack::Slack>,
     /// Who the bot is when it reads and writes cases (the integration user).
     pub runtime: crate::integration::runtime::RuntimeIdentity,
 }
@@ -90,6 +92,7 @@ impl Application {
         let connector = ConnectorClient::new(&settings, http.clone(), metrics.clone());
         let upstreams =
             crate::integration::Upstreams::from_settings(&settings, http.clone(), metrics.clone());
+        let slack = crate::slack::Slack::from_settings(&settings.slack, http.clone());
         let runtime = crate::integration::runtime::RuntimeIdentity::new(
             upstreams.entra.clone(),
             http.clone(),
@@ -120,6 +123,7 @@ impl Application {
             stored_conversations: Default::default(),
             upstreams,
             identities: Default::default(),
+            slack,
             runtime,
         });
         crate::integration::runtime::reload(&app).await;
@@ -153,6 +157,7 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let router = crate::routes::router(self.app.clone());
         crate::notify::start_background(self.app.clone(), shutdown.clone());
+        crate::slack::start_background(self.app.clone(), shutdown.clone());
         crate::integration::runtime::spawn_reloader(self.app.clone(), shutdown.clone());
         crate::integration::watch::spawn(self.app.clone(), shutdown.clone());
         tracing::info!(listen = %self.local_addr(), "m365bot listening");

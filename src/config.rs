@@ -48,6 +48,9 @@ pub struct Settings {
     /// Case-status and service-health notifications.
     #[serde(default)]
     pub notifications: crate::notify::NotifySettings,
+    /// The Slack app.
+    #[serde(default)]
+    pub slack: crate::slack::SlackSettings,
     /// Watching the trust: the scheduled doctor, secret expiry and alerts.
     #[serde(default)]
     pub watch: crate::integration::watch::WatchSettings,
@@ -557,6 +560,9 @@ impl Settings {
         self.setup
             .validate()
             .map_err(|problem| invalid("setup", &problem))?;
+        self.slack
+            .validate()
+            .map_err(|(key, problem)| invalid(key, &problem))?;
         self.watch
             .validate()
             .map_err(|(key, problem)| invalid(key, &problem))?;

@@ -17,6 +17,7 @@ pub mod notify;
 pub mod routes;
 pub mod sandbox;
 pub mod setup;
+pub mod slack;
 pub mod teams;
 pub mod telemetry;
 pub mod upstream;

@@ -60,6 +60,30 @@ enum Commands {
         /// OIDC provider and another OAuth provider, which setup must leave alone.
         #[arg(long)]
         other_release: bool,
+        /// Port of the emulated Slack Web API (loopback), which `slack-say` talks to.
+        #[arg(long, default_value_t = m365bot::sandbox::slack::DEFAULT_PORT)]
+        slack_port: u16,
+    },
+    /// Type a Slack slash command into the running sandbox: signs it as Slack would, posts it
+    /// to the bot and prints what the bot answered and posted, as text.
+    SlackSay {
+        /// The command line, e.g. "/m365 help".
+        line: String,
+        /// The sandbox bot.
+        #[arg(long, default_value = "http://127.0.0.1:3978")]
+        bot: String,
+        /// The sandbox's Slack emulator.
+        #[arg(long, default_value = "http://127.0.0.1:3979")]
+        slack: String,
+        /// Who types it: U0ADMIN (ServiceNow admin), U0JANE (jane.doe) or U0GONE (deactivated).
+        #[arg(long, default_value = "U0ADMIN")]
+        user: String,
+        /// Where: C0GENERAL, C0PRIVATE, C0OLD or the direct message D0ADMIN.
+        #[arg(long, default_value = "C0GENERAL")]
+        channel: String,
+        /// Stop listening after this many quiet seconds.
+        #[arg(long, default_value_t = 2)]
+        wait_secs: u64,
     },
     /// Verify the integration end to end: one line per check, a fix for every failure.
     /// Reads the `[integration]` section of the configuration file.
@@ -90,8 +114,12 @@ enum Commands {
         #[arg(long)]
         hmac: bool,
     },
-    /// Write the Teams app package (manifest.json and icons, zipped).
+    /// Write the Teams app package (manifest.json and icons, zipped); with --slack, print the
+    /// Slack app manifest (JSON) instead.
     Manifest {
+        /// Print the Slack app manifest for server.public_url and slack.transport.
+        #[arg(long)]
+        slack: bool,
         /// Where to write the zip.
         #[arg(long, default_value = "m365bot-teams-app.zip")]
         out: PathBuf,
@@ -110,10 +138,15 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
     let command = cli.command.unwrap_or(Commands::Serve {
         insecure_local: false,
     });
+    if let Commands::Manifest { slack: true, .. } = &command {
+        slack_manifest(cli.config.as_deref())?;
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
     if let Commands::Manifest {
         out,
         app_id,
         domain,
+        ..
     } = &command
     {
         manifest(cli.config.as_deref(), out, app_id.clone(), domain.clone())?;
@@ -121,6 +154,31 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
     }
     if let Commands::Init(args) = command {
         return init(*args, cli.config.as_deref()).await;
+    }
+    if let Commands::SlackSay {
+        line,
+        bot,
+        slack,
+        user,
+        channel,
+        wait_secs,
+    } = &command
+    {
+        let conversation = m365bot::sandbox::slack::say(
+            bot.trim_end_matches('/'),
+            slack.trim_end_matches('/'),
+            channel,
+            user,
+            line,
+            std::time::Duration::from_secs(*wait_secs),
+        )
+        .await?;
+        print!("{conversation}");
+        return Ok(if conversation.status == 200 {
+            std::process::ExitCode::SUCCESS
+        } else {
+            std::process::ExitCode::FAILURE
+        });
     }
     if let Commands::Sandbox {
         listen,
@@ -130,6 +188,7 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
         json,
         fresh,
         other_release,
+        slack_port,
     } = command
     {
         let options = m365bot::sandbox::SandboxOptions {
@@ -137,7 +196,11 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
             servicenow_decoys: other_release,
             ..m365bot::sandbox::SandboxOptions::default()
         };
-        return sandbox(listen, &database, doctor, &break_it, json, fresh, options).await;
+        let ports = SandboxPorts { slack: slack_port };
+        return sandbox(
+            listen, &database, doctor, &break_it, json, fresh, options, ports,
+        )
+        .await;
     }
     let settings = Settings::load(cli.config.as_deref())?;
     if let Commands::ServicenowScript { endpoint, hmac } = &command {
@@ -195,6 +258,7 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
         Commands::Manifest { .. }
         | Commands::Init(_)
         | Commands::Sandbox { .. }
+        | Commands::SlackSay { .. }
         | Commands::ServicenowScript { .. } => Ok(std::process::ExitCode::SUCCESS),
     }
 }
@@ -300,6 +364,12 @@ async fn rotate_secret(
     })
 }
 
+/// Ports of the sandbox's extra emulators.
+struct SandboxPorts {
+    slack: u16,
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn sandbox(
     listen: std::net::SocketAddr,
     database: &str,
@@ -308,6 +378,7 @@ async fn sandbox(
     json: bool,
     fresh: bool,
     options: m365bot::sandbox::SandboxOptions,
+    ports: SandboxPorts,
 ) -> anyhow::Result<std::process::ExitCode> {
     if fresh && (run_doctor || !problems.is_empty()) {
         anyhow::bail!(
@@ -329,8 +400,23 @@ async fn sandbox(
     if run_doctor {
         return doctor(&demo.settings, &spec, json, false).await;
     }
-    let application = Application::build(demo.settings.clone()).await?;
+    let slack = m365bot::sandbox::slack::SlackEmulator::start(
+        std::net::SocketAddr::from(([127, 0, 0, 1], ports.slack)),
+        &demo.sandbox.demo().tenant_domain,
+    )
+    .await?;
+    let mut settings = demo.settings.clone();
+    m365bot::sandbox::slack::configure(&mut settings, &slack.api_url())?;
+    let application = Application::build(settings).await?;
     println!("{}", demo.welcome());
+    println!(
+        "\nSlack: an emulated Slack Web API runs at {} (workspace {}).\n\
+         \x20 m365bot slack-say \"/m365 help\"\n\
+         \x20 m365bot slack-say \"/m365 doctor\"          (as U0ADMIN, the ServiceNow admin)\n\
+         \x20 m365bot slack-say --user U0JANE \"/m365 doctor\"   (refused: jane.doe is no admin)",
+        slack.api_url(),
+        m365bot::sandbox::slack::SANDBOX_TEAM_ID,
+    );
     let shutdown = CancellationToken::new();
     let on_signal = shutdown.clone();
     tokio::spawn(async move {
@@ -401,6 +487,28 @@ fn manifest(
     };
     m365bot::manifest::write_package(&app_id, &domain, out)?;
     println!("wrote {}", out.display());
+    Ok(())
+}
+
+/// Prints the Slack app manifest for the configured public URL and transport; only those two
+/// keys are read, so the rest of the configuration may be incomplete.
+fn slack_manifest(config: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let sources = Settings::sources(config)?;
+    let public_url = match sources.extract_inner::<String>("server.public_url") {
+        Ok(url) => url::Url::parse(url.trim())
+            .with_context(|| format!("server.public_url {url:?} is not a URL"))?,
+        Err(_) => {
+            eprintln!(
+                "server.public_url is not set: using its default; set server.public_url (M365BOT_SERVER__PUBLIC_URL) for your own"
+            );
+            m365bot::config::ServerSettings::default().public_url
+        }
+    };
+    let transport = sources
+        .extract_inner::<m365bot::slack::Transport>("slack.transport")
+        .unwrap_or(m365bot::slack::Transport::Http);
+    let manifest = m365bot::slack::manifest::manifest(&public_url, transport);
+    println!("{}", serde_json::to_string_pretty(&manifest)?);
     Ok(())
 }
 

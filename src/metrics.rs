@@ -1,5 +1,7 @@
 //! Prometheus metrics kept in process: request counts and latencies by route, upstream calls
-//! by outcome. Rendered in the text exposition format at `/metrics`.
+//! by outcome, notification deliveries by outcome, throttling and poller leadership. Rendered
+//! in the text exposition format at `/metrics` (with the outbox gauges read from the database
+//! at scrape time, see [`crate::notify::outbox::gauges`]).
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -9,6 +11,16 @@ use std::time::Duration;
 /// Upper bounds of the latency histogram buckets, in seconds.
 const BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+/// The outcomes of `m365bot_notify_deliveries_total`, always rendered (zero included).
+const DELIVERY_OUTCOMES: [&str; 6] = [
+    "delivered",
+    "merged",
+    "dead",
+    "retried",
+    "throttled",
+    "deferred",
 ];
 
 #[derive(Default)]
@@ -31,6 +43,16 @@ struct Inner {
     /// By route; looked up by `&str`, so recording allocates only for a route's first request.
     routes: BTreeMap<String, RouteStats>,
     upstream: BTreeMap<(&'static str, &'static str), u64>,
+    /// Outbox rows by what became of a delivery attempt.
+    deliveries: BTreeMap<&'static str, u64>,
+    /// 429 answers of the Bot Connector to notification deliveries.
+    throttled: u64,
+    /// Conversations frozen after a `Retry-After`.
+    freezes: u64,
+    /// App-wide pauses after a 429 with `Retry-After`.
+    app_pauses: u64,
+    /// Whether this instance leads each enabled poller.
+    leaders: BTreeMap<&'static str, bool>,
     runtime_auth_failures: u64,
     trust: Option<TrustGauges>,
 }
@@ -80,6 +102,60 @@ impl Metrics {
         if let Ok(mut inner) = self.inner.lock() {
             *inner.upstream.entry((upstream, outcome)).or_default() += 1;
         }
+    }
+
+    /// Counts `rows` outbox rows whose delivery attempt ended as `outcome` (`delivered`,
+    /// `merged`, `dead`, `retried`, `throttled`, `deferred`).
+    pub fn record_deliveries(&self, outcome: &'static str, rows: usize) {
+        if rows == 0 {
+            return;
+        }
+        if let Ok(mut inner) = self.inner.lock() {
+            *inner.deliveries.entry(outcome).or_default() += rows as u64;
+        }
+    }
+
+    /// Outbox rows counted with `outcome` so far.
+    pub fn deliveries(&self, outcome: &str) -> u64 {
+        self.inner
+            .lock()
+            .ok()
+            .and_then(|inner| inner.deliveries.get(outcome).copied())
+            .unwrap_or(0)
+    }
+
+    /// Records a 429 from the connector; `freeze` when it froze the conversation and paused
+    /// the app (it came with `Retry-After`).
+    pub fn record_throttled(&self, freeze: bool) {
+        if let Ok(mut inner) = self.inner.lock() {
+            inner.throttled += 1;
+            if freeze {
+                inner.freezes += 1;
+                inner.app_pauses += 1;
+            }
+        }
+    }
+
+    /// Records a conversation frozen by a `Retry-After` on another answer than 429.
+    pub fn record_freeze(&self) {
+        if let Ok(mut inner) = self.inner.lock() {
+            inner.freezes += 1;
+        }
+    }
+
+    /// Says whether this instance leads the poller of `source`.
+    pub fn set_leader(&self, source: &'static str, leading: bool) {
+        if let Ok(mut inner) = self.inner.lock() {
+            inner.leaders.insert(source, leading);
+        }
+    }
+
+    /// Whether this instance leads the poller of `source` (`None`: it does not run it).
+    pub fn leader(&self, source: &str) -> Option<bool> {
+        self.inner
+            .lock()
+            .ok()
+            .and_then(|inner| inner.leaders.get(source).copied())
     }
 
     /// Replaces the trust gauges.
@@ -150,6 +226,46 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "m365bot_upstream_calls_total{{upstream=\"{upstream}\",outcome=\"{outcome}\"}} {count}"
+            );
+        }
+        out.push_str("# HELP m365bot_notify_deliveries_total Outbox rows by the outcome of their delivery attempt.\n");
+        out.push_str("# TYPE m365bot_notify_deliveries_total counter\n");
+        for outcome in DELIVERY_OUTCOMES {
+            let count = inner.deliveries.get(outcome).copied().unwrap_or(0);
+            let _ = writeln!(
+                out,
+                "m365bot_notify_deliveries_total{{outcome=\"{outcome}\"}} {count}"
+            );
+        }
+        for (name, help, value) in [
+            (
+                "m365bot_notify_throttled_total",
+                "Answers 429 of the Bot Connector to notification deliveries.",
+                inner.throttled,
+            ),
+            (
+                "m365bot_notify_conversation_freezes_total",
+                "Conversations frozen until a Retry-After passed.",
+                inner.freezes,
+            ),
+            (
+                "m365bot_notify_app_pauses_total",
+                "App-wide delivery pauses after a 429 with Retry-After.",
+                inner.app_pauses,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+            );
+        }
+        out.push_str("# HELP m365bot_poller_leader 1 when this instance holds the lease of the source's poller, 0 when another one does.\n");
+        out.push_str("# TYPE m365bot_poller_leader gauge\n");
+        for (source, leading) in &inner.leaders {
+            let _ = writeln!(
+                out,
+                "m365bot_poller_leader{{source=\"{source}\"}} {}",
+                u8::from(*leading)
             );
         }
         out.push_str("# HELP m365bot_runtime_auth_failures_total Runtime ServiceNow calls (as the integration user) refused or left without a token.\n");
@@ -234,5 +350,25 @@ mod tests {
         );
         assert!(text.contains("m365bot_doctor_failing_checks 2"), "{text}");
         assert!(text.contains("m365bot_secret_expiry_days 19.50"), "{text}");
+    }
+
+    #[test]
+    fn renders_delivery_counters_and_leadership() {
+        let metrics = Metrics::default();
+        metrics.record_deliveries("delivered", 3);
+        metrics.record_deliveries("dead", 0);
+        metrics.record_throttled(true);
+        metrics.record_throttled(false);
+        metrics.set_leader("servicenow", true);
+        metrics.set_leader("service_health", false);
+        let text = metrics.render();
+        assert!(text.contains("m365bot_notify_deliveries_total{outcome=\"delivered\"} 3"));
+        assert!(text.contains("m365bot_notify_deliveries_total{outcome=\"dead\"} 0"));
+        assert!(text.contains("m365bot_notify_throttled_total 2"));
+        assert!(text.contains("m365bot_notify_conversation_freezes_total 1"));
+        assert!(text.contains("m365bot_poller_leader{source=\"servicenow\"} 1"));
+        assert!(text.contains("m365bot_poller_leader{source=\"service_health\"} 0"));
+        assert_eq!(metrics.leader("servicenow"), Some(true));
+        assert_eq!(metrics.leader("graph"), None);
     }
 }

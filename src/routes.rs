@@ -27,6 +27,7 @@ pub fn router(app: Arc<App>) -> Router {
         .merge(crate::setup::routes())
         .merge(crate::link::routes())
         .merge(crate::notify::routes())
+        .merge(crate::slack::routes())
         .fallback(not_found)
         // One middleware for both (each layer costs an allocation or two per request).
         .layer(middleware::from_fn_with_state(app.clone(), record_metrics))
@@ -51,7 +52,8 @@ async fn healthz() -> &'static str {
 }
 
 /// `GET /readyz`: 200 when the database answers and its schema is not behind this binary, else
-/// 503; the body says which, and what this instance runs (delivery worker, pollers).
+/// 503; the body says which, and what this instance runs (delivery worker, pollers, and which
+/// pollers it leads).
 async fn readyz(State(app): State<Arc<App>>) -> Response {
     let backend = match app.db.backend {
         crate::db::Backend::Sqlite => "sqlite",
@@ -107,6 +109,11 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
             "servicenow": sources.servicenow.poll,
             "service_health": sources.service_health.poll,
         },
+        // Per enabled poller: whether this instance holds its lease and polls (null: not run here).
+        "leaders": {
+            "servicenow": app.metrics.leader("servicenow"),
+            "service_health": app.metrics.leader("service_health"),
+        },
         "servicenow_identity": identity,
     });
     let status = if ready {
@@ -135,11 +142,65 @@ pub fn metrics_router(app: Arc<App>) -> Router {
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        app.metrics.render(),
+    let mut text = app.metrics.render();
+    text.push_str(&outbox_gauges(&app).await);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+/// The outbox gauges, read from the database; a failed read is reported as
+/// `m365bot_notify_outbox_up 0` (and the gauges left out) instead of failing the scrape.
+async fn outbox_gauges(app: &App) -> String {
+    use std::fmt::Write;
+    let now = crate::db::now_millis();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        crate::notify::outbox::gauges(&app.db, now),
     )
-        .into_response()
+    .await;
+    let mut out = String::from(
+        "# HELP m365bot_notify_outbox_up 1 when the outbox gauges below were read from the database.\n\
+         # TYPE m365bot_notify_outbox_up gauge\n",
+    );
+    let gauges = match read {
+        Ok(Ok(gauges)) => gauges,
+        Ok(Err(err)) => {
+            tracing::warn!(error = %err, "metrics: cannot read the outbox gauges");
+            out.push_str("m365bot_notify_outbox_up 0\n");
+            return out;
+        }
+        Err(_) => {
+            tracing::warn!("metrics: reading the outbox gauges took longer than 5 s");
+            out.push_str("m365bot_notify_outbox_up 0\n");
+            return out;
+        }
+    };
+    out.push_str("m365bot_notify_outbox_up 1\n");
+    let oldest_age = gauges
+        .oldest_pending_at
+        .map_or(0.0, |at| (now - at).max(0) as f64 / 1000.0);
+    for (name, help, value) in [
+        (
+            "m365bot_notify_outbox_pending",
+            "Outbox rows waiting for delivery (all instances).",
+            gauges.pending as f64,
+        ),
+        (
+            "m365bot_notify_outbox_oldest_pending_age_seconds",
+            "Age of the oldest outbox row waiting for delivery; 0 when none waits.",
+            oldest_age,
+        ),
+        (
+            "m365bot_notify_frozen_conversations",
+            "Conversations frozen by a Retry-After right now.",
+            gauges.frozen_conversations as f64,
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+        );
+    }
+    out
 }
 
 async fn not_found() -> Response {

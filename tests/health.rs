@@ -65,6 +65,12 @@ async fn readiness_reports_migrations_version_and_what_runs_here() {
     assert_eq!(ready["workers"]["delivery"], false, "{body}");
     assert_eq!(ready["pollers"]["servicenow"], true, "{body}");
     assert_eq!(ready["pollers"]["service_health"], false, "{body}");
+    // A poller not run here has no leader status; one run here leads or not (a boolean).
+    assert!(ready["leaders"]["service_health"].is_null(), "{body}");
+    assert!(
+        ready["leaders"]["servicenow"].is_boolean() || ready["leaders"]["servicenow"].is_null(),
+        "{body}"
+    );
     assert_eq!(ready["version"], m365bot::VERSION, "{body}");
 }
 

@@ -159,14 +159,7 @@ pub async fn platform_identity(
                 user_principal_name: member.user_principal_name,
             }
         }
-        Platform::Slack => {
-            return Err(Reply::notice(
-                Tone::Attention,
-                "Not available in Slack yet",
-                "Mapping Slack users to ServiceNow is not available in this version.",
-                None,
-            ));
-        }
+        Platform::Slack => crate::slack::platform_identity(app, user_id).await?,
     };
     app.identities.put(&identity);
     Ok(identity)

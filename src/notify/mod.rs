@@ -56,8 +56,8 @@ pub struct NotifySettings {
     pub deliver: bool,
     /// Connector calls per second per conversation (Teams: 7); 0 = unlimited.
     pub per_conversation_per_second: f64,
-    /// Connector calls per second for the whole app, per bot instance (Teams: 50 per app per
-    /// tenant); 0 = unlimited.
+    /// Connector calls per second for the whole app (Teams: 50 per app per tenant), shared by
+    /// every instance on PostgreSQL; 0 = unlimited.
     pub per_app_per_second: f64,
     /// Failed attempts (5xx, network, timeouts; not throttling) before a delivery becomes a
     /// dead letter.

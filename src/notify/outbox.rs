@@ -18,7 +18,7 @@
 //! is claimed again. Rows are finished with `… WHERE status = 'pending' RETURNING lane_id`, and
 //! the lane's pending count is lowered by exactly the rows that changed.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
@@ -276,19 +276,25 @@ pub struct ClaimedLane {
     pub conversation_type: Option<String>,
 }
 
-/// Leases up to `$4` due lanes (`$3`: now) to `$1` until `$2`, skipping frozen conversations.
+/// Leases up to `$4` due lanes (`$3`: now) to `$1` until `$2`, skipping frozen conversations
+/// (and, with `sender`, conversations whose sending is held by another replica than `$5`).
 /// On PostgreSQL the candidates are locked `SKIP LOCKED` and passed as an id array, which
 /// keeps the update on the primary key instead of a semi-join over every lane.
-pub fn claim_lanes_sql(backend: Backend) -> String {
+pub fn claim_lanes_sql(backend: Backend, sender: bool) -> String {
     let (open, close) = match backend {
         Backend::Postgres => ("= ANY (ARRAY(", " FOR UPDATE SKIP LOCKED))"),
         Backend::Sqlite => ("IN (", ")"),
+    };
+    let held_elsewhere = if sender {
+        " OR (sender_until > $3 AND sender <> $5)"
+    } else {
+        ""
     };
     format!(
         "UPDATE notify_lanes SET lease_owner = $1, lease_until = $2 WHERE id {open}\
          SELECT id FROM notify_lanes WHERE pending_count > 0 AND next_attempt_at <= $3 \
          AND lease_until < $3 AND conversation_id NOT IN \
-         (SELECT conversation_id FROM notify_destinations WHERE frozen_until > $3) \
+         (SELECT conversation_id FROM notify_destinations WHERE frozen_until > $3{held_elsewhere}) \
          ORDER BY next_attempt_at, id LIMIT $4{close} AND lease_until < $3 \
          RETURNING id, case_key, conversation_id, root_activity_id, delivered_updated_at, delivered_state"
     )
@@ -307,22 +313,60 @@ pub const CLAIMED_ROWS_SQL: &str = "SELECT o.id, o.lane_id, o.subscription_id, o
 
 /// Claims up to `limit` due lanes for `owner` until `lease_until` (ms), with their pending
 /// rows. Lanes of frozen conversations are left alone.
+///
+/// With `sender` (the claiming replica), every conversation has one sending replica at a time:
+/// lanes of conversations another replica sends to (`notify_destinations.sender`, until
+/// `sender_until`) are left alone, and the claim takes the conversations of its lanes until
+/// `lease_until`, in the same transaction. Two replicas that claimed lanes of one conversation
+/// at once meet on its destination row; the one that loses puts its lanes back. So the
+/// per-conversation limit, kept in each process, holds across replicas.
 pub async fn claim(
     db: &Db,
     owner: &str,
+    sender: Option<&str>,
     now: i64,
     lease_until: i64,
     limit: usize,
 ) -> Result<Vec<ClaimedLane>, sqlx::Error> {
-    let sql = claim_lanes_sql(db.backend);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match claim_once(db, owner, sender, now, lease_until, limit).await {
+            Err(err) if attempt < TRANSACTION_ATTEMPTS && is_retryable_conflict(&err) => {
+                tokio::time::sleep(std::time::Duration::from_millis(5 * attempt as u64)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn claim_once(
+    db: &Db,
+    owner: &str,
+    sender: Option<&str>,
+    now: i64,
+    lease_until: i64,
+    limit: usize,
+) -> Result<Vec<ClaimedLane>, sqlx::Error> {
+    let sql = claim_lanes_sql(db.backend, sender.is_some());
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    let rows = sqlx::query(&sql)
+    let mut query = sqlx::query(&sql)
         .bind(owner)
         .bind(lease_until)
         .bind(now)
-        .bind(limit)
-        .fetch_all(&db.pool)
-        .await?;
+        .bind(limit);
+    if let Some(sender) = sender {
+        query = query.bind(sender);
+    }
+    // A transaction only when conversations are taken too: the plain claim is one statement.
+    let mut tx = match sender {
+        Some(_) => Some(db.pool.begin().await?),
+        None => None,
+    };
+    let rows = match tx.as_mut() {
+        Some(tx) => query.fetch_all(&mut **tx).await?,
+        None => query.fetch_all(&db.pool).await?,
+    };
     let mut lanes: Vec<ClaimedLane> = rows
         .iter()
         .map(|row| {
@@ -339,6 +383,28 @@ pub async fn claim(
             })
         })
         .collect::<Result<_, sqlx::Error>>()?;
+    if let (Some(sender), Some(mut tx)) = (sender, tx) {
+        let held = take_conversations(&mut tx, sender, now, lease_until, &lanes).await?;
+        let lost: Vec<&str> = lanes
+            .iter()
+            .map(|lane| lane.conversation_id.as_str())
+            .filter(|conversation| !held.contains(*conversation))
+            .collect();
+        for chunk in lost.chunks(chunk_sizes(db).0) {
+            let sql = format!(
+                "UPDATE notify_lanes SET lease_owner = NULL, lease_until = 0 \
+                 WHERE lease_owner = $1 AND lease_until = $2 AND conversation_id IN ({})",
+                placeholders(3, chunk.len())
+            );
+            let mut query = sqlx::query(&sql).bind(owner).bind(lease_until);
+            for conversation in chunk {
+                query = query.bind(*conversation);
+            }
+            query.execute(&mut *tx).await?;
+        }
+        lanes.retain(|lane| held.contains(&lane.conversation_id));
+        tx.commit().await?;
+    }
     if lanes.is_empty() {
         return Ok(lanes);
     }
@@ -367,6 +433,45 @@ pub async fn claim(
         lane.rows.push(pending_row(&row)?);
     }
     Ok(lanes)
+}
+
+/// Makes `sender` the sending replica of the conversations of `lanes` until `until` where no
+/// other replica is; returns the conversations it holds. Rows are taken in sorted order, so
+/// concurrent claims cannot deadlock on them.
+async fn take_conversations(
+    tx: &mut Transaction<'static, Any>,
+    sender: &str,
+    now: i64,
+    until: i64,
+    lanes: &[ClaimedLane],
+) -> Result<HashSet<String>, sqlx::Error> {
+    let conversations: BTreeSet<&str> = lanes
+        .iter()
+        .map(|lane| lane.conversation_id.as_str())
+        .collect();
+    let conversations: Vec<&str> = conversations.into_iter().collect();
+    let mut held = HashSet::with_capacity(conversations.len());
+    for chunk in conversations.chunks(100) {
+        let values = (0..chunk.len())
+            .map(|n| format!("(${}, 0, $1, $2)", n + 4))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "INSERT INTO notify_destinations (conversation_id, frozen_until, sender, sender_until) \
+             VALUES {values} ON CONFLICT (conversation_id) DO UPDATE SET sender = excluded.sender, \
+             sender_until = excluded.sender_until WHERE notify_destinations.sender = excluded.sender \
+             OR notify_destinations.sender IS NULL OR notify_destinations.sender_until <= $3 \
+             RETURNING conversation_id"
+        );
+        let mut query = sqlx::query(&sql).bind(sender).bind(until).bind(now);
+        for conversation in chunk {
+            query = query.bind(*conversation);
+        }
+        for row in query.fetch_all(&mut **tx).await? {
+            held.insert(row.try_get::<String, _>(0)?);
+        }
+    }
+    Ok(held)
 }
 
 fn pending_row(row: &AnyRow) -> Result<PendingRow, sqlx::Error> {
@@ -708,6 +813,36 @@ pub async fn counts(db: &Db) -> Result<OutboxCounts, sqlx::Error> {
         }
     }
     Ok(counts)
+}
+
+/// What `/metrics` reports about the outbox, read at scrape time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OutboxGauges {
+    /// Rows waiting for delivery.
+    pub pending: i64,
+    /// Creation time (ms) of the oldest waiting row.
+    pub oldest_pending_at: Option<i64>,
+    /// Conversations frozen by a `Retry-After` right now.
+    pub frozen_conversations: i64,
+}
+
+/// Reads the outbox gauges (the pending rows through their partial index).
+pub async fn gauges(db: &Db, now: i64) -> Result<OutboxGauges, sqlx::Error> {
+    let (pending, oldest_pending_at): (i64, Option<i64>) = sqlx::query_as(
+        "SELECT COUNT(*), MIN(created_at) FROM notify_outbox WHERE status = 'pending'",
+    )
+    .fetch_one(&db.pool)
+    .await?;
+    let frozen_conversations: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM notify_destinations WHERE frozen_until > $1")
+            .bind(now)
+            .fetch_one(&db.pool)
+            .await?;
+    Ok(OutboxGauges {
+        pending,
+        oldest_pending_at,
+        frozen_conversations,
+    })
 }
 
 /// Pending rows whose lane is leased right now: the deliveries in flight.

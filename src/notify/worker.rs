@@ -7,7 +7,8 @@
 //! to the conversation (in a channel: a new thread) and its activity id is stored; later
 //! updates replace the root card in place (`PUT`) and post an update card as a reply in the
 //! thread. Failures: `Retry-After` freezes the conversation (in this process and in the
-//! database) until then, throttling without it backs off; 5xx, network errors and timeouts
+//! database) until then, and after a 429 pauses the app's sends in every replica; throttling
+//! without it backs off; 5xx, network errors and timeouts
 //! back off exponentially with jitter and count towards `max_attempts`, after which the row is
 //! a dead letter; 403/404 "bot removed" disables the conversation's subscriptions and queues a
 //! notice to whoever subscribed; other permanent errors make dead letters at once.
@@ -27,7 +28,7 @@ use super::cards;
 use super::outbox::{self, ClaimedLane, LaneResult, PendingRow};
 use super::ratelimit::RateLimiter;
 use crate::app::App;
-use crate::db::now_millis;
+use crate::db::{Backend, now_millis};
 use crate::error::RetryKind;
 use crate::teams::ADAPTIVE_CARD;
 use crate::teams::connector::ConnectorError;
@@ -61,6 +62,8 @@ pub struct Worker {
     app: Arc<App>,
     owner: String,
     limiter: RateLimiter,
+    /// Claim conversations for this replica alone (see [`outbox::claim`]).
+    one_sender_per_conversation: bool,
 }
 
 impl std::fmt::Debug for Worker {
@@ -135,17 +138,31 @@ fn message<'a>(id: Option<&'a str>, summary: &'a str, card: &'a RawValue) -> Out
 }
 
 impl Worker {
-    /// A worker with a fresh owner id and its own rate limiter.
+    /// A worker with a fresh owner id and its own rate limiter. On PostgreSQL (several
+    /// replicas possible) the app's rate is shared through the database and each conversation
+    /// has one sending replica at a time; on SQLite (one process) both stay in the process.
     pub fn new(app: Arc<App>) -> Self {
         let settings = &app.settings.notifications;
-        let limiter = RateLimiter::new(
-            settings.per_conversation_per_second,
-            settings.per_app_per_second,
-        );
         let owner = format!("worker-{:016x}", rand::rng().random::<u64>());
+        let replicas = app.db.backend == Backend::Postgres;
+        let limiter = if replicas {
+            RateLimiter::shared(
+                settings.per_conversation_per_second,
+                settings.per_app_per_second,
+                app.db.clone(),
+                &format!("teams:{}", app.settings.bot.app_id),
+            )
+        } else {
+            RateLimiter::new(
+                settings.per_conversation_per_second,
+                settings.per_app_per_second,
+            )
+        };
+        let one_sender_per_conversation = replicas && settings.per_conversation_per_second > 0.0;
         Self {
             owner,
             limiter,
+            one_sender_per_conversation,
             app,
         }
     }
@@ -218,9 +235,13 @@ impl Worker {
         let now = now_millis();
         let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
         let lease_deadline = Instant::now() + lease.saturating_sub(LEASE_MARGIN.min(lease / 4));
+        let sender = self
+            .one_sender_per_conversation
+            .then_some(self.owner.as_str());
         let lanes = outbox::claim(
             &self.app.db,
             owner,
+            sender,
             now,
             now.saturating_add(lease_ms),
             settings.batch_size.max(1),
@@ -242,7 +263,11 @@ impl Worker {
                         service_url,
                         is_channel,
                     });
-                    async move { self.deliver_lane(lane, destination, lease_deadline).await }
+                    async move {
+                        let result = self.deliver_lane(lane, destination, lease_deadline).await;
+                        self.record_outcome(&result);
+                        result
+                    }
                 })
                 .buffer_unordered(concurrency);
             while let Some(result) = deliveries.next().await {
@@ -459,9 +484,40 @@ impl Worker {
             }
             Err(Attempt::Failed(err)) => {
                 self.failed(&mut result, &live, latest, &err);
+                if err.status() == Some(429) {
+                    let retry_after = match Failure::from_connector(&err) {
+                        Failure::Throttled(wait) => wait,
+                        _ => None,
+                    };
+                    self.app.metrics.record_throttled(retry_after.is_some());
+                    if let Some(wait) = retry_after {
+                        // The app may be over Teams' limit: every replica pauses.
+                        if let Err(err) = self.limiter.pause(wait + RETRY_AFTER_SLACK).await {
+                            tracing::warn!(error = %err, "cannot pause the shared rate limit");
+                        }
+                    }
+                } else if result.freeze_until.is_some() {
+                    self.app.metrics.record_freeze();
+                }
             }
         }
         result
+    }
+
+    /// Counts the rows of a finished lane by outcome.
+    fn record_outcome(&self, result: &LaneResult) {
+        let metrics = &self.app.metrics;
+        metrics.record_deliveries("delivered", result.delivered.len());
+        metrics.record_deliveries("merged", result.merged.len());
+        metrics.record_deliveries("dead", result.dead.len());
+        let retry = if result.count_attempt {
+            "retried"
+        } else if result.error.is_some() {
+            "throttled"
+        } else {
+            "deferred"
+        };
+        metrics.record_deliveries(retry, result.retry.len());
     }
 
     fn failed(
@@ -532,13 +588,10 @@ impl Worker {
     /// Waits for the next rate-limit slot of `conversation`, or defers the lane when the slot
     /// comes too late for the lease.
     async fn slot(&self, conversation: &str, lease_deadline: Instant) -> Result<(), Attempt> {
-        match self.limiter.reserve(conversation, lease_deadline) {
-            Some(at) => {
-                tokio::time::sleep_until(at).await;
-                Ok(())
-            }
-            None => Err(Attempt::Deferred(self.limiter.earliest(conversation))),
-        }
+        self.limiter
+            .acquire(conversation, lease_deadline)
+            .await
+            .map_err(Attempt::Deferred)
     }
 
     /// Owner notices for disabled subscriptions, routes of subscriptions stored before

@@ -27,6 +27,7 @@ pub mod entra;
 pub mod faults;
 pub mod graph;
 pub mod servicenow;
+pub mod slack;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -9,6 +9,7 @@ pub mod notify;
 pub mod notify_scale;
 pub mod playground;
 pub mod setup;
+pub mod slack;
 pub mod tokens;
 
 use std::net::SocketAddr;

@@ -4,6 +4,7 @@
 //! [`crate::notify::outbox::record_event`].
 
 pub mod health;
+pub mod leader;
 pub mod push;
 pub mod script;
 pub mod servicenow;
@@ -471,24 +472,31 @@ pub fn start(app: Arc<App>, shutdown: CancellationToken) {
     }
     if sources.servicenow.poll {
         let interval = Duration::from_secs(sources.servicenow.interval_secs.max(1));
-        let app = app.clone();
+        let poller = app.clone();
         tokio::spawn(run_loop(
+            app.clone(),
             "servicenow",
             interval,
             shutdown.clone(),
             move || {
-                let app = app.clone();
+                let app = poller.clone();
                 async move { servicenow::poll_once(&app).await }
             },
         ));
     }
     if sources.service_health.poll {
         let interval = Duration::from_secs(sources.service_health.interval_secs.max(1));
-        let app = app.clone();
-        tokio::spawn(run_loop("service_health", interval, shutdown, move || {
-            let app = app.clone();
-            async move { health::poll_once(&app).await }
-        }));
+        let poller = app.clone();
+        tokio::spawn(run_loop(
+            app,
+            "service_health",
+            interval,
+            shutdown,
+            move || {
+                let app = poller.clone();
+                async move { health::poll_once(&app).await }
+            },
+        ));
     }
 }
 
@@ -509,7 +517,10 @@ pub fn backoff(interval: Duration, failures: u32, kind: RetryKind) -> Duration {
     }
 }
 
+/// Polls `name` every `interval` (backing off after failures) while this instance leads it
+/// (see [`leader`]).
 async fn run_loop<F, Fut>(
+    app: Arc<App>,
     name: &'static str,
     interval: Duration,
     shutdown: CancellationToken,
@@ -518,53 +529,55 @@ async fn run_loop<F, Fut>(
     F: Fn() -> Fut + Send + 'static,
     Fut: std::future::Future<Output = Result<PollReport, SourceError>> + Send,
 {
-    let mut failures: u32 = 0;
-    loop {
-        let outcome = tokio::select! {
-            () = shutdown.cancelled() => return,
-            outcome = poll() => outcome,
-        };
-        let wait = match outcome {
-            Ok(report) => {
-                failures = 0;
-                if report.recorded > 0 || report.stale > 0 {
-                    tracing::info!(
-                        source = name,
-                        fetched = report.fetched,
-                        recorded = report.recorded,
-                        duplicates = report.duplicates,
-                        stale = report.stale,
-                        "notification source polled"
-                    );
-                } else {
-                    tracing::debug!(
-                        source = name,
-                        fetched = report.fetched,
-                        "notification source polled"
-                    );
+    let failures = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let db = app.db.clone();
+    let metrics = app.metrics.clone();
+    drop(app);
+    leader::run_led(db, metrics, name, interval, shutdown, move || {
+        let outcome = poll();
+        let failures = failures.clone();
+        async move {
+            use std::sync::atomic::Ordering;
+            match outcome.await {
+                Ok(report) => {
+                    failures.store(0, Ordering::Relaxed);
+                    if report.recorded > 0 || report.stale > 0 {
+                        tracing::info!(
+                            source = name,
+                            fetched = report.fetched,
+                            recorded = report.recorded,
+                            duplicates = report.duplicates,
+                            stale = report.stale,
+                            "notification source polled"
+                        );
+                    } else {
+                        tracing::debug!(
+                            source = name,
+                            fetched = report.fetched,
+                            "notification source polled"
+                        );
+                    }
+                    interval
                 }
-                interval
+                Err(err) => {
+                    let failed = failures.load(Ordering::Relaxed).saturating_add(1);
+                    failures.store(failed, Ordering::Relaxed);
+                    let kind = err.retry_kind();
+                    let wait = backoff(interval, failed, kind);
+                    tracing::warn!(
+                        source = name,
+                        error = %err,
+                        retry = ?kind,
+                        failures = failed,
+                        retry_in_secs = wait.as_secs(),
+                        "notification source poll failed; retrying"
+                    );
+                    wait
+                }
             }
-            Err(err) => {
-                failures = failures.saturating_add(1);
-                let kind = err.retry_kind();
-                let wait = backoff(interval, failures, kind);
-                tracing::warn!(
-                    source = name,
-                    error = %err,
-                    retry = ?kind,
-                    failures,
-                    retry_in_secs = wait.as_secs(),
-                    "notification source poll failed; retrying"
-                );
-                wait
-            }
-        };
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(wait) => {}
         }
-    }
+    })
+    .await;
 }
 
 #[cfg(test)]

@@ -1,0 +1,1217 @@
+//! An in-process emulator of the Slack Web API, of Slack's `response_url`s and of Socket Mode,
+//! for the sandbox and the end-to-end tests.
+//!
+//! [`SlackEmulator::start`] binds one loopback server that stands for both
+//! `https://slack.com/api/` (under `/api/`) and `https://hooks.slack.com/` (response URLs under
+//! `/commands/` and `/actions/`). It answers like Slack: HTTP 200 with `{"ok": false, "error":
+//! "<code>"}` for failures (`not_authed`, `invalid_auth`, `channel_not_found`,
+//! `not_in_channel`, `is_archived`, `message_not_found`, `msg_too_long`, `invalid_blocks` with
+//! `response_metadata.messages`, `user_not_found`, `expired_trigger_id`, `hash_conflict`,
+//! `unknown_method`, …), HTTP 429 with `Retry-After` when `chat.postMessage` posts twice into
+//! one channel within a second, and response URLs good for 5 posts within 30 minutes. Every
+//! call lands in a request log; every message posted lands in a message log, readable through
+//! [`SlackHandle`] or `GET /_sandbox/messages` (the `slack-say` driver reads it there).
+//! `apps.connections.open` (app-level token) returns the URL of a Socket Mode WebSocket that
+//! says `hello`, sends the envelopes of [`SlackHandle::socket_command`], records the acks,
+//! redelivers unacknowledged envelopes to the next connection with `retry_attempt` raised, and
+//! can send `disconnect` or drop the connection.
+//!
+//! Seed: workspace `T0SANDBOX` with the bot `U0BOT`, users `U0ADMIN` (e-mail of the ServiceNow
+//! emulator's `admin`) and `U0JANE` (`jane.doe`), a deactivated `U0GONE`, channels `C0GENERAL`
+//! (public, bot a member), `C0PRIVATE` (private, bot not a member), `C0OLD` (archived) and
+//! the direct message `D0ADMIN`.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::slack::blocks::{MAX_FALLBACK_TEXT, Surface, check_limits, check_modal};
+
+/// The sandbox workspace's bot token.
+pub const SANDBOX_BOT_TOKEN: &str = "xoxb-sandbox-0000000000-m365bot";
+/// The sandbox app's signing secret (the `slack-say` driver signs with it).
+pub const SANDBOX_SIGNING_SECRET: &str = "sandbox-signing-secret-0123456789abcdef";
+/// The sandbox app-level token.
+pub const SANDBOX_APP_TOKEN: &str = "xapp-1-sandbox-0000000000-m365bot";
+/// The sandbox workspace id.
+pub const SANDBOX_TEAM_ID: &str = "T0SANDBOX";
+/// Default port of the emulator in `m365bot sandbox`.
+pub const DEFAULT_PORT: u16 = 3979;
+/// How long a trigger id may be used.
+const TRIGGER_TTL: Duration = Duration::from_secs(3);
+/// Uses of one response URL.
+const RESPONSE_URL_USES: u32 = 5;
+/// Lifetime of one response URL.
+const RESPONSE_URL_TTL: Duration = Duration::from_secs(30 * 60);
+
+/// One message as the emulator received it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SlackPosted {
+    /// Order of arrival, from 1.
+    pub seq: u64,
+    /// `chat.postMessage`, `chat.update`, `chat.postEphemeral` or `response_url`.
+    pub via: String,
+    /// The channel.
+    pub channel: String,
+    /// The message `ts` (after `chat.update`: the updated message's).
+    pub ts: String,
+    /// Thread root, for replies.
+    pub thread_ts: Option<String>,
+    /// The only user who sees it (ephemeral).
+    pub ephemeral_to: Option<String>,
+    /// The response URL id, for `response_url` posts.
+    pub response_url: Option<String>,
+    /// Fallback text.
+    pub text: String,
+    /// Blocks.
+    pub blocks: Value,
+}
+
+/// One call to the emulator.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SlackLogged {
+    /// The method (`chat.postMessage`) or `response_url`.
+    pub method: String,
+    /// HTTP status answered.
+    pub status: u16,
+    /// Slack error code, when `ok` was false.
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+struct Channel {
+    name: String,
+    is_private: bool,
+    is_im: bool,
+    is_member: bool,
+    is_archived: bool,
+}
+
+struct ResponseUrl {
+    channel: String,
+    user: String,
+    uses: u32,
+    created: Instant,
+}
+
+struct World {
+    users: Vec<Value>,
+    channels: HashMap<String, Channel>,
+    messages: Vec<SlackPosted>,
+    log: Vec<SlackLogged>,
+    response_urls: HashMap<String, ResponseUrl>,
+    triggers: HashMap<String, (Instant, bool)>,
+    views: HashMap<String, (Value, String)>,
+    last_post: HashMap<String, Instant>,
+    next: u64,
+    per_channel_interval: Duration,
+    socket: SocketState,
+}
+
+/// Socket Mode: the open connection, envelopes not yet sent, sent but not acknowledged, and
+/// the acknowledgements received.
+#[derive(Default)]
+struct SocketState {
+    link: Option<tokio::sync::mpsc::UnboundedSender<SocketOrder>>,
+    connections: u32,
+    queued: VecDeque<Value>,
+    unacked: Vec<Value>,
+    acks: Vec<SocketAck>,
+}
+
+enum SocketOrder {
+    Send(Value),
+    Disconnect(String),
+    Drop,
+}
+
+/// An acknowledgement the bot sent over Socket Mode.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SocketAck {
+    /// The envelope acknowledged.
+    pub envelope_id: String,
+    /// Its retry attempt when acknowledged (0: first delivery).
+    pub retry_attempt: u64,
+    /// The response payload, if any.
+    pub payload: Option<Value>,
+}
+
+struct Shared {
+    world: Mutex<World>,
+    base_url: String,
+}
+
+impl Shared {
+    fn world(&self) -> MutexGuard<'_, World> {
+        self.world.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The running emulator.
+pub struct SlackEmulator {
+    url: String,
+    handle: SlackHandle,
+    shutdown: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+/// Reads and changes the emulator's world.
+#[derive(Clone)]
+pub struct SlackHandle {
+    shared: Arc<Shared>,
+}
+
+fn user(id: &str, name: &str, real_name: &str, email: &str, deleted: bool) -> Value {
+    json!({
+        "id": id, "team_id": SANDBOX_TEAM_ID, "name": name, "real_name": real_name,
+        "deleted": deleted, "is_bot": false,
+        "profile": {"email": email, "display_name": name, "real_name": real_name},
+    })
+}
+
+impl SlackEmulator {
+    /// Binds `bind` (port 0 picks one) and serves; users' e-mails are at `email_domain`.
+    pub async fn start(bind: SocketAddr, email_domain: &str) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            bind.ip().is_loopback(),
+            "the Slack emulator has no security: bind it to loopback only"
+        );
+        let listener = TcpListener::bind(bind)
+            .await
+            .with_context(|| format!("Slack emulator: cannot listen on {bind}"))?;
+        let addr = listener.local_addr()?;
+        let url = format!("http://{addr}");
+        let mut channels = HashMap::new();
+        for (id, name, is_private, is_im, is_member, is_archived) in [
+            ("C0GENERAL", "general", false, false, true, false),
+            ("C0PRIVATE", "secret-project", true, false, false, false),
+            ("C0OLD", "old-stuff", false, false, true, true),
+            ("D0ADMIN", "", false, true, true, false),
+        ] {
+            channels.insert(
+                id.to_owned(),
+                Channel {
+                    name: name.to_owned(),
+                    is_private,
+                    is_im,
+                    is_member,
+                    is_archived,
+                },
+            );
+        }
+        let world = World {
+            users: vec![
+                user(
+                    "U0ADMIN",
+                    "admin",
+                    "System Administrator",
+                    &format!("admin@{email_domain}"),
+                    false,
+                ),
+                user(
+                    "U0JANE",
+                    "jane.doe",
+                    "Jane Doe",
+                    &format!("jane.doe@{email_domain}"),
+                    false,
+                ),
+                user(
+                    "U0GONE",
+                    "gone",
+                    "Former Employee",
+                    &format!("gone@{email_domain}"),
+                    true,
+                ),
+            ],
+            channels,
+            messages: Vec::new(),
+            log: Vec::new(),
+            response_urls: HashMap::new(),
+            triggers: HashMap::new(),
+            views: HashMap::new(),
+            last_post: HashMap::new(),
+            next: 0,
+            per_channel_interval: Duration::from_secs(1),
+            socket: SocketState::default(),
+        };
+        let shared = Arc::new(Shared {
+            world: Mutex::new(world),
+            base_url: url.clone(),
+        });
+        let router = Router::new()
+            .route("/api/{method}", post(api))
+            .route("/commands/{team}/{id}/{secret}", post(respond))
+            .route("/actions/{team}/{id}/{secret}", post(respond))
+            .route("/_sandbox/messages", get(messages))
+            .route("/_sandbox/command", post(new_command))
+            .route("/socket-mode", get(socket_mode))
+            .with_state(shared.clone());
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        let task = tokio::spawn(async move {
+            let served = axum::serve(listener, router)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await;
+            if let Err(err) = served {
+                tracing::error!(error = %err, "Slack emulator stopped");
+            }
+        });
+        Ok(Self {
+            url,
+            handle: SlackHandle { shared },
+            shutdown,
+            task,
+        })
+    }
+
+    /// Base URL, e.g. `http://127.0.0.1:3979`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The Web API base for `slack.api_url`.
+    pub fn api_url(&self) -> String {
+        format!("{}/api/", self.url)
+    }
+
+    /// The world.
+    pub fn handle(&self) -> SlackHandle {
+        self.handle.clone()
+    }
+
+    /// Stops serving.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        let _ = self.task.await;
+    }
+}
+
+/// A slash command's per-invocation values: where answers go and the modal trigger.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CommandTicket {
+    /// The `response_url`.
+    pub response_url: String,
+    /// Its id (the `response_url` field of [`SlackPosted`]).
+    pub response_id: String,
+    /// The `trigger_id`.
+    pub trigger_id: String,
+}
+
+impl SlackHandle {
+    /// Every message received so far.
+    pub fn messages(&self) -> Vec<SlackPosted> {
+        self.shared.world().messages.clone()
+    }
+
+    /// True once something was posted to the response URL `response_id`.
+    pub fn has_response(&self, response_id: &str) -> bool {
+        self.shared
+            .world()
+            .messages
+            .iter()
+            .rev()
+            .any(|m| m.response_url.as_deref() == Some(response_id))
+    }
+
+    /// Every call so far.
+    pub fn request_log(&self) -> Vec<SlackLogged> {
+        self.shared.world().log.clone()
+    }
+
+    /// A fresh response URL and trigger id for a command `user` types in `channel`.
+    pub fn new_command(&self, channel: &str, user: &str) -> CommandTicket {
+        new_ticket(&self.shared, channel, user)
+    }
+
+    /// Archives, un-archives or removes the bot from `channel` (created if unknown).
+    pub fn set_channel(&self, channel: &str, is_member: bool, is_archived: bool) {
+        let mut world = self.shared.world();
+        let entry = world
+            .channels
+            .entry(channel.to_owned())
+            .or_insert_with(|| Channel {
+                name: channel.to_lowercase(),
+                is_private: false,
+                is_im: false,
+                is_member,
+                is_archived,
+            });
+        entry.is_member = is_member;
+        entry.is_archived = is_archived;
+    }
+
+    /// Sends `/m365 <text>` typed by `user` in `channel` over Socket Mode (queued until the
+    /// bot is connected); returns the envelope id and the command's ticket.
+    pub fn socket_command(&self, user: &str, channel: &str, text: &str) -> (String, CommandTicket) {
+        let ticket = new_ticket(&self.shared, channel, user);
+        let mut world = self.shared.world();
+        world.next += 1;
+        let envelope_id = format!("env-{:08}", world.next);
+        let envelope = json!({
+            "type": "slash_commands",
+            "envelope_id": envelope_id,
+            "accepts_response_payload": true,
+            "retry_attempt": 0,
+            "retry_reason": "",
+            "payload": {
+                "token": "unused", "team_id": SANDBOX_TEAM_ID, "team_domain": "contoso-sandbox",
+                "channel_id": channel, "channel_name": "general", "user_id": user, "user_name": user,
+                "command": "/m365", "text": text, "api_app_id": "A0SANDBOX",
+                "is_enterprise_install": "false",
+                "response_url": ticket.response_url, "trigger_id": ticket.trigger_id,
+            },
+        });
+        let link = world.socket.link.clone();
+        match link {
+            Some(link) => {
+                world.socket.unacked.push(envelope.clone());
+                if link.send(SocketOrder::Send(envelope)).is_err() {
+                    tracing::debug!(
+                        "Socket Mode link gone; the envelope waits for the next connection"
+                    );
+                }
+            }
+            None => world.socket.queued.push_back(envelope),
+        }
+        (envelope_id, ticket)
+    }
+
+    /// Asks the bot to reconnect (`disconnect` with `reason`), as Slack does regularly.
+    pub fn socket_disconnect(&self, reason: &str) {
+        if let Some(link) = self.shared.world().socket.link.take() {
+            let _ = link.send(SocketOrder::Disconnect(reason.to_owned()));
+        }
+    }
+
+    /// Drops the Socket Mode connection without a word, as a network failure would.
+    pub fn socket_drop(&self) {
+        if let Some(link) = self.shared.world().socket.link.take() {
+            let _ = link.send(SocketOrder::Drop);
+        }
+    }
+
+    /// Acknowledgements received over Socket Mode.
+    pub fn socket_acks(&self) -> Vec<SocketAck> {
+        self.shared.world().socket.acks.clone()
+    }
+
+    /// Socket Mode connections opened so far, and whether one is open now.
+    pub fn socket_connections(&self) -> (u32, bool) {
+        let world = self.shared.world();
+        (world.socket.connections, world.socket.link.is_some())
+    }
+
+    /// Envelopes sent or queued and not acknowledged yet.
+    pub fn socket_unacknowledged(&self) -> usize {
+        let world = self.shared.world();
+        world.socket.unacked.len() + world.socket.queued.len()
+    }
+
+    /// Changes the per-channel `chat.postMessage` spacing (1 s, as Slack).
+    pub fn set_per_channel_interval(&self, interval: Duration) {
+        self.shared.world().per_channel_interval = interval;
+    }
+}
+
+fn new_ticket(shared: &Shared, channel: &str, user: &str) -> CommandTicket {
+    let mut world = shared.world();
+    world.next += 1;
+    let id = format!("{}{:06}", 7_000_000, world.next);
+    let secret = crate::upstream::entra::random_token(12);
+    world.response_urls.insert(
+        id.clone(),
+        ResponseUrl {
+            channel: channel.to_owned(),
+            user: user.to_owned(),
+            uses: 0,
+            created: Instant::now(),
+        },
+    );
+    let trigger_id = format!("{id}.{}", crate::upstream::entra::random_token(8));
+    world
+        .triggers
+        .insert(trigger_id.clone(), (Instant::now(), false));
+    CommandTicket {
+        response_url: format!(
+            "{}/commands/{SANDBOX_TEAM_ID}/{id}/{secret}",
+            shared.base_url
+        ),
+        response_id: id,
+        trigger_id,
+    }
+}
+
+#[derive(Deserialize)]
+struct NewCommand {
+    channel: String,
+    user: String,
+}
+
+async fn new_command(State(shared): State<Arc<Shared>>, Json(body): Json<NewCommand>) -> Response {
+    Json(new_ticket(&shared, &body.channel, &body.user)).into_response()
+}
+
+#[derive(Deserialize)]
+struct MessagesQuery {
+    #[serde(default)]
+    after: u64,
+    #[serde(default)]
+    response_url: Option<String>,
+}
+
+async fn messages(
+    State(shared): State<Arc<Shared>>,
+    Query(query): Query<MessagesQuery>,
+) -> Response {
+    let world = shared.world();
+    let list: Vec<&SlackPosted> = world
+        .messages
+        .iter()
+        .filter(|m| m.seq > query.after)
+        .filter(|m| {
+            query
+                .response_url
+                .as_ref()
+                .is_none_or(|id| m.response_url.as_ref() == Some(id))
+        })
+        .collect();
+    Json(json!({"messages": list})).into_response()
+}
+
+/// A Slack error answer (HTTP 200, `ok: false`).
+fn slack_error(world: &mut World, method: &str, error: &str, messages: &[String]) -> Response {
+    world.log.push(SlackLogged {
+        method: method.to_owned(),
+        status: 200,
+        error: Some(error.to_owned()),
+    });
+    let mut body = json!({"ok": false, "error": error});
+    if !messages.is_empty() {
+        body["response_metadata"] = json!({"messages": messages});
+    }
+    Json(body).into_response()
+}
+
+fn slack_ok(world: &mut World, method: &str, body: Value) -> Response {
+    world.log.push(SlackLogged {
+        method: method.to_owned(),
+        status: 200,
+        error: None,
+    });
+    let mut body = body;
+    body["ok"] = json!(true);
+    Json(body).into_response()
+}
+
+/// The arguments of a call, JSON or form.
+fn arguments(headers: &HeaderMap, body: &[u8]) -> Option<Map<String, Value>> {
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if json {
+        match serde_json::from_slice::<Value>(body) {
+            Ok(Value::Object(map)) => Some(map),
+            _ => None,
+        }
+    } else {
+        Some(
+            url::form_urlencoded::parse(body)
+                .map(|(k, v)| (k.into_owned(), Value::String(v.into_owned())))
+                .collect(),
+        )
+    }
+}
+
+fn arg<'a>(args: &'a Map<String, Value>, name: &str) -> Option<&'a str> {
+    args.get(name)
+        .and_then(Value::as_str)
+        .filter(|v| !v.is_empty())
+}
+
+/// Blocks given as JSON or as a JSON string (form bodies).
+fn blocks_of(args: &Map<String, Value>) -> Value {
+    match args.get("blocks") {
+        Some(Value::String(text)) => serde_json::from_str(text).unwrap_or(Value::Null),
+        Some(value) => value.clone(),
+        None => json!([]),
+    }
+}
+
+fn next_ts(world: &mut World) -> String {
+    world.next += 1;
+    format!(
+        "{}.{:06}",
+        chrono::Utc::now().timestamp(),
+        world.next % 1_000_000
+    )
+}
+
+fn check_blocks(blocks: &Value) -> Result<(), Vec<String>> {
+    let Some(list) = blocks.as_array() else {
+        return Err(vec![
+            "[ERROR] must be an array [json-pointer:/blocks]".to_owned(),
+        ]);
+    };
+    let problems = check_limits(list, Surface::Message);
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems
+            .into_iter()
+            .map(|p| format!("[ERROR] {p}"))
+            .collect())
+    }
+}
+
+async fn api(
+    State(shared): State<Arc<Shared>>,
+    Path(method): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let mut world = shared.world();
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_owned);
+    let Some(token) = token else {
+        return slack_error(&mut world, &method, "not_authed", &[]);
+    };
+    let app_level = method == "apps.connections.open";
+    if app_level && token == SANDBOX_APP_TOKEN {
+        world.next += 1;
+        let url = format!(
+            "{}/socket-mode?ticket={}",
+            shared.base_url.replacen("http://", "ws://", 1),
+            world.next
+        );
+        return slack_ok(&mut world, &method, json!({"url": url}));
+    }
+    match (app_level, token.as_str()) {
+        (false, SANDBOX_BOT_TOKEN) | (true, SANDBOX_APP_TOKEN) => {}
+        (true, SANDBOX_BOT_TOKEN) | (false, SANDBOX_APP_TOKEN) => {
+            return slack_error(&mut world, &method, "not_allowed_token_type", &[]);
+        }
+        _ => return slack_error(&mut world, &method, "invalid_auth", &[]),
+    }
+    let Some(args) = arguments(&headers, &body) else {
+        return slack_error(&mut world, &method, "invalid_json", &[]);
+    };
+    match method.as_str() {
+        "auth.test" => slack_ok(
+            &mut world,
+            &method,
+            json!({"url": "https://sandbox.slack.com/", "team": "Contoso (sandbox)", "user": "m365bot",
+                "team_id": SANDBOX_TEAM_ID, "user_id": "U0BOT", "bot_id": "B0BOT"}),
+        ),
+        "chat.postMessage" => post_message(&mut world, &method, &args),
+        "chat.update" => update_message(&mut world, &method, &args),
+        "chat.postEphemeral" => post_ephemeral(&mut world, &method, &args),
+        "views.open" => open_view(&mut world, &method, &args),
+        "views.update" => update_view(&mut world, &method, &args),
+        "users.info" => {
+            let found = arg(&args, "user").and_then(|id| {
+                world
+                    .users
+                    .iter()
+                    .find(|u| u["id"].as_str() == Some(id))
+                    .cloned()
+            });
+            match found {
+                Some(user) => slack_ok(&mut world, &method, json!({"user": user})),
+                None => slack_error(&mut world, &method, "user_not_found", &[]),
+            }
+        }
+        "conversations.info" => {
+            let found = arg(&args, "channel")
+                .and_then(|id| world.channels.get(id).map(|c| (id.to_owned(), c.clone())));
+            match found {
+                Some((id, c)) => slack_ok(
+                    &mut world,
+                    &method,
+                    json!({"channel": {"id": id, "name": c.name, "is_channel": !c.is_im && !c.is_private,
+                        "is_private": c.is_private, "is_im": c.is_im, "is_archived": c.is_archived,
+                        "is_member": c.is_member}}),
+                ),
+                None => slack_error(&mut world, &method, "channel_not_found", &[]),
+            }
+        }
+        _ => slack_error(&mut world, &method, "unknown_method", &[]),
+    }
+}
+
+/// Checks the channel for posting: known, not archived, the bot a member (or public).
+fn postable(world: &World, channel: Option<&str>) -> Result<String, &'static str> {
+    let id = channel.ok_or("channel_not_found")?;
+    let found = world.channels.get(id).ok_or("channel_not_found")?;
+    if found.is_archived {
+        return Err("is_archived");
+    }
+    if !found.is_member {
+        // chat:write.public lets the bot post into public channels it has not joined.
+        return if found.is_private {
+            Err("not_in_channel")
+        } else {
+            Ok(id.to_owned())
+        };
+    }
+    Ok(id.to_owned())
+}
+
+fn post_message(world: &mut World, method: &str, args: &Map<String, Value>) -> Response {
+    let channel = match postable(world, arg(args, "channel")) {
+        Ok(channel) => channel,
+        Err(code) => return slack_error(world, method, code, &[]),
+    };
+    let text = arg(args, "text").unwrap_or_default().to_owned();
+    let blocks = blocks_of(args);
+    if text.is_empty() && blocks.as_array().is_none_or(Vec::is_empty) {
+        return slack_error(world, method, "no_text", &[]);
+    }
+    if let Err(messages) = check_blocks(&blocks) {
+        return slack_error(world, method, "invalid_blocks", &messages);
+    }
+    let now = Instant::now();
+    if let Some(last) = world.last_post.get(&channel)
+        && now.duration_since(*last) < world.per_channel_interval
+    {
+        let wait = world.per_channel_interval - now.duration_since(*last);
+        world.log.push(SlackLogged {
+            method: method.to_owned(),
+            status: 429,
+            error: Some("ratelimited".to_owned()),
+        });
+        let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, seconds.to_string())],
+            Json(json!({"ok": false, "error": "ratelimited"})),
+        )
+            .into_response();
+    }
+    world.last_post.insert(channel.clone(), now);
+    let ts = next_ts(world);
+    let thread_ts = arg(args, "thread_ts").map(str::to_owned);
+    if let Some(root) = &thread_ts
+        && !world
+            .messages
+            .iter()
+            .any(|m| &m.ts == root && m.channel == channel)
+    {
+        // Slack accepts an unknown thread_ts and posts to the channel; keep it, as Slack does.
+        tracing::debug!(thread_ts = %root, "thread root unknown to the emulator");
+    }
+    world.next += 1;
+    let seq = world.next;
+    world.messages.push(SlackPosted {
+        seq,
+        via: method.to_owned(),
+        channel: channel.clone(),
+        ts: ts.clone(),
+        thread_ts,
+        ephemeral_to: None,
+        response_url: None,
+        text: text.clone(),
+        blocks,
+    });
+    slack_ok(
+        world,
+        method,
+        json!({"channel": channel, "ts": ts, "message": {"type": "message", "subtype": "bot_message",
+            "text": text, "ts": ts, "bot_id": "B0BOT"}}),
+    )
+}
+
+fn update_message(world: &mut World, method: &str, args: &Map<String, Value>) -> Response {
+    let channel = match postable(world, arg(args, "channel")) {
+        Ok(channel) => channel,
+        Err(code) => return slack_error(world, method, code, &[]),
+    };
+    let Some(ts) = arg(args, "ts").map(str::to_owned) else {
+        return slack_error(world, method, "message_not_found", &[]);
+    };
+    if !world
+        .messages
+        .iter()
+        .any(|m| m.ts == ts && m.channel == channel && m.via == "chat.postMessage")
+    {
+        return slack_error(world, method, "message_not_found", &[]);
+    }
+    let text = arg(args, "text").unwrap_or_default().to_owned();
+    if text.chars().count() > MAX_FALLBACK_TEXT {
+        return slack_error(world, method, "msg_too_long", &[]);
+    }
+    let blocks = blocks_of(args);
+    if let Err(messages) = check_blocks(&blocks) {
+        return slack_error(world, method, "invalid_blocks", &messages);
+    }
+    world.next += 1;
+    let seq = world.next;
+    world.messages.push(SlackPosted {
+        seq,
+        via: method.to_owned(),
+        channel: channel.clone(),
+        ts: ts.clone(),
+        thread_ts: None,
+        ephemeral_to: None,
+        response_url: None,
+        text: text.clone(),
+        blocks,
+    });
+    slack_ok(
+        world,
+        method,
+        json!({"channel": channel, "ts": ts, "text": text}),
+    )
+}
+
+fn post_ephemeral(world: &mut World, method: &str, args: &Map<String, Value>) -> Response {
+    let channel = match postable(world, arg(args, "channel")) {
+        Ok(channel) => channel,
+        Err(code) => return slack_error(world, method, code, &[]),
+    };
+    let Some(user) = arg(args, "user").map(str::to_owned) else {
+        return slack_error(world, method, "user_not_found", &[]);
+    };
+    if !world.users.iter().any(|u| u["id"].as_str() == Some(&user)) {
+        return slack_error(world, method, "user_not_found", &[]);
+    }
+    let blocks = blocks_of(args);
+    if let Err(messages) = check_blocks(&blocks) {
+        return slack_error(world, method, "invalid_blocks", &messages);
+    }
+    let ts = next_ts(world);
+    world.next += 1;
+    let seq = world.next;
+    world.messages.push(SlackPosted {
+        seq,
+        via: method.to_owned(),
+        channel,
+        ts: ts.clone(),
+        thread_ts: arg(args, "thread_ts").map(str::to_owned),
+        ephemeral_to: Some(user),
+        response_url: None,
+        text: arg(args, "text").unwrap_or_default().to_owned(),
+        blocks,
+    });
+    slack_ok(world, method, json!({"message_ts": ts}))
+}
+
+fn view_problems(view: Option<&Value>) -> Vec<String> {
+    match view {
+        Some(view) if view.get("type").and_then(Value::as_str) == Some("modal") => {
+            check_modal(view)
+        }
+        _ => vec!["invalid `view`: a modal is required".to_owned()],
+    }
+}
+
+fn open_view(world: &mut World, method: &str, args: &Map<String, Value>) -> Response {
+    let Some(trigger) = arg(args, "trigger_id").map(str::to_owned) else {
+        return slack_error(
+            world,
+            method,
+            "invalid_arguments",
+            &["invalid `trigger_id`".to_owned()],
+        );
+    };
+    match world.triggers.get(&trigger).copied() {
+        None => {
+            return slack_error(
+                world,
+                method,
+                "invalid_arguments",
+                &["invalid `trigger_id`".to_owned()],
+            );
+        }
+        Some((_, true)) => return slack_error(world, method, "exchanged_trigger_id", &[]),
+        Some((issued, false)) if issued.elapsed() > TRIGGER_TTL => {
+            return slack_error(world, method, "expired_trigger_id", &[]);
+        }
+        Some(_) => {}
+    }
+    let problems = view_problems(args.get("view"));
+    if !problems.is_empty() {
+        return slack_error(world, method, "invalid_arguments", &problems);
+    }
+    world.triggers.insert(trigger, (Instant::now(), true));
+    world.next += 1;
+    let id = format!("V{:08}", world.next);
+    let hash = format!("{}.{}", chrono::Utc::now().timestamp(), world.next);
+    let mut view = args.get("view").cloned().unwrap_or_default();
+    view["id"] = json!(id);
+    view["hash"] = json!(hash);
+    world.views.insert(id, (view.clone(), hash));
+    slack_ok(world, method, json!({"view": view}))
+}
+
+fn update_view(world: &mut World, method: &str, args: &Map<String, Value>) -> Response {
+    let Some(id) = arg(args, "view_id").map(str::to_owned) else {
+        return slack_error(world, method, "not_found", &[]);
+    };
+    let Some((_, current_hash)) = world.views.get(&id).cloned() else {
+        return slack_error(world, method, "not_found", &[]);
+    };
+    if let Some(hash) = arg(args, "hash")
+        && hash != current_hash
+    {
+        return slack_error(world, method, "hash_conflict", &[]);
+    }
+    let problems = view_problems(args.get("view"));
+    if !problems.is_empty() {
+        return slack_error(world, method, "invalid_arguments", &problems);
+    }
+    world.next += 1;
+    let hash = format!("{}.{}", chrono::Utc::now().timestamp(), world.next);
+    let mut view = args.get("view").cloned().unwrap_or_default();
+    view["id"] = json!(id);
+    view["hash"] = json!(hash);
+    world.views.insert(id, (view.clone(), hash));
+    slack_ok(world, method, json!({"view": view}))
+}
+
+/// A response URL: 5 posts within 30 minutes; `404 expired_url` / `used_url` after.
+async fn respond(
+    State(shared): State<Arc<Shared>>,
+    Path((_team, id, _secret)): Path<(String, String, String)>,
+    body: Bytes,
+) -> Response {
+    let mut world = shared.world();
+    let refuse = |world: &mut World, status: StatusCode, text: &'static str| {
+        world.log.push(SlackLogged {
+            method: "response_url".to_owned(),
+            status: status.as_u16(),
+            error: Some(text.to_owned()),
+        });
+        (status, text).into_response()
+    };
+    let Some(url) = world.response_urls.get_mut(&id) else {
+        return refuse(&mut world, StatusCode::NOT_FOUND, "expired_url");
+    };
+    if url.created.elapsed() > RESPONSE_URL_TTL {
+        return refuse(&mut world, StatusCode::NOT_FOUND, "expired_url");
+    }
+    if url.uses >= RESPONSE_URL_USES {
+        return refuse(&mut world, StatusCode::NOT_FOUND, "used_url");
+    }
+    url.uses += 1;
+    let (channel, user) = (url.channel.clone(), url.user.clone());
+    let Ok(Value::Object(message)) = serde_json::from_slice::<Value>(&body) else {
+        return refuse(&mut world, StatusCode::BAD_REQUEST, "invalid_payload");
+    };
+    let text = arg(&message, "text").unwrap_or_default().to_owned();
+    let blocks = blocks_of(&message);
+    if text.is_empty() && blocks.as_array().is_none_or(Vec::is_empty) {
+        return refuse(&mut world, StatusCode::BAD_REQUEST, "no_text");
+    }
+    if check_blocks(&blocks).is_err() {
+        return refuse(&mut world, StatusCode::BAD_REQUEST, "invalid_blocks");
+    }
+    let in_channel = arg(&message, "response_type") == Some("in_channel");
+    let ts = next_ts(&mut world);
+    world.next += 1;
+    let seq = world.next;
+    world.messages.push(SlackPosted {
+        seq,
+        via: "response_url".to_owned(),
+        channel,
+        ts,
+        thread_ts: None,
+        ephemeral_to: (!in_channel).then_some(user),
+        response_url: Some(id),
+        text,
+        blocks,
+    });
+    world.log.push(SlackLogged {
+        method: "response_url".to_owned(),
+        status: 200,
+        error: None,
+    });
+    (StatusCode::OK, "ok").into_response()
+}
+
+/// Points the `[slack]` section of sandbox settings at the emulator at `url`.
+pub fn configure(settings: &mut crate::config::Settings, api_url: &str) -> anyhow::Result<()> {
+    use secrecy::SecretString;
+    let slack = &mut settings.slack;
+    slack.enabled = true;
+    slack.transport = crate::slack::Transport::Http;
+    slack.bot_token = Some(SecretString::from(SANDBOX_BOT_TOKEN));
+    slack.signing_secret = Some(SecretString::from(SANDBOX_SIGNING_SECRET));
+    slack.app_token = Some(SecretString::from(SANDBOX_APP_TOKEN));
+    slack.api_url = url::Url::parse(api_url).context("Slack emulator URL")?;
+    settings.validate().context("sandbox Slack settings")?;
+    Ok(())
+}
+
+/// What the `slack-say` driver saw: the bot's immediate answer and what it posted after.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Conversation {
+    /// HTTP status of the bot's answer to the command.
+    pub status: u16,
+    /// The immediate answer, as readable text (empty when the bot answered nothing).
+    pub ack: String,
+    /// Messages the bot posted to the command's response URL, as readable text.
+    pub posted: Vec<String>,
+}
+
+impl std::fmt::Display for Conversation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.status != 200 {
+            writeln!(f, "the bot answered HTTP {}: {}", self.status, self.ack)?;
+            return Ok(());
+        }
+        if !self.ack.is_empty() {
+            writeln!(f, "{}", self.ack)?;
+        }
+        for message in &self.posted {
+            writeln!(f, "\n{message}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Types a slash command as Slack would send it: takes a response URL from the emulator at
+/// `emulator`, signs the form with the sandbox signing secret, posts it to the bot at `bot`,
+/// then collects what the bot posts to the response URL until `wait` passes with nothing new
+/// (or at once when the immediate answer was all).
+pub async fn say(
+    bot: &str,
+    emulator: &str,
+    channel: &str,
+    user: &str,
+    line: &str,
+    wait: Duration,
+) -> anyhow::Result<Conversation> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    let line = line.trim();
+    let (command, text) = match line.split_once(char::is_whitespace) {
+        Some((command, text)) => (command, text.trim()),
+        None => (line, ""),
+    };
+    anyhow::ensure!(
+        command.starts_with('/'),
+        "type a slash command, e.g. \"/m365 help\""
+    );
+    let ticket: CommandTicket = http
+        .post(format!("{emulator}/_sandbox/command"))
+        .json(&json!({"channel": channel, "user": user}))
+        .send()
+        .await
+        .with_context(|| {
+            format!(
+                "the Slack emulator at {emulator} does not answer: is `m365bot sandbox` running?"
+            )
+        })?
+        .error_for_status()?
+        .json()
+        .await?;
+    let channel_name = if channel.starts_with('D') {
+        "directmessage"
+    } else {
+        "general"
+    };
+    let form: String = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("token", "sandbox-verification-token")
+        .append_pair("team_id", SANDBOX_TEAM_ID)
+        .append_pair("team_domain", "contoso-sandbox")
+        .append_pair("channel_id", channel)
+        .append_pair("channel_name", channel_name)
+        .append_pair("user_id", user)
+        .append_pair("user_name", user)
+        .append_pair("command", command)
+        .append_pair("text", text)
+        .append_pair("api_app_id", "A0SANDBOX")
+        .append_pair("response_url", &ticket.response_url)
+        .append_pair("trigger_id", &ticket.trigger_id)
+        .finish();
+    let timestamp = chrono::Utc::now().timestamp().to_string();
+    let signature = crate::slack::verify::sign(
+        SANDBOX_SIGNING_SECRET.as_bytes(),
+        &timestamp,
+        form.as_bytes(),
+    );
+    let response = http
+        .post(format!("{bot}{}", crate::slack::COMMANDS_PATH))
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .header(crate::slack::verify::TIMESTAMP_HEADER, &timestamp)
+        .header(crate::slack::verify::SIGNATURE_HEADER, signature)
+        .body(form)
+        .send()
+        .await
+        .with_context(|| {
+            format!("the bot at {bot} does not answer: is `m365bot sandbox` running?")
+        })?;
+    let status = response.status().as_u16();
+    let body = response.text().await.unwrap_or_default();
+    let ack = match serde_json::from_str::<Value>(&body) {
+        Ok(answer) if status == 200 => crate::slack::blocks::to_text(
+            answer.get("blocks").unwrap_or(&Value::Null),
+            answer
+                .get("text")
+                .and_then(Value::as_str)
+                .unwrap_or_default(),
+        ),
+        _ => body.clone(),
+    };
+    let mut conversation = Conversation {
+        status,
+        ack,
+        posted: Vec::new(),
+    };
+    // Only a "working on it" acknowledgement is followed by posts.
+    if status != 200 || !body.contains("Working on") {
+        return Ok(conversation);
+    }
+    let mut seen = 0;
+    let mut quiet_since = Instant::now();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let page: Value = http
+            .get(format!("{emulator}/_sandbox/messages"))
+            .query(&[
+                ("after", seen.to_string()),
+                ("response_url", ticket.response_id.clone()),
+            ])
+            .send()
+            .await?
+            .json()
+            .await?;
+        let messages: Vec<SlackPosted> =
+            serde_json::from_value(page["messages"].clone()).unwrap_or_default();
+        if messages.is_empty() {
+            if !conversation.posted.is_empty() && quiet_since.elapsed() >= wait {
+                break;
+            }
+            continue;
+        }
+        for message in messages {
+            seen = seen.max(message.seq);
+            conversation.posted.push(crate::slack::blocks::to_text(
+                &message.blocks,
+                &message.text,
+            ));
+        }
+        quiet_since = Instant::now();
+    }
+    Ok(conversation)
+}
+
+async fn socket_mode(
+    State(shared): State<Arc<Shared>>,
+    upgrade: axum::extract::ws::WebSocketUpgrade,
+) -> Response {
+    upgrade.on_upgrade(move |socket| serve_socket(shared, socket))
+}
+
+/// One Socket Mode connection: `hello`, then unacknowledged envelopes again (with their retry
+/// attempt raised), queued ones, and whatever [`SlackHandle::socket_command`] sends; acks are
+/// recorded as they come.
+async fn serve_socket(shared: Arc<Shared>, mut socket: axum::extract::ws::WebSocket) {
+    use axum::extract::ws::Message as Frame;
+    use futures_util::StreamExt;
+    let (link, mut orders) = tokio::sync::mpsc::unbounded_channel();
+    let replay: Vec<Value> = {
+        let mut world = shared.world();
+        let state = &mut world.socket;
+        state.connections += 1;
+        state.link = Some(link.clone());
+        let mut replay: Vec<Value> = state
+            .unacked
+            .iter_mut()
+            .map(|envelope| {
+                let attempt = envelope["retry_attempt"].as_u64().unwrap_or(0) + 1;
+                envelope["retry_attempt"] = json!(attempt);
+                envelope["retry_reason"] = json!("timeout");
+                envelope.clone()
+            })
+            .collect();
+        let queued: Vec<Value> = state.queued.drain(..).collect();
+        state.unacked.extend(queued.iter().cloned());
+        replay.extend(queued);
+        replay
+    };
+    let hello = json!({"type": "hello", "num_connections": 1,
+        "debug_info": {"host": "sandbox", "approximate_connection_time": 3600},
+        "connection_info": {"app_id": "A0SANDBOX"}});
+    if socket
+        .send(Frame::Text(hello.to_string().into()))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    for envelope in replay {
+        if socket
+            .send(Frame::Text(envelope.to_string().into()))
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+    loop {
+        tokio::select! {
+            order = orders.recv() => match order {
+                Some(SocketOrder::Send(envelope)) => {
+                    if socket.send(Frame::Text(envelope.to_string().into())).await.is_err() {
+                        return;
+                    }
+                }
+                Some(SocketOrder::Disconnect(reason)) => {
+                    let message = json!({"type": "disconnect", "reason": reason,
+                        "debug_info": {"host": "sandbox"}});
+                    let _ = socket.send(Frame::Text(message.to_string().into())).await;
+                    return;
+                }
+                Some(SocketOrder::Drop) | None => return,
+            },
+            frame = socket.next() => match frame {
+                Some(Ok(Frame::Text(text))) => {
+                    let Ok(ack) = serde_json::from_str::<Value>(text.as_str()) else { continue };
+                    let Some(id) = ack["envelope_id"].as_str() else { continue };
+                    let mut world = shared.world();
+                    let state = &mut world.socket;
+                    let attempt = state
+                        .unacked
+                        .iter()
+                        .position(|e| e["envelope_id"].as_str() == Some(id))
+                        .map(|at| state.unacked.remove(at)["retry_attempt"].as_u64().unwrap_or(0));
+                    state.acks.push(SocketAck {
+                        envelope_id: id.to_owned(),
+                        retry_attempt: attempt.unwrap_or(u64::MAX),
+                        payload: ack.get("payload").cloned(),
+                    });
+                }
+                Some(Ok(Frame::Close(_))) | None | Some(Err(_)) => {
+                    let mut world = shared.world();
+                    if world.socket.link.as_ref().is_some_and(|current| current.same_channel(&link)) {
+                        world.socket.link = None;
+                    }
+                    return;
+                }
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! The Slack app manifest (`m365bot manifest --slack`): paste it into "Create an app > From a
+//! manifest" at api.slack.com/apps. Valid against Slack's published schema
+//! (`slackapi/manifest-schema`, version 1.0.0).
+
+use serde_json::{Value, json};
+use url::Url;
+
+use super::{COMMANDS_PATH, INTERACTIONS_PATH, SLASH_COMMAND, Transport};
+
+/// The bot token scopes the bot uses: the slash command, posting and updating messages
+/// (`chat:write.public` for public channels it was not invited to), user e-mails for the
+/// ServiceNow mapping, and channel details.
+pub const BOT_SCOPES: &[&str] = &[
+    "commands",
+    "chat:write",
+    "chat:write.public",
+    "users:read",
+    "users:read.email",
+    "channels:read",
+    "groups:read",
+];
+
+/// The manifest for a bot reachable at `public_url` over `transport` (in Socket Mode the
+/// request URLs are left out: Slack does not call the bot).
+pub fn manifest(public_url: &Url, transport: Transport) -> Value {
+    let socket = transport == Transport::Socket;
+    let url = |path: &str| {
+        public_url
+            .join(path.trim_start_matches('/'))
+            .map(String::from)
+            .unwrap_or_default()
+    };
+    let mut command = json!({
+        "command": SLASH_COMMAND,
+        "description": "Microsoft 365 support integration: setup, doctor, roles, case status",
+        "usage_hint": "help | setup status | doctor | link-account status | roles",
+        // Mentions arrive as <@U…> ids, which `grant @user` needs.
+        "should_escape": true,
+    });
+    let mut interactivity = json!({"is_enabled": true});
+    if !socket {
+        command["url"] = json!(url(COMMANDS_PATH));
+        interactivity["request_url"] = json!(url(INTERACTIONS_PATH));
+    }
+    json!({
+        "_metadata": {"major_version": 1, "minor_version": 1},
+        "display_information": {
+            "name": "m365bot",
+            "description": "Sets up, verifies and operates the Microsoft 365 support integration with ServiceNow.",
+            "long_description": "m365bot sets up, verifies and operates the Microsoft 365 support integration between a ServiceNow instance and a Microsoft 365 tenant. Type /m365 help to see the commands: verify the integration end to end with doctor, see where setup stands, and list who holds the integration's roles. It is self-hosted: this app talks to your organisation's own m365bot.",
+            "background_color": "#2c2d30",
+        },
+        "features": {
+            "bot_user": {"display_name": "m365bot", "always_online": true},
+            "slash_commands": [command],
+        },
+        "oauth_config": {"scopes": {"bot": BOT_SCOPES}},
+        "settings": {
+            "interactivity": interactivity,
+            "org_deploy_enabled": false,
+            "socket_mode_enabled": socket,
+            "token_rotation_enabled": false,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_urls_follow_the_public_url_and_vanish_in_socket_mode() {
+        let base = Url::parse("https://bot.contoso.example/m365/").expect("url");
+        let http = manifest(&base, Transport::Http);
+        assert_eq!(
+            http["features"]["slash_commands"][0]["url"],
+            "https://bot.contoso.example/m365/slack/commands"
+        );
+        assert_eq!(
+            http["settings"]["interactivity"]["request_url"],
+            "https://bot.contoso.example/m365/slack/interactions"
+        );
+        assert_eq!(http["settings"]["socket_mode_enabled"], false);
+        let socket = manifest(&base, Transport::Socket);
+        assert!(socket["features"]["slash_commands"][0].get("url").is_none());
+        assert!(
+            socket["settings"]["interactivity"]
+                .get("request_url")
+                .is_none()
+        );
+        assert_eq!(socket["settings"]["socket_mode_enabled"], true);
+    }
+}
