@@ -63,7 +63,7 @@ async fn costs(db: &Db, scale: &Scale) -> (f64, f64, f64) {
     for _ in 0..REPEATS {
         let now = now_millis();
         let started = Instant::now();
-        let lanes = outbox::claim(db, owner, now, now + 60_000, 200)
+        let lanes = outbox::claim(db, owner, None, now, now + 60_000, 200)
             .await
             .expect("claim");
         claim.push(started.elapsed().as_secs_f64() * 1000.0);
