@@ -6,7 +6,7 @@
 mod support;
 
 use serde_json::{Map, Value, json};
-use support::setup::{ADMIN, Bot, World, card_text, create, heading};
+use support::setup::{ADMIN, Bot, World, aad_created_to_cross_scope, card_text, heading};
 
 type Row = Map<String, Value>;
 
@@ -26,24 +26,7 @@ fn plant_decoys(world: &World) -> (String, String) {
 
 /// The AAD branch, everything "create it for me", up to the cross-scope step; then Cancel.
 async fn create_then_cancel(bot: &Bot, world: &World) -> Value {
-    let consent = bot.say(world, ADMIN, "setup").await;
-    let env = bot.press(world, ADMIN, &consent, "Agree", json!({})).await;
-    let tenant = bot
-        .press(world, ADMIN, &env, "Start setup", json!({"auth": "aad"}))
-        .await;
-    let mut card = bot
-        .press(
-            world,
-            ADMIN,
-            &tenant,
-            "Verify and continue",
-            json!({"domain": "contoso.onmicrosoft.com"}),
-        )
-        .await;
-    for _ in 0..7 {
-        card = bot.press(world, ADMIN, &card, "Continue", create()).await;
-    }
-    assert_eq!(heading(&card), "Cross-scope access to oauth_entity");
+    let card = aad_created_to_cross_scope(bot, world, json!({})).await;
     let cancelled = bot
         .press(world, ADMIN, &card, "Cancel setup", json!({}))
         .await;

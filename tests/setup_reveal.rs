@@ -8,7 +8,9 @@ mod support;
 
 use m365bot::sandbox::SignedInUser;
 use serde_json::{Value, json};
-use support::setup::{ADMIN, Bot, M365_ADMIN, World, card_text, create, find_action, heading};
+use support::setup::{
+    ADMIN, Bot, M365_ADMIN, World, aad_created_to_cross_scope, card_text, create, find_action,
+};
 
 const GLOBAL_ADMINISTRATOR: &str = "62e90394-69f5-4237-9190-012177145e10";
 const ADMIN_OID: &str = "00000000-0000-4000-8000-000000000001";
@@ -87,24 +89,7 @@ impl Harness {
     /// The AAD branch, everything created by the bot; the completion card.
     async fn complete(&self) -> Value {
         let (bot, world) = (&self.bot, &self.world);
-        let consent = bot.say(world, ADMIN, "setup").await;
-        let env = bot.press(world, ADMIN, &consent, "Agree", json!({})).await;
-        let tenant = bot
-            .press(world, ADMIN, &env, "Start setup", json!({"auth": "aad"}))
-            .await;
-        let mut card = bot
-            .press(
-                world,
-                ADMIN,
-                &tenant,
-                "Verify and continue",
-                json!({"domain": "contoso.onmicrosoft.com"}),
-            )
-            .await;
-        for _ in 0..7 {
-            card = bot.press(world, ADMIN, &card, "Continue", create()).await;
-        }
-        assert_eq!(heading(&card), "Cross-scope access to oauth_entity");
+        let card = aad_created_to_cross_scope(bot, world, json!({})).await;
         let complete = bot
             .press(world, ADMIN, &card, "Check again", json!({}))
             .await;

@@ -13,7 +13,7 @@ use m365bot::upstream::entra::EntraClient;
 use secrecy::SecretString;
 use serde_json::{Value, json};
 use support::db::test_databases;
-use support::setup::{ADMIN, Bot, JANE, PERSONAL, World, card_text, create, heading};
+use support::setup::{ADMIN, Bot, JANE, PERSONAL, World, aad_created_to_cross_scope, card_text};
 
 /// The admin channel alerts go to besides the admin's 1:1 chat.
 const CHANNEL: &str = "19:channel@thread.tacv2";
@@ -24,35 +24,7 @@ const FAST_WATCH: &str =
 
 /// Walks the AAD branch with every piece created by the bot; returns the completion card.
 async fn complete_aad_setup(bot: &Bot, world: &World) -> Value {
-    let consent = bot.say(world, ADMIN, "setup").await;
-    let env = bot.press(world, ADMIN, &consent, "Agree", json!({})).await;
-    let tenant = bot
-        .press(
-            world,
-            ADMIN,
-            &env,
-            "Start setup",
-            json!({"test_environment": "true", "auth": "aad"}),
-        )
-        .await;
-    let mut card = bot
-        .press(
-            world,
-            ADMIN,
-            &tenant,
-            "Verify and continue",
-            json!({"domain": "contoso.onmicrosoft.com"}),
-        )
-        .await;
-    for _ in 0..7 {
-        card = bot.press(world, ADMIN, &card, "Continue", create()).await;
-    }
-    assert_eq!(
-        heading(&card),
-        "Cross-scope access to oauth_entity",
-        "{}",
-        card_text(&card)
-    );
+    let card = aad_created_to_cross_scope(bot, world, json!({"test_environment": "true"})).await;
     let complete = bot
         .press(world, ADMIN, &card, "Check again", json!({}))
         .await;

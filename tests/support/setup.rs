@@ -346,3 +346,32 @@ pub fn heading(card: &Value) -> String {
 pub fn create() -> Value {
     json!({"mode": "create"})
 }
+
+/// Walks the AAD branch as the admin, every piece created by the bot, to the cross-scope step;
+/// `start` holds the Start-setup inputs besides `auth`. Returns the cross-scope step's card.
+pub async fn aad_created_to_cross_scope(bot: &Bot, world: &World, start: Value) -> Value {
+    let consent = bot.say(world, ADMIN, "setup").await;
+    let env = bot.press(world, ADMIN, &consent, "Agree", json!({})).await;
+    let mut inputs = start;
+    inputs["auth"] = json!("aad");
+    let tenant = bot.press(world, ADMIN, &env, "Start setup", inputs).await;
+    let mut card = bot
+        .press(
+            world,
+            ADMIN,
+            &tenant,
+            "Verify and continue",
+            json!({"domain": "contoso.onmicrosoft.com"}),
+        )
+        .await;
+    for _ in 0..7 {
+        card = bot.press(world, ADMIN, &card, "Continue", create()).await;
+    }
+    assert_eq!(
+        heading(&card),
+        "Cross-scope access to oauth_entity",
+        "{}",
+        card_text(&card)
+    );
+    card
+}
