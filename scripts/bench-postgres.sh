@@ -33,33 +33,8 @@ if [ ${#benches[@]} -eq 0 ]; then
     benches=(notify notify_latency notify_scale)
 fi
 
-find_pg_bin() {
-    local dir
-    for dir in $(printf '%s\n' /usr/lib/postgresql/*/bin | sort -V -r); do
-        if [ -x "$dir/initdb" ] && [ -x "$dir/pg_ctl" ] && [ -x "$dir/postgres" ]; then
-            echo "$dir"
-            return 0
-        fi
-    done
-    if command -v initdb >/dev/null && command -v pg_ctl >/dev/null; then
-        dirname "$(command -v initdb)"
-        return 0
-    fi
-    return 1
-}
-
-# as_pg COMMAND...: runs a server tool as the cluster's owner.
-as_pg() {
-    if [ "$(id -u)" -eq 0 ]; then
-        (cd / && runuser -u postgres -- "$@")
-    else
-        "$@"
-    fi
-}
-
-port_in_use() {
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
-}
+# shellcheck source=scripts/lib/pg.sh
+source scripts/lib/pg.sh
 
 if ! pg_bin=$(find_pg_bin); then
     echo "bench-postgres: PostgreSQL is not installed (initdb, pg_ctl): install Debian's postgresql" >&2

@@ -120,30 +120,8 @@ pg_base=""
 pg_data=""
 pg_started=0
 
-find_pg_bin() {
-    local dir
-    for dir in $(printf '%s\n' /usr/lib/postgresql/*/bin | sort -V -r); do
-        if [ -x "$dir/initdb" ] && [ -x "$dir/pg_ctl" ] && [ -x "$dir/postgres" ]; then
-            echo "$dir"
-            return 0
-        fi
-    done
-    if command -v initdb >/dev/null && command -v pg_ctl >/dev/null; then
-        dirname "$(command -v initdb)"
-        return 0
-    fi
-    return 1
-}
-
-# as_pg COMMAND...: runs a PostgreSQL server tool as the user that owns the cluster. PostgreSQL
-# refuses to run as root, so root uses the `postgres` OS user made by the Debian package.
-as_pg() {
-    if [ "$(id -u)" -eq 0 ]; then
-        (cd / && runuser -u postgres -- "$@")
-    else
-        "$@"
-    fi
-}
+# shellcheck source=scripts/lib/pg.sh
+source scripts/lib/pg.sh
 
 stop_cluster() {
     if [ -n "$pg_data" ] && [ -f "$pg_data/postmaster.pid" ]; then
@@ -168,10 +146,6 @@ clear_stale_cluster() {
         fi
     fi
     rm -rf "$pg_base"
-}
-
-port_in_use() {
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
 }
 
 cleanup() {
