@@ -64,10 +64,12 @@ enum Commands {
         #[arg(long, default_value_t = m365bot::sandbox::slack::DEFAULT_PORT)]
         slack_port: u16,
     },
-    /// Type a Slack slash command into the running sandbox: signs it as Slack would, posts it
-    /// to the bot and prints what the bot answered and posted, as text.
+    /// Type a Slack slash command, an @m365bot mention or a direct message into the running
+    /// sandbox: signs it as Slack would, posts it to the bot and prints what the bot answered
+    /// and posted, as text.
     SlackSay {
-        /// The command line, e.g. "/m365 help".
+        /// The command line: "/m365 help", "@m365bot help" (a mention in --channel), or with
+        /// --channel D0ADMIN plain "help" (a direct message).
         line: String,
         /// The sandbox bot.
         #[arg(long, default_value = "http://127.0.0.1:3978")]
@@ -413,7 +415,11 @@ async fn sandbox(
         "\nSlack: an emulated Slack Web API runs at {} (workspace {}).\n\
          \x20 m365bot slack-say \"/m365 help\"\n\
          \x20 m365bot slack-say \"/m365 doctor\"          (as U0ADMIN, the ServiceNow admin)\n\
-         \x20 m365bot slack-say --user U0JANE \"/m365 doctor\"   (refused: jane.doe is no admin)",
+         \x20 m365bot slack-say --user U0JANE \"/m365 doctor\"   (refused: jane.doe is no admin)\n\
+         \x20 m365bot slack-say \"/m365 link-account\"   (prints the sign-in link; open it, or curl -L it)\n\
+         \x20 m365bot slack-say \"/m365 grant <@U0JANE> administrator\"\n\
+         \x20 m365bot slack-say \"@m365bot roles\"         (a mention in #general, answered in its thread)\n\
+         \x20 m365bot slack-say --channel D0ADMIN \"help\"   (a direct message)",
         slack.api_url(),
         m365bot::sandbox::slack::SANDBOX_TEAM_ID,
     );

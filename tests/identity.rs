@@ -253,6 +253,7 @@ async fn a_stored_link_beats_the_email() {
                 m365_roles: Vec::new(),
                 linked_at: 1,
                 linked_by: "beth.anglin".to_owned(),
+                chat_team_id: None,
             },
             &AuditEntry {
                 action: "link".to_owned(),

@@ -141,6 +141,7 @@ async fn links_are_replaced_and_deleted_with_their_audit() {
             m365_roles: vec!["Global Administrator".to_owned()],
             linked_at: 1,
             linked_by: "a.user".to_owned(),
+            chat_team_id: None,
         };
         store
             .save_link(&link, &audit("link", "linked"))

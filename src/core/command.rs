@@ -176,16 +176,22 @@ fn parse_role_change(verb: &str, rest: &[&str]) -> Result<Command, ParseError> {
     } else {
         "revoke @user insights_user|administrator"
     };
-    let Some((role_word, user_words)) = rest.split_last() else {
-        return Err(ParseError::Usage { usage });
-    };
-    let role = match role_word
+    let role_of = |word: &str| match word
         .to_ascii_lowercase()
         .trim_start_matches("x_mioms_m365_assis.")
     {
-        "insights_user" => AppRole::InsightsUser,
-        "administrator" | "admin" => AppRole::Administrator,
-        _ => return Err(ParseError::Usage { usage }),
+        "insights_user" => Some(AppRole::InsightsUser),
+        "administrator" | "admin" => Some(AppRole::Administrator),
+        _ => None,
+    };
+    // `grant @user <role>`, or the role first: `grant <role> @user`.
+    let (role, user_words) = match (rest.split_last(), rest.split_first()) {
+        (Some((last, before)), _) if role_of(last).is_some() => (role_of(last), before),
+        (_, Some((first, after))) if role_of(first).is_some() => (role_of(first), after),
+        _ => (None, rest),
+    };
+    let Some(role) = role else {
+        return Err(ParseError::Usage { usage });
     };
     let user = user_words.join(" ");
     if user.trim().is_empty() {
@@ -244,6 +250,13 @@ mod tests {
                 "grant <at>Alex Wilber</at> insights_user",
                 Command::Grant {
                     user: "<at>Alex Wilber</at>".to_owned(),
+                    role: AppRole::InsightsUser,
+                },
+            ),
+            (
+                "grant insights_user <@U0JANE|jane.doe>",
+                Command::Grant {
+                    user: "<@U0JANE|jane.doe>".to_owned(),
                     role: AppRole::InsightsUser,
                 },
             ),

@@ -1,5 +1,6 @@
 //! Proactive delivery of a reply to a stored conversation, per chat platform. This is the only
-//! part of linking that knows a platform's wire format.
+//! part of linking that knows a platform's wire format (Slack: the user's direct message with
+//! the bot, since the sign-in may have been asked for in a channel).
 
 use serde_json::json;
 
@@ -33,6 +34,15 @@ pub async fn deliver(app: &App, address: &ChatAddress, reply: &Reply) -> Result<
                 .await
                 .map(drop)
                 .map_err(|err| err.to_string())
+        }
+        "slack" => {
+            crate::slack::people::deliver_private(
+                app,
+                &address.chat_user_id,
+                &address.conversation_id,
+                reply,
+            )
+            .await
         }
         other => Err(format!("replies to {other} are not available yet")),
     }

@@ -147,7 +147,10 @@ fn address_of(event: &InboundEvent, aad_object_id: Option<String>) -> ChatAddres
         conversation_id,
         conversation_type: event.conversation_type.clone(),
         service_url: event.address.service_url.clone(),
-        tenant_id: event.address.tenant_id.clone(),
+        tenant_id: match event.platform {
+            Platform::Teams => event.address.tenant_id.clone(),
+            Platform::Slack => event.address.team_id.clone().unwrap_or_default(),
+        },
         bot_id: event.address.bot_id.clone(),
     }
 }
@@ -695,6 +698,13 @@ async fn complete(
             );
         }
     };
+    if pending.address.platform == "slack"
+        && let Err(refusal) =
+            crate::slack::people::check_sign_in(app, &pending.address.chat_user_id, &claims).await
+    {
+        let (title, text, next_step) = crate::slack::people::notice_parts(&refusal);
+        return failed(pending, 403, &title, &text, &next_step);
+    }
     if binds_object_id(&pending.address.platform) {
         let matches = pending
             .address
@@ -822,6 +832,9 @@ async fn store_link(
         m365_roles: roles,
         linked_at: now_millis(),
         linked_by: pending.servicenow_user_name.clone(),
+        chat_team_id: (!binds_object_id(&pending.address.platform)
+            && !pending.address.tenant_id.is_empty())
+        .then(|| pending.address.tenant_id.clone()),
     };
     let audit = AuditEntry {
         action: "link".to_owned(),

@@ -26,7 +26,7 @@ pub struct ChatAddress {
     pub conversation_type: String,
     /// Teams `serviceUrl` (empty for Slack).
     pub service_url: String,
-    /// Tenant of the conversation.
+    /// Tenant of the conversation (Slack: the workspace's team id).
     pub tenant_id: String,
     /// The bot's id in the conversation.
     pub bot_id: String,
@@ -87,6 +87,9 @@ pub struct AccountLink {
     pub linked_at: i64,
     /// Who linked it (ServiceNow user name of the chat user who signed in).
     pub linked_by: String,
+    /// The chat user's workspace, where the platform has one beside the user id (Slack team
+    /// id); `None` for Teams.
+    pub chat_team_id: Option<String>,
 }
 
 /// One audit entry.
@@ -149,7 +152,7 @@ fn pending_from_row(row: &sqlx::any::AnyRow) -> sqlx::Result<PendingLink> {
 }
 
 const LINK_COLUMNS: &str = "platform, chat_user_id, servicenow_user_sys_id, servicenow_user_name, \
-     m365_object_id, m365_upn, m365_tenant_id, m365_roles, linked_at, linked_by";
+     m365_object_id, m365_upn, m365_tenant_id, m365_roles, linked_at, linked_by, chat_team_id";
 
 fn link_from_row(row: &sqlx::any::AnyRow) -> sqlx::Result<AccountLink> {
     let roles: String = row.try_get(7)?;
@@ -169,6 +172,7 @@ fn link_from_row(row: &sqlx::any::AnyRow) -> sqlx::Result<AccountLink> {
             .collect(),
         linked_at: row.try_get(8)?,
         linked_by: row.try_get(9)?,
+        chat_team_id: row.try_get(10)?,
     })
 }
 
@@ -269,7 +273,7 @@ impl<'a> LinkStore<'a> {
             .execute(&mut *tx)
             .await?;
         sqlx::query(&format!(
-            "INSERT INTO account_links ({LINK_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+            "INSERT INTO account_links ({LINK_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
         ))
         .bind(&link.platform)
         .bind(&link.chat_user_id)
@@ -281,6 +285,7 @@ impl<'a> LinkStore<'a> {
         .bind(link.m365_roles.join(","))
         .bind(link.linked_at)
         .bind(&link.linked_by)
+        .bind(&link.chat_team_id)
         .execute(&mut *tx)
         .await?;
         insert_audit(&mut tx, audit).await?;

@@ -22,6 +22,10 @@ pub struct IdClaims {
     pub username: String,
     /// Display name.
     pub name: Option<String>,
+    /// The `email` claim, when the token carries one.
+    pub email: Option<String>,
+    /// The UPN: `preferred_username`, else the `upn` claim.
+    pub upn: Option<String>,
 }
 
 /// Why an ID token was refused.
@@ -126,5 +130,7 @@ pub async fn validate_id_token(
         tid: tid.to_ascii_lowercase(),
         username,
         name: text("name"),
+        email: text("email"),
+        upn: text("preferred_username").or_else(|| text("upn")),
     })
 }

@@ -19,7 +19,9 @@
 //! Seed: workspace `T0SANDBOX` with the bot `U0BOT`, users `U0ADMIN` (e-mail of the ServiceNow
 //! emulator's `admin`) and `U0JANE` (`jane.doe`), a deactivated `U0GONE`, channels `C0GENERAL`
 //! (public, bot a member), `C0PRIVATE` (private, bot not a member), `C0OLD` (archived) and
-//! the direct message `D0ADMIN`.
+//! the direct message `D0ADMIN` (of `U0ADMIN`; `conversations.open` opens others).
+//! [`event_callback`] and [`send_event`] (or [`SlackHandle::socket_event`]) send the bot an
+//! `@m365bot` mention or a direct message as Slack would.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -100,6 +102,8 @@ struct Channel {
     is_im: bool,
     is_member: bool,
     is_archived: bool,
+    /// The user of a direct message with the bot.
+    im_user: Option<String>,
 }
 
 struct ResponseUrl {
@@ -211,6 +215,7 @@ impl SlackEmulator {
                     is_im,
                     is_member,
                     is_archived,
+                    im_user: is_im.then(|| "U0ADMIN".to_owned()),
                 },
             );
         }
@@ -350,6 +355,7 @@ impl SlackHandle {
                 is_im: false,
                 is_member,
                 is_archived,
+                im_user: None,
             });
         entry.is_member = is_member;
         entry.is_archived = is_archived;
@@ -420,6 +426,56 @@ impl SlackHandle {
     pub fn socket_unacknowledged(&self) -> usize {
         let world = self.shared.world();
         world.socket.unacked.len() + world.socket.queued.len()
+    }
+
+    /// Changes the profile e-mail of the Slack user `user` (`None` when unknown).
+    pub fn set_user_email(&self, user: &str, email: &str) -> Option<()> {
+        let mut world = self.shared.world();
+        let found = world
+            .users
+            .iter_mut()
+            .find(|u| u["id"].as_str() == Some(user))?;
+        found["profile"]["email"] = json!(email);
+        Some(())
+    }
+
+    /// The direct message of `user` with the bot, when one was opened.
+    pub fn direct_message_of(&self, user: &str) -> Option<String> {
+        self.shared
+            .world()
+            .channels
+            .iter()
+            .find(|(_, c)| c.im_user.as_deref() == Some(user))
+            .map(|(id, _)| id.clone())
+    }
+
+    /// Sends `event` (see [`event_callback`]) over Socket Mode as an `events_api` envelope
+    /// (queued until the bot is connected); returns the envelope id.
+    pub fn socket_event(&self, event: &Value) -> String {
+        let mut world = self.shared.world();
+        world.next += 1;
+        let envelope_id = format!("env-{:08}", world.next);
+        let envelope = json!({
+            "type": "events_api",
+            "envelope_id": envelope_id,
+            "accepts_response_payload": false,
+            "retry_attempt": 0,
+            "retry_reason": "",
+            "payload": event,
+        });
+        let link = world.socket.link.clone();
+        match link {
+            Some(link) => {
+                world.socket.unacked.push(envelope.clone());
+                if link.send(SocketOrder::Send(envelope)).is_err() {
+                    tracing::debug!(
+                        "Socket Mode link gone; the envelope waits for the next connection"
+                    );
+                }
+            }
+            None => world.socket.queued.push_back(envelope),
+        }
+        envelope_id
     }
 
     /// Changes the per-channel `chat.postMessage` spacing (1 s, as Slack).
@@ -639,6 +695,7 @@ async fn api(
                 None => slack_error(&mut world, &method, "user_not_found", &[]),
             }
         }
+        "conversations.open" => open_conversation(&mut world, &method, &args),
         "conversations.info" => {
             let found = arg(&args, "channel")
                 .and_then(|id| world.channels.get(id).map(|c| (id.to_owned(), c.clone())));
@@ -655,6 +712,54 @@ async fn api(
         }
         _ => slack_error(&mut world, &method, "unknown_method", &[]),
     }
+}
+
+/// `conversations.open` with one user: their direct message with the bot, opened on first
+/// use (`users` missing: `users_list_not_supplied`; unknown: `user_not_found`; deactivated:
+/// `user_disabled`; several users would be a group DM, not emulated: `not_implemented`).
+fn open_conversation(world: &mut World, method: &str, args: &Map<String, Value>) -> Response {
+    let Some(users) = arg(args, "users") else {
+        return slack_error(world, method, "users_list_not_supplied", &[]);
+    };
+    if users.contains(',') {
+        return slack_error(world, method, "not_implemented", &[]);
+    }
+    let Some(user) = world
+        .users
+        .iter()
+        .find(|u| u["id"].as_str() == Some(users))
+        .cloned()
+    else {
+        return slack_error(world, method, "user_not_found", &[]);
+    };
+    if user["deleted"].as_bool() == Some(true) {
+        return slack_error(world, method, "user_disabled", &[]);
+    }
+    let existing = world
+        .channels
+        .iter()
+        .find(|(_, c)| c.im_user.as_deref() == Some(users))
+        .map(|(id, _)| id.clone());
+    let id = existing.unwrap_or_else(|| {
+        let id = format!("D{}", users.trim_start_matches(['U', 'W']));
+        world.channels.insert(
+            id.clone(),
+            Channel {
+                name: String::new(),
+                is_private: false,
+                is_im: true,
+                is_member: true,
+                is_archived: false,
+                im_user: Some(users.to_owned()),
+            },
+        );
+        id
+    });
+    slack_ok(
+        world,
+        method,
+        json!({"channel": {"id": id, "is_im": true, "user": users}}),
+    )
 }
 
 /// Checks the channel for posting: known, not archived, the bot a member (or public).
@@ -1004,13 +1109,37 @@ pub async fn say(
         .timeout(Duration::from_secs(10))
         .build()?;
     let line = line.trim();
+    if let Some(text) = line.strip_prefix("@m365bot") {
+        return say_event(
+            &http,
+            bot,
+            emulator,
+            EventPlace::Mention(channel),
+            user,
+            text.trim(),
+            wait,
+        )
+        .await;
+    }
+    if channel.starts_with('D') && !line.starts_with('/') {
+        return say_event(
+            &http,
+            bot,
+            emulator,
+            EventPlace::Direct(channel),
+            user,
+            line,
+            wait,
+        )
+        .await;
+    }
     let (command, text) = match line.split_once(char::is_whitespace) {
         Some((command, text)) => (command, text.trim()),
         None => (line, ""),
     };
     anyhow::ensure!(
         command.starts_with('/'),
-        "type a slash command, e.g. \"/m365 help\""
+        "type a slash command (\"/m365 help\"), a mention (\"@m365bot help\") or, with --channel D0ADMIN, a direct message (\"help\")"
     );
     let ticket: CommandTicket = http
         .post(format!("{emulator}/_sandbox/command"))
@@ -1110,6 +1239,186 @@ pub async fn say(
             conversation.posted.push(crate::slack::blocks::to_text(
                 &message.blocks,
                 &message.text,
+            ));
+        }
+        quiet_since = Instant::now();
+    }
+    Ok(conversation)
+}
+
+/// Where a message to the bot is written: `@m365bot` in a channel, or its direct message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventPlace<'a> {
+    /// An `app_mention` in this channel (the text gets the bot's mention in front).
+    Mention(&'a str),
+    /// A `message` in this direct message (`channel_type = "im"`).
+    Direct(&'a str),
+}
+
+/// The Events API body Slack sends when `user` writes `text` at `place` (in the thread
+/// `thread_ts`, if any): `(event_id, body)`. `event_id`s are fresh unless `event_id` is given
+/// (a retry repeats its event's id).
+pub fn event_callback(
+    place: EventPlace<'_>,
+    user: &str,
+    text: &str,
+    thread_ts: Option<&str>,
+    event_id: Option<&str>,
+) -> (String, Value) {
+    let now = chrono::Utc::now();
+    let ts = format!("{}.{:06}", now.timestamp(), now.timestamp_subsec_micros());
+    let event_id = event_id.map_or_else(
+        || {
+            format!(
+                "Ev{}",
+                crate::upstream::entra::random_token(10).to_uppercase()
+            )
+        },
+        str::to_owned,
+    );
+    let mut event = match place {
+        EventPlace::Mention(channel) => json!({
+            "type": "app_mention", "user": user, "text": format!("<@U0BOT> {text}"),
+            "ts": ts, "channel": channel, "event_ts": ts, "team": SANDBOX_TEAM_ID,
+        }),
+        EventPlace::Direct(channel) => json!({
+            "type": "message", "user": user, "text": text, "ts": ts, "channel": channel,
+            "event_ts": ts, "channel_type": "im", "team": SANDBOX_TEAM_ID,
+        }),
+    };
+    if let Some(thread) = thread_ts {
+        event["thread_ts"] = json!(thread);
+    }
+    let body = json!({
+        "token": "unused", "team_id": SANDBOX_TEAM_ID, "api_app_id": "A0SANDBOX",
+        "event": event, "type": "event_callback", "event_id": event_id,
+        "event_time": now.timestamp(),
+        "authorizations": [{"enterprise_id": null, "team_id": SANDBOX_TEAM_ID,
+            "user_id": "U0BOT", "is_bot": true, "is_enterprise_install": false}],
+        "is_ext_shared_channel": false,
+        "event_context": format!("4-{}", crate::upstream::entra::random_token(8)),
+    });
+    (event_id, body)
+}
+
+/// POSTs an Events API `body` to the bot at `bot`, signed with the sandbox signing secret;
+/// `retry` sets `X-Slack-Retry-Num` (and `X-Slack-Retry-Reason: http_timeout`). Returns the
+/// HTTP status.
+pub async fn send_event(
+    http: &reqwest::Client,
+    bot: &str,
+    body: &Value,
+    retry: Option<u32>,
+) -> anyhow::Result<u16> {
+    let body = body.to_string();
+    let timestamp = chrono::Utc::now().timestamp().to_string();
+    let signature = crate::slack::verify::sign(
+        SANDBOX_SIGNING_SECRET.as_bytes(),
+        &timestamp,
+        body.as_bytes(),
+    );
+    let mut request = http
+        .post(format!("{bot}{}", crate::slack::EVENTS_PATH))
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(crate::slack::verify::TIMESTAMP_HEADER, &timestamp)
+        .header(crate::slack::verify::SIGNATURE_HEADER, signature);
+    if let Some(retry) = retry {
+        request = request
+            .header("x-slack-retry-num", retry.to_string())
+            .header("x-slack-retry-reason", "http_timeout");
+    }
+    let response = request.body(body).send().await.with_context(|| {
+        format!("the bot at {bot} does not answer: is `m365bot sandbox` running?")
+    })?;
+    Ok(response.status().as_u16())
+}
+
+/// Messages of the emulator after `after` (all when `response_url` is `None`).
+async fn posted_after(
+    http: &reqwest::Client,
+    emulator: &str,
+    after: u64,
+    response_url: Option<&str>,
+) -> anyhow::Result<Vec<SlackPosted>> {
+    let mut query = vec![("after", after.to_string())];
+    if let Some(id) = response_url {
+        query.push(("response_url", id.to_owned()));
+    }
+    let page: Value = http
+        .get(format!("{emulator}/_sandbox/messages"))
+        .query(&query)
+        .send()
+        .await
+        .with_context(|| {
+            format!(
+                "the Slack emulator at {emulator} does not answer: is `m365bot sandbox` running?"
+            )
+        })?
+        .json()
+        .await?;
+    Ok(serde_json::from_value(page["messages"].clone()).unwrap_or_default())
+}
+
+/// Writes `text` to the bot as an `@m365bot` mention or a direct message (a signed Events API
+/// request), then prints what the bot posted until `wait` passes with nothing new.
+async fn say_event(
+    http: &reqwest::Client,
+    bot: &str,
+    emulator: &str,
+    place: EventPlace<'_>,
+    user: &str,
+    text: &str,
+    wait: Duration,
+) -> anyhow::Result<Conversation> {
+    let mut seen = posted_after(http, emulator, 0, None)
+        .await?
+        .iter()
+        .map(|m| m.seq)
+        .max()
+        .unwrap_or(0);
+    let (_, body) = event_callback(place, user, text, None, None);
+    let status = send_event(http, bot, &body, None).await?;
+    let mut conversation = Conversation {
+        status,
+        ack: String::new(),
+        posted: Vec::new(),
+    };
+    if status != 200 {
+        conversation.ack = format!("the bot refused the event (HTTP {status})");
+        return Ok(conversation);
+    }
+    let started = Instant::now();
+    let mut quiet_since = Instant::now();
+    while started.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let messages: Vec<SlackPosted> = posted_after(http, emulator, seen, None)
+            .await?
+            .into_iter()
+            .filter(|m| m.response_url.is_none())
+            .collect();
+        if messages.is_empty() {
+            if !conversation.posted.is_empty() && quiet_since.elapsed() >= wait {
+                break;
+            }
+            continue;
+        }
+        for message in messages {
+            seen = seen.max(message.seq);
+            let whom = match &message.ephemeral_to {
+                Some(to) => format!("(only {to} sees this, in {})", message.channel),
+                None => format!(
+                    "(in {}{})",
+                    message.channel,
+                    message
+                        .thread_ts
+                        .as_ref()
+                        .map(|t| format!(", thread {t}"))
+                        .unwrap_or_default()
+                ),
+            };
+            conversation.posted.push(format!(
+                "{whom}\n{}",
+                crate::slack::blocks::to_text(&message.blocks, &message.text)
             ));
         }
         quiet_since = Instant::now();

@@ -689,6 +689,8 @@ mod tests {
             tid: "t".to_owned(),
             username: username.to_owned(),
             name: None,
+            email: None,
+            upn: Some(username.to_owned()),
         }
     }
 

@@ -373,9 +373,24 @@ impl SlackClient {
         user: &str,
         message: &Message,
     ) -> Result<(), SlackApiError> {
+        self.post_ephemeral_in_thread(channel, user, message, None)
+            .await
+    }
+
+    /// `chat.postEphemeral` into the thread `thread_ts` (the channel itself with `None`).
+    pub async fn post_ephemeral_in_thread(
+        &self,
+        channel: &str,
+        user: &str,
+        message: &Message,
+        thread_ts: Option<&str>,
+    ) -> Result<(), SlackApiError> {
         let mut body = message.to_json();
         body["channel"] = json!(channel);
         body["user"] = json!(user);
+        if let Some(ts) = thread_ts {
+            body["thread_ts"] = json!(ts);
+        }
         let _: Value = self
             .call("chat.postEphemeral", &self.token, Body::Json(&body))
             .await?;
@@ -437,6 +452,23 @@ impl SlackClient {
             )
             .await?;
         Ok(answer.channel)
+    }
+
+    /// `conversations.open` with one user: the id of the bot's direct message with them
+    /// (opened if needed; needs `im:write`).
+    pub async fn open_direct_message(&self, user: &str) -> Result<String, SlackApiError> {
+        #[derive(Deserialize)]
+        struct Answer {
+            channel: Conversation,
+        }
+        let answer: Answer = self
+            .call(
+                "conversations.open",
+                &self.token,
+                Body::Json(&json!({"users": user, "return_im": true})),
+            )
+            .await?;
+        Ok(answer.channel.id)
     }
 
     /// `apps.connections.open` with the app-level token: the Socket Mode WebSocket URL.

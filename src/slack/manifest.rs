@@ -5,11 +5,12 @@
 use serde_json::{Value, json};
 use url::Url;
 
-use super::{COMMANDS_PATH, INTERACTIONS_PATH, SLASH_COMMAND, Transport};
+use super::{COMMANDS_PATH, EVENTS_PATH, INTERACTIONS_PATH, SLASH_COMMAND, Transport};
 
 /// The bot token scopes the bot uses: the slash command, posting and updating messages
 /// (`chat:write.public` for public channels it was not invited to), user e-mails for the
-/// ServiceNow mapping, and channel details.
+/// ServiceNow mapping, channel details, `@m365bot` mentions and direct messages (reading
+/// them, and opening one to hand out personal answers).
 pub const BOT_SCOPES: &[&str] = &[
     "commands",
     "chat:write",
@@ -18,7 +19,13 @@ pub const BOT_SCOPES: &[&str] = &[
     "users:read.email",
     "channels:read",
     "groups:read",
+    "app_mentions:read",
+    "im:history",
+    "im:write",
 ];
+
+/// The events the bot subscribes to: mentions in channels and direct messages.
+pub const BOT_EVENTS: &[&str] = &["app_mention", "message.im"];
 
 /// The manifest for a bot reachable at `public_url` over `transport` (in Socket Mode the
 /// request URLs are left out: Slack does not call the bot).
@@ -33,14 +40,16 @@ pub fn manifest(public_url: &Url, transport: Transport) -> Value {
     let mut command = json!({
         "command": SLASH_COMMAND,
         "description": "Microsoft 365 support integration: setup, doctor, roles, case status",
-        "usage_hint": "help | setup status | doctor | link-account status | roles",
+        "usage_hint": "help | doctor | link-account | grant @user insights_user | roles",
         // Mentions arrive as <@U…> ids, which `grant @user` needs.
         "should_escape": true,
     });
     let mut interactivity = json!({"is_enabled": true});
+    let mut events = json!({"bot_events": BOT_EVENTS});
     if !socket {
         command["url"] = json!(url(COMMANDS_PATH));
         interactivity["request_url"] = json!(url(INTERACTIONS_PATH));
+        events["request_url"] = json!(url(EVENTS_PATH));
     }
     json!({
         "_metadata": {"major_version": 1, "minor_version": 1},
@@ -52,10 +61,12 @@ pub fn manifest(public_url: &Url, transport: Transport) -> Value {
         },
         "features": {
             "bot_user": {"display_name": "m365bot", "always_online": true},
+            "app_home": {"home_tab_enabled": false, "messages_tab_enabled": true, "messages_tab_read_only_enabled": false},
             "slash_commands": [command],
         },
         "oauth_config": {"scopes": {"bot": BOT_SCOPES}},
         "settings": {
+            "event_subscriptions": events,
             "interactivity": interactivity,
             "org_deploy_enabled": false,
             "socket_mode_enabled": socket,
@@ -81,6 +92,10 @@ mod tests {
             "https://bot.contoso.example/m365/slack/interactions"
         );
         assert_eq!(http["settings"]["socket_mode_enabled"], false);
+        assert_eq!(
+            http["settings"]["event_subscriptions"]["request_url"],
+            "https://bot.contoso.example/m365/slack/events"
+        );
         let socket = manifest(&base, Transport::Socket);
         assert!(socket["features"]["slash_commands"][0].get("url").is_none());
         assert!(
@@ -89,5 +104,10 @@ mod tests {
                 .is_none()
         );
         assert_eq!(socket["settings"]["socket_mode_enabled"], true);
+        assert!(
+            socket["settings"]["event_subscriptions"]
+                .get("request_url")
+                .is_none()
+        );
     }
 }

@@ -5,13 +5,17 @@
 //! Every request is verified on its raw bytes before it is parsed, and acknowledged at once
 //! (Slack gives up after 3 seconds): a command that needs ServiceNow or Entra is answered with
 //! an ephemeral "working on it" and its replies follow through the command's `response_url`.
-//! Commands whose Slack form is not built yet (the setup wizard as modals, account linking,
-//! grants, subscriptions) answer that they are available in Teams.
+//! `@m365bot` mentions and direct messages ([`events`]) are acknowledged at once too and
+//! answered with `chat.postMessage` (in the mention's thread), personal answers only to the
+//! user. Commands whose Slack form is not built yet (the setup wizard as modals,
+//! subscriptions) answer that they are available in Teams.
 
 pub mod api;
 pub mod blocks;
+pub mod events;
 pub mod manifest;
 pub mod payload;
+pub mod people;
 pub mod settings;
 pub mod socket;
 pub mod verify;
@@ -62,6 +66,8 @@ pub struct Slack {
     pub api: SlackClient,
     /// The app-level token, for Socket Mode.
     pub app_token: Option<secrecy::SecretString>,
+    /// The bot's own user id (`auth.test`), read once when an event does not name it.
+    pub bot_user_id: tokio::sync::OnceCell<String>,
 }
 
 impl Slack {
@@ -88,6 +94,7 @@ impl Slack {
             verifier,
             api: SlackClient::new(http, settings.api_url.clone(), token),
             app_token,
+            bot_user_id: tokio::sync::OnceCell::new(),
         })
     }
 }
@@ -162,16 +169,30 @@ async fn commands(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) 
 }
 
 /// True for the commands whose replies Slack can show in this version. (`subscriptions` and
-/// `status` wait for notifications to accept Slack conversations; `doctor --repair`, `setup`,
-/// linking and grants for their modals and buttons.)
+/// `status` wait for notifications to accept Slack conversations; `doctor --repair` and
+/// `setup` for their modals and buttons.)
 pub fn works_in_slack(command: &Command) -> bool {
     matches!(
         command,
         Command::Help
             | Command::SetupStatus
             | Command::Doctor { repair: false }
+            | Command::LinkAccount
             | Command::LinkAccountStatus
+            | Command::UnlinkAccount
+            | Command::Grant { .. }
+            | Command::Revoke { .. }
             | Command::Roles
+    )
+}
+
+/// True for the commands whose answers are for the user alone (a sign-in link, their own
+/// link): Slack shows them only to the user, so the core may treat the conversation as
+/// personal.
+pub fn is_personal_command(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::LinkAccount | Command::LinkAccountStatus | Command::UnlinkAccount
     )
 }
 
@@ -180,7 +201,11 @@ const SLACK_USAGES: &[&str] = &[
     "help",
     "setup status",
     "doctor",
+    "link-account",
     "link-account status",
+    "unlink-account",
+    "grant @user insights_user|administrator",
+    "revoke @user insights_user|administrator",
     "roles",
 ];
 
@@ -221,34 +246,41 @@ pub fn not_in_slack_yet(command: &Command) -> Reply {
 /// help and refusals in it, anything that calls ServiceNow or Entra "working on it", its
 /// replies following through the `response_url`.
 pub fn answer_command(app: Arc<App>, slash: SlashCommand) -> Value {
-    let parsed = command::parse(&slash.text);
-    let reply = match parsed {
-        Ok(Command::Help) | Err(ParseError::Empty) => help_card(),
-        Err(err @ ParseError::Unknown(_)) => Reply::notice(
-            Tone::Default,
-            "I understand commands; type /m365 help",
-            &err.to_string(),
-            None,
-        ),
-        Err(err) => Reply::notice(
-            Tone::Attention,
-            "I didn't understand that",
-            &err.to_string(),
-            None,
-        ),
-        Ok(command) if !works_in_slack(&command) => not_in_slack_yet(&command),
-        Ok(command) => {
+    match immediate_reply(&command::parse(&slash.text)) {
+        Ok(reply) => ephemeral(&blocks::render(&reply)),
+        Err(command) => {
             let word = chat::command_word(&command);
             tokio::spawn(run_command(app, slash));
-            return ephemeral(&Message {
+            ephemeral(&Message {
                 text: format!("Working on {word}…"),
                 blocks: vec![blocks::context(&[format!(
                     ":hourglass_flowing_sand: Working on `{word}`…"
                 )])],
-            });
+            })
         }
-    };
-    ephemeral(&blocks::render(&reply))
+    }
+}
+
+/// The answer that needs no work (help, a typing mistake, a command Slack cannot do yet), or
+/// the command to run through the core.
+pub fn immediate_reply(parsed: &Result<Command, ParseError>) -> Result<Reply, Command> {
+    match parsed {
+        Ok(Command::Help) | Err(ParseError::Empty) => Ok(help_card()),
+        Err(err @ ParseError::Unknown(_)) => Ok(Reply::notice(
+            Tone::Default,
+            "I understand commands; type /m365 help",
+            &err.to_string(),
+            None,
+        )),
+        Err(err) => Ok(Reply::notice(
+            Tone::Attention,
+            "I didn't understand that",
+            &err.to_string(),
+            None,
+        )),
+        Ok(command) if !works_in_slack(command) => Ok(not_in_slack_yet(command)),
+        Ok(command) => Err(command.clone()),
+    }
 }
 
 /// Runs a command through the core and posts its replies to the `response_url`.
@@ -270,13 +302,12 @@ async fn run_command(app: Arc<App>, slash: SlashCommand) {
     }
 }
 
-/// The core event of a slash command.
+/// The core event of a slash command. Its answers go to the `response_url` ephemerally, so a
+/// personal command (see [`is_personal_command`]) counts as typed in private.
 pub fn command_event(slash: &SlashCommand) -> InboundEvent {
-    let conversation_type = if slash.is_direct_message() {
-        "personal"
-    } else {
-        "channel"
-    };
+    let personal = slash.is_direct_message()
+        || command::parse(&slash.text).is_ok_and(|c| is_personal_command(&c));
+    let conversation_type = if personal { "personal" } else { "channel" };
     InboundEvent {
         actor: Actor {
             user_id: slash.user_id.clone(),
@@ -292,7 +323,7 @@ pub fn command_event(slash: &SlashCommand) -> InboundEvent {
             thread_conversation_id: slash.channel_id.clone(),
             ..ConversationAddress::default()
         },
-        mentions: Vec::new(),
+        mentions: people::mentions(&slash.text),
         kind: EventKind::Message(slash.text.clone()),
     }
 }
@@ -340,7 +371,8 @@ pub fn answer_interaction(slack: &Slack, interaction: Interaction) -> Option<Val
     }
 }
 
-/// `POST /slack/events`: the `url_verification` handshake; events are acknowledged.
+/// `POST /slack/events`: the `url_verification` handshake; events are acknowledged at once
+/// and mentions and direct messages answered after ([`events::accept`]).
 async fn events(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
     if let Err(refused) = verified(&app, &headers, &body) {
         return refused.into_response();
@@ -349,12 +381,11 @@ async fn events(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) ->
         Ok(EventEnvelope::UrlVerification { challenge }) => {
             Json(json!({"challenge": challenge})).into_response()
         }
-        Ok(EventEnvelope::EventCallback { event, .. }) => {
-            let kind = event
-                .get("type")
-                .and_then(Value::as_str)
-                .unwrap_or_default();
-            tracing::debug!(slack.event = kind, "Slack event acknowledged");
+        Ok(envelope @ EventEnvelope::EventCallback { .. }) => {
+            if let Some(retry) = headers.get("x-slack-retry-num") {
+                tracing::debug!(retry = ?retry, "Slack retried an event");
+            }
+            events::accept(app.clone(), envelope);
             StatusCode::OK.into_response()
         }
         Ok(EventEnvelope::Other) => StatusCode::OK.into_response(),

@@ -224,6 +224,20 @@ impl Interaction {
     }
 }
 
+/// One installation an event is visible to.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+pub struct Authorization {
+    /// Workspace.
+    #[serde(default)]
+    pub team_id: Option<String>,
+    /// The installing user, or the bot user.
+    #[serde(default)]
+    pub user_id: Option<String>,
+    /// True when `user_id` is the app's bot user.
+    #[serde(default)]
+    pub is_bot: bool,
+}
+
 /// An Events API request.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -243,6 +257,9 @@ pub enum EventEnvelope {
         event_id: Option<String>,
         /// The event itself (`app_mention`, `message`, `app_uninstalled`, …).
         event: Value,
+        /// Whom the event is for (the bot's own user id among them).
+        #[serde(default)]
+        authorizations: Vec<Authorization>,
     },
     /// Rate-limit notices and anything newer: acknowledged.
     #[serde(other)]

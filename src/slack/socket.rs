@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message as Frame;
 use tokio_util::sync::CancellationToken;
 
-use super::payload::{Interaction, SlashCommand};
+use super::payload::{EventEnvelope, Interaction, SlashCommand};
 use crate::app::App;
 
 /// First wait before reconnecting.
@@ -199,6 +199,15 @@ fn answer(app: &Arc<App>, envelope: &Envelope) -> Option<Value> {
                     None
                 }
             }
+        }
+        "events_api" => {
+            match serde_json::from_value::<EventEnvelope>(envelope.payload.clone()) {
+                Ok(event) => super::events::accept(app.clone(), event),
+                Err(err) => {
+                    tracing::warn!(error = %err, "Slack Socket Mode: malformed event");
+                }
+            }
+            None
         }
         "interactive" => match serde_json::from_value::<Interaction>(envelope.payload.clone()) {
             Ok(interaction) => super::answer_interaction(slack, interaction),

@@ -42,11 +42,29 @@ pub struct Answer {
 impl SlackBot {
     /// Starts everything on loopback with a fresh SQLite database.
     pub async fn start() -> Self {
+        Self::start_with(false, |_| {}).await
+    }
+
+    /// Like [`Self::start`]; with `fixed_port` the bot listens on a port chosen before the
+    /// emulators start, so that `server.public_url` (and the sign-in app's redirect URI) is
+    /// its real address; `adjust` changes the settings before the bot is built.
+    pub async fn start_with(
+        fixed_port: bool,
+        adjust: impl FnOnce(&mut m365bot::config::Settings),
+    ) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let url = format!("sqlite://{}", dir.path().join("slack.db").display());
+        let port = if fixed_port {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map(|a| a.port())
+                .expect("a free port")
+        } else {
+            0
+        };
         let demo = Demo::start(
             SandboxOptions::default(),
-            "127.0.0.1:0".parse().expect("addr"),
+            format!("127.0.0.1:{port}").parse().expect("addr"),
             &url,
         )
         .await
@@ -60,6 +78,8 @@ impl SlackBot {
         let mut settings = demo.settings.clone();
         m365bot::sandbox::slack::configure(&mut settings, &slack.api_url())
             .expect("Slack settings");
+        adjust(&mut settings);
+        settings.validate().expect("adjusted settings are valid");
         let application = Application::build(settings).await.expect("bot builds");
         let addr = application.local_addr();
         let app = application.app();
@@ -165,6 +185,35 @@ impl SlackBot {
                 .messages()
                 .into_iter()
                 .filter(|m| m.response_url.as_deref() == Some(ticket.response_id.as_str()))
+                .collect();
+            if posted.len() >= count || started.elapsed() > Duration::from_secs(20) {
+                return posted;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Sends `body` (from [`m365bot::sandbox::slack::event_callback`]) to `/slack/events`,
+    /// signed; `retry` sets `X-Slack-Retry-Num`. Returns the HTTP status.
+    pub async fn send_event(&self, body: &Value, retry: Option<u32>) -> u16 {
+        m365bot::sandbox::slack::send_event(&self.client, &self.base_url, body, retry)
+            .await
+            .expect("the bot answers")
+    }
+
+    /// Waits (up to 20 s) until `count` messages match `wanted`; returns those that do.
+    pub async fn posted_where(
+        &self,
+        count: usize,
+        wanted: impl Fn(&SlackPosted) -> bool,
+    ) -> Vec<SlackPosted> {
+        let started = Instant::now();
+        loop {
+            let posted: Vec<SlackPosted> = self
+                .world()
+                .messages()
+                .into_iter()
+                .filter(&wanted)
                 .collect();
             if posted.len() >= count || started.elapsed() > Duration::from_secs(20) {
                 return posted;
