@@ -5,6 +5,9 @@
 
 mod support;
 
+use m365bot::slack::events::{SEEN_RETENTION_MILLIS, first_seen};
+use support::db::test_databases;
+
 use std::time::{Duration, Instant};
 
 use m365bot::sandbox::slack::{EventPlace, SlackPosted, event_callback};
@@ -224,4 +227,29 @@ async fn a_mention_over_socket_mode_is_answered_in_its_thread() {
             .any(|ack| ack.envelope_id == envelope && ack.payload.is_none()),
         "the envelope was acknowledged"
     );
+}
+
+#[tokio::test]
+async fn event_ids_are_recorded_once_and_forgotten_after_an_hour_on_both_databases() {
+    for test in test_databases().await {
+        let label = test.label;
+        assert!(
+            first_seen(&test.db, "Ev1", 1_000).await.expect("insert"),
+            "{label}"
+        );
+        assert!(
+            !first_seen(&test.db, "Ev1", 2_000).await.expect("again"),
+            "{label}"
+        );
+        assert!(
+            first_seen(&test.db, "Ev2", 2_000).await.expect("other"),
+            "{label}"
+        );
+        // Past the retention the id is forgotten (Slack stopped retrying long before).
+        let later = 1_000 + SEEN_RETENTION_MILLIS + 1;
+        assert!(
+            first_seen(&test.db, "Ev1", later).await.expect("later"),
+            "{label}"
+        );
+    }
 }

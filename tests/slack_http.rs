@@ -507,13 +507,10 @@ async fn commands_not_built_for_slack_say_so_at_once() {
     let bot = SlackBot::start().await;
     for command in [
         "setup",
-        "link-account",
-        "unlink-account",
         "subscribe",
         "unsubscribe",
         "subscriptions",
         "status INC0010001",
-        "grant <@U0JANE|jane.doe> insights_user",
         "doctor --repair",
     ] {
         let (answer, _) = bot.command("U0ADMIN", "C0GENERAL", command).await;

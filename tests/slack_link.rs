@@ -362,3 +362,58 @@ async fn grant_and_revoke_with_slack_mentions_by_an_admin_and_refused_for_others
     assert_eq!(role_rows(&bot), after_grant - 1);
     assert!(direct_messages(&bot).is_empty(), "grants answer in place");
 }
+
+#[tokio::test]
+async fn a_slack_link_keeps_its_workspace_on_both_databases() {
+    for test in support::db::test_databases().await {
+        let store = LinkStore::new(&test.db);
+        let link = m365bot::link::store::AccountLink {
+            platform: "slack".to_owned(),
+            chat_user_id: "U0ADMIN".to_owned(),
+            servicenow_user_sys_id: "6816f79cc0a8016401c5a33be04be441".to_owned(),
+            servicenow_user_name: "admin".to_owned(),
+            m365_object_id: ADMIN_OID.to_owned(),
+            m365_upn: "admin@contoso.onmicrosoft.com".to_owned(),
+            m365_tenant_id: "t".to_owned(),
+            m365_roles: vec!["Global Administrator".to_owned()],
+            linked_at: 1,
+            linked_by: "admin".to_owned(),
+            chat_team_id: Some(SANDBOX_TEAM_ID.to_owned()),
+        };
+        let audit = m365bot::link::store::AuditEntry {
+            action: "link".to_owned(),
+            outcome: "linked".to_owned(),
+            actor_platform: "slack".to_owned(),
+            actor_user_id: "U0ADMIN".to_owned(),
+            actor_servicenow_user: Some("admin".to_owned()),
+            target_servicenow_user: Some("admin".to_owned()),
+            role: None,
+            detail: None,
+        };
+        store.save_link(&link, &audit).await.expect("saved");
+        let read = store
+            .link("slack", "U0ADMIN")
+            .await
+            .expect("readable")
+            .expect("stored");
+        assert_eq!(read, link, "{}", test.label);
+    }
+}
+
+#[tokio::test]
+async fn a_slack_user_without_a_readable_email_is_told_what_to_do() {
+    let bot = SlackBot::start().await;
+    bot.world().set_user_email("U0ADMIN", "").expect("user");
+    let (_, answer) = say(&bot, "U0ADMIN", "C0GENERAL", "link-account").await;
+    let text = text_of(&answer.blocks);
+    assert!(text.contains("no e-mail I can read"), "{text}");
+    assert!(text.contains("users:read.email"), "{text}");
+    assert!(sign_in_url(&answer.blocks).is_none(), "no sign-in link");
+    assert!(
+        LinkStore::new(&bot.app.db)
+            .links()
+            .await
+            .expect("links")
+            .is_empty()
+    );
+}

@@ -21,10 +21,10 @@ use crate::app::App;
 use crate::core::Reply;
 use crate::core::command;
 use crate::core::{self as chat, Actor, ConversationAddress, EventKind, InboundEvent, Platform};
-use crate::db::now_millis;
+use crate::db::{Db, now_millis};
 
 /// How long handled event ids are kept (Slack retries within minutes).
-const SEEN_RETENTION_MILLIS: i64 = 3600 * 1000;
+pub const SEEN_RETENTION_MILLIS: i64 = 3600 * 1000;
 
 /// A mention or direct message addressed to the bot.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,32 +142,33 @@ async fn bot_user_id(slack: &Slack) -> Option<String> {
         .cloned()
 }
 
-/// True the first time `event_id` is seen (by any replica sharing the database).
+/// True the first time `event_id` is seen (by any replica sharing the database); on a
+/// database failure the event is answered (twice is better than never).
 async fn first_delivery(app: &App, event_id: &str) -> bool {
-    let now = now_millis();
-    if let Err(err) = sqlx::query("DELETE FROM slack_events_seen WHERE seen_at < $1")
-        .bind(now - SEEN_RETENTION_MILLIS)
-        .execute(&app.db.pool)
+    first_seen(&app.db, event_id, now_millis())
         .await
-    {
-        tracing::warn!(error = %err, "old Slack event ids not deleted");
-    }
-    match sqlx::query(
+        .unwrap_or_else(|err| {
+            tracing::warn!(error = %err, "Slack event id not recorded");
+            true
+        })
+}
+
+/// Records `event_id` as handled at `now` (unix ms) and forgets ids older than an hour; true
+/// when it was not recorded before.
+pub async fn first_seen(db: &Db, event_id: &str, now: i64) -> sqlx::Result<bool> {
+    sqlx::query("DELETE FROM slack_events_seen WHERE seen_at < $1")
+        .bind(now - SEEN_RETENTION_MILLIS)
+        .execute(&db.pool)
+        .await?;
+    let done = sqlx::query(
         "INSERT INTO slack_events_seen (event_id, seen_at) VALUES ($1, $2) \
          ON CONFLICT (event_id) DO NOTHING",
     )
     .bind(event_id)
     .bind(now)
-    .execute(&app.db.pool)
-    .await
-    {
-        Ok(done) => done.rows_affected() == 1,
-        Err(err) => {
-            // Answering twice is better than not answering at all.
-            tracing::warn!(error = %err, "Slack event id not recorded");
-            true
-        }
-    }
+    .execute(&db.pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
 }
 
 /// The core event of a mention or direct message (the bot's mention stripped from the text).
