@@ -3,6 +3,7 @@
 
 pub mod app;
 pub mod cards;
+pub mod chat;
 pub mod config;
 pub mod core;
 pub mod db;

@@ -93,7 +93,7 @@ fn command_lists() -> Value {
     let lists: Vec<Value> = ["personal", "team", "groupChat"]
         .into_iter()
         .map(|scope| {
-            let commands: Vec<Value> = crate::core::working_commands()
+            let commands: Vec<Value> = crate::chat::working_commands()
                 .filter(|command| command.scopes.contains(&scope))
                 .take(MAX_MENU_COMMANDS)
                 .map(|command| {

@@ -33,7 +33,7 @@ use crate::app::App;
 use crate::core::command::{self, Command, ParseError};
 use crate::core::identity::PlatformIdentity;
 use crate::core::{
-    self as chat, Actor, ConversationAddress, EventKind, InboundEvent, Platform, Reply, Tone,
+    self, Actor, ConversationAddress, EventKind, InboundEvent, Platform, Reply, Tone,
 };
 use crate::error::ApiError;
 use api::SlackClient;
@@ -186,7 +186,7 @@ const SLACK_USAGES: &[&str] = &[
 
 /// The help card for Slack: the core's, with the commands Slack cannot do yet marked.
 pub fn help_card() -> Reply {
-    let Reply::Card { template, mut data } = chat::help_card();
+    let Reply::Card { template, mut data } = crate::chat::help_card();
     if let Some(commands) = data.get_mut("commands").and_then(Value::as_array_mut) {
         for command in commands {
             let usage = command["usage"].as_str().unwrap_or_default();
@@ -211,7 +211,7 @@ pub fn not_in_slack_yet(command: &Command) -> Reply {
         "Not available in Slack yet",
         &format!(
             "**{}** is not available in Slack in this version of m365bot.",
-            chat::command_word(command)
+            core::command_word(command)
         ),
         Some("Use Teams for it: type the same command in a chat with m365bot."),
     )
@@ -238,7 +238,7 @@ pub fn answer_command(app: Arc<App>, slash: SlashCommand) -> Value {
         ),
         Ok(command) if !works_in_slack(&command) => not_in_slack_yet(&command),
         Ok(command) => {
-            let word = chat::command_word(&command);
+            let word = core::command_word(&command);
             tokio::spawn(run_command(app, slash));
             return ephemeral(&Message {
                 text: format!("Working on {word}…"),
@@ -254,7 +254,7 @@ pub fn answer_command(app: Arc<App>, slash: SlashCommand) -> Value {
 /// Runs a command through the core and posts its replies to the `response_url`.
 async fn run_command(app: Arc<App>, slash: SlashCommand) {
     let event = command_event(&slash);
-    let replies = chat::handle(&app, event).await;
+    let replies = crate::chat::handle(&app, event).await;
     let Some(slack) = app.slack.as_ref() else {
         return;
     };

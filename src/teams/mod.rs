@@ -16,7 +16,7 @@ use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use crate::app::App;
-use crate::core::{self, Actor, ConversationAddress, EventKind, InboundEvent, Platform, Reply};
+use crate::core::{Actor, ConversationAddress, EventKind, InboundEvent, Platform, Reply};
 use crate::db::conversations::ConversationRef;
 use crate::error::ApiError;
 use activity::{Activity, ChannelAccount, ConversationAccount};
@@ -119,7 +119,7 @@ async fn dispatch(app: &App, activity: Activity) -> Result<Response, ApiError> {
             let Some(event) = message_event(&activity) else {
                 return Ok(StatusCode::OK.into_response());
             };
-            let replies = core::handle(app, event).await;
+            let replies = crate::chat::handle(app, event).await;
             send_replies(app, &activity, replies).await;
             Ok(StatusCode::OK.into_response())
         }
@@ -130,7 +130,7 @@ async fn dispatch(app: &App, activity: Activity) -> Result<Response, ApiError> {
             } else {
                 remember_conversation(app, &activity).await?;
                 if activity.bot_was_added() && activity.conversation_type() == "personal" {
-                    send_replies(app, &activity, vec![core::help_card()]).await;
+                    send_replies(app, &activity, vec![crate::chat::help_card()]).await;
                 }
             }
             Ok(StatusCode::OK.into_response())
@@ -247,7 +247,7 @@ async fn invoke(app: &App, activity: &Activity) -> Result<Response, ApiError> {
             data,
         },
     );
-    let replies = core::handle(app, event).await;
+    let replies = crate::chat::handle(app, event).await;
     let mut rendered = replies.iter().filter_map(|reply| render(app, reply));
     let body = match rendered.next() {
         Some(card) => json!({"statusCode": 200, "type": ADAPTIVE_CARD, "value": card}),
