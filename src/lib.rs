@@ -9,6 +9,8 @@ pub mod core;
 pub mod db;
 pub mod demo;
 pub mod error;
+pub mod identity;
+pub mod ids;
 pub mod init;
 pub mod integration;
 pub mod link;

@@ -13,7 +13,7 @@ use serde_json::Value;
 use zip::CompressionMethod;
 use zip::write::{SimpleFileOptions, ZipWriter};
 
-use crate::config::is_guid;
+use crate::ids::is_guid;
 
 /// The manifest template, with placeholders.
 const MANIFEST_TEMPLATE: &str = include_str!("../manifest/manifest.json");

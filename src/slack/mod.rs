@@ -31,13 +31,14 @@ use serde_json::{Value, json};
 
 use crate::app::App;
 use crate::core::command::{self, Command, ParseError};
-use crate::core::identity::PlatformIdentity;
+use crate::core::identity::{PlatformDirectory, PlatformIdentity};
 use crate::core::{
     self, Actor, ConversationAddress, EventKind, InboundEvent, Platform, Reply, Tone,
 };
 use crate::error::ApiError;
 use api::SlackClient;
 use blocks::Message;
+use futures_util::future::BoxFuture;
 use payload::{EventEnvelope, Interaction, SlashCommand};
 pub use settings::{EmailMatch, SlackSettings, Transport};
 use verify::{SignatureVerifier, VerifyError};
@@ -362,55 +363,60 @@ async fn events(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) ->
     }
 }
 
-/// What Slack says about `user_id` (`users.info`; the e-mail needs `users:read.email`), or a
-/// card saying why it cannot be used.
-pub async fn platform_identity(app: &App, user_id: &str) -> Result<PlatformIdentity, Reply> {
-    let Some(slack) = app.slack.as_ref() else {
-        return Err(Reply::notice(
-            Tone::Attention,
-            "Slack is not configured",
-            "This bot has no Slack bot token, so it cannot look up Slack users.",
-            Some("Ask the bot's operator to set **slack.enabled** and **slack.bot_token**."),
-        ));
-    };
-    let user = slack.api.user_info(user_id).await.map_err(|err| {
-        tracing::warn!(error = %err, "cannot read the Slack user's e-mail");
-        let next = if err.code() == Some("missing_scope") {
-            "Ask your Slack admin to add the users:read and users:read.email scopes to the app and reinstall it."
-        } else {
-            "Try again in a minute; if it keeps failing, ask the bot's operator to check its log."
-        };
-        Reply::notice(
-            Tone::Attention,
-            "I could not find out who you are",
-            &format!("Slack did not tell me your e-mail address ({err})."),
-            Some(next),
-        )
-    })?;
-    if user.deleted || user.is_bot {
-        return Err(Reply::notice(
-            Tone::Attention,
-            "This Slack user cannot use m365bot",
-            "Deactivated users and bots are not mapped to ServiceNow users.",
-            None,
-        ));
+impl PlatformDirectory for Slack {
+    /// What Slack says about `user_id` (`users.info`; the e-mail needs `users:read.email`), or
+    /// a card saying why it cannot be used.
+    fn lookup<'a>(
+        &'a self,
+        _event: &'a InboundEvent,
+        user_id: &'a str,
+    ) -> BoxFuture<'a, Result<PlatformIdentity, Reply>> {
+        Box::pin(self.user_identity(user_id))
     }
-    let email = user.profile.email.clone().filter(|e| !e.trim().is_empty());
-    if email.is_none() {
-        return Err(Reply::notice(
-            Tone::Attention,
-            "Your Slack profile has no e-mail I can read",
-            "I match Slack users to ServiceNow users by e-mail, and Slack did not give me yours.",
-            Some(
-                "Ask your Slack admin to grant the app the users:read.email scope and reinstall it.",
-            ),
-        ));
+}
+
+impl Slack {
+    /// What Slack says about `user_id`, or a card saying why it cannot be used.
+    async fn user_identity(&self, user_id: &str) -> Result<PlatformIdentity, Reply> {
+        let user = self.api.user_info(user_id).await.map_err(|err| {
+            tracing::warn!(error = %err, "cannot read the Slack user's e-mail");
+            let next = if err.code() == Some("missing_scope") {
+                "Ask your Slack admin to add the users:read and users:read.email scopes to the app and reinstall it."
+            } else {
+                "Try again in a minute; if it keeps failing, ask the bot's operator to check its log."
+            };
+            Reply::notice(
+                Tone::Attention,
+                "I could not find out who you are",
+                &format!("Slack did not tell me your e-mail address ({err})."),
+                Some(next),
+            )
+        })?;
+        if user.deleted || user.is_bot {
+            return Err(Reply::notice(
+                Tone::Attention,
+                "This Slack user cannot use m365bot",
+                "Deactivated users and bots are not mapped to ServiceNow users.",
+                None,
+            ));
+        }
+        let email = user.profile.email.clone().filter(|e| !e.trim().is_empty());
+        if email.is_none() {
+            return Err(Reply::notice(
+                Tone::Attention,
+                "Your Slack profile has no e-mail I can read",
+                "I match Slack users to ServiceNow users by e-mail, and Slack did not give me yours.",
+                Some(
+                    "Ask your Slack admin to grant the app the users:read.email scope and reinstall it.",
+                ),
+            ));
+        }
+        Ok(PlatformIdentity {
+            user_id: user.id,
+            name: user.real_name.or(user.profile.real_name).or(user.name),
+            aad_object_id: None,
+            email,
+            user_principal_name: None,
+        })
     }
-    Ok(PlatformIdentity {
-        user_id: user.id,
-        name: user.real_name.or(user.profile.real_name).or(user.name),
-        aad_object_id: None,
-        email,
-        user_principal_name: None,
-    })
 }

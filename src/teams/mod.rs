@@ -16,10 +16,13 @@ use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use crate::app::App;
+use crate::core::identity::{PlatformDirectory, PlatformIdentity};
 use crate::core::{Actor, ConversationAddress, EventKind, InboundEvent, Platform, Reply};
 use crate::db::conversations::ConversationRef;
 use crate::error::ApiError;
 use activity::{Activity, ChannelAccount, ConversationAccount};
+use connector::ConnectorClient;
+use futures_util::future::BoxFuture;
 
 /// The `channelId` of Microsoft Teams activities.
 pub const TEAMS_CHANNEL_ID: &str = "msteams";
@@ -405,4 +408,36 @@ async fn forget_conversation(app: &App, activity: &Activity) -> Result<(), ApiEr
             .map(drop),
     };
     result.map_err(|e| ApiError::Internal(e.into()))
+}
+
+impl PlatformDirectory for ConnectorClient {
+    /// The conversation member (`GET /v3/conversations/{id}/members/{user}`): name, Entra
+    /// object id, e-mail and UPN.
+    fn lookup<'a>(
+        &'a self,
+        event: &'a InboundEvent,
+        user_id: &'a str,
+    ) -> BoxFuture<'a, Result<PlatformIdentity, Reply>> {
+        Box::pin(async move {
+            let member = self
+                .get_member(&event.address.service_url, &event.conversation_id, user_id)
+                .await
+                .map_err(|err| {
+                    tracing::warn!(error = %err, "cannot read the chat member's e-mail");
+                    Reply::notice(
+                        crate::core::Tone::Attention,
+                        "I could not find out who you are",
+                        &format!("Teams did not tell me the e-mail address of this user ({err})."),
+                        Some("Try again in a minute; if it keeps failing, ask your Teams admin whether the bot is installed for this user."),
+                    )
+                })?;
+            Ok(PlatformIdentity {
+                user_id: user_id.to_owned(),
+                name: member.name,
+                aad_object_id: member.aad_object_id,
+                email: member.email,
+                user_principal_name: member.user_principal_name,
+            })
+        })
+    }
 }
