@@ -1,6 +1,6 @@
-//! Proactive delivery of a reply to a stored conversation, per chat platform. This is the only
-//! part of linking that knows a platform's wire format (Slack: the user's direct message with
-//! the bot, since the sign-in may have been asked for in a channel).
+//! Proactive delivery of a reply to a stored conversation, per chat platform: Teams here, other
+//! platforms through their [`super::platform::LinkPlatform`] (Slack: the user's direct message
+//! with the bot, since the sign-in may have been asked for in a channel).
 
 use serde_json::json;
 
@@ -35,15 +35,9 @@ pub async fn deliver(app: &App, address: &ChatAddress, reply: &Reply) -> Result<
                 .map(drop)
                 .map_err(|err| err.to_string())
         }
-        "slack" => {
-            crate::slack::people::deliver_private(
-                app,
-                &address.chat_user_id,
-                &address.conversation_id,
-                reply,
-            )
-            .await
-        }
-        other => Err(format!("replies to {other} are not available yet")),
+        other => match app.link_platform(other) {
+            Some(platform) => platform.deliver(address, reply).await,
+            None => Err(format!("replies to {other} are not available")),
+        },
     }
 }

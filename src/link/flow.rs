@@ -15,9 +15,9 @@ use super::snow::{self, Target};
 use super::store::{AccountLink, AuditEntry, ChatAddress, LinkStore, PendingLink, StateUse};
 use super::{cards, token};
 use crate::app::App;
-use crate::core::identity::{self, RoleNeed};
 use crate::core::{InboundEvent, Platform, Reply, Tone};
 use crate::db::now_millis;
+use crate::identity::{self, RoleNeed};
 use crate::upstream::entra::{AuthorizeRequest, Pkce, random_token};
 
 /// Path of the browser's first stop (redirects to Entra ID).
@@ -401,6 +401,18 @@ fn failed(pending: &PendingLink, status: u16, title: &str, text: &str, next_step
     }
 }
 
+/// The title, text and next step of a notice card, for a page that repeats it.
+fn notice_parts(reply: &Reply) -> (String, String, String) {
+    let Reply::Card { data, .. } = reply;
+    let field = |name: &str| {
+        data.get(name)
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    (field("title"), field("text"), field("next_step"))
+}
+
 fn strip_markdown(text: &str) -> String {
     text.replace("**", "")
 }
@@ -698,12 +710,26 @@ async fn complete(
             );
         }
     };
-    if pending.address.platform == "slack"
-        && let Err(refusal) =
-            crate::slack::people::check_sign_in(app, &pending.address.chat_user_id, &claims).await
-    {
-        let (title, text, next_step) = crate::slack::people::notice_parts(&refusal);
-        return failed(pending, 403, &title, &text, &next_step);
+    if !binds_object_id(&pending.address.platform) {
+        let Some(platform) = app.link_platform(&pending.address.platform) else {
+            let chat = chat_name(&pending.address.platform);
+            return failed(
+                pending,
+                503,
+                &format!("{chat} is not configured"),
+                &format!(
+                    "The bot cannot check that the account is yours: {chat} is no longer configured on it. Nothing was linked."
+                ),
+                "Ask the bot's operator to configure it again; then type **link-account** again.",
+            );
+        };
+        if let Err(refusal) = platform
+            .check_sign_in(&pending.address.chat_user_id, &claims)
+            .await
+        {
+            let (title, text, next_step) = notice_parts(&refusal);
+            return failed(pending, 403, &title, &text, &next_step);
+        }
     }
     if binds_object_id(&pending.address.platform) {
         let matches = pending

@@ -20,7 +20,7 @@ use super::{Slack, blocks, people};
 use crate::app::App;
 use crate::core::Reply;
 use crate::core::command;
-use crate::core::{self as chat, Actor, ConversationAddress, EventKind, InboundEvent, Platform};
+use crate::core::{Actor, ConversationAddress, EventKind, InboundEvent, Platform};
 use crate::db::{Db, now_millis};
 
 /// How long handled event ids are kept (Slack retries within minutes).
@@ -212,7 +212,7 @@ async fn answer(app: &App, slack: &Slack, message: &ChatMessage, bot_user_id: Op
     let personal = parsed.as_ref().is_ok_and(super::is_personal_command);
     let replies = match super::immediate_reply(&parsed) {
         Ok(reply) => vec![reply],
-        Err(_) => chat::handle(app, message_event(message, &text, personal)).await,
+        Err(_) => crate::chat::handle(app, message_event(message, &text, personal)).await,
     };
     for reply in replies {
         post(

@@ -3,12 +3,13 @@
 //! e-mail must be the signed-in account's e-mail or UPN), and personal answers in the bot's
 //! direct message with the user.
 
-use serde_json::Value;
+use futures_util::future::BoxFuture;
 
-use super::blocks;
 use super::settings::EmailMatch;
-use crate::app::App;
+use super::{Slack, blocks};
 use crate::core::{Mention, Reply, Tone};
+use crate::link::platform::LinkPlatform;
+use crate::link::store::ChatAddress;
 use crate::link::token::IdClaims;
 
 /// The user mentions in Slack text, in order and without repeats: `<@U123>` and
@@ -71,13 +72,36 @@ pub fn without_bot_mention(text: &str, bot_user_id: Option<&str>) -> String {
     out.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
+impl LinkPlatform for Slack {
+    fn check_sign_in<'a>(
+        &'a self,
+        user_id: &'a str,
+        claims: &'a IdClaims,
+    ) -> BoxFuture<'a, Result<(), Reply>> {
+        Box::pin(check_sign_in(self, user_id, claims))
+    }
+
+    fn deliver<'a>(
+        &'a self,
+        address: &'a ChatAddress,
+        reply: &'a Reply,
+    ) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(deliver_private(
+            self,
+            &address.chat_user_id,
+            &address.conversation_id,
+            reply,
+        ))
+    }
+}
+
 /// Checks that the account signed in by `link-account` belongs to the Slack user `user_id`:
 /// under `slack.email_match`, its e-mail or UPN (`email-or-upn`) or its UPN (`upn-only`) must
-/// equal the Slack profile e-mail. The refusal says what to do.
-pub async fn check_sign_in(app: &App, user_id: &str, claims: &IdClaims) -> Result<(), Reply> {
-    let identity = super::platform_identity(app, user_id).await?;
+/// equal the Slack profile e-mail, read again now. The refusal says what to do.
+async fn check_sign_in(slack: &Slack, user_id: &str, claims: &IdClaims) -> Result<(), Reply> {
+    let identity = slack.user_identity(user_id).await?;
     let slack_email = identity.email.unwrap_or_default();
-    let rule = app.settings.slack.email_match;
+    let rule = slack.email_match;
     if rule.matches(&slack_email, claims.email.as_deref(), claims.upn.as_deref()) {
         return Ok(());
     }
@@ -115,16 +139,12 @@ pub async fn check_sign_in(app: &App, user_id: &str, claims: &IdClaims) -> Resul
 
 /// Posts `reply` only to `user`: in `conversation` when it is a direct message (`D…`),
 /// otherwise in the bot's direct message with them (`conversations.open`).
-pub async fn deliver_private(
-    app: &App,
+async fn deliver_private(
+    slack: &Slack,
     user: &str,
     conversation: &str,
     reply: &Reply,
 ) -> Result<(), String> {
-    let slack = app
-        .slack
-        .as_ref()
-        .ok_or_else(|| "Slack is not enabled on this bot".to_owned())?;
     let channel = if conversation.starts_with('D') {
         conversation.to_owned()
     } else {
@@ -140,18 +160,6 @@ pub async fn deliver_private(
         .await
         .map(drop)
         .map_err(|err| err.to_string())
-}
-
-/// The title, text and next step of a notice, for pages that repeat a chat refusal.
-pub fn notice_parts(reply: &Reply) -> (String, String, String) {
-    let Reply::Card { data, .. } = reply;
-    let field = |name: &str| {
-        data.get(name)
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned()
-    };
-    (field("title"), field("text"), field("next_step"))
 }
 
 #[cfg(test)]
