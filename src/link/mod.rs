@@ -5,9 +5,10 @@
 //! at the bot's `/auth/link/start?state=…`; that redirects to Entra ID (authorization code +
 //! PKCE, single-use state bound to the chat user and conversation); `/auth/link/callback`
 //! redeems the code, validates the ID token ([`token`]), checks that the account is the chat
-//! user's own (Teams `aadObjectId`) and holds a Microsoft 365 admin role ([`directory`]), writes
-//! the link to ServiceNow ([`snow`]) and the database ([`store`]), and confirms in the chat
-//! ([`deliver`]). The flow ([`flow`]) knows no chat platform.
+//! user's own (Teams `aadObjectId`; on platforms without one, the adapter's rule through
+//! [`platform::LinkPlatform`], e.g. Slack's profile e-mail) and holds a Microsoft 365 admin role
+//! ([`directory`]), writes the link to ServiceNow ([`snow`]) and the database ([`store`]), and
+//! confirms in the chat ([`deliver`]). The flow ([`flow`]) knows no chat platform.
 
 pub mod cards;
 pub mod deliver;
