@@ -159,7 +159,9 @@ pub async fn platform_identity(
                 user_principal_name: member.user_principal_name,
             }
         }
-        Platform::Slack => crate::slack::platform_identity(app, user_id).await?,
+        Platform::Slack => {
+            crate::slack::platform_identity(app, event.address.team_id.as_deref(), user_id).await?
+        }
     };
     app.identities.put(&identity);
     Ok(identity)
