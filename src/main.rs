@@ -427,14 +427,22 @@ async fn sandbox(
     )
     .await?;
     let mut settings = demo.settings.clone();
-    m365bot::sandbox::slack::configure_with(&mut settings, &slack.api_url(), ports.slack_transport)?;
-    let install_url = m365bot::slack::install::redirect_uri(&settings.server.public_url)
-        .replace(m365bot::slack::install::CALLBACK_PATH, m365bot::slack::install::INSTALL_PATH);
+    m365bot::sandbox::slack::configure_with(
+        &mut settings,
+        &slack.api_url(),
+        ports.slack_transport,
+    )?;
+    let install_url = m365bot::slack::install::redirect_uri(&settings.server.public_url).replace(
+        m365bot::slack::install::CALLBACK_PATH,
+        m365bot::slack::install::INSTALL_PATH,
+    );
     let application = Application::build(settings).await?;
     println!("{}", demo.welcome());
     let transport = match ports.slack_transport {
         m365bot::slack::Transport::Http => "signed requests to the bot's /slack/* URLs",
-        m365bot::slack::Transport::Socket => "Socket Mode: the bot holds a WebSocket to the emulator",
+        m365bot::slack::Transport::Socket => {
+            "Socket Mode: the bot holds a WebSocket to the emulator"
+        }
     };
     println!(
         "\nSlack: an emulated Slack Web API runs at {} (workspace {}), reaching the bot by {transport}.\n\

@@ -168,7 +168,12 @@ async fn an_install_stores_the_token_sealed_and_the_new_workspace_is_answered_wi
     let (team, sealed) = &rows[0];
     assert_eq!(team, SECOND_TEAM_ID);
     assert!(!sealed.contains("xoxb-"), "sealed, not in clear");
-    let secrets = bot.app.slack.as_ref().and_then(|s| s.secrets.as_ref()).expect("key");
+    let secrets = bot
+        .app
+        .slack
+        .as_ref()
+        .and_then(|s| s.secrets.as_ref())
+        .expect("key");
     let token = install::stored_token(&bot.app.db, secrets, SECOND_TEAM_ID)
         .await
         .expect("readable")
@@ -188,7 +193,9 @@ async fn an_install_stores_the_token_sealed_and_the_new_workspace_is_answered_wi
     assert_eq!(audit[0].outcome, "stored");
     assert_eq!(audit[0].team_id.as_deref(), Some(SECOND_TEAM_ID));
     assert!(
-        audit.iter().all(|a| !a.detail.contains(token.expose_secret())),
+        audit
+            .iter()
+            .all(|a| !a.detail.contains(token.expose_secret())),
         "the audit never holds the token"
     );
 
@@ -237,7 +244,35 @@ async fn an_install_stores_the_token_sealed_and_the_new_workspace_is_answered_wi
         .api_for(&bot.app.db, SECOND_TEAM_ID)
         .await
         .expect("second workspace");
-    assert_eq!(second.auth_test().await.expect("auth.test").team_id, SECOND_TEAM_ID);
+    assert_eq!(
+        second.auth_test().await.expect("auth.test").team_id,
+        SECOND_TEAM_ID
+    );
+    // Without slack.team_id the configured workspace is learned with auth.test, once.
+    let mut settings = bot.app.settings.clone();
+    settings.slack.team_id = None;
+    let unpinned = m365bot::slack::Slack::from_settings(&settings.slack, reqwest::Client::new())
+        .expect("slack")
+        .with_installs(&settings);
+    let before = bot.world().request_log().len();
+    for _ in 0..2 {
+        let api = unpinned
+            .api_for(&bot.app.db, SANDBOX_TEAM_ID)
+            .await
+            .expect("configured workspace");
+        assert_eq!(
+            api.base(),
+            bot.app.slack.as_ref().expect("slack").api.base()
+        );
+    }
+    let learned: Vec<_> = bot.world().request_log()[before..]
+        .iter()
+        .map(|c| (c.method.clone(), c.team.clone()))
+        .collect();
+    assert_eq!(
+        learned,
+        [("auth.test".to_owned(), Some(SANDBOX_TEAM_ID.to_owned()))]
+    );
     // A workspace with neither is refused, saying what to do.
     let err = bot
         .app
@@ -273,7 +308,10 @@ async fn replayed_expired_forged_and_cancelled_states_are_refused_with_nothing_s
     assert!(page.contains("not issued by this bot"), "{page}");
     // Without any state.
     let mut stateless = sent_back.clone();
-    stateless.query_pairs_mut().clear().append_pair("code", &code);
+    stateless
+        .query_pairs_mut()
+        .clear()
+        .append_pair("code", &code);
     let (status, _) = callback(&bot, &stateless).await;
     assert_eq!(status, 400);
     assert!(stored_rows(&bot).await.is_empty());
@@ -430,8 +468,16 @@ async fn the_installation_store_works_on_every_backend() {
         let secrets = SecretBox::new(Some(&key)).expect("box");
         // States: valid once, then used; unknown; expired.
         let state = install::new_state(db, 600).await.expect("state");
-        assert_eq!(install::take_state(db, &state).await.expect("take"), StateCheck::Valid, "{label}");
-        assert_eq!(install::take_state(db, &state).await.expect("take"), StateCheck::Used, "{label}");
+        assert_eq!(
+            install::take_state(db, &state).await.expect("take"),
+            StateCheck::Valid,
+            "{label}"
+        );
+        assert_eq!(
+            install::take_state(db, &state).await.expect("take"),
+            StateCheck::Used,
+            "{label}"
+        );
         assert_eq!(
             install::take_state(db, "never-issued").await.expect("take"),
             StateCheck::Unknown,
@@ -442,19 +488,30 @@ async fn the_installation_store_works_on_every_backend() {
             .execute(&db.pool)
             .await
             .expect("age");
-        assert_eq!(install::take_state(db, &old).await.expect("take"), StateCheck::Expired, "{label}");
+        assert_eq!(
+            install::take_state(db, &old).await.expect("take"),
+            StateCheck::Expired,
+            "{label}"
+        );
 
         // The documented answer, stored sealed, replaced on reinstall, deleted.
         let access: OAuthAccess =
             serde_json::from_value(sample["success"]["example"].clone()).expect("sample parses");
         assert_eq!(access.team.id, "T9TK3CUKW");
-        install::save_installation(db, &secrets, &access).await.expect("save");
-        install::save_installation(db, &secrets, &access).await.expect("reinstall");
+        install::save_installation(db, &secrets, &access)
+            .await
+            .expect("save");
+        install::save_installation(db, &secrets, &access)
+            .await
+            .expect("reinstall");
         let token = install::stored_token(db, &secrets, "T9TK3CUKW")
             .await
             .expect("read")
             .expect("stored");
-        assert_eq!(token.expose_secret(), "xoxb-17653672481-19874698323-pdFZKVeTuE8sk7oOcBrzbqgy");
+        assert_eq!(
+            token.expose_secret(),
+            "xoxb-17653672481-19874698323-pdFZKVeTuE8sk7oOcBrzbqgy"
+        );
         let raw: String = sqlx::query("SELECT bot_token_sealed FROM slack_installations")
             .fetch_one(&db.pool)
             .await
@@ -462,13 +519,37 @@ async fn the_installation_store_works_on_every_backend() {
             .get(0);
         assert!(!raw.contains("xoxb-"), "{label}: sealed");
         // Another key cannot open it.
-        let other = SecretBox::new(Some(&SecretString::from(generate_key().expect("key")))).expect("box");
-        assert!(install::stored_token(db, &other, "T9TK3CUKW").await.is_err(), "{label}");
-        let stored = install::installation(db, "T9TK3CUKW").await.expect("read").expect("row");
+        let other =
+            SecretBox::new(Some(&SecretString::from(generate_key().expect("key")))).expect("box");
+        assert!(
+            install::stored_token(db, &other, "T9TK3CUKW")
+                .await
+                .is_err(),
+            "{label}"
+        );
+        let stored = install::installation(db, "T9TK3CUKW")
+            .await
+            .expect("read")
+            .expect("row");
         assert_eq!(stored.bot_user_id, "U0KRQLJ9H");
         assert_eq!(stored.installed_by.as_deref(), Some("U1234"));
-        assert!(install::delete_installation(db, "T9TK3CUKW").await.expect("delete"), "{label}");
-        assert!(!install::delete_installation(db, "T9TK3CUKW").await.expect("delete"), "{label}");
-        assert!(install::stored_token(db, &secrets, "T9TK3CUKW").await.expect("read").is_none());
+        assert!(
+            install::delete_installation(db, "T9TK3CUKW")
+                .await
+                .expect("delete"),
+            "{label}"
+        );
+        assert!(
+            !install::delete_installation(db, "T9TK3CUKW")
+                .await
+                .expect("delete"),
+            "{label}"
+        );
+        assert!(
+            install::stored_token(db, &secrets, "T9TK3CUKW")
+                .await
+                .expect("read")
+                .is_none()
+        );
     }
 }

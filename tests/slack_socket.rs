@@ -229,7 +229,10 @@ async fn app_uninstalled_and_tokens_revoked_over_socket_mode_delete_the_token() 
             .expect("stored");
     }
     let stored = |team: &'static str| async move {
-        install::installation(db, team).await.expect("read").is_some()
+        install::installation(db, team)
+            .await
+            .expect("read")
+            .is_some()
     };
     let uninstalled = bot
         .world()

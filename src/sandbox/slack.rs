@@ -770,9 +770,16 @@ fn oauth_access(world: &mut World, headers: &HeaderMap, body: &[u8]) -> Response
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Basic "))
-        .and_then(|v| base64::engine::general_purpose::STANDARD.decode(v.trim()).ok())
+        .and_then(|v| {
+            base64::engine::general_purpose::STANDARD
+                .decode(v.trim())
+                .ok()
+        })
         .and_then(|v| String::from_utf8(v).ok())
-        .and_then(|v| v.split_once(':').map(|(id, secret)| (id.to_owned(), secret.to_owned())));
+        .and_then(|v| {
+            v.split_once(':')
+                .map(|(id, secret)| (id.to_owned(), secret.to_owned()))
+        });
     let (client_id, client_secret) = match basic {
         Some(pair) => pair,
         None => (
@@ -1204,6 +1211,7 @@ pub fn configure_with(
     slack.bot_token = Some(SecretString::from(SANDBOX_BOT_TOKEN));
     slack.signing_secret = Some(SecretString::from(SANDBOX_SIGNING_SECRET));
     slack.app_token = Some(SecretString::from(SANDBOX_APP_TOKEN));
+    slack.team_id = Some(SANDBOX_TEAM_ID.to_owned());
     slack.client_id = Some(SANDBOX_CLIENT_ID.to_owned());
     slack.client_secret = Some(SecretString::from(SANDBOX_CLIENT_SECRET));
     slack.authorize_url = api_url

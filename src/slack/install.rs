@@ -301,10 +301,11 @@ pub async fn take_state(db: &Db, state: &str) -> Result<StateCheck, sqlx::Error>
     if taken.rows_affected() == 1 {
         return Ok(StateCheck::Valid);
     }
-    let row = sqlx::query("SELECT expires_at, used_at FROM slack_install_states WHERE state_hash = $1")
-        .bind(&hash)
-        .fetch_optional(&db.pool)
-        .await?;
+    let row =
+        sqlx::query("SELECT expires_at, used_at FROM slack_install_states WHERE state_hash = $1")
+            .bind(&hash)
+            .fetch_optional(&db.pool)
+            .await?;
     let Some(row) = row else {
         return Ok(StateCheck::Unknown);
     };
@@ -372,7 +373,10 @@ async fn install(State(app): State<Arc<App>>) -> Response {
     url.query_pairs_mut()
         .append_pair("client_id", client_id.trim())
         .append_pair("scope", &BOT_SCOPES.join(","))
-        .append_pair("redirect_uri", &redirect_uri(&app.settings.server.public_url))
+        .append_pair(
+            "redirect_uri",
+            &redirect_uri(&app.settings.server.public_url),
+        )
         .append_pair("state", &state);
     let mut response = StatusCode::FOUND.into_response();
     if let Ok(location) = HeaderValue::from_str(url.as_str()) {
@@ -410,9 +414,21 @@ async fn callback(
             "To install it into more workspaces, its operator sets slack.client_id and slack.client_secret.",
         );
     };
-    let param = |name: &str| params.get(name).map(String::as_str).filter(|v| !v.is_empty());
+    let param = |name: &str| {
+        params
+            .get(name)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
+    };
     let Some(state) = param("state") else {
-        audit(&app.db, None, "install", "refused", "callback without state").await;
+        audit(
+            &app.db,
+            None,
+            "install",
+            "refused",
+            "callback without state",
+        )
+        .await;
         return page(
             StatusCode::BAD_REQUEST,
             "This link is not valid",
@@ -449,10 +465,22 @@ async fn callback(
     };
     if let Some((detail, message)) = refusal {
         audit(&app.db, None, "install", "refused", detail).await;
-        return page(StatusCode::BAD_REQUEST, "This link is not valid", message, START_AGAIN);
+        return page(
+            StatusCode::BAD_REQUEST,
+            "This link is not valid",
+            message,
+            START_AGAIN,
+        );
     }
     if let Some(error) = param("error") {
-        audit(&app.db, None, "install", "refused", &format!("Slack said {error}")).await;
+        audit(
+            &app.db,
+            None,
+            "install",
+            "refused",
+            &format!("Slack said {error}"),
+        )
+        .await;
         return page(
             StatusCode::BAD_REQUEST,
             "The installation was cancelled",
@@ -520,7 +548,14 @@ async fn callback(
     }
     if let Err(err) = save_installation(&app.db, secrets, &access).await {
         tracing::error!(error = %err, team = %access.team.id, "cannot store the Slack installation");
-        audit(&app.db, Some(&access.team.id), "install", "failed", "not stored").await;
+        audit(
+            &app.db,
+            Some(&access.team.id),
+            "install",
+            "failed",
+            "not stored",
+        )
+        .await;
         return page(
             StatusCode::SERVICE_UNAVAILABLE,
             "The installation cannot finish",
@@ -559,7 +594,10 @@ async fn callback(
 
 /// Handles `app_uninstalled` and `tokens_revoked` of `team_id`; false for other events.
 pub async fn on_event(app: &App, team_id: Option<&str>, event: &Value) -> bool {
-    let kind = event.get("type").and_then(Value::as_str).unwrap_or_default();
+    let kind = event
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     if kind != "app_uninstalled" && kind != "tokens_revoked" {
         return false;
     }
@@ -575,7 +613,14 @@ pub async fn on_event(app: &App, team_id: Option<&str>, event: &Value) -> bool {
             .unwrap_or_default();
         if revoked_bots.is_empty() {
             // Only user tokens, which the bot never keeps.
-            audit(&app.db, Some(team_id), kind, "nothing_stored", "no bot token revoked").await;
+            audit(
+                &app.db,
+                Some(team_id),
+                kind,
+                "nothing_stored",
+                "no bot token revoked",
+            )
+            .await;
             return true;
         }
         match installation(&app.db, team_id).await {
@@ -603,7 +648,14 @@ pub async fn remove_workspace(app: &App, team_id: &str, reason: &str) {
     match delete_installation(&app.db, team_id).await {
         Ok(true) => {
             tracing::info!(team = %team_id, reason, "Slack workspace token deleted");
-            audit(&app.db, Some(team_id), reason, "deleted", "bot token deleted").await;
+            audit(
+                &app.db,
+                Some(team_id),
+                reason,
+                "deleted",
+                "bot token deleted",
+            )
+            .await;
         }
         Ok(false) => {
             tracing::warn!(
@@ -622,7 +674,14 @@ pub async fn remove_workspace(app: &App, team_id: &str, reason: &str) {
         }
         Err(err) => {
             tracing::error!(error = %err, team = %team_id, "cannot delete the Slack token");
-            audit(&app.db, Some(team_id), reason, "failed", "token not deleted").await;
+            audit(
+                &app.db,
+                Some(team_id),
+                reason,
+                "failed",
+                "token not deleted",
+            )
+            .await;
         }
     }
     disable_team_subscriptions(app, team_id, reason).await;
@@ -654,7 +713,10 @@ mod tests {
         let response = page(StatusCode::BAD_REQUEST, "<b>", "a & b", "x");
         assert_eq!(response.status(), StatusCode::BAD_REQUEST);
         assert_eq!(
-            response.headers().get(header::CACHE_CONTROL).map(|v| v.as_bytes()),
+            response
+                .headers()
+                .get(header::CACHE_CONTROL)
+                .map(|v| v.as_bytes()),
             Some(&b"no-store"[..])
         );
     }

@@ -111,7 +111,7 @@ impl Slack {
             api: SlackClient::new(http, settings.api_url.clone(), token),
             app_token,
             secrets: None,
-            configured_team: tokio::sync::OnceCell::new(),
+            configured_team: tokio::sync::OnceCell::new_with(settings.team_id.clone()),
         })
     }
 
@@ -127,7 +127,11 @@ impl Slack {
 
     /// The Web API client of the workspace `team_id`: its stored token when it was installed
     /// through `/slack/install`, the configured token for the configured workspace.
-    pub async fn api_for(&self, db: &crate::db::Db, team_id: &str) -> Result<SlackClient, TokenError> {
+    pub async fn api_for(
+        &self,
+        db: &crate::db::Db,
+        team_id: &str,
+    ) -> Result<SlackClient, TokenError> {
         let Some(secrets) = self.secrets.as_ref() else {
             // One workspace only: every request comes from the configured one.
             return Ok(self.api.clone());

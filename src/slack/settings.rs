@@ -72,6 +72,10 @@ pub struct SlackSettings {
     /// Requests signed longer ago (or further ahead) than this are refused, in seconds.
     #[serde(default = "default_signature_window_secs")]
     pub signature_window_secs: u64,
+    /// Workspace id (`T…`) of `bot_token`; when unset it is asked once with `auth.test` (needed
+    /// only with installs into more workspaces, to tell the configured workspace apart).
+    #[serde(default)]
+    pub team_id: Option<String>,
     /// Client ID (Basic Information > App Credentials), for installs into more workspaces
     /// through `/slack/install` (OAuth v2); unset: only the configured workspace.
     #[serde(default)]
@@ -117,6 +121,7 @@ impl Default for SlackSettings {
             email_match: default_email_match(),
             api_url: default_api_url(),
             signature_window_secs: default_signature_window_secs(),
+            team_id: None,
             client_id: None,
             client_secret: None,
             authorize_url: default_authorize_url(),
@@ -221,6 +226,18 @@ impl SlackSettings {
                 "must be between 60 and 3600 seconds".to_owned(),
             ));
         }
+        if let Some(team) = self.team_id.as_deref()
+            && !(team.len() >= 2
+                && team.starts_with('T')
+                && team
+                    .chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit()))
+        {
+            return Err((
+                "slack.team_id",
+                "must be the workspace id of slack.bot_token (T…, as auth.test reports it), or unset".to_owned(),
+            ));
+        }
         let client_id = self.client_id.as_deref().map(str::trim);
         match (client_id, present(self.client_secret.as_ref())) {
             (None, None) => Ok(()),
@@ -304,6 +321,53 @@ mod tests {
         load("enabled = true\nbot_token = \"xoxb-1\"\ntransport = \"socket\"\napp_token = \"xapp-1\"\n")
             .expect("socket with an app token");
         load("").expect("off by default needs nothing");
+    }
+
+    #[test]
+    fn install_credentials_come_in_pairs_and_need_the_encryption_key() {
+        let base =
+            "enabled = true\nbot_token = \"xoxb-1\"\nsigning_secret = \"0123456789abcdef0123\"\n";
+        let cases = [
+            ("client_id = \"123.456\"\n", "slack.client_secret"),
+            (
+                "client_secret = \"0123456789abcdef0123\"\n",
+                "slack.client_id",
+            ),
+            (
+                "client_id = \"not an id\"\nclient_secret = \"0123456789abcdef0123\"\n",
+                "slack.client_id",
+            ),
+            (
+                "client_id = \"123.456\"\nclient_secret = \"short\"\n",
+                "slack.client_secret",
+            ),
+            ("team_id = \"contoso\"\n", "slack.team_id"),
+            (
+                "authorize_url = \"http://slack.example.com/oauth\"\n",
+                "slack.authorize_url",
+            ),
+            (
+                "install_state_ttl_secs = 5\n",
+                "slack.install_state_ttl_secs",
+            ),
+            // Both credentials, but no setup.encryption_key to seal the tokens with.
+            (
+                "client_id = \"123.456\"\nclient_secret = \"0123456789abcdef0123\"\n",
+                "setup.encryption_key",
+            ),
+        ];
+        for (extra, key) in cases {
+            let toml = format!("{base}{extra}");
+            let err = load(&toml).expect_err(&toml);
+            assert!(err.contains(key), "{toml}: {err}");
+        }
+        let key = crate::setup::crypto::generate_key().expect("key");
+        let valid = Settings::from_toml_str(&format!(
+            "{BASE}[setup]\nencryption_key = \"{key}\"\n[slack]\n{base}client_id = \"123.456\"\nclient_secret = \"0123456789abcdef0123\"\nteam_id = \"T0ABC\"\n"
+        ))
+        .expect("valid");
+        assert!(valid.slack.installs_enabled());
+        assert!(!format!("{valid:?}").contains("0123456789abcdef0123"));
     }
 
     #[test]
