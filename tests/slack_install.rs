@@ -253,7 +253,7 @@ async fn an_install_stores_the_token_sealed_and_the_new_workspace_is_answered_wi
     settings.slack.team_id = None;
     let unpinned = m365bot::slack::Slack::from_settings(&settings.slack, reqwest::Client::new())
         .expect("slack")
-        .with_installs(&settings);
+        .with_installs(&settings, &bot.app.db);
     let before = bot.world().request_log().len();
     for _ in 0..2 {
         let api = unpinned
