@@ -467,7 +467,10 @@ async fn the_installation_store_works_on_every_backend() {
         let key = SecretString::from(generate_key().expect("key"));
         let secrets = SecretBox::new(Some(&key)).expect("box");
         // States: valid once, then used; unknown; expired.
-        let state = install::new_state(db, 600).await.expect("state");
+        let state = install::new_state(db, 600, 10)
+            .await
+            .expect("state")
+            .expect("issued");
         assert_eq!(
             install::take_state(db, &state).await.expect("take"),
             StateCheck::Valid,
@@ -483,7 +486,24 @@ async fn the_installation_store_works_on_every_backend() {
             StateCheck::Unknown,
             "{label}"
         );
-        let old = install::new_state(db, 600).await.expect("state");
+        let old = install::new_state(db, 600, 10)
+            .await
+            .expect("state")
+            .expect("issued");
+        // Unused links are bounded; used and expired ones do not count.
+        let pending = install::new_state(db, 600, 2)
+            .await
+            .expect("state")
+            .expect("a second pending link");
+        assert_eq!(
+            install::new_state(db, 600, 2).await.expect("state"),
+            None,
+            "{label}: a third pending link is refused"
+        );
+        assert_eq!(
+            install::take_state(db, &pending).await.expect("take"),
+            StateCheck::Valid
+        );
         sqlx::query("UPDATE slack_install_states SET expires_at = 1 WHERE used_at IS NULL")
             .execute(&db.pool)
             .await
@@ -491,6 +511,19 @@ async fn the_installation_store_works_on_every_backend() {
         assert_eq!(
             install::take_state(db, &old).await.expect("take"),
             StateCheck::Expired,
+            "{label}"
+        );
+        assert!(
+            install::new_state(db, 600, 1)
+                .await
+                .expect("state")
+                .is_some(),
+            "{label}: expired links do not count"
+        );
+        // Links expired a day ago are forgotten.
+        assert_eq!(
+            install::take_state(db, &old).await.expect("take"),
+            StateCheck::Unknown,
             "{label}"
         );
 

@@ -265,8 +265,17 @@ pub enum StateCheck {
     Used,
 }
 
-/// Issues a fresh install `state`, valid for `ttl_secs`, and forgets long-expired ones.
-pub async fn new_state(db: &Db, ttl_secs: u64) -> Result<String, sqlx::Error> {
+/// Install links that may be pending at once (`/slack/install` needs no sign-in, so this
+/// bounds what anonymous requests can make the bot store).
+pub const MAX_PENDING_STATES: i64 = 1000;
+
+/// Issues a fresh install `state`, valid for `ttl_secs`, and forgets expired ones; `None` when
+/// `max_pending` unused, unexpired states exist already.
+pub async fn new_state(
+    db: &Db,
+    ttl_secs: u64,
+    max_pending: i64,
+) -> Result<Option<String>, sqlx::Error> {
     let state = crate::upstream::entra::random_token(32);
     let now = now_millis();
     let ttl = i64::try_from(ttl_secs).unwrap_or(600) * 1000;
@@ -274,6 +283,16 @@ pub async fn new_state(db: &Db, ttl_secs: u64) -> Result<String, sqlx::Error> {
         .bind(now - 86_400_000)
         .execute(&db.pool)
         .await?;
+    let pending: i64 = sqlx::query(
+        "SELECT COUNT(*) FROM slack_install_states WHERE used_at IS NULL AND expires_at > $1",
+    )
+    .bind(now)
+    .fetch_one(&db.pool)
+    .await?
+    .try_get(0)?;
+    if pending >= max_pending {
+        return Ok(None);
+    }
     sqlx::query(
         "INSERT INTO slack_install_states (state_hash, created_at, expires_at, used_at) \
          VALUES ($1, $2, $3, NULL)",
@@ -283,7 +302,7 @@ pub async fn new_state(db: &Db, ttl_secs: u64) -> Result<String, sqlx::Error> {
     .bind(now + ttl)
     .execute(&db.pool)
     .await?;
-    Ok(state)
+    Ok(Some(state))
 }
 
 /// Uses `state` once: [`StateCheck::Valid`] for exactly one caller.
@@ -357,8 +376,18 @@ async fn install(State(app): State<Arc<App>>) -> Response {
             "To install it into more workspaces, its operator sets slack.client_id and slack.client_secret.",
         );
     };
-    let state = match new_state(&app.db, settings.install_state_ttl_secs).await {
-        Ok(state) => state,
+    let state = match new_state(&app.db, settings.install_state_ttl_secs, MAX_PENDING_STATES).await
+    {
+        Ok(Some(state)) => state,
+        Ok(None) => {
+            tracing::warn!("Slack install: too many install links pending");
+            return page(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Too many installations in progress",
+                "The bot holds as many unused install links as it accepts.",
+                "Try again in a few minutes, when older links have expired.",
+            );
+        }
         Err(err) => {
             tracing::error!(error = %err, "cannot store the Slack install state");
             return page(
