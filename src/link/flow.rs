@@ -723,10 +723,7 @@ async fn complete(
                 "Ask the bot's operator to configure it again; then type **link-account** again.",
             );
         };
-        if let Err(refusal) = platform
-            .check_sign_in(&pending.address.chat_user_id, &claims)
-            .await
-        {
+        if let Err(refusal) = platform.check_sign_in(&pending.address, &claims).await {
             let (title, text, next_step) = notice_parts(&refusal);
             return failed(pending, 403, &title, &text, &next_step);
         }

@@ -10,11 +10,11 @@ use crate::core::Reply;
 
 /// The account-linking side of a chat platform.
 pub trait LinkPlatform: Send + Sync {
-    /// Checks that the account signed in (`claims`) belongs to the chat user `user_id`; the
-    /// refusal card says why not and what to do.
+    /// Checks that the account signed in (`claims`) belongs to the chat user of `address`;
+    /// the refusal card says why not and what to do.
     fn check_sign_in<'a>(
         &'a self,
-        user_id: &'a str,
+        address: &'a ChatAddress,
         claims: &'a IdClaims,
     ) -> BoxFuture<'a, Result<(), Reply>>;
 

@@ -15,8 +15,9 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+use super::api::SlackClient;
 use super::payload::EventEnvelope;
-use super::{Slack, blocks, people};
+use super::{blocks, people};
 use crate::app::App;
 use crate::core::Reply;
 use crate::core::command;
@@ -107,9 +108,17 @@ pub fn accept(app: Arc<App>, envelope: EventEnvelope) {
         let Some(slack) = app.slack.as_ref() else {
             return;
         };
+        let team = team_id.as_deref().or_else(|| text_field(&event, "team"));
+        let api = match slack.workspace_api(team).await {
+            Ok(api) => api,
+            Err(err) => {
+                tracing::warn!(error = %err, "Slack event from a workspace without a token ignored");
+                return;
+            }
+        };
         let bot_user_id = match bot_from_event {
             Some(id) => Some(id),
-            None => bot_user_id(slack).await,
+            None => bot_user_id(&api).await,
         };
         let Some(message) = chat_message(team_id.as_deref(), &event, bot_user_id.as_deref()) else {
             let kind = text_field(&event, "type").unwrap_or_default();
@@ -125,21 +134,19 @@ pub fn accept(app: Arc<App>, envelope: EventEnvelope) {
             tracing::debug!(slack.event_id = id, "Slack event already answered");
             return;
         }
-        answer(&app, slack, &message, bot_user_id.as_deref()).await;
+        answer(&app, &api, &message, bot_user_id.as_deref()).await;
     });
 }
 
-/// The bot's user id from `auth.test`, read once.
-async fn bot_user_id(slack: &Slack) -> Option<String> {
-    slack
-        .bot_user_id
-        .get_or_try_init(|| async {
-            slack.api.auth_test().await.map(|identity| identity.user_id)
-        })
+/// The bot's user id in the workspace of `api` (`auth.test`), for events that do not name it.
+async fn bot_user_id(api: &SlackClient) -> Option<String> {
+    api.auth_test()
         .await
-        .map_err(|err| tracing::warn!(error = %err, "Slack auth.test failed; the bot's user id is unknown"))
+        .map(|identity| identity.user_id)
+        .map_err(|err| {
+            tracing::warn!(error = %err, "Slack auth.test failed; the bot's user id is unknown");
+        })
         .ok()
-        .cloned()
 }
 
 /// True the first time `event_id` is seen (by any replica sharing the database); on a
@@ -206,7 +213,7 @@ fn is_about_the_user(reply: &Reply) -> bool {
 }
 
 /// Runs the message through the core and posts the answers.
-async fn answer(app: &App, slack: &Slack, message: &ChatMessage, bot_user_id: Option<&str>) {
+async fn answer(app: &App, api: &SlackClient, message: &ChatMessage, bot_user_id: Option<&str>) {
     let text = people::without_bot_mention(&message.text, bot_user_id);
     let parsed = command::parse(&text);
     let personal = parsed.as_ref().is_ok_and(super::is_personal_command);
@@ -215,33 +222,23 @@ async fn answer(app: &App, slack: &Slack, message: &ChatMessage, bot_user_id: Op
         Err(_) => crate::chat::handle(app, message_event(message, &text, personal)).await,
     };
     for reply in replies {
-        post(
-            slack,
-            message,
-            &reply,
-            personal || is_about_the_user(&reply),
-        )
-        .await;
+        post(api, message, &reply, personal || is_about_the_user(&reply)).await;
     }
 }
 
 /// Posts one answer: in a direct message into the conversation (its thread, if any); in a
 /// channel into the mention's thread, or to the user alone when `private`.
-async fn post(slack: &Slack, message: &ChatMessage, reply: &Reply, private: bool) {
+async fn post(api: &SlackClient, message: &ChatMessage, reply: &Reply, private: bool) {
     let rendered = blocks::render(reply);
     let thread = message
         .thread_ts
         .as_deref()
         .or((!message.is_direct).then_some(message.ts.as_str()));
     let sent = if private && !message.is_direct {
-        slack
-            .api
-            .post_ephemeral_in_thread(&message.channel, &message.user, &rendered, thread)
+        api.post_ephemeral_in_thread(&message.channel, &message.user, &rendered, thread)
             .await
     } else {
-        slack
-            .api
-            .post_message(&message.channel, &rendered, thread)
+        api.post_message(&message.channel, &rendered, thread)
             .await
             .map(drop)
     };

@@ -24,8 +24,10 @@ pub const BOT_SCOPES: &[&str] = &[
     "im:write",
 ];
 
-/// The events the bot subscribes to: mentions in channels and direct messages.
+/// The events the bot answers: mentions in channels and direct messages.
 pub const BOT_EVENTS: &[&str] = &["app_mention", "message.im"];
+/// Events the bot subscribes to for its own removal (they need no scope).
+pub const LIFECYCLE_EVENTS: &[&str] = &["app_uninstalled", "tokens_revoked"];
 
 /// The manifest for a bot reachable at `public_url` over `transport` (in Socket Mode the
 /// request URLs are left out: Slack does not call the bot).
@@ -45,11 +47,14 @@ pub fn manifest(public_url: &Url, transport: Transport) -> Value {
         "should_escape": true,
     });
     let mut interactivity = json!({"is_enabled": true});
-    let mut events = json!({"bot_events": BOT_EVENTS});
+    // Mentions and direct messages are answered; removals of the app reach the bot as events,
+    // so that it deletes the workspace's token.
+    let bot_events: Vec<&str> = BOT_EVENTS.iter().chain(LIFECYCLE_EVENTS).copied().collect();
+    let mut event_subscriptions = json!({"bot_events": bot_events});
     if !socket {
         command["url"] = json!(url(COMMANDS_PATH));
         interactivity["request_url"] = json!(url(INTERACTIONS_PATH));
-        events["request_url"] = json!(url(EVENTS_PATH));
+        event_subscriptions["request_url"] = json!(url(EVENTS_PATH));
     }
     json!({
         "_metadata": {"major_version": 1, "minor_version": 1},
@@ -64,9 +69,13 @@ pub fn manifest(public_url: &Url, transport: Transport) -> Value {
             "app_home": {"home_tab_enabled": false, "messages_tab_enabled": true, "messages_tab_read_only_enabled": false},
             "slash_commands": [command],
         },
-        "oauth_config": {"scopes": {"bot": BOT_SCOPES}},
+        "oauth_config": {
+            // Installs into more workspaces (OAuth v2) come back here.
+            "redirect_urls": [super::install::redirect_uri(public_url)],
+            "scopes": {"bot": BOT_SCOPES},
+        },
         "settings": {
-            "event_subscriptions": events,
+            "event_subscriptions": event_subscriptions,
             "interactivity": interactivity,
             "org_deploy_enabled": false,
             "socket_mode_enabled": socket,
@@ -93,8 +102,21 @@ mod tests {
         );
         assert_eq!(http["settings"]["socket_mode_enabled"], false);
         assert_eq!(
+            http["oauth_config"]["redirect_urls"][0],
+            "https://bot.contoso.example/m365/slack/oauth/callback"
+        );
+        assert_eq!(
             http["settings"]["event_subscriptions"]["request_url"],
             "https://bot.contoso.example/m365/slack/events"
+        );
+        assert_eq!(
+            http["settings"]["event_subscriptions"]["bot_events"],
+            json!([
+                "app_mention",
+                "message.im",
+                "app_uninstalled",
+                "tokens_revoked"
+            ])
         );
         let socket = manifest(&base, Transport::Socket);
         assert!(socket["features"]["slash_commands"][0].get("url").is_none());

@@ -5,8 +5,9 @@
 
 use futures_util::future::BoxFuture;
 
+use super::api::SlackClient;
 use super::settings::EmailMatch;
-use super::{Slack, blocks};
+use super::{Slack, TokenError, blocks};
 use crate::core::{Mention, Reply, Tone};
 use crate::link::platform::LinkPlatform;
 use crate::link::store::ChatAddress;
@@ -75,10 +76,10 @@ pub fn without_bot_mention(text: &str, bot_user_id: Option<&str>) -> String {
 impl LinkPlatform for Slack {
     fn check_sign_in<'a>(
         &'a self,
-        user_id: &'a str,
+        address: &'a ChatAddress,
         claims: &'a IdClaims,
     ) -> BoxFuture<'a, Result<(), Reply>> {
-        Box::pin(check_sign_in(self, user_id, claims))
+        Box::pin(check_sign_in(self, address, claims))
     }
 
     fn deliver<'a>(
@@ -86,20 +87,22 @@ impl LinkPlatform for Slack {
         address: &'a ChatAddress,
         reply: &'a Reply,
     ) -> BoxFuture<'a, Result<(), String>> {
-        Box::pin(deliver_private(
-            self,
-            &address.chat_user_id,
-            &address.conversation_id,
-            reply,
-        ))
+        Box::pin(deliver_private(self, address, reply))
     }
 }
 
 /// Checks that the account signed in by `link-account` belongs to the Slack user `user_id`:
 /// under `slack.email_match`, its e-mail or UPN (`email-or-upn`) or its UPN (`upn-only`) must
-/// equal the Slack profile e-mail, read again now. The refusal says what to do.
-async fn check_sign_in(slack: &Slack, user_id: &str, claims: &IdClaims) -> Result<(), Reply> {
-    let identity = slack.user_identity(user_id).await?;
+/// equal the Slack profile e-mail, read again now (in the workspace of `address`, kept as its
+/// `tenant_id`). The refusal says what to do.
+async fn check_sign_in(
+    slack: &Slack,
+    address: &ChatAddress,
+    claims: &IdClaims,
+) -> Result<(), Reply> {
+    let identity = slack
+        .user_identity(workspace_of(address), &address.chat_user_id)
+        .await?;
     let slack_email = identity.email.unwrap_or_default();
     let rule = slack.email_match;
     if rule.matches(&slack_email, claims.email.as_deref(), claims.upn.as_deref()) {
@@ -137,26 +140,41 @@ async fn check_sign_in(slack: &Slack, user_id: &str, claims: &IdClaims) -> Resul
     ))
 }
 
-/// Posts `reply` only to `user`: in `conversation` when it is a direct message (`D…`),
-/// otherwise in the bot's direct message with them (`conversations.open`).
+/// The Slack workspace of a stored address (Slack keeps its team id as the `tenant_id`).
+fn workspace_of(address: &ChatAddress) -> Option<&str> {
+    Some(address.tenant_id.as_str()).filter(|team| !team.is_empty())
+}
+
+impl Slack {
+    /// The Web API client of the workspace `team_id` (the configured one when unknown, or
+    /// when the bot serves one workspace only).
+    pub async fn workspace_api(&self, team_id: Option<&str>) -> Result<SlackClient, TokenError> {
+        match (team_id, self.db.as_ref()) {
+            (Some(team_id), Some(db)) => self.api_for(db, team_id).await,
+            _ => Ok(self.api.clone()),
+        }
+    }
+}
+
+/// Posts `reply` only to the user of `address`: in its conversation when that is a direct
+/// message (`D…`), otherwise in the bot's direct message with them (`conversations.open`).
 async fn deliver_private(
     slack: &Slack,
-    user: &str,
-    conversation: &str,
+    address: &ChatAddress,
     reply: &Reply,
 ) -> Result<(), String> {
-    let channel = if conversation.starts_with('D') {
-        conversation.to_owned()
+    let api = slack
+        .workspace_api(workspace_of(address))
+        .await
+        .map_err(|err| err.to_string())?;
+    let channel = if address.conversation_id.starts_with('D') {
+        address.conversation_id.clone()
     } else {
-        slack
-            .api
-            .open_direct_message(user)
+        api.open_direct_message(&address.chat_user_id)
             .await
             .map_err(|err| err.to_string())?
     };
-    slack
-        .api
-        .post_message(&channel, &blocks::render(reply), None)
+    api.post_message(&channel, &blocks::render(reply), None)
         .await
         .map(drop)
         .map_err(|err| err.to_string())

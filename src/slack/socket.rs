@@ -200,15 +200,6 @@ fn answer(app: &Arc<App>, envelope: &Envelope) -> Option<Value> {
                 }
             }
         }
-        "events_api" => {
-            match serde_json::from_value::<EventEnvelope>(envelope.payload.clone()) {
-                Ok(event) => super::events::accept(app.clone(), event),
-                Err(err) => {
-                    tracing::warn!(error = %err, "Slack Socket Mode: malformed event");
-                }
-            }
-            None
-        }
         "interactive" => match serde_json::from_value::<Interaction>(envelope.payload.clone()) {
             Ok(interaction) => super::answer_interaction(slack, interaction),
             Err(err) => {
@@ -216,6 +207,26 @@ fn answer(app: &Arc<App>, envelope: &Envelope) -> Option<Value> {
                 None
             }
         },
+        "events_api" => {
+            match serde_json::from_value::<EventEnvelope>(envelope.payload.clone()) {
+                Ok(callback @ EventEnvelope::EventCallback { .. }) => {
+                    let app = app.clone();
+                    tokio::spawn(async move {
+                        if let EventEnvelope::EventCallback { team_id, event, .. } = &callback
+                            && super::install::on_event(&app, team_id.as_deref(), event).await
+                        {
+                            return;
+                        }
+                        super::events::accept(app, callback);
+                    });
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    tracing::warn!(error = %err, "Slack Socket Mode: malformed event");
+                }
+            }
+            None
+        }
         _ => None,
     }
 }
