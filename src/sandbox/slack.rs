@@ -1050,27 +1050,19 @@ fn view_problems(view: Option<&Value>) -> Vec<String> {
     }
 }
 
-/// Checks a `trigger_id` and uses it up: `None` when good, else Slack's answer.
-fn use_trigger(world: &mut World, method: &str, trigger: Option<&str>) -> Result<String, Response> {
-    let invalid = |world: &mut World| {
-        slack_error(
-            world,
-            method,
-            "invalid_arguments",
-            &["invalid `trigger_id`".to_owned()],
-        )
-    };
-    let Some(trigger) = trigger else {
-        return Err(invalid(world));
-    };
-    let Some(found) = world.triggers.get(trigger).cloned() else {
-        return Err(invalid(world));
-    };
+/// Checks a `trigger_id` and uses it up: its user, or Slack's error code and messages.
+fn use_trigger(
+    world: &mut World,
+    trigger: Option<&str>,
+) -> Result<String, (&'static str, Vec<String>)> {
+    let invalid = || ("invalid_arguments", vec!["invalid `trigger_id`".to_owned()]);
+    let trigger = trigger.ok_or_else(invalid)?;
+    let found = world.triggers.get(trigger).cloned().ok_or_else(invalid)?;
     if found.used {
-        return Err(slack_error(world, method, "exchanged_trigger_id", &[]));
+        return Err(("exchanged_trigger_id", Vec::new()));
     }
     if found.issued.elapsed() > TRIGGER_TTL {
-        return Err(slack_error(world, method, "expired_trigger_id", &[]));
+        return Err(("expired_trigger_id", Vec::new()));
     }
     if let Some(entry) = world.triggers.get_mut(trigger) {
         entry.used = true;
@@ -1120,9 +1112,9 @@ fn new_view_id(world: &mut World) -> String {
 }
 
 fn open_view(world: &mut World, method: &str, args: &Map<String, Value>) -> Response {
-    let user = match use_trigger(world, method, arg(args, "trigger_id")) {
+    let user = match use_trigger(world, arg(args, "trigger_id")) {
         Ok(user) => user,
-        Err(refused) => return refused,
+        Err((error, messages)) => return slack_error(world, method, error, &messages),
     };
     let problems = view_problems(args.get("view"));
     if !problems.is_empty() {
@@ -1134,9 +1126,9 @@ fn open_view(world: &mut World, method: &str, args: &Map<String, Value>) -> Resp
 }
 
 fn push_view(world: &mut World, method: &str, args: &Map<String, Value>) -> Response {
-    let user = match use_trigger(world, method, arg(args, "trigger_id")) {
+    let user = match use_trigger(world, arg(args, "trigger_id")) {
         Ok(user) => user,
-        Err(refused) => return refused,
+        Err((error, messages)) => return slack_error(world, method, error, &messages),
     };
     let Some(top) = current_view_of(world, &user) else {
         return slack_error(
