@@ -16,9 +16,8 @@ use serde_json::{Map, Value, json};
 use super::modal::{self, SetupRef};
 use super::payload::{BlockActions, SlashCommand, ViewPayload};
 use crate::app::App;
-use crate::core::{
-    self as chat, Actor, ConversationAddress, EventKind, InboundEvent, Platform, Reply, Tone,
-};
+use crate::chat;
+use crate::core::{Actor, ConversationAddress, EventKind, InboundEvent, Platform, Reply, Tone};
 
 /// How long a submission may run before it is answered with a "Working…" view (Slack waits
 /// 3 seconds for the answer).
