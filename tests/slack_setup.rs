@@ -6,8 +6,8 @@
 mod support;
 
 use m365bot::sandbox::slack::{
-    SANDBOX_BOT_TOKEN, SANDBOX_SIGNING_SECRET, SANDBOX_TEAM_ID, SlackEmulator, SlackHandle,
-    WindowInput, act_in_window,
+    SANDBOX_APP_TOKEN, SANDBOX_BOT_TOKEN, SANDBOX_SIGNING_SECRET, SANDBOX_TEAM_ID, SlackEmulator,
+    SlackHandle, WindowInput, act_in_window,
 };
 use m365bot::slack::verify::{SIGNATURE_HEADER, TIMESTAMP_HEADER, sign};
 use serde_json::{Map, Value, json};
@@ -25,6 +25,11 @@ struct Harness {
 
 impl Harness {
     async fn start() -> Self {
+        Self::start_on("http").await
+    }
+
+    /// With the `http` or `socket` transport.
+    async fn start_on(transport: &str) -> Self {
         let world = World::start().await;
         let slack = SlackEmulator::start(
             "127.0.0.1:0".parse().expect("addr"),
@@ -34,8 +39,9 @@ impl Harness {
         .expect("the Slack emulator starts");
         let bot = world
             .bot_with(&format!(
-                "[slack]\nenabled = true\ntransport = \"http\"\nbot_token = \"{SANDBOX_BOT_TOKEN}\"\n\
-                 signing_secret = \"{SANDBOX_SIGNING_SECRET}\"\napi_url = \"{}\"\n",
+                "[slack]\nenabled = true\ntransport = \"{transport}\"\nbot_token = \"{SANDBOX_BOT_TOKEN}\"\n\
+                 signing_secret = \"{SANDBOX_SIGNING_SECRET}\"\napp_token = \"{SANDBOX_APP_TOKEN}\"\n\
+                 api_url = \"{}\"\n",
                 slack.api_url()
             ))
             .await;
@@ -569,4 +575,83 @@ async fn the_emulator_refuses_a_used_or_expired_trigger_and_a_stale_hash() {
         .action(&shown.id, "missing", &Map::new())
         .expect_err("no such button");
     assert!(payload.contains("no button"), "{payload}");
+}
+
+/// Waits for the Socket Mode ack of `envelope_id`; its response payload (`Null`: none).
+async fn socket_ack(h: &Harness, envelope_id: &str) -> Value {
+    let started = Instant::now();
+    loop {
+        if let Some(ack) = h
+            .handle()
+            .socket_acks()
+            .into_iter()
+            .find(|a| a.envelope_id == envelope_id)
+        {
+            return ack.payload.unwrap_or(Value::Null);
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "no ack within 3 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn over_socket_mode_the_window_opens_submits_and_shows_errors_beside_the_field() {
+    let h = Harness::start_on("socket").await;
+    let (envelope, _) = h.handle().socket_command(ADMIN, "C0GENERAL", "setup");
+    let ack = socket_ack(&h, &envelope).await;
+    assert!(ack.to_string().contains("window"), "{ack}");
+    let consent = h.settled(ADMIN).await;
+    expect_step(&consent, "What setup will do");
+    let id = consent["id"].as_str().expect("id").to_owned();
+    let answer_of = async |values: Value| {
+        let values = values.as_object().cloned().unwrap_or_default();
+        let payload = h.handle().submission(&id, &values).expect("payload");
+        let envelope = h.handle().socket_interaction(payload);
+        let answer = socket_ack(&h, &envelope).await;
+        h.handle()
+            .answer_submission(&id, &answer)
+            .expect("Slack accepts the answer");
+        answer
+    };
+    let answer = answer_of(json!({})).await;
+    expect_step(&answer["view"], "Environment and authentication type");
+    let answer = answer_of(json!({"auth": "aad"})).await;
+    expect_step(&answer["view"], "Microsoft 365 tenant");
+    let answer = answer_of(json!({"domain": "not a domain"})).await;
+    assert_eq!(answer["response_action"], "errors", "{answer}");
+    assert!(answer["errors"]["domain"].is_string(), "{answer}");
+    let answer = answer_of(json!({"domain": "contoso.onmicrosoft.com"})).await;
+    expect_step(&answer["view"], "Outbound Entra app");
+    // Every envelope was acknowledged once.
+    assert_eq!(h.handle().socket_unacknowledged(), 0);
+}
+
+#[tokio::test]
+async fn a_slow_step_is_answered_with_working_and_its_result_follows_by_views_update() {
+    let h = Harness::start().await;
+    to_tenant(&h, false).await;
+    // Entra answers slowly: the tenant check takes longer than Slack waits for an answer.
+    h.world.sandbox.handle().set_faults(
+        m365bot::sandbox::Emulator::Entra,
+        m365bot::sandbox::FaultConfig::none().with_latency_ms(2600),
+    );
+    let updates = |h: &Harness| {
+        h.handle()
+            .request_log()
+            .iter()
+            .filter(|call| call.method == "views.update" && call.error.is_none())
+            .count()
+    };
+    let before = updates(&h);
+    let view = h
+        .submit(ADMIN, json!({"domain": "contoso.onmicrosoft.com"}))
+        .await;
+    expect_step(&view, "Outbound Entra app");
+    let (_, answer) = h.handle().submission_answers().pop().expect("answered");
+    assert_eq!(answer["response_action"], "update");
+    expect_step(&answer["view"], "Working on it");
+    assert_eq!(updates(&h), before + 1, "the result came by views.update");
 }

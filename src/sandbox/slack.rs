@@ -405,19 +405,27 @@ impl SlackHandle {
                 "response_url": ticket.response_url, "trigger_id": ticket.trigger_id,
             },
         });
-        let link = world.socket.link.clone();
-        match link {
-            Some(link) => {
-                world.socket.unacked.push(envelope.clone());
-                if link.send(SocketOrder::Send(envelope)).is_err() {
-                    tracing::debug!(
-                        "Socket Mode link gone; the envelope waits for the next connection"
-                    );
-                }
-            }
-            None => world.socket.queued.push_back(envelope),
-        }
+        socket_send(&mut world, envelope);
         (envelope_id, ticket)
+    }
+
+    /// Sends an interaction `payload` (from [`Self::submission`] or [`Self::action`]) over
+    /// Socket Mode, as Slack does (`interactive`, a response payload accepted); returns the
+    /// envelope id.
+    pub fn socket_interaction(&self, payload: Value) -> String {
+        let mut world = self.shared.world();
+        world.next += 1;
+        let envelope_id = format!("env-{:08}", world.next);
+        let envelope = json!({
+            "type": "interactive",
+            "envelope_id": envelope_id,
+            "accepts_response_payload": payload["type"] == "view_submission",
+            "retry_attempt": 0,
+            "retry_reason": "",
+            "payload": payload,
+        });
+        socket_send(&mut world, envelope);
+        envelope_id
     }
 
     /// Asks the bot to reconnect (`disconnect` with `reason`), as Slack does regularly.
@@ -646,6 +654,22 @@ impl SlackHandle {
     /// Changes the per-channel `chat.postMessage` spacing (1 s, as Slack).
     pub fn set_per_channel_interval(&self, interval: Duration) {
         self.shared.world().per_channel_interval = interval;
+    }
+}
+
+/// Sends `envelope` on the open Socket Mode connection, or queues it for the next one.
+fn socket_send(world: &mut World, envelope: Value) {
+    let link = world.socket.link.clone();
+    match link {
+        Some(link) => {
+            world.socket.unacked.push(envelope.clone());
+            if link.send(SocketOrder::Send(envelope)).is_err() {
+                tracing::debug!(
+                    "Socket Mode link gone; the envelope waits for the next connection"
+                );
+            }
+        }
+        None => world.socket.queued.push_back(envelope),
     }
 }
 
