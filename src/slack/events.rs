@@ -19,9 +19,9 @@ use super::api::SlackClient;
 use super::payload::EventEnvelope;
 use super::{blocks, people};
 use crate::app::App;
-use crate::core::Reply;
-use crate::core::command;
+use crate::core::command::{self, Command};
 use crate::core::{Actor, ConversationAddress, EventKind, InboundEvent, Platform};
+use crate::core::{Reply, Tone};
 use crate::db::{Db, now_millis};
 
 /// How long handled event ids are kept (Slack retries within minutes).
@@ -219,6 +219,13 @@ async fn answer(app: &App, api: &SlackClient, message: &ChatMessage, bot_user_id
     let personal = parsed.as_ref().is_ok_and(super::is_personal_command);
     let replies = match super::immediate_reply(&parsed) {
         Ok(reply) => vec![reply],
+        // The setup window opens only with a slash command's trigger id.
+        Err(Command::Setup) => vec![Reply::notice(
+            Tone::Default,
+            "The setup opens in a window",
+            "Type **/m365 setup**: the setup wizard opens in a window only you can see, so the secrets you type stay out of the conversation.",
+            None,
+        )],
         Err(_) => crate::chat::handle(app, message_event(message, &text, personal)).await,
     };
     for reply in replies {
