@@ -257,3 +257,28 @@ async fn event_ids_are_recorded_once_and_forgotten_after_an_hour_on_both_databas
         );
     }
 }
+
+#[tokio::test]
+async fn a_mention_of_setup_points_to_the_slash_command_that_opens_its_window() {
+    let bot = SlackBot::start().await;
+    let (_, body) = event_callback(
+        EventPlace::Mention("C0GENERAL"),
+        "U0ADMIN",
+        "setup",
+        None,
+        None,
+    );
+    assert_eq!(bot.send_event(&body, None).await, 200);
+    let answers = bot
+        .posted_where(1, |m| m.channel == "C0GENERAL" && m.response_url.is_none())
+        .await;
+    let text = text_of(&answers.first().expect("an answer").blocks);
+    assert!(text.contains("/m365 setup"), "{text}");
+    assert!(
+        bot.world()
+            .request_log()
+            .iter()
+            .all(|call| call.method != "views.open"),
+        "no window without a trigger id"
+    );
+}
