@@ -617,12 +617,15 @@ async fn run_loop<F, Fut>(
     let db = app.db.clone();
     let metrics = app.metrics.clone();
     drop(app);
-    leader::run_led(db, metrics, name, interval, shutdown, move || {
+    leader::run_led(db, metrics.clone(), name, interval, shutdown, move || {
         let outcome = poll();
         let failures = failures.clone();
+        let metrics = metrics.clone();
         async move {
             use std::sync::atomic::Ordering;
-            match outcome.await {
+            let result = outcome.await;
+            metrics.record_poll(name, result.is_ok());
+            match result {
                 Ok(report) => {
                     failures.store(0, Ordering::Relaxed);
                     if report.recorded > 0 || report.stale > 0 {
