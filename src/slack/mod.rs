@@ -10,6 +10,7 @@
 
 pub mod api;
 pub mod blocks;
+pub mod install;
 pub mod manifest;
 pub mod payload;
 pub mod settings;
@@ -31,13 +32,14 @@ use serde_json::{Value, json};
 
 use crate::app::App;
 use crate::core::command::{self, Command, ParseError};
-use crate::core::identity::PlatformIdentity;
+use crate::core::identity::{PlatformDirectory, PlatformIdentity};
 use crate::core::{
-    self as chat, Actor, ConversationAddress, EventKind, InboundEvent, Platform, Reply, Tone,
+    self, Actor, ConversationAddress, EventKind, InboundEvent, Platform, Reply, Tone,
 };
 use crate::error::ApiError;
 use api::SlackClient;
 use blocks::Message;
+use futures_util::future::BoxFuture;
 use payload::{EventEnvelope, Interaction, SlashCommand};
 pub use settings::{EmailMatch, SlackSettings, Transport};
 use verify::{SignatureVerifier, VerifyError};
@@ -62,6 +64,29 @@ pub struct Slack {
     pub api: SlackClient,
     /// The app-level token, for Socket Mode.
     pub app_token: Option<secrecy::SecretString>,
+    /// Opens the tokens of workspaces installed through `/slack/install` (present when
+    /// `slack.client_id` is set).
+    pub secrets: Option<crate::setup::crypto::SecretBox>,
+    /// The workspace of the configured bot token (`auth.test`, asked once when needed).
+    configured_team: tokio::sync::OnceCell<String>,
+    /// The database holding installed workspaces' tokens (with `secrets`).
+    db: Option<crate::db::Db>,
+}
+
+/// Why no Web API client can be made for a workspace.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// Neither the configured token nor a stored one belongs to the workspace.
+    #[error(
+        "m365bot is not installed in the Slack workspace {0}: install it there from the bot's /slack/install page"
+    )]
+    NotInstalled(String),
+    /// The stored token cannot be read.
+    #[error(transparent)]
+    Store(#[from] install::StoreError),
+    /// `auth.test` of the configured token failed, so its workspace is unknown.
+    #[error("cannot tell the workspace of slack.bot_token: {0}")]
+    ConfiguredTeam(api::SlackApiError),
 }
 
 impl Slack {
@@ -88,7 +113,52 @@ impl Slack {
             verifier,
             api: SlackClient::new(http, settings.api_url.clone(), token),
             app_token,
+            secrets: None,
+            configured_team: tokio::sync::OnceCell::new_with(settings.team_id.clone()),
+            db: None,
         })
+    }
+
+    /// Adds the database and the key that opens installed workspaces' tokens
+    /// (`setup.encryption_key`), when installs are configured.
+    pub fn with_installs(mut self, settings: &crate::config::Settings, db: &crate::db::Db) -> Self {
+        if settings.slack.installs_enabled() {
+            self.secrets =
+                crate::setup::crypto::SecretBox::new(settings.setup.encryption_key.as_ref()).ok();
+            self.db = Some(db.clone());
+        }
+        self
+    }
+
+    /// The Web API client of the workspace `team_id`: its stored token when it was installed
+    /// through `/slack/install`, the configured token for the configured workspace.
+    pub async fn api_for(
+        &self,
+        db: &crate::db::Db,
+        team_id: &str,
+    ) -> Result<SlackClient, TokenError> {
+        let Some(secrets) = self.secrets.as_ref() else {
+            // One workspace only: every request comes from the configured one.
+            return Ok(self.api.clone());
+        };
+        if let Some(token) = install::stored_token(db, secrets, team_id).await? {
+            return Ok(self.api.with_token(token));
+        }
+        let configured = self
+            .configured_team
+            .get_or_try_init(|| async {
+                self.api
+                    .auth_test()
+                    .await
+                    .map(|identity| identity.team_id)
+                    .map_err(TokenError::ConfiguredTeam)
+            })
+            .await?;
+        if configured == team_id {
+            Ok(self.api.clone())
+        } else {
+            Err(TokenError::NotInstalled(team_id.to_owned()))
+        }
     }
 }
 
@@ -106,6 +176,7 @@ pub fn routes() -> Router<Arc<App>> {
         .route(COMMANDS_PATH, post(commands))
         .route(INTERACTIONS_PATH, post(interactions))
         .route(EVENTS_PATH, post(events))
+        .merge(install::routes())
 }
 
 /// Why a request to a Slack URL is not served.
@@ -186,7 +257,7 @@ const SLACK_USAGES: &[&str] = &[
 
 /// The help card for Slack: the core's, with the commands Slack cannot do yet marked.
 pub fn help_card() -> Reply {
-    let Reply::Card { template, mut data } = chat::help_card();
+    let Reply::Card { template, mut data } = crate::chat::help_card();
     if let Some(commands) = data.get_mut("commands").and_then(Value::as_array_mut) {
         for command in commands {
             let usage = command["usage"].as_str().unwrap_or_default();
@@ -211,7 +282,7 @@ pub fn not_in_slack_yet(command: &Command) -> Reply {
         "Not available in Slack yet",
         &format!(
             "**{}** is not available in Slack in this version of m365bot.",
-            chat::command_word(command)
+            core::command_word(command)
         ),
         Some("Use Teams for it: type the same command in a chat with m365bot."),
     )
@@ -238,7 +309,7 @@ pub fn answer_command(app: Arc<App>, slash: SlashCommand) -> Value {
         ),
         Ok(command) if !works_in_slack(&command) => not_in_slack_yet(&command),
         Ok(command) => {
-            let word = chat::command_word(&command);
+            let word = core::command_word(&command);
             tokio::spawn(run_command(app, slash));
             return ephemeral(&Message {
                 text: format!("Working on {word}…"),
@@ -254,7 +325,7 @@ pub fn answer_command(app: Arc<App>, slash: SlashCommand) -> Value {
 /// Runs a command through the core and posts its replies to the `response_url`.
 async fn run_command(app: Arc<App>, slash: SlashCommand) {
     let event = command_event(&slash);
-    let replies = chat::handle(&app, event).await;
+    let replies = crate::chat::handle(&app, event).await;
     let Some(slack) = app.slack.as_ref() else {
         return;
     };
@@ -349,7 +420,10 @@ async fn events(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) ->
         Ok(EventEnvelope::UrlVerification { challenge }) => {
             Json(json!({"challenge": challenge})).into_response()
         }
-        Ok(EventEnvelope::EventCallback { event, .. }) => {
+        Ok(EventEnvelope::EventCallback { event, team_id, .. }) => {
+            if install::on_event(&app, team_id.as_deref(), &event).await {
+                return StatusCode::OK.into_response();
+            }
             let kind = event
                 .get("type")
                 .and_then(Value::as_str)
@@ -362,55 +436,77 @@ async fn events(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) ->
     }
 }
 
-/// What Slack says about `user_id` (`users.info`; the e-mail needs `users:read.email`), or a
-/// card saying why it cannot be used.
-pub async fn platform_identity(app: &App, user_id: &str) -> Result<PlatformIdentity, Reply> {
-    let Some(slack) = app.slack.as_ref() else {
-        return Err(Reply::notice(
-            Tone::Attention,
-            "Slack is not configured",
-            "This bot has no Slack bot token, so it cannot look up Slack users.",
-            Some("Ask the bot's operator to set **slack.enabled** and **slack.bot_token**."),
-        ));
-    };
-    let user = slack.api.user_info(user_id).await.map_err(|err| {
-        tracing::warn!(error = %err, "cannot read the Slack user's e-mail");
-        let next = if err.code() == Some("missing_scope") {
-            "Ask your Slack admin to add the users:read and users:read.email scopes to the app and reinstall it."
-        } else {
-            "Try again in a minute; if it keeps failing, ask the bot's operator to check its log."
+impl PlatformDirectory for Slack {
+    /// What Slack says about `user_id` (`users.info`; the e-mail needs `users:read.email`), or
+    /// a card saying why it cannot be used.
+    fn lookup<'a>(
+        &'a self,
+        event: &'a InboundEvent,
+        user_id: &'a str,
+    ) -> BoxFuture<'a, Result<PlatformIdentity, Reply>> {
+        Box::pin(self.user_identity(event.address.team_id.as_deref(), user_id))
+    }
+}
+
+impl Slack {
+    /// What Slack says about `user_id` of the workspace `team_id` (`users.info` with that
+    /// workspace's token), or a card saying why it cannot be used.
+    async fn user_identity(
+        &self,
+        team_id: Option<&str>,
+        user_id: &str,
+    ) -> Result<PlatformIdentity, Reply> {
+        let api = match (team_id, self.db.as_ref()) {
+            (Some(team_id), Some(db)) => self.api_for(db, team_id).await.map_err(|err| {
+                tracing::warn!(error = %err, "no Slack token for the workspace");
+                Reply::notice(
+                    Tone::Attention,
+                    "I could not find out who you are",
+                    &err.to_string(),
+                    Some("Ask your Slack admin to install m365bot in this workspace again."),
+                )
+            })?,
+            _ => self.api.clone(),
         };
-        Reply::notice(
-            Tone::Attention,
-            "I could not find out who you are",
-            &format!("Slack did not tell me your e-mail address ({err})."),
-            Some(next),
-        )
-    })?;
-    if user.deleted || user.is_bot {
-        return Err(Reply::notice(
-            Tone::Attention,
-            "This Slack user cannot use m365bot",
-            "Deactivated users and bots are not mapped to ServiceNow users.",
-            None,
-        ));
+        let user = api.user_info(user_id).await.map_err(|err| {
+            tracing::warn!(error = %err, "cannot read the Slack user's e-mail");
+            let next = if err.code() == Some("missing_scope") {
+                "Ask your Slack admin to add the users:read and users:read.email scopes to the app and reinstall it."
+            } else {
+                "Try again in a minute; if it keeps failing, ask the bot's operator to check its log."
+            };
+            Reply::notice(
+                Tone::Attention,
+                "I could not find out who you are",
+                &format!("Slack did not tell me your e-mail address ({err})."),
+                Some(next),
+            )
+        })?;
+        if user.deleted || user.is_bot {
+            return Err(Reply::notice(
+                Tone::Attention,
+                "This Slack user cannot use m365bot",
+                "Deactivated users and bots are not mapped to ServiceNow users.",
+                None,
+            ));
+        }
+        let email = user.profile.email.clone().filter(|e| !e.trim().is_empty());
+        if email.is_none() {
+            return Err(Reply::notice(
+                Tone::Attention,
+                "Your Slack profile has no e-mail I can read",
+                "I match Slack users to ServiceNow users by e-mail, and Slack did not give me yours.",
+                Some(
+                    "Ask your Slack admin to grant the app the users:read.email scope and reinstall it.",
+                ),
+            ));
+        }
+        Ok(PlatformIdentity {
+            user_id: user.id,
+            name: user.real_name.or(user.profile.real_name).or(user.name),
+            aad_object_id: None,
+            email,
+            user_principal_name: None,
+        })
     }
-    let email = user.profile.email.clone().filter(|e| !e.trim().is_empty());
-    if email.is_none() {
-        return Err(Reply::notice(
-            Tone::Attention,
-            "Your Slack profile has no e-mail I can read",
-            "I match Slack users to ServiceNow users by e-mail, and Slack did not give me yours.",
-            Some(
-                "Ask your Slack admin to grant the app the users:read.email scope and reinstall it.",
-            ),
-        ));
-    }
-    Ok(PlatformIdentity {
-        user_id: user.id,
-        name: user.real_name.or(user.profile.real_name).or(user.name),
-        aad_object_id: None,
-        email,
-        user_principal_name: None,
-    })
 }
