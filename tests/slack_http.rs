@@ -509,10 +509,6 @@ async fn commands_not_built_for_slack_say_so_at_once() {
         "setup",
         "link-account",
         "unlink-account",
-        "subscribe",
-        "unsubscribe",
-        "subscriptions",
-        "status INC0010001",
         "grant <@U0JANE|jane.doe> insights_user",
         "doctor --repair",
     ] {

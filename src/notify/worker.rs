@@ -64,6 +64,8 @@ pub struct Worker {
     limiter: RateLimiter,
     /// Claim conversations for this replica alone (see [`outbox::claim`]).
     one_sender_per_conversation: bool,
+    /// Slack lanes' rate limits (see [`super::slack`]).
+    slack: super::slack::SlackDelivery,
 }
 
 impl std::fmt::Debug for Worker {
@@ -163,6 +165,7 @@ impl Worker {
             owner,
             limiter,
             one_sender_per_conversation,
+            slack: super::slack::SlackDelivery::new(&app),
             app,
         }
     }
@@ -349,6 +352,22 @@ impl Worker {
         let Some((latest, older)) = live.split_last() else {
             return result;
         };
+        // Slack lanes (`slack:<team>:<channel>`) are delivered by the Slack path.
+        if let Some(address) = super::slack::SlackAddress::parse(&lane.conversation_id) {
+            self.slack
+                .deliver(
+                    &self.app,
+                    &lane,
+                    &address,
+                    &live,
+                    latest,
+                    older,
+                    lease_deadline,
+                    &mut result,
+                )
+                .await;
+            return result;
+        }
         let Some(destination) = destination else {
             let reason = "the bot has no stored reference of this conversation (removed, or never installed there)".to_owned();
             for row in &live {
@@ -599,6 +618,9 @@ impl Worker {
     async fn housekeeping(&self) {
         if let Err(err) = super::store::send_owner_notices(&self.app).await {
             tracing::warn!(error = %err, "notification owner notices failed");
+        }
+        if let Err(err) = super::slack::send_owner_notices(&self.app).await {
+            tracing::warn!(error = %err, "Slack notification owner notices failed");
         }
         if let Err(err) = super::store::route_unrouted(&self.app.db).await {
             tracing::warn!(error = %err, "notification subscription routes not computed");

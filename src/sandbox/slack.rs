@@ -80,6 +80,23 @@ pub struct SlackPosted {
     pub text: String,
     /// Blocks.
     pub blocks: Value,
+    /// Message metadata (`event_type`, `event_payload`), when given.
+    #[serde(default)]
+    pub metadata: Option<Value>,
+}
+
+/// A fault of the next `chat.postMessage`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PostFault {
+    /// The message is stored, but the answer comes only after this delay (a client timeout:
+    /// the caller cannot know that it was posted). With `hidden_from_history`, the message is
+    /// also left out of `conversations.history` (Slack's history lagging behind).
+    AnswerLate {
+        /// How late the answer comes.
+        delay: Duration,
+        /// Leave the message out of `conversations.history`.
+        hidden_from_history: bool,
+    },
 }
 
 /// One call to the emulator.
@@ -121,6 +138,16 @@ struct World {
     next: u64,
     per_channel_interval: Duration,
     socket: SocketState,
+    /// Scopes `auth.test` lists in `x-oauth-scopes`.
+    scopes: Vec<String>,
+    /// Errors the next calls of a method answer, in order.
+    scripted_errors: HashMap<String, VecDeque<String>>,
+    /// Faults of the next `chat.postMessage` calls, in order.
+    post_faults: VecDeque<PostFault>,
+    /// A delay to wait before the answer of the call being served.
+    answer_delay: Option<Duration>,
+    /// `ts` of messages left out of `conversations.history`.
+    hidden: Vec<String>,
 }
 
 /// Socket Mode: the open connection, envelopes not yet sent, sent but not acknowledged, and
@@ -248,6 +275,14 @@ impl SlackEmulator {
             next: 0,
             per_channel_interval: Duration::from_secs(1),
             socket: SocketState::default(),
+            scopes: crate::slack::manifest::BOT_SCOPES
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
+            scripted_errors: HashMap::new(),
+            post_faults: VecDeque::new(),
+            answer_delay: None,
+            hidden: Vec::new(),
         };
         let shared = Arc::new(Shared {
             world: Mutex::new(world),
@@ -422,6 +457,47 @@ impl SlackHandle {
         world.socket.unacked.len() + world.socket.queued.len()
     }
 
+    /// Sets the scopes the bot token has (listed by `auth.test` in `x-oauth-scopes`).
+    pub fn set_scopes(&self, scopes: &[&str]) {
+        self.shared.world().scopes = scopes.iter().map(|s| (*s).to_owned()).collect();
+    }
+
+    /// Makes the next call of `method` answer Slack's error `error` (`ok: false`).
+    pub fn fail_next(&self, method: &str, error: &str) {
+        self.shared
+            .world()
+            .scripted_errors
+            .entry(method.to_owned())
+            .or_default()
+            .push_back(error.to_owned());
+    }
+
+    /// Applies `fault` to the next `chat.postMessage`.
+    pub fn fault_next_post(&self, fault: PostFault) {
+        self.shared.world().post_faults.push_back(fault);
+    }
+
+    /// The messages posted (`chat.postMessage`) into `channel`, oldest first.
+    pub fn posts_in(&self, channel: &str) -> Vec<SlackPosted> {
+        self.shared
+            .world()
+            .messages
+            .iter()
+            .filter(|m| m.channel == channel && m.via == "chat.postMessage")
+            .cloned()
+            .collect()
+    }
+
+    /// Answers 429 to the calls logged so far.
+    pub fn rate_limited_count(&self) -> usize {
+        self.shared
+            .world()
+            .log
+            .iter()
+            .filter(|l| l.status == 429)
+            .count()
+    }
+
     /// Changes the per-channel `chat.postMessage` spacing (1 s, as Slack).
     pub fn set_per_channel_interval(&self, interval: Duration) {
         self.shared.world().per_channel_interval = interval;
@@ -585,6 +661,16 @@ async fn api(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let response = api_now(&shared, method, &headers, &body);
+    let delay = shared.world().answer_delay.take();
+    if let Some(delay) = delay {
+        tokio::time::sleep(delay).await;
+    }
+    response
+}
+
+/// Serves one Web API call (the answer may be delayed by a fault, see [`PostFault`]).
+fn api_now(shared: &Shared, method: String, headers: &HeaderMap, body: &[u8]) -> Response {
     let mut world = shared.world();
     let token = headers
         .get(header::AUTHORIZATION)
@@ -611,16 +697,31 @@ async fn api(
         }
         _ => return slack_error(&mut world, &method, "invalid_auth", &[]),
     }
-    let Some(args) = arguments(&headers, &body) else {
+    let Some(args) = arguments(headers, body) else {
         return slack_error(&mut world, &method, "invalid_json", &[]);
     };
+    let scripted = world
+        .scripted_errors
+        .get_mut(&method)
+        .and_then(VecDeque::pop_front);
+    if let Some(error) = scripted {
+        return slack_error(&mut world, &method, &error, &[]);
+    }
     match method.as_str() {
-        "auth.test" => slack_ok(
-            &mut world,
-            &method,
-            json!({"url": "https://sandbox.slack.com/", "team": "Contoso (sandbox)", "user": "m365bot",
-                "team_id": SANDBOX_TEAM_ID, "user_id": "U0BOT", "bot_id": "B0BOT"}),
-        ),
+        "auth.test" => {
+            let scopes = world.scopes.join(",");
+            let mut response = slack_ok(
+                &mut world,
+                &method,
+                json!({"url": "https://sandbox.slack.com/", "team": "Contoso (sandbox)", "user": "m365bot",
+                    "team_id": SANDBOX_TEAM_ID, "user_id": "U0BOT", "bot_id": "B0BOT"}),
+            );
+            if let Ok(value) = axum::http::HeaderValue::from_str(&scopes) {
+                response.headers_mut().insert("x-oauth-scopes", value);
+            }
+            response
+        }
+        "conversations.history" => history(&mut world, &method, &args),
         "chat.postMessage" => post_message(&mut world, &method, &args),
         "chat.update" => update_message(&mut world, &method, &args),
         "chat.postEphemeral" => post_ephemeral(&mut world, &method, &args),
@@ -657,9 +758,60 @@ async fn api(
     }
 }
 
-/// Checks the channel for posting: known, not archived, the bot a member (or public).
-fn postable(world: &World, channel: Option<&str>) -> Result<String, &'static str> {
+/// `conversations.history`: top-level messages of a channel the bot is in, newest first,
+/// from `oldest`, at most `limit` (metadata with `include_all_metadata`).
+fn history(world: &mut World, method: &str, args: &Map<String, Value>) -> Response {
+    let Some(id) = arg(args, "channel").map(str::to_owned) else {
+        return slack_error(world, method, "channel_not_found", &[]);
+    };
+    match world.channels.get(&id) {
+        None => return slack_error(world, method, "channel_not_found", &[]),
+        Some(c) if !c.is_member => return slack_error(world, method, "not_in_channel", &[]),
+        Some(_) => {}
+    }
+    let oldest: f64 = arg(args, "oldest")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    let limit: usize = arg(args, "limit")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100)
+        .clamp(1, 999);
+    let metadata = arg(args, "include_all_metadata") == Some("true");
+    let list: Vec<Value> = world
+        .messages
+        .iter()
+        .rev()
+        .filter(|m| m.channel == id && m.via == "chat.postMessage" && m.thread_ts.is_none())
+        .filter(|m| m.ts.parse::<f64>().unwrap_or(0.0) >= oldest)
+        .filter(|m| !world.hidden.contains(&m.ts))
+        .take(limit)
+        .map(|m| {
+            let mut message = json!({"type": "message", "subtype": "bot_message", "ts": m.ts,
+                "text": m.text, "bot_id": "B0BOT"});
+            if metadata && let Some(meta) = &m.metadata {
+                message["metadata"] = meta.clone();
+            }
+            message
+        })
+        .collect();
+    slack_ok(world, method, json!({"messages": list, "has_more": false}))
+}
+
+/// Checks the channel for posting: known, not archived, the bot a member (or public). A
+/// user id stands for the bot's direct message with that user.
+fn postable(world: &mut World, channel: Option<&str>) -> Result<String, &'static str> {
     let id = channel.ok_or("channel_not_found")?;
+    if id.starts_with('U') && world.users.iter().any(|u| u["id"].as_str() == Some(id)) {
+        let dm = format!("D{}", &id[1..]);
+        world.channels.entry(dm.clone()).or_insert(Channel {
+            name: String::new(),
+            is_private: false,
+            is_im: true,
+            is_member: true,
+            is_archived: false,
+        });
+        return Ok(dm);
+    }
     let found = world.channels.get(id).ok_or("channel_not_found")?;
     if found.is_archived {
         return Err("is_archived");
@@ -708,6 +860,21 @@ fn post_message(world: &mut World, method: &str, args: &Map<String, Value>) -> R
     }
     world.last_post.insert(channel.clone(), now);
     let ts = next_ts(world);
+    if let Some(PostFault::AnswerLate {
+        delay,
+        hidden_from_history,
+    }) = world.post_faults.pop_front()
+    {
+        world.answer_delay = Some(delay);
+        if hidden_from_history {
+            world.hidden.push(ts.clone());
+        }
+    }
+    let metadata = args.get("metadata").and_then(|m| match m {
+        Value::String(text) => serde_json::from_str(text).ok(),
+        Value::Object(_) => Some(m.clone()),
+        _ => None,
+    });
     let thread_ts = arg(args, "thread_ts").map(str::to_owned);
     if let Some(root) = &thread_ts
         && !world
@@ -730,6 +897,7 @@ fn post_message(world: &mut World, method: &str, args: &Map<String, Value>) -> R
         response_url: None,
         text: text.clone(),
         blocks,
+        metadata,
     });
     slack_ok(
         world,
@@ -774,6 +942,7 @@ fn update_message(world: &mut World, method: &str, args: &Map<String, Value>) ->
         response_url: None,
         text: text.clone(),
         blocks,
+        metadata: None,
     });
     slack_ok(
         world,
@@ -810,6 +979,7 @@ fn post_ephemeral(world: &mut World, method: &str, args: &Map<String, Value>) ->
         response_url: None,
         text: arg(args, "text").unwrap_or_default().to_owned(),
         blocks,
+        metadata: None,
     });
     slack_ok(world, method, json!({"message_ts": ts}))
 }
@@ -938,6 +1108,7 @@ async fn respond(
         response_url: Some(id),
         text,
         blocks,
+        metadata: None,
     });
     world.log.push(SlackLogged {
         method: "response_url".to_owned(),

@@ -9,7 +9,8 @@ use super::{COMMANDS_PATH, INTERACTIONS_PATH, SLASH_COMMAND, Transport};
 
 /// The bot token scopes the bot uses: the slash command, posting and updating messages
 /// (`chat:write.public` for public channels it was not invited to), user e-mails for the
-/// ServiceNow mapping, and channel details.
+/// ServiceNow mapping, channel details, and the channel history (to find a notification
+/// whose `chat.postMessage` outcome was unknown before posting it again).
 pub const BOT_SCOPES: &[&str] = &[
     "commands",
     "chat:write",
@@ -18,6 +19,9 @@ pub const BOT_SCOPES: &[&str] = &[
     "users:read.email",
     "channels:read",
     "groups:read",
+    "channels:history",
+    "groups:history",
+    "im:history",
 ];
 
 /// The manifest for a bot reachable at `public_url` over `transport` (in Socket Mode the

@@ -6,10 +6,11 @@
 //! (Slack gives up after 3 seconds): a command that needs ServiceNow or Entra is answered with
 //! an ephemeral "working on it" and its replies follow through the command's `response_url`.
 //! Commands whose Slack form is not built yet (the setup wizard as modals, account linking,
-//! grants, subscriptions) answer that they are available in Teams.
+//! grants) answer that they are available in Teams.
 
 pub mod api;
 pub mod blocks;
+pub mod doctor;
 pub mod manifest;
 pub mod payload;
 pub mod settings;
@@ -161,9 +162,8 @@ async fn commands(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) 
     Json(answer_command(app, command)).into_response()
 }
 
-/// True for the commands whose replies Slack can show in this version. (`subscriptions` and
-/// `status` wait for notifications to accept Slack conversations; `doctor --repair`, `setup`,
-/// linking and grants for their modals and buttons.)
+/// True for the commands whose replies Slack can show in this version. (`doctor --repair`,
+/// `setup`, linking and grants wait for their modals and buttons.)
 pub fn works_in_slack(command: &Command) -> bool {
     matches!(
         command,
@@ -172,6 +172,10 @@ pub fn works_in_slack(command: &Command) -> bool {
             | Command::Doctor { repair: false }
             | Command::LinkAccountStatus
             | Command::Roles
+            | Command::Subscribe { .. }
+            | Command::Unsubscribe
+            | Command::Subscriptions
+            | Command::Status { .. }
     )
 }
 
@@ -182,6 +186,10 @@ const SLACK_USAGES: &[&str] = &[
     "doctor",
     "link-account status",
     "roles",
+    "subscribe",
+    "unsubscribe",
+    "subscriptions",
+    "status",
 ];
 
 /// The help card for Slack: the core's, with the commands Slack cannot do yet marked.

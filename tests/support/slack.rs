@@ -42,8 +42,19 @@ pub struct Answer {
 impl SlackBot {
     /// Starts everything on loopback with a fresh SQLite database.
     pub async fn start() -> Self {
+        Self::start_with(None, |_| {}).await
+    }
+
+    /// Starts everything on loopback on the database `url` (a fresh SQLite file when `None`),
+    /// with the settings changed by `tweak`.
+    pub async fn start_with(
+        url: Option<&str>,
+        tweak: impl FnOnce(&mut m365bot::config::Settings),
+    ) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let url = format!("sqlite://{}", dir.path().join("slack.db").display());
+        let url = url
+            .map(str::to_owned)
+            .unwrap_or_else(|| format!("sqlite://{}", dir.path().join("slack.db").display()));
         let demo = Demo::start(
             SandboxOptions::default(),
             "127.0.0.1:0".parse().expect("addr"),
@@ -60,6 +71,7 @@ impl SlackBot {
         let mut settings = demo.settings.clone();
         m365bot::sandbox::slack::configure(&mut settings, &slack.api_url())
             .expect("Slack settings");
+        tweak(&mut settings);
         let application = Application::build(settings).await.expect("bot builds");
         let addr = application.local_addr();
         let app = application.app();
