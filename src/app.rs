@@ -36,11 +36,27 @@ pub struct App {
     /// Entra ID, Graph and the bot's own ServiceNow account.
     pub upstreams: crate::integration::Upstreams,
     /// Chat users' e-mail and UPN, as the platform reported them recently.
-    pub identities: crate::core::identity::IdentityCache,
+    pub identities: crate::identity::IdentityCache,
     /// The Slack adapter, when `slack.enabled`.
     pub slack: Option<crate::slack::Slack>,
     /// Who the bot is when it reads and writes cases (the integration user).
     pub runtime: crate::integration::runtime::RuntimeIdentity,
+}
+
+impl App {
+    /// The user directory of a chat platform, when the bot is configured for it.
+    pub fn directory(
+        &self,
+        platform: crate::core::Platform,
+    ) -> Option<&dyn crate::core::identity::PlatformDirectory> {
+        match platform {
+            crate::core::Platform::Teams => Some(&self.connector),
+            crate::core::Platform::Slack => self
+                .slack
+                .as_ref()
+                .map(|slack| slack as &dyn crate::core::identity::PlatformDirectory),
+        }
+    }
 }
 
 /// A built application, bound to its port and ready to serve.

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::ids::is_guid;
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use secrecy::{ExposeSecret, SecretString};
@@ -615,16 +616,6 @@ fn is_not_a_setting(key: &str) -> bool {
             .is_some_and(|prefix| prefix.eq_ignore_ascii_case("init_"))
 }
 
-/// True for a canonical 8-4-4-4-12 hexadecimal GUID.
-pub fn is_guid(value: &str) -> bool {
-    let groups: Vec<&str> = value.split('-').collect();
-    groups.len() == 5
-        && groups
-            .iter()
-            .zip([8, 4, 4, 4, 12])
-            .all(|(group, len)| group.len() == len && group.chars().all(|c| c.is_ascii_hexdigit()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -769,12 +760,5 @@ mod tests {
     fn secrets_are_redacted_in_debug() {
         let settings = Settings::from_toml_str(VALID).expect("valid");
         assert!(!format!("{settings:?}").contains("s3cret"));
-    }
-
-    #[test]
-    fn guid_check() {
-        assert!(is_guid("11111111-2222-3333-4444-555555555555"));
-        assert!(!is_guid("11111111-2222-3333-4444-55555555555"));
-        assert!(!is_guid("not-a-guid"));
     }
 }

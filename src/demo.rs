@@ -157,7 +157,7 @@ mirror = true
             &demo.servicenow_admin_user,
             &format!("{}.{}", settings.servicenow.app_scope, roles::ADMINISTRATOR),
         );
-        crate::link::sandbox_defaults(&handle, &mut settings);
+        wire_account_linking(&handle, &mut settings);
         let demo = Self {
             sandbox,
             settings,
@@ -340,5 +340,28 @@ mirror = true
         .flatten()
         .map(|app| app.client_secret.expose_secret().to_owned())
         .collect()
+    }
+}
+
+/// Wires account linking into the `m365bot sandbox` emulators: registers a sign-in app whose
+/// redirect URI is the bot's callback (from `settings.server.public_url`), uses it in
+/// `settings.link`, and adds the link column to the emulated `sys_user` table.
+fn wire_account_linking(
+    handle: &crate::sandbox::SandboxHandle,
+    settings: &mut crate::config::Settings,
+) {
+    let callback = format!(
+        "{}{}",
+        settings.server.public_url.as_str().trim_end_matches('/'),
+        crate::link::flow::CALLBACK_PATH
+    );
+    let (client_id, secret) = handle.create_app("m365bot account linking", &[&callback]);
+    settings.link.client_id = Some(client_id);
+    settings.link.client_secret = Some(secrecy::SecretString::from(secret));
+    if settings.link.servicenow_table == "sys_user"
+        && let Err(err) =
+            handle.sn_add_column("sys_user", &settings.link.servicenow_field, "string")
+    {
+        tracing::warn!(error = %err, "sandbox: link column not added");
     }
 }

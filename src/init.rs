@@ -12,7 +12,8 @@ use anyhow::{Context, bail};
 use secrecy::{ExposeSecret, SecretString};
 use url::{Host, Url};
 
-use crate::config::{Settings, is_guid};
+use crate::config::Settings;
+use crate::ids::is_guid;
 use crate::upstream::entra::EntraClient;
 use crate::upstream::servicenow::{EncodedQuery, ServiceNowAuth, ServiceNowClient};
 

@@ -3,11 +3,14 @@
 
 pub mod app;
 pub mod cards;
+pub mod chat;
 pub mod config;
 pub mod core;
 pub mod db;
 pub mod demo;
 pub mod error;
+pub mod identity;
+pub mod ids;
 pub mod init;
 pub mod integration;
 pub mod link;

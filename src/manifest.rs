@@ -13,7 +13,7 @@ use serde_json::Value;
 use zip::CompressionMethod;
 use zip::write::{SimpleFileOptions, ZipWriter};
 
-use crate::config::is_guid;
+use crate::ids::is_guid;
 
 /// The manifest template, with placeholders.
 const MANIFEST_TEMPLATE: &str = include_str!("../manifest/manifest.json");
@@ -93,7 +93,7 @@ fn command_lists() -> Value {
     let lists: Vec<Value> = ["personal", "team", "groupChat"]
         .into_iter()
         .map(|scope| {
-            let commands: Vec<Value> = crate::core::working_commands()
+            let commands: Vec<Value> = crate::chat::working_commands()
                 .filter(|command| command.scopes.contains(&scope))
                 .take(MAX_MENU_COMMANDS)
                 .map(|command| {

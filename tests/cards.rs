@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use m365bot::cards::{CardError, CardRenderer, MAX_CARD_BYTES, template_names};
-use m365bot::core::{self, Reply, Tone};
+use m365bot::core::{Reply, Tone};
 use serde_json::{Value, json};
 
 /// One snapshot: file stem, template and view model.
@@ -446,7 +446,7 @@ fn unknown_template_is_an_error() {
 #[test]
 fn core_view_models_render() {
     let renderer = renderer();
-    let mut replies = vec![core::help_card()];
+    let mut replies = vec![m365bot::chat::help_card()];
     for tone in [Tone::Default, Tone::Good, Tone::Warning, Tone::Attention] {
         replies.push(Reply::notice(tone, "Title", "Text", Some("Next")));
         replies.push(Reply::notice(tone, "Title", "Text", None));
@@ -468,7 +468,7 @@ fn line_diff_marks_changes() {
 
 #[test]
 fn help_gives_every_command_the_full_width_so_role_names_never_break() {
-    let m365bot::core::Reply::Card { template, data } = m365bot::core::help_card();
+    let m365bot::core::Reply::Card { template, data } = m365bot::chat::help_card();
     let card = renderer()
         .render(&format!("teams/{template}"), &data)
         .expect("renders");

@@ -2,8 +2,8 @@
 
 mod support;
 
-use m365bot::core::identity::{self, RoleNeed};
 use m365bot::core::{Actor, ConversationAddress, EventKind, InboundEvent, Platform, Reply};
+use m365bot::identity::{self, RoleNeed};
 use m365bot::sandbox::{Sandbox, SandboxOptions};
 use support::TestApp;
 use support::connector::FakeConnector;

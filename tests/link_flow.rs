@@ -370,7 +370,7 @@ async fn sign_in_links_are_handed_out_in_private_only() {
     let h = LinkHarness::start().await;
     let mut event = h.message(ADMIN, "link-account");
     event.conversation_type = "channel".to_owned();
-    let replies = m365bot::core::handle(&h.app.app, event).await;
+    let replies = m365bot::chat::handle(&h.app.app, event).await;
     assert!(sign_in_url_of(&replies[0]).is_none());
     assert!(card_text(&replies[0]).contains("1:1 chat"));
     assert_eq!(

@@ -3,7 +3,7 @@
 
 mod support;
 
-use m365bot::core::{self, EventKind, Mention};
+use m365bot::core::{EventKind, Mention};
 use m365bot::link::store::LinkStore;
 use support::link::{ADMIN, FRED, JANE, LinkHarness, card_text};
 
@@ -75,7 +75,7 @@ async fn a_mentioned_user_is_resolved_through_teams() {
             text: "<at>Fred Luddy</at>".to_owned(),
         }],
     );
-    let replies = core::handle(&h.app.app, event).await;
+    let replies = m365bot::chat::handle(&h.app.app, event).await;
     let text = card_text(&replies[0]);
     assert!(text.contains("**fred.luddy** now holds"), "{text}");
     assert!(text.contains(ADMINISTRATOR), "{text}");

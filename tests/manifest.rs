@@ -114,7 +114,7 @@ fn bot_scopes_and_command_lists_agree() {
         .filter_map(Value::as_str)
         .collect();
     assert_eq!(scopes, BTreeSet::from(["groupChat", "personal", "team"]));
-    let known: BTreeSet<&str> = m365bot::core::working_commands()
+    let known: BTreeSet<&str> = m365bot::chat::working_commands()
         .map(|command| command.usage)
         .collect();
     let mut covered = BTreeSet::new();
@@ -137,7 +137,7 @@ fn bot_scopes_and_command_lists_agree() {
     }
     assert_eq!(covered, scopes, "every bot scope has a command list");
     for scope in ["personal", "team", "groupChat"] {
-        let offered: Vec<_> = m365bot::core::working_commands()
+        let offered: Vec<_> = m365bot::chat::working_commands()
             .filter(|command| command.scopes.contains(&scope))
             .take(m365bot::manifest::MAX_MENU_COMMANDS)
             .collect();

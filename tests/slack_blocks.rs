@@ -122,7 +122,7 @@ fn every_card_sample_carries_the_same_facts_on_both_platforms() {
     samples.push((
         "help".to_owned(),
         "help".to_owned(),
-        match m365bot::core::help_card() {
+        match m365bot::chat::help_card() {
             Reply::Card { data, .. } => data,
         },
     ));

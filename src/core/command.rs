@@ -9,6 +9,41 @@ pub enum AppRole {
     Administrator,
 }
 
+/// The app whose client secret is rotated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretTarget {
+    /// The outbound app: its secret lives in ServiceNow's outbound OAuth provider.
+    Outbound,
+    /// The inbound REST API app: its secret lives in ServiceNow's OIDC entity.
+    Inbound,
+    /// The REST-user app: its secret lives in the bot's encrypted store only.
+    RestUser,
+}
+
+impl SecretTarget {
+    /// Every target, in the order of the guide.
+    pub const ALL: [Self; 3] = [Self::Outbound, Self::Inbound, Self::RestUser];
+
+    /// Parses `outbound`, `inbound` or `rest-user` (case-insensitive; `rest_user` too).
+    pub fn parse(word: &str) -> Option<Self> {
+        match word.to_ascii_lowercase().replace('_', "-").as_str() {
+            "outbound" => Some(Self::Outbound),
+            "inbound" => Some(Self::Inbound),
+            "rest-user" => Some(Self::RestUser),
+            _ => None,
+        }
+    }
+
+    /// The word a user types.
+    pub fn word(self) -> &'static str {
+        match self {
+            Self::Outbound => "outbound",
+            Self::Inbound => "inbound",
+            Self::RestUser => "rest-user",
+        }
+    }
+}
+
 /// A command typed by a user.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
@@ -62,7 +97,7 @@ pub enum Command {
     /// `rotate-secret outbound|inbound|rest-user`
     RotateSecret {
         /// Whose client secret.
-        target: crate::integration::rotate::SecretTarget,
+        target: SecretTarget,
     },
 }
 
@@ -155,7 +190,7 @@ pub fn parse(text: &str) -> Result<Command, ParseError> {
         ("status", _) => Err(ParseError::Usage {
             usage: "status <case or incident number>",
         }),
-        ("rotate-secret", [word]) => crate::integration::rotate::SecretTarget::parse(word)
+        ("rotate-secret", [word]) => SecretTarget::parse(word)
             .map(|target| Command::RotateSecret { target })
             .ok_or(ParseError::Usage {
                 usage: ROTATE_USAGE,
@@ -231,7 +266,7 @@ mod tests {
             (
                 "rotate-secret rest-user",
                 Command::RotateSecret {
-                    target: crate::integration::rotate::SecretTarget::RestUser,
+                    target: SecretTarget::RestUser,
                 },
             ),
             (

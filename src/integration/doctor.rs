@@ -14,7 +14,8 @@ use url::Url;
 use super::schema::{self, ResolvedTable};
 use super::{AppCredentials, AuthType, IntegrationSpec, Upstreams, roles};
 use crate::error::RetryKind;
-use crate::upstream::entra::{EntraClient, EntraError, is_guid, unverified_claims};
+use crate::ids::is_guid;
+use crate::upstream::entra::{EntraClient, EntraError, unverified_claims};
 use crate::upstream::graph::{Application, GraphClient, PERMISSION_APPLICATIONS};
 use crate::upstream::retry;
 use crate::upstream::servicenow::{

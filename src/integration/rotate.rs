@@ -8,40 +8,9 @@ use super::schema::{self, ResolvedTable};
 use super::{AppCredentials, IntegrationSpec};
 use crate::upstream::servicenow::{ServiceNowClient, ServiceNowError};
 
-/// The app whose client secret is rotated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SecretTarget {
-    /// The outbound app: its secret lives in ServiceNow's outbound OAuth provider.
-    Outbound,
-    /// The inbound REST API app: its secret lives in ServiceNow's OIDC entity.
-    Inbound,
-    /// The REST-user app: its secret lives in the bot's encrypted store only.
-    RestUser,
-}
+pub use crate::core::command::SecretTarget;
 
 impl SecretTarget {
-    /// Every target, in the order of the guide.
-    pub const ALL: [Self; 3] = [Self::Outbound, Self::Inbound, Self::RestUser];
-
-    /// Parses `outbound`, `inbound` or `rest-user` (case-insensitive; `rest_user` too).
-    pub fn parse(word: &str) -> Option<Self> {
-        match word.to_ascii_lowercase().replace('_', "-").as_str() {
-            "outbound" => Some(Self::Outbound),
-            "inbound" => Some(Self::Inbound),
-            "rest-user" => Some(Self::RestUser),
-            _ => None,
-        }
-    }
-
-    /// The word a user types.
-    pub fn word(self) -> &'static str {
-        match self {
-            Self::Outbound => "outbound",
-            Self::Inbound => "inbound",
-            Self::RestUser => "rest-user",
-        }
-    }
-
     /// The app's label.
     pub fn label(self) -> &'static str {
         match self {

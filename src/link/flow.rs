@@ -15,9 +15,9 @@ use super::snow::{self, Target};
 use super::store::{AccountLink, AuditEntry, ChatAddress, LinkStore, PendingLink, StateUse};
 use super::{cards, token};
 use crate::app::App;
-use crate::core::identity::{self, RoleNeed};
 use crate::core::{InboundEvent, Platform, Reply, Tone};
 use crate::db::now_millis;
+use crate::identity::{self, RoleNeed};
 use crate::upstream::entra::{AuthorizeRequest, Pkce, random_token};
 
 /// Path of the browser's first stop (redirects to Entra ID).

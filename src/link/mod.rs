@@ -170,26 +170,3 @@ pub fn routes() -> Router<Arc<App>> {
         .route(flow::START_PATH, get(page::start))
         .route(flow::CALLBACK_PATH, get(page::callback))
 }
-
-/// Wires account linking into the `m365bot sandbox` emulators: registers a sign-in app whose
-/// redirect URI is the bot's callback (from `settings.server.public_url`), uses it in
-/// `settings.link`, and adds the link column to the emulated `sys_user` table.
-pub fn sandbox_defaults(
-    handle: &crate::sandbox::SandboxHandle,
-    settings: &mut crate::config::Settings,
-) {
-    let callback = format!(
-        "{}{}",
-        settings.server.public_url.as_str().trim_end_matches('/'),
-        flow::CALLBACK_PATH
-    );
-    let (client_id, secret) = handle.create_app("m365bot account linking", &[&callback]);
-    settings.link.client_id = Some(client_id);
-    settings.link.client_secret = Some(SecretString::from(secret));
-    if settings.link.servicenow_table == "sys_user"
-        && let Err(err) =
-            handle.sn_add_column("sys_user", &settings.link.servicenow_field, "string")
-    {
-        tracing::warn!(error = %err, "sandbox: link column not added");
-    }
-}

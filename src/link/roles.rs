@@ -8,8 +8,8 @@ use super::cards::{self, Holder};
 use super::store::{AuditEntry, LinkStore};
 use crate::app::App;
 use crate::core::command::AppRole;
-use crate::core::identity::{self, ChatUser, RoleNeed};
 use crate::core::{InboundEvent, Platform, Reply, Tone};
+use crate::identity::{self, ChatUser, RoleNeed};
 use crate::integration::roles as app_roles;
 use crate::upstream::servicenow::{EncodedQuery, Operator, Record, ServiceNowClient};
 

@@ -18,8 +18,8 @@ use serde_json::Value;
 
 use crate::app::App;
 use crate::core::command::Command;
-use crate::core::identity::{self, RoleNeed};
 use crate::core::{CommandHelp, InboundEvent, Platform, Reply, Tone};
+use crate::identity::{self, RoleNeed};
 use filter::Filter;
 use store::{NewSubscription, SubscribeOutcome};
 

@@ -755,7 +755,7 @@ mod tests {
     #[test]
     fn ids_have_the_real_shapes() {
         let guid = new_guid();
-        assert!(crate::config::is_guid(&guid), "{guid}");
+        assert!(crate::ids::is_guid(&guid), "{guid}");
         let sys_id = new_sys_id();
         assert_eq!(sys_id.len(), 32);
         assert!(

@@ -17,9 +17,9 @@ use super::store::{self, AuditEntry, SetupRow, status};
 use super::view;
 use crate::app::App;
 use crate::core::command::Command;
-use crate::core::identity::{self, ChatUser, RoleNeed};
 use crate::core::{InboundEvent, Reply, Tone};
 use crate::db::now_millis;
+use crate::identity::{self, ChatUser, RoleNeed};
 use crate::integration::AuthType;
 
 /// The note on a card answered twice (double click, retried delivery, second admin).
@@ -790,7 +790,7 @@ pub fn parse_input(verb: &str, data: &Value, auth: Option<AuthType>) -> Result<I
             if domain.is_empty() {
                 return Err(StepError::field("domain", "Enter the tenant domain."));
             }
-            if !is_domain(&domain) && !crate::config::is_guid(&domain) {
+            if !is_domain(&domain) && !crate::ids::is_guid(&domain) {
                 return Err(StepError::field(
                     "domain",
                     "That is not a domain: enter something like contoso.onmicrosoft.com.",
@@ -812,7 +812,7 @@ pub fn parse_input(verb: &str, data: &Value, auth: Option<AuthType>) -> Result<I
                 return Ok(Input::App(AppChoice::Create));
             }
             let client_id = text(data, "client_id").to_ascii_lowercase();
-            if !crate::config::is_guid(&client_id) {
+            if !crate::ids::is_guid(&client_id) {
                 return Err(StepError::field(
                     "client_id",
                     "Enter the Application (client) ID, a GUID like 00000000-0000-0000-0000-000000000000.",

@@ -32,13 +32,14 @@ use serde_json::{Value, json};
 
 use crate::app::App;
 use crate::core::command::{self, Command, ParseError};
-use crate::core::identity::PlatformIdentity;
+use crate::core::identity::{PlatformDirectory, PlatformIdentity};
 use crate::core::{
-    self as chat, Actor, ConversationAddress, EventKind, InboundEvent, Platform, Reply, Tone,
+    self, Actor, ConversationAddress, EventKind, InboundEvent, Platform, Reply, Tone,
 };
 use crate::error::ApiError;
 use api::SlackClient;
 use blocks::Message;
+use futures_util::future::BoxFuture;
 use payload::{EventEnvelope, Interaction, SlashCommand};
 pub use settings::{EmailMatch, SlackSettings, Transport};
 use verify::{SignatureVerifier, VerifyError};
@@ -194,7 +195,7 @@ const SLACK_USAGES: &[&str] = &[
 
 /// The help card for Slack: the core's, with the commands Slack cannot do yet marked.
 pub fn help_card() -> Reply {
-    let Reply::Card { template, mut data } = chat::help_card();
+    let Reply::Card { template, mut data } = crate::chat::help_card();
     if let Some(commands) = data.get_mut("commands").and_then(Value::as_array_mut) {
         for command in commands {
             let usage = command["usage"].as_str().unwrap_or_default();
@@ -219,7 +220,7 @@ pub fn not_in_slack_yet(command: &Command) -> Reply {
         "Not available in Slack yet",
         &format!(
             "**{}** is not available in Slack in this version of m365bot.",
-            chat::command_word(command)
+            core::command_word(command)
         ),
         Some("Use Teams for it: type the same command in a chat with m365bot."),
     )
@@ -246,7 +247,7 @@ pub fn answer_command(app: Arc<App>, slash: SlashCommand) -> Value {
         ),
         Ok(command) if !works_in_slack(&command) => not_in_slack_yet(&command),
         Ok(command) => {
-            let word = chat::command_word(&command);
+            let word = core::command_word(&command);
             tokio::spawn(run_command(app, slash));
             return ephemeral(&Message {
                 text: format!("Working on {word}…"),
@@ -262,7 +263,7 @@ pub fn answer_command(app: Arc<App>, slash: SlashCommand) -> Value {
 /// Runs a command through the core and posts its replies to the `response_url`.
 async fn run_command(app: Arc<App>, slash: SlashCommand) {
     let event = command_event(&slash);
-    let replies = chat::handle(&app, event).await;
+    let replies = crate::chat::handle(&app, event).await;
     let Some(slack) = app.slack.as_ref() else {
         return;
     };
@@ -370,55 +371,60 @@ async fn events(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) ->
     }
 }
 
-/// What Slack says about `user_id` (`users.info`; the e-mail needs `users:read.email`), or a
-/// card saying why it cannot be used.
-pub async fn platform_identity(app: &App, user_id: &str) -> Result<PlatformIdentity, Reply> {
-    let Some(slack) = app.slack.as_ref() else {
-        return Err(Reply::notice(
-            Tone::Attention,
-            "Slack is not configured",
-            "This bot has no Slack bot token, so it cannot look up Slack users.",
-            Some("Ask the bot's operator to set **slack.enabled** and **slack.bot_token**."),
-        ));
-    };
-    let user = slack.api.user_info(user_id).await.map_err(|err| {
-        tracing::warn!(error = %err, "cannot read the Slack user's e-mail");
-        let next = if err.code() == Some("missing_scope") {
-            "Ask your Slack admin to add the users:read and users:read.email scopes to the app and reinstall it."
-        } else {
-            "Try again in a minute; if it keeps failing, ask the bot's operator to check its log."
-        };
-        Reply::notice(
-            Tone::Attention,
-            "I could not find out who you are",
-            &format!("Slack did not tell me your e-mail address ({err})."),
-            Some(next),
-        )
-    })?;
-    if user.deleted || user.is_bot {
-        return Err(Reply::notice(
-            Tone::Attention,
-            "This Slack user cannot use m365bot",
-            "Deactivated users and bots are not mapped to ServiceNow users.",
-            None,
-        ));
+impl PlatformDirectory for Slack {
+    /// What Slack says about `user_id` (`users.info`; the e-mail needs `users:read.email`), or
+    /// a card saying why it cannot be used.
+    fn lookup<'a>(
+        &'a self,
+        _event: &'a InboundEvent,
+        user_id: &'a str,
+    ) -> BoxFuture<'a, Result<PlatformIdentity, Reply>> {
+        Box::pin(self.user_identity(user_id))
     }
-    let email = user.profile.email.clone().filter(|e| !e.trim().is_empty());
-    if email.is_none() {
-        return Err(Reply::notice(
-            Tone::Attention,
-            "Your Slack profile has no e-mail I can read",
-            "I match Slack users to ServiceNow users by e-mail, and Slack did not give me yours.",
-            Some(
-                "Ask your Slack admin to grant the app the users:read.email scope and reinstall it.",
-            ),
-        ));
+}
+
+impl Slack {
+    /// What Slack says about `user_id`, or a card saying why it cannot be used.
+    async fn user_identity(&self, user_id: &str) -> Result<PlatformIdentity, Reply> {
+        let user = self.api.user_info(user_id).await.map_err(|err| {
+            tracing::warn!(error = %err, "cannot read the Slack user's e-mail");
+            let next = if err.code() == Some("missing_scope") {
+                "Ask your Slack admin to add the users:read and users:read.email scopes to the app and reinstall it."
+            } else {
+                "Try again in a minute; if it keeps failing, ask the bot's operator to check its log."
+            };
+            Reply::notice(
+                Tone::Attention,
+                "I could not find out who you are",
+                &format!("Slack did not tell me your e-mail address ({err})."),
+                Some(next),
+            )
+        })?;
+        if user.deleted || user.is_bot {
+            return Err(Reply::notice(
+                Tone::Attention,
+                "This Slack user cannot use m365bot",
+                "Deactivated users and bots are not mapped to ServiceNow users.",
+                None,
+            ));
+        }
+        let email = user.profile.email.clone().filter(|e| !e.trim().is_empty());
+        if email.is_none() {
+            return Err(Reply::notice(
+                Tone::Attention,
+                "Your Slack profile has no e-mail I can read",
+                "I match Slack users to ServiceNow users by e-mail, and Slack did not give me yours.",
+                Some(
+                    "Ask your Slack admin to grant the app the users:read.email scope and reinstall it.",
+                ),
+            ));
+        }
+        Ok(PlatformIdentity {
+            user_id: user.id,
+            name: user.real_name.or(user.profile.real_name).or(user.name),
+            aad_object_id: None,
+            email,
+            user_principal_name: None,
+        })
     }
-    Ok(PlatformIdentity {
-        user_id: user.id,
-        name: user.real_name.or(user.profile.real_name).or(user.name),
-        aad_object_id: None,
-        email,
-        user_principal_name: None,
-    })
 }

@@ -16,10 +16,13 @@ use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use crate::app::App;
-use crate::core::{self, Actor, ConversationAddress, EventKind, InboundEvent, Platform, Reply};
+use crate::core::identity::{PlatformDirectory, PlatformIdentity};
+use crate::core::{Actor, ConversationAddress, EventKind, InboundEvent, Platform, Reply};
 use crate::db::conversations::ConversationRef;
 use crate::error::ApiError;
 use activity::{Activity, ChannelAccount, ConversationAccount};
+use connector::ConnectorClient;
+use futures_util::future::BoxFuture;
 
 /// The `channelId` of Microsoft Teams activities.
 pub const TEAMS_CHANNEL_ID: &str = "msteams";
@@ -119,7 +122,7 @@ async fn dispatch(app: &App, activity: Activity) -> Result<Response, ApiError> {
             let Some(event) = message_event(&activity) else {
                 return Ok(StatusCode::OK.into_response());
             };
-            let replies = core::handle(app, event).await;
+            let replies = crate::chat::handle(app, event).await;
             send_replies(app, &activity, replies).await;
             Ok(StatusCode::OK.into_response())
         }
@@ -130,7 +133,7 @@ async fn dispatch(app: &App, activity: Activity) -> Result<Response, ApiError> {
             } else {
                 remember_conversation(app, &activity).await?;
                 if activity.bot_was_added() && activity.conversation_type() == "personal" {
-                    send_replies(app, &activity, vec![core::help_card()]).await;
+                    send_replies(app, &activity, vec![crate::chat::help_card()]).await;
                 }
             }
             Ok(StatusCode::OK.into_response())
@@ -247,7 +250,7 @@ async fn invoke(app: &App, activity: &Activity) -> Result<Response, ApiError> {
             data,
         },
     );
-    let replies = core::handle(app, event).await;
+    let replies = crate::chat::handle(app, event).await;
     let mut rendered = replies.iter().filter_map(|reply| render(app, reply));
     let body = match rendered.next() {
         Some(card) => json!({"statusCode": 200, "type": ADAPTIVE_CARD, "value": card}),
@@ -405,4 +408,36 @@ async fn forget_conversation(app: &App, activity: &Activity) -> Result<(), ApiEr
             .map(drop),
     };
     result.map_err(|e| ApiError::Internal(e.into()))
+}
+
+impl PlatformDirectory for ConnectorClient {
+    /// The conversation member (`GET /v3/conversations/{id}/members/{user}`): name, Entra
+    /// object id, e-mail and UPN.
+    fn lookup<'a>(
+        &'a self,
+        event: &'a InboundEvent,
+        user_id: &'a str,
+    ) -> BoxFuture<'a, Result<PlatformIdentity, Reply>> {
+        Box::pin(async move {
+            let member = self
+                .get_member(&event.address.service_url, &event.conversation_id, user_id)
+                .await
+                .map_err(|err| {
+                    tracing::warn!(error = %err, "cannot read the chat member's e-mail");
+                    Reply::notice(
+                        crate::core::Tone::Attention,
+                        "I could not find out who you are",
+                        &format!("Teams did not tell me the e-mail address of this user ({err})."),
+                        Some("Try again in a minute; if it keeps failing, ask your Teams admin whether the bot is installed for this user."),
+                    )
+                })?;
+            Ok(PlatformIdentity {
+                user_id: user_id.to_owned(),
+                name: member.name,
+                aad_object_id: member.aad_object_id,
+                email: member.email,
+                user_principal_name: member.user_principal_name,
+            })
+        })
+    }
 }

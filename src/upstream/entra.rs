@@ -29,6 +29,7 @@ use super::{
     join_segments,
 };
 use crate::error::RetryKind;
+use crate::ids::is_guid;
 use crate::metrics::Metrics;
 
 /// The public Entra ID authority.
@@ -335,16 +336,6 @@ impl OpenIdConfiguration {
     pub fn is_v1(&self) -> bool {
         self.issuer.contains("sts.windows.net")
     }
-}
-
-/// True for a GUID (8-4-4-4-12 hex).
-pub fn is_guid(text: &str) -> bool {
-    let parts: Vec<&str> = text.split('-').collect();
-    parts.len() == 5
-        && parts
-            .iter()
-            .zip([8, 4, 4, 4, 12])
-            .all(|(part, len)| part.len() == len && part.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 /// The first GUID path segment of a URL-like string.
@@ -923,7 +914,6 @@ mod tests {
             tenant_id_from_url("https://login.microsoftonline.com/{tenantid}/v2.0"),
             None
         );
-        assert!(!is_guid("8eaef023-2b34-4da1-9baa-8bc8c9d6a49"));
     }
 
     #[test]

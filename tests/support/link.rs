@@ -194,7 +194,7 @@ impl LinkHarness {
 
     /// Sends a command as `person` and returns the first reply.
     pub async fn command(&self, person: ChatPerson, text: &str) -> Reply {
-        let replies = core::handle(&self.app.app, self.message(person, text)).await;
+        let replies = m365bot::chat::handle(&self.app.app, self.message(person, text)).await;
         replies.into_iter().next().expect("one reply")
     }
 
