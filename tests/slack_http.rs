@@ -447,7 +447,8 @@ async fn help_is_answered_at_once_and_doctor_through_the_response_url() {
     assert_eq!(report.ephemeral_to.as_deref(), Some("U0ADMIN"), "ephemeral");
     let shown = text_of(&report.blocks);
     assert!(shown.starts_with("Doctor"), "{shown}");
-    assert!(shown.contains("17 passed, 0 failed"), "{shown}");
+    // The integration's 17 checks and the Slack checks (token, scopes, channels).
+    assert!(shown.contains("20 passed, 0 failed"), "{shown}");
     let problems = m365bot::slack::blocks::check_limits(
         report.blocks.as_array().expect("blocks"),
         m365bot::slack::blocks::Surface::Message,
@@ -461,8 +462,8 @@ async fn help_is_answered_at_once_and_doctor_through_the_response_url() {
         .collect();
     assert_eq!(
         methods,
-        ["users.info", "response_url"],
-        "the e-mail, then the answer"
+        ["users.info", "auth.test", "response_url"],
+        "the e-mail, the Slack token check, then the answer"
     );
 }
 

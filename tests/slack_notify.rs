@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use m365bot::notify::{outbox, slack as notify_slack, store};
 use m365bot::sandbox::slack::{PostFault, SANDBOX_TEAM_ID, SlackPosted};
+use m365bot::slack::deliver;
 use support::slack::{SlackBot, text_of};
 
 const CHANNEL: &str = "C0GENERAL";
@@ -211,7 +212,7 @@ async fn channel_errors_disable_the_subscription_and_tell_the_subscriber() {
             "{code}: {shown}"
         );
         // The subscriber gets a direct message saying what to do.
-        let sent = notify_slack::send_owner_notices(&bot.app)
+        let sent = deliver::send_owner_notices(&bot.app)
             .await
             .expect("notices");
         assert_eq!(sent, 1, "{code}");
@@ -223,9 +224,7 @@ async fn channel_errors_disable_the_subscription_and_tell_the_subscriber() {
             "{last}"
         );
         assert_eq!(
-            notify_slack::send_owner_notices(&bot.app)
-                .await
-                .expect("again"),
+            deliver::send_owner_notices(&bot.app).await.expect("again"),
             0,
             "told once"
         );

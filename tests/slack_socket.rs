@@ -137,7 +137,7 @@ async fn commands_are_acknowledged_with_their_answer_and_the_bot_reconnects() {
         .find(|m| m.response_url.as_deref() == Some(ticket.response_id.as_str()))
         .expect("report");
     assert!(
-        text_of(&report.blocks).contains("17 passed"),
+        text_of(&report.blocks).contains("20 passed"),
         "{}",
         text_of(&report.blocks)
     );

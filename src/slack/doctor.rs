@@ -3,11 +3,11 @@
 //! `x-oauth-scopes` header), and the bot is a member of every channel with a Slack
 //! subscription (`conversations.info` `is_member`). Each failure says what to do.
 
+use super::api::SlackClient;
+use super::manifest::BOT_SCOPES;
 use crate::app::App;
 use crate::integration::doctor::CheckOutcome;
 use crate::notify::slack::PLATFORM;
-use crate::slack::api::SlackClient;
-use crate::slack::manifest::BOT_SCOPES;
 
 /// Id of the token check.
 pub const TOKEN: &str = "slack.token";

@@ -10,6 +10,7 @@
 
 pub mod api;
 pub mod blocks;
+pub mod deliver;
 pub mod doctor;
 pub mod manifest;
 pub mod payload;
