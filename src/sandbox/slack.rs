@@ -148,6 +148,8 @@ struct World {
     answer_delay: Option<Duration>,
     /// `ts` of messages left out of `conversations.history`.
     hidden: Vec<String>,
+    /// When each accepted `chat.postMessage` arrived, per channel.
+    post_times: HashMap<String, Vec<Instant>>,
 }
 
 /// Socket Mode: the open connection, envelopes not yet sent, sent but not acknowledged, and
@@ -283,6 +285,7 @@ impl SlackEmulator {
             post_faults: VecDeque::new(),
             answer_delay: None,
             hidden: Vec::new(),
+            post_times: HashMap::new(),
         };
         let shared = Arc::new(Shared {
             world: Mutex::new(world),
@@ -486,6 +489,11 @@ impl SlackHandle {
             .filter(|m| m.channel == channel && m.via == "chat.postMessage")
             .cloned()
             .collect()
+    }
+
+    /// When each accepted `chat.postMessage` arrived, per channel.
+    pub fn post_times(&self) -> HashMap<String, Vec<Instant>> {
+        self.shared.world().post_times.clone()
     }
 
     /// Answers 429 to the calls logged so far.
@@ -859,6 +867,11 @@ fn post_message(world: &mut World, method: &str, args: &Map<String, Value>) -> R
             .into_response();
     }
     world.last_post.insert(channel.clone(), now);
+    world
+        .post_times
+        .entry(channel.clone())
+        .or_default()
+        .push(now);
     let ts = next_ts(world);
     if let Some(PostFault::AnswerLate {
         delay,
