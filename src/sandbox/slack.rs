@@ -8,7 +8,13 @@
 //! `not_in_channel`, `is_archived`, `message_not_found`, `msg_too_long`, `invalid_blocks` with
 //! `response_metadata.messages`, `user_not_found`, `expired_trigger_id`, `hash_conflict`,
 //! `unknown_method`, …), HTTP 429 with `Retry-After` when `chat.postMessage` posts twice into
-//! one channel within a second, and response URLs good for 5 posts within 30 minutes. Every
+//! one channel within a second, and response URLs good for 5 posts within 30 minutes.
+//! `auth.test` lists the token's scopes in `x-oauth-scopes` ([`SlackHandle::set_scopes`]);
+//! `conversations.history` returns a channel's top-level messages with their metadata; a
+//! user id as `chat.postMessage` channel posts into the bot's direct message with that user.
+//! Faults: scripted Slack errors per method ([`SlackHandle::fail_next`]) and a
+//! `chat.postMessage` stored but answered late, optionally missing from the history
+//! ([`SlackHandle::fault_next_post`]). Every
 //! call lands in a request log; every message posted lands in a message log, readable through
 //! [`SlackHandle`] or `GET /_sandbox/messages` (the `slack-say` driver reads it there).
 //! `apps.connections.open` (app-level token) returns the URL of a Socket Mode WebSocket that
