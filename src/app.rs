@@ -119,7 +119,8 @@ impl Application {
         let connector = ConnectorClient::new(&settings, http.clone(), metrics.clone());
         let upstreams =
             crate::integration::Upstreams::from_settings(&settings, http.clone(), metrics.clone());
-        let slack = crate::slack::Slack::from_settings(&settings.slack, http.clone());
+        let slack = crate::slack::Slack::from_settings(&settings.slack, http.clone())
+            .map(|slack| slack.with_installs(&settings, &db));
         let runtime = crate::integration::runtime::RuntimeIdentity::new(
             upstreams.entra.clone(),
             http.clone(),

@@ -564,6 +564,8 @@ impl Settings {
         self.slack
             .validate()
             .map_err(|(key, problem)| invalid(key, &problem))?;
+        crate::slack::install::validate_settings(self)
+            .map_err(|(key, problem)| invalid(key, &problem))?;
         self.watch
             .validate()
             .map_err(|(key, problem)| invalid(key, &problem))?;

@@ -63,6 +63,10 @@ enum Commands {
         /// Port of the emulated Slack Web API (loopback), which `slack-say` talks to.
         #[arg(long, default_value_t = m365bot::sandbox::slack::DEFAULT_PORT)]
         slack_port: u16,
+        /// How the emulated Slack reaches the bot: http (signed request URLs) or socket
+        /// (Socket Mode: the bot connects to the emulator's WebSocket).
+        #[arg(long, value_enum, default_value_t = SlackTransport::Http)]
+        slack_transport: SlackTransport,
     },
     /// Type a Slack slash command into the running sandbox: signs it as Slack would, posts it
     /// to the bot and prints what the bot answered and posted, as text.
@@ -132,6 +136,15 @@ enum Commands {
     },
 }
 
+/// The Slack transport of the sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum SlackTransport {
+    /// Signed HTTP requests to /slack/commands, /slack/interactions, /slack/events.
+    Http,
+    /// Socket Mode.
+    Socket,
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<std::process::ExitCode> {
     let cli = Cli::parse();
@@ -189,6 +202,7 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
         fresh,
         other_release,
         slack_port,
+        slack_transport,
     } = command
     {
         let options = m365bot::sandbox::SandboxOptions {
@@ -196,7 +210,13 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
             servicenow_decoys: other_release,
             ..m365bot::sandbox::SandboxOptions::default()
         };
-        let ports = SandboxPorts { slack: slack_port };
+        let ports = SandboxPorts {
+            slack: slack_port,
+            slack_transport: match slack_transport {
+                SlackTransport::Http => m365bot::slack::Transport::Http,
+                SlackTransport::Socket => m365bot::slack::Transport::Socket,
+            },
+        };
         return sandbox(
             listen, &database, doctor, &break_it, json, fresh, options, ports,
         )
@@ -367,6 +387,7 @@ async fn rotate_secret(
 /// Ports of the sandbox's extra emulators.
 struct SandboxPorts {
     slack: u16,
+    slack_transport: m365bot::slack::Transport,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -406,16 +427,32 @@ async fn sandbox(
     )
     .await?;
     let mut settings = demo.settings.clone();
-    m365bot::sandbox::slack::configure(&mut settings, &slack.api_url())?;
+    m365bot::sandbox::slack::configure_with(
+        &mut settings,
+        &slack.api_url(),
+        ports.slack_transport,
+    )?;
+    let install_url = m365bot::slack::install::redirect_uri(&settings.server.public_url).replace(
+        m365bot::slack::install::CALLBACK_PATH,
+        m365bot::slack::install::INSTALL_PATH,
+    );
     let application = Application::build(settings).await?;
     println!("{}", demo.welcome());
+    let transport = match ports.slack_transport {
+        m365bot::slack::Transport::Http => "signed requests to the bot's /slack/* URLs",
+        m365bot::slack::Transport::Socket => {
+            "Socket Mode: the bot holds a WebSocket to the emulator"
+        }
+    };
     println!(
-        "\nSlack: an emulated Slack Web API runs at {} (workspace {}).\n\
+        "\nSlack: an emulated Slack Web API runs at {} (workspace {}), reaching the bot by {transport}.\n\
          \x20 m365bot slack-say \"/m365 help\"\n\
          \x20 m365bot slack-say \"/m365 doctor\"          (as U0ADMIN, the ServiceNow admin)\n\
-         \x20 m365bot slack-say --user U0JANE \"/m365 doctor\"   (refused: jane.doe is no admin)",
+         \x20 m365bot slack-say --user U0JANE \"/m365 doctor\"   (refused: jane.doe is no admin)\n\
+         Install into a second workspace ({}): open {install_url} in a browser and click Allow.",
         slack.api_url(),
         m365bot::sandbox::slack::SANDBOX_TEAM_ID,
+        m365bot::sandbox::slack::SECOND_TEAM_ID,
     );
     let shutdown = CancellationToken::new();
     let on_signal = shutdown.clone();

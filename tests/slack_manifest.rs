@@ -57,6 +57,15 @@ fn the_printed_manifest_is_valid_for_both_transports() {
         if !socket {
             assert_eq!(command["url"], "https://bot.contoso.example/slack/commands");
         }
+        // Installs into more workspaces come back to the callback over either transport.
+        assert_eq!(
+            manifest["oauth_config"]["redirect_urls"],
+            serde_json::json!(["https://bot.contoso.example/slack/oauth/callback"])
+        );
+        assert_eq!(
+            manifest["settings"]["event_subscriptions"]["bot_events"],
+            serde_json::json!(["app_uninstalled", "tokens_revoked"])
+        );
         let file = dir.path().join(format!("{transport}.json"));
         std::fs::write(&file, serde_json::to_vec(&manifest).expect("json")).expect("write");
         let output = validate(&file);

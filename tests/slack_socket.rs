@@ -1,6 +1,7 @@
 //! Socket Mode against the Slack emulator: `hello`, acknowledgements with the immediate
-//! answer, `disconnect` and dropped connections followed by a reconnect, and a burst of 100
-//! commands across a dropped connection with none lost and none answered twice.
+//! answer, `disconnect` and dropped connections followed by a reconnect, a burst of 100
+//! commands across a dropped connection with none lost and none answered twice, removal events
+//! over the socket, and `m365bot sandbox --slack-transport socket` driven by `slack-say`.
 
 mod support;
 
@@ -12,13 +13,14 @@ use m365bot::app::{App, Application};
 use m365bot::demo::Demo;
 use m365bot::sandbox::SandboxOptions;
 use m365bot::sandbox::slack::{SlackEmulator, SlackHandle};
+use m365bot::slack::install;
 use support::slack::text_of;
 use tokio_util::sync::CancellationToken;
 
 struct SocketBot {
     _demo: Demo,
     slack: SlackEmulator,
-    _app: Arc<App>,
+    app: Arc<App>,
     shutdown: CancellationToken,
     _dir: tempfile::TempDir,
 }
@@ -58,7 +60,7 @@ impl SocketBot {
         let bot = Self {
             _demo: demo,
             slack,
-            _app: app,
+            app,
             shutdown,
             _dir: dir,
         };
@@ -201,4 +203,161 @@ async fn a_dropped_connection_in_a_burst_of_100_commands_loses_none_and_doubles_
     );
     let (connections, _) = bot.world().socket_connections();
     assert!(connections >= 2, "reconnected after the drop");
+}
+
+#[tokio::test]
+async fn app_uninstalled_and_tokens_revoked_over_socket_mode_delete_the_token() {
+    let bot = SocketBot::start().await;
+    let db = &bot.app.db;
+    let secrets = bot
+        .app
+        .slack
+        .as_ref()
+        .and_then(|s| s.secrets.as_ref())
+        .expect("installs are configured in the sandbox");
+    let access = |team: &str| -> m365bot::slack::api::OAuthAccess {
+        serde_json::from_value(serde_json::json!({
+            "ok": true, "access_token": format!("xoxb-{team}-token"), "token_type": "bot",
+            "scope": "commands", "bot_user_id": "U0BOT", "app_id": "A0SANDBOX",
+            "team": {"id": team, "name": team},
+        }))
+        .expect("answer")
+    };
+    for team in ["T0SECOND", "T0THIRD"] {
+        install::save_installation(db, secrets, &access(team))
+            .await
+            .expect("stored");
+    }
+    let stored = |team: &'static str| async move {
+        install::installation(db, team)
+            .await
+            .expect("read")
+            .is_some()
+    };
+    let uninstalled = bot
+        .world()
+        .socket_event("T0SECOND", serde_json::json!({"type": "app_uninstalled"}));
+    let revoked = bot.world().socket_event(
+        "T0THIRD",
+        serde_json::json!({"type": "tokens_revoked", "tokens": {"bot": ["U0BOT"]}}),
+    );
+    bot.wait_until("both events acknowledged", |w| {
+        let acks = w.socket_acks();
+        [&uninstalled, &revoked]
+            .iter()
+            .all(|id| acks.iter().any(|a| &&a.envelope_id == id))
+    })
+    .await;
+    let started = Instant::now();
+    while stored("T0SECOND").await || stored("T0THIRD").await {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the tokens were not deleted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A free loopback port (bound, then released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// `m365bot sandbox`, stopped when dropped.
+struct SandboxProcess(std::process::Child);
+
+impl Drop for SandboxProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn slack_say(bot: &str, slack: &str, line: &str) -> (bool, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_m365bot"))
+        .args(["slack-say", "--bot", bot, "--slack", slack, line])
+        .output()
+        .expect("slack-say runs");
+    (
+        output.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    )
+}
+
+#[tokio::test]
+async fn the_sandbox_over_socket_mode_answers_slack_say() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (bot_port, slack_port) = (free_port(), free_port());
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_m365bot"))
+        .args([
+            "sandbox",
+            "--listen",
+            &format!("127.0.0.1:{bot_port}"),
+            "--database",
+            &format!("sqlite://{}", dir.path().join("sandbox.db").display()),
+            "--slack-port",
+            &slack_port.to_string(),
+            "--slack-transport",
+            "socket",
+        ])
+        .env_remove("M365BOT_CONFIG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("the sandbox starts");
+    let _sandbox = SandboxProcess(child);
+    let bot = format!("http://127.0.0.1:{bot_port}");
+    let slack = format!("http://127.0.0.1:{slack_port}");
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    loop {
+        let connected = match client.get(format!("{slack}/_sandbox/socket")).send().await {
+            Ok(response) => response
+                .json::<serde_json::Value>()
+                .await
+                .is_ok_and(|v| v["connected"] == true),
+            Err(_) => false,
+        };
+        if connected {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "the sandbox bot never opened its Socket Mode connection"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // No HTTP request URLs in Socket Mode: the answers can only have come through the socket.
+    let refused = client
+        .post(format!("{bot}{}", m365bot::slack::COMMANDS_PATH))
+        .body("text=help")
+        .send()
+        .await
+        .expect("the bot answers");
+    assert_eq!(refused.status(), 404);
+
+    let (ok, help) = tokio::task::spawn_blocking({
+        let (bot, slack) = (bot.clone(), slack.clone());
+        move || slack_say(&bot, &slack, "/m365 help")
+    })
+    .await
+    .expect("joined");
+    assert!(ok, "{help}");
+    assert!(help.contains("m365bot commands"), "{help}");
+    let (ok, doctor) = tokio::task::spawn_blocking({
+        let (bot, slack) = (bot.clone(), slack.clone());
+        move || slack_say(&bot, &slack, "/m365 doctor")
+    })
+    .await
+    .expect("joined");
+    assert!(ok, "{doctor}");
+    assert!(doctor.contains("Working on"), "{doctor}");
+    assert!(doctor.contains("17 passed"), "{doctor}");
 }

@@ -56,6 +56,18 @@ pub const SANDBOX_SIGNING_SECRET: &str = "sandbox-signing-secret-0123456789abcde
 pub const SANDBOX_APP_TOKEN: &str = "xapp-1-sandbox-0000000000-m365bot";
 /// The sandbox workspace id.
 pub const SANDBOX_TEAM_ID: &str = "T0SANDBOX";
+/// The sandbox workspace's name.
+pub const SANDBOX_TEAM_NAME: &str = "Contoso (sandbox)";
+/// A second workspace, which the install flow (`/oauth/v2/authorize`) installs into.
+pub const SECOND_TEAM_ID: &str = "T0SECOND";
+/// The second workspace's name.
+pub const SECOND_TEAM_NAME: &str = "Fabrikam (sandbox)";
+/// The sandbox app's client id (OAuth v2 installs).
+pub const SANDBOX_CLIENT_ID: &str = "1111111111.2222222222";
+/// The sandbox app's client secret.
+pub const SANDBOX_CLIENT_SECRET: &str = "sandbox-client-secret-0123456789abcdef";
+/// How long an install code may be exchanged (Slack: 10 minutes).
+const CODE_TTL: Duration = Duration::from_secs(600);
 /// Default port of the emulator in `m365bot sandbox`.
 pub const DEFAULT_PORT: u16 = 3979;
 /// How long a trigger id may be used.
@@ -114,6 +126,9 @@ pub struct SlackLogged {
     pub status: u16,
     /// Slack error code, when `ok` was false.
     pub error: Option<String>,
+    /// The workspace whose token the call carried (`None`: no valid token, or none needed).
+    #[serde(default)]
+    pub team: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -156,6 +171,20 @@ struct World {
     hidden: Vec<String>,
     /// When each accepted `chat.postMessage` arrived, per channel.
     post_times: HashMap<String, Vec<Instant>>,
+    /// Valid bot tokens and their workspace.
+    tokens: HashMap<String, String>,
+    /// Tokens of uninstalled workspaces (`token_revoked`).
+    revoked: Vec<String>,
+    /// Install codes issued by the authorize page.
+    codes: HashMap<String, InstallCode>,
+}
+
+/// A code the authorize page issued.
+struct InstallCode {
+    team: String,
+    redirect_uri: String,
+    issued: Instant,
+    used: bool,
 }
 
 /// Socket Mode: the open connection, envelopes not yet sent, sent but not acknowledged, and
@@ -292,6 +321,9 @@ impl SlackEmulator {
             answer_delay: None,
             hidden: Vec::new(),
             post_times: HashMap::new(),
+            tokens: HashMap::from([(SANDBOX_BOT_TOKEN.to_owned(), SANDBOX_TEAM_ID.to_owned())]),
+            revoked: Vec::new(),
+            codes: HashMap::new(),
         };
         let shared = Arc::new(Shared {
             world: Mutex::new(world),
@@ -304,6 +336,9 @@ impl SlackEmulator {
             .route("/_sandbox/messages", get(messages))
             .route("/_sandbox/command", post(new_command))
             .route("/socket-mode", get(socket_mode))
+            .route("/oauth/v2/authorize", get(authorize))
+            .route("/_sandbox/socket", get(socket_status))
+            .route("/_sandbox/socket-command", post(socket_command))
             .with_state(shared.clone());
         let shutdown = CancellationToken::new();
         let stop = shutdown.clone();
@@ -403,22 +438,56 @@ impl SlackHandle {
     /// bot is connected); returns the envelope id and the command's ticket.
     pub fn socket_command(&self, user: &str, channel: &str, text: &str) -> (String, CommandTicket) {
         let ticket = new_ticket(&self.shared, channel, user);
+        let payload = json!({
+            "token": "unused", "team_id": SANDBOX_TEAM_ID, "team_domain": "contoso-sandbox",
+            "channel_id": channel, "channel_name": "general", "user_id": user, "user_name": user,
+            "command": "/m365", "text": text, "api_app_id": "A0SANDBOX",
+            "is_enterprise_install": "false",
+            "response_url": ticket.response_url, "trigger_id": ticket.trigger_id,
+        });
+        let envelope_id = self.socket_send("slash_commands", true, payload);
+        (envelope_id, ticket)
+    }
+
+    /// Sends an Events API callback of workspace `team` (e.g. `{"type": "app_uninstalled"}`)
+    /// over Socket Mode; returns the envelope id.
+    pub fn socket_event(&self, team: &str, event: Value) -> String {
+        let payload = json!({
+            "token": "unused", "team_id": team, "api_app_id": "A0SANDBOX",
+            "type": "event_callback", "event_id": format!("Ev{}", crate::upstream::entra::random_token(6)),
+            "event_time": chrono::Utc::now().timestamp(), "event": event,
+        });
+        self.socket_send("events_api", false, payload)
+    }
+
+    /// Revokes the tokens of workspace `team`, as uninstalling the app does: later calls with
+    /// them answer `token_revoked`.
+    pub fn uninstall(&self, team: &str) {
+        let mut world = self.shared.world();
+        let gone: Vec<String> = world
+            .tokens
+            .iter()
+            .filter(|(_, t)| t.as_str() == team)
+            .map(|(token, _)| token.clone())
+            .collect();
+        for token in gone {
+            world.tokens.remove(&token);
+            world.revoked.push(token);
+        }
+    }
+
+    /// Queues or sends one envelope; returns its id.
+    fn socket_send(&self, kind: &str, accepts_response_payload: bool, payload: Value) -> String {
         let mut world = self.shared.world();
         world.next += 1;
         let envelope_id = format!("env-{:08}", world.next);
         let envelope = json!({
-            "type": "slash_commands",
+            "type": kind,
             "envelope_id": envelope_id,
-            "accepts_response_payload": true,
+            "accepts_response_payload": accepts_response_payload,
             "retry_attempt": 0,
             "retry_reason": "",
-            "payload": {
-                "token": "unused", "team_id": SANDBOX_TEAM_ID, "team_domain": "contoso-sandbox",
-                "channel_id": channel, "channel_name": "general", "user_id": user, "user_name": user,
-                "command": "/m365", "text": text, "api_app_id": "A0SANDBOX",
-                "is_enterprise_install": "false",
-                "response_url": ticket.response_url, "trigger_id": ticket.trigger_id,
-            },
+            "payload": payload,
         });
         let link = world.socket.link.clone();
         match link {
@@ -432,7 +501,7 @@ impl SlackHandle {
             }
             None => world.socket.queued.push_back(envelope),
         }
-        (envelope_id, ticket)
+        envelope_id
     }
 
     /// Asks the bot to reconnect (`disconnect` with `reason`), as Slack does regularly.
@@ -589,6 +658,7 @@ fn slack_error(world: &mut World, method: &str, error: &str, messages: &[String]
         method: method.to_owned(),
         status: 200,
         error: Some(error.to_owned()),
+        team: None,
     });
     let mut body = json!({"ok": false, "error": error});
     if !messages.is_empty() {
@@ -602,6 +672,7 @@ fn slack_ok(world: &mut World, method: &str, body: Value) -> Response {
         method: method.to_owned(),
         status: 200,
         error: None,
+        team: None,
     });
     let mut body = body;
     body["ok"] = json!(true);
@@ -686,6 +757,9 @@ async fn api(
 /// Serves one Web API call (the answer may be delayed by a fault, see [`PostFault`]).
 fn api_now(shared: &Shared, method: String, headers: &HeaderMap, body: &[u8]) -> Response {
     let mut world = shared.world();
+    if method == "oauth.v2.access" {
+        return oauth_access(&mut world, headers, body);
+    }
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -704,16 +778,21 @@ fn api_now(shared: &Shared, method: String, headers: &HeaderMap, body: &[u8]) ->
         );
         return slack_ok(&mut world, &method, json!({"url": url}));
     }
-    match (app_level, token.as_str()) {
-        (false, SANDBOX_BOT_TOKEN) | (true, SANDBOX_APP_TOKEN) => {}
-        (true, SANDBOX_BOT_TOKEN) | (false, SANDBOX_APP_TOKEN) => {
+    let team = world.tokens.get(&token).cloned();
+    match (app_level, team.is_some(), token == SANDBOX_APP_TOKEN) {
+        (false, true, _) | (true, _, true) => {}
+        (true, true, _) | (false, _, true) => {
             return slack_error(&mut world, &method, "not_allowed_token_type", &[]);
+        }
+        _ if world.revoked.contains(&token) => {
+            return slack_error(&mut world, &method, "token_revoked", &[]);
         }
         _ => return slack_error(&mut world, &method, "invalid_auth", &[]),
     }
     let Some(args) = arguments(headers, body) else {
         return slack_error(&mut world, &method, "invalid_json", &[]);
     };
+    let team = team.unwrap_or_default();
     let scripted = world
         .scripted_errors
         .get_mut(&method)
@@ -721,28 +800,46 @@ fn api_now(shared: &Shared, method: String, headers: &HeaderMap, body: &[u8]) ->
     if let Some(error) = scripted {
         return slack_error(&mut world, &method, &error, &[]);
     }
-    match method.as_str() {
+    let answer = web_api(&mut world, &method, &team, &args);
+    if let Some(last) = world.log.last_mut() {
+        last.team = Some(team);
+    }
+    answer
+}
+
+/// The name of a sandbox workspace.
+fn team_name(team: &str) -> &'static str {
+    if team == SECOND_TEAM_ID {
+        SECOND_TEAM_NAME
+    } else {
+        SANDBOX_TEAM_NAME
+    }
+}
+
+/// The bot-token methods, called with `team`'s token.
+fn web_api(world: &mut World, method: &str, team: &str, args: &Map<String, Value>) -> Response {
+    match method {
         "auth.test" => {
             let scopes = world.scopes.join(",");
             let mut response = slack_ok(
-                &mut world,
-                &method,
-                json!({"url": "https://sandbox.slack.com/", "team": "Contoso (sandbox)", "user": "m365bot",
-                    "team_id": SANDBOX_TEAM_ID, "user_id": "U0BOT", "bot_id": "B0BOT"}),
+                world,
+                method,
+                json!({"url": "https://sandbox.slack.com/", "team": team_name(team), "user": "m365bot",
+                    "team_id": team, "user_id": "U0BOT", "bot_id": "B0BOT"}),
             );
             if let Ok(value) = axum::http::HeaderValue::from_str(&scopes) {
                 response.headers_mut().insert("x-oauth-scopes", value);
             }
             response
         }
-        "conversations.history" => history(&mut world, &method, &args),
-        "chat.postMessage" => post_message(&mut world, &method, &args),
-        "chat.update" => update_message(&mut world, &method, &args),
-        "chat.postEphemeral" => post_ephemeral(&mut world, &method, &args),
-        "views.open" => open_view(&mut world, &method, &args),
-        "views.update" => update_view(&mut world, &method, &args),
+        "conversations.history" => history(world, method, args),
+        "chat.postMessage" => post_message(world, method, args),
+        "chat.update" => update_message(world, method, args),
+        "chat.postEphemeral" => post_ephemeral(world, method, args),
+        "views.open" => open_view(world, method, args),
+        "views.update" => update_view(world, method, args),
         "users.info" => {
-            let found = arg(&args, "user").and_then(|id| {
+            let found = arg(args, "user").and_then(|id| {
                 world
                     .users
                     .iter()
@@ -750,25 +847,28 @@ fn api_now(shared: &Shared, method: String, headers: &HeaderMap, body: &[u8]) ->
                     .cloned()
             });
             match found {
-                Some(user) => slack_ok(&mut world, &method, json!({"user": user})),
-                None => slack_error(&mut world, &method, "user_not_found", &[]),
+                Some(mut user) => {
+                    user["team_id"] = json!(team);
+                    slack_ok(world, method, json!({"user": user}))
+                }
+                None => slack_error(world, method, "user_not_found", &[]),
             }
         }
         "conversations.info" => {
-            let found = arg(&args, "channel")
+            let found = arg(args, "channel")
                 .and_then(|id| world.channels.get(id).map(|c| (id.to_owned(), c.clone())));
             match found {
                 Some((id, c)) => slack_ok(
-                    &mut world,
-                    &method,
+                    world,
+                    method,
                     json!({"channel": {"id": id, "name": c.name, "is_channel": !c.is_im && !c.is_private,
                         "is_private": c.is_private, "is_im": c.is_im, "is_archived": c.is_archived,
                         "is_member": c.is_member}}),
                 ),
-                None => slack_error(&mut world, &method, "channel_not_found", &[]),
+                None => slack_error(world, method, "channel_not_found", &[]),
             }
         }
-        _ => slack_error(&mut world, &method, "unknown_method", &[]),
+        _ => slack_error(world, method, "unknown_method", &[]),
     }
 }
 
@@ -809,6 +909,146 @@ fn history(world: &mut World, method: &str, args: &Map<String, Value>) -> Respon
         })
         .collect();
     slack_ok(world, method, json!({"messages": list, "has_more": false}))
+}
+
+/// `oauth.v2.access`: the app's credentials in HTTP Basic (or `client_id`/`client_secret` in
+/// the form), a code of the authorize page used once within 10 minutes, the same
+/// `redirect_uri`; answers a new bot token of the code's workspace.
+fn oauth_access(world: &mut World, headers: &HeaderMap, body: &[u8]) -> Response {
+    const METHOD: &str = "oauth.v2.access";
+    use base64::Engine;
+    let args: Map<String, Value> = url::form_urlencoded::parse(body)
+        .map(|(k, v)| (k.into_owned(), Value::String(v.into_owned())))
+        .collect();
+    let basic = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|v| {
+            base64::engine::general_purpose::STANDARD
+                .decode(v.trim())
+                .ok()
+        })
+        .and_then(|v| String::from_utf8(v).ok())
+        .and_then(|v| {
+            v.split_once(':')
+                .map(|(id, secret)| (id.to_owned(), secret.to_owned()))
+        });
+    let (client_id, client_secret) = match basic {
+        Some(pair) => pair,
+        None => (
+            arg(&args, "client_id").unwrap_or_default().to_owned(),
+            arg(&args, "client_secret").unwrap_or_default().to_owned(),
+        ),
+    };
+    if client_id != SANDBOX_CLIENT_ID {
+        return slack_error(world, METHOD, "invalid_client_id", &[]);
+    }
+    if client_secret != SANDBOX_CLIENT_SECRET {
+        return slack_error(world, METHOD, "bad_client_secret", &[]);
+    }
+    let Some(code) = arg(&args, "code").and_then(|c| world.codes.get_mut(c)) else {
+        return slack_error(world, METHOD, "invalid_code", &[]);
+    };
+    if code.used || code.issued.elapsed() > CODE_TTL {
+        return slack_error(world, METHOD, "invalid_code", &[]);
+    }
+    if arg(&args, "redirect_uri").is_some_and(|uri| uri != code.redirect_uri) {
+        return slack_error(world, METHOD, "bad_redirect_uri", &[]);
+    }
+    code.used = true;
+    let team = code.team.clone();
+    let token = format!(
+        "xoxb-sandbox-{team}-{}",
+        crate::upstream::entra::random_token(12)
+    );
+    world.tokens.insert(token.clone(), team.clone());
+    slack_ok(
+        world,
+        METHOD,
+        json!({
+            "access_token": token, "token_type": "bot",
+            "scope": crate::slack::manifest::BOT_SCOPES.join(","),
+            "bot_user_id": "U0BOT", "app_id": "A0SANDBOX",
+            "team": {"id": team, "name": team_name(&team)},
+            "enterprise": null, "is_enterprise_install": false,
+            "authed_user": {"id": "U0ADMIN"},
+        }),
+    )
+}
+
+#[derive(Deserialize)]
+struct AuthorizeQuery {
+    #[serde(default)]
+    client_id: String,
+    #[serde(default)]
+    scope: String,
+    #[serde(default)]
+    redirect_uri: String,
+    #[serde(default)]
+    state: String,
+    #[serde(default)]
+    team: Option<String>,
+}
+
+/// `GET /oauth/v2/authorize`: the sandbox's "Allow" page. It issues a code for the workspace
+/// `team` (default the second workspace, `T0SECOND`) and links to `redirect_uri` with the code
+/// and the state (`#allow`), or with `error=access_denied` (`#cancel`).
+async fn authorize(
+    State(shared): State<Arc<Shared>>,
+    Query(query): Query<AuthorizeQuery>,
+) -> Response {
+    use crate::link::page::escape_html;
+    let refuse = |problem: &str| {
+        let html = format!(
+            "<!doctype html><html><head><meta charset=\"utf-8\"><title>Slack (sandbox)</title></head>\
+             <body><h1>Cannot install</h1><p id=\"error\">{}</p></body></html>",
+            escape_html(problem)
+        );
+        (StatusCode::BAD_REQUEST, axum::response::Html(html)).into_response()
+    };
+    if query.client_id != SANDBOX_CLIENT_ID {
+        return refuse("invalid_client_id: no app has this client_id");
+    }
+    let Ok(redirect) = url::Url::parse(&query.redirect_uri) else {
+        return refuse("bad_redirect_uri: redirect_uri is missing or not a URL");
+    };
+    let team = query.team.unwrap_or_else(|| SECOND_TEAM_ID.to_owned());
+    if team != SANDBOX_TEAM_ID && team != SECOND_TEAM_ID {
+        return refuse("team_not_found: the sandbox has the workspaces T0SANDBOX and T0SECOND");
+    }
+    let code = format!("{team}.{}", crate::upstream::entra::random_token(16));
+    shared.world().codes.insert(
+        code.clone(),
+        InstallCode {
+            team: team.clone(),
+            redirect_uri: query.redirect_uri.clone(),
+            issued: Instant::now(),
+            used: false,
+        },
+    );
+    let mut allow = redirect.clone();
+    allow
+        .query_pairs_mut()
+        .append_pair("code", &code)
+        .append_pair("state", &query.state);
+    let mut cancel = redirect;
+    cancel
+        .query_pairs_mut()
+        .append_pair("error", "access_denied")
+        .append_pair("state", &query.state);
+    let html = format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Slack (sandbox)</title></head>\
+         <body><h1>m365bot is requesting permission to access the {name} Slack workspace</h1>\
+         <p id=\"scopes\">{scopes}</p>\
+         <p><a id=\"allow\" href=\"{allow}\">Allow</a> <a id=\"cancel\" href=\"{cancel}\">Cancel</a></p>\
+         </body></html>",
+        name = escape_html(team_name(&team)),
+        scopes = escape_html(&query.scope),
+        allow = escape_html(allow.as_str()),
+        cancel = escape_html(cancel.as_str()),
+    );
+    axum::response::Html(html).into_response()
 }
 
 /// Checks the channel for posting: known, not archived, the bot a member (or public). A
@@ -863,6 +1103,7 @@ fn post_message(world: &mut World, method: &str, args: &Map<String, Value>) -> R
             method: method.to_owned(),
             status: 429,
             error: Some("ratelimited".to_owned()),
+            team: None,
         });
         let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
         return (
@@ -1088,6 +1329,7 @@ async fn respond(
             method: "response_url".to_owned(),
             status: status.as_u16(),
             error: Some(text.to_owned()),
+            team: None,
         });
         (status, text).into_response()
     };
@@ -1133,20 +1375,39 @@ async fn respond(
         method: "response_url".to_owned(),
         status: 200,
         error: None,
+        team: None,
     });
     (StatusCode::OK, "ok").into_response()
 }
 
-/// Points the `[slack]` section of sandbox settings at the emulator at `url`.
+/// Points the `[slack]` section of sandbox settings at the emulator at `api_url`, with request
+/// URLs (HTTP).
 pub fn configure(settings: &mut crate::config::Settings, api_url: &str) -> anyhow::Result<()> {
+    configure_with(settings, api_url, crate::slack::Transport::Http)
+}
+
+/// Points the `[slack]` section of sandbox settings at the emulator at `api_url`, over
+/// `transport`, with the sandbox app's credentials for installs into more workspaces.
+pub fn configure_with(
+    settings: &mut crate::config::Settings,
+    api_url: &str,
+    transport: crate::slack::Transport,
+) -> anyhow::Result<()> {
     use secrecy::SecretString;
+    let api_url = url::Url::parse(api_url).context("Slack emulator URL")?;
     let slack = &mut settings.slack;
     slack.enabled = true;
-    slack.transport = crate::slack::Transport::Http;
+    slack.transport = transport;
     slack.bot_token = Some(SecretString::from(SANDBOX_BOT_TOKEN));
     slack.signing_secret = Some(SecretString::from(SANDBOX_SIGNING_SECRET));
     slack.app_token = Some(SecretString::from(SANDBOX_APP_TOKEN));
-    slack.api_url = url::Url::parse(api_url).context("Slack emulator URL")?;
+    slack.team_id = Some(SANDBOX_TEAM_ID.to_owned());
+    slack.client_id = Some(SANDBOX_CLIENT_ID.to_owned());
+    slack.client_secret = Some(SecretString::from(SANDBOX_CLIENT_SECRET));
+    slack.authorize_url = api_url
+        .join("/oauth/v2/authorize")
+        .context("Slack emulator URL")?;
+    slack.api_url = api_url;
     settings.validate().context("sandbox Slack settings")?;
     Ok(())
 }
@@ -1160,6 +1421,8 @@ pub struct Conversation {
     pub ack: String,
     /// Messages the bot posted to the command's response URL, as readable text.
     pub posted: Vec<String>,
+    /// How the command reached the bot.
+    pub transport: crate::slack::Transport,
 }
 
 impl std::fmt::Display for Conversation {
@@ -1178,10 +1441,12 @@ impl std::fmt::Display for Conversation {
     }
 }
 
-/// Types a slash command as Slack would send it: takes a response URL from the emulator at
-/// `emulator`, signs the form with the sandbox signing secret, posts it to the bot at `bot`,
-/// then collects what the bot posts to the response URL until `wait` passes with nothing new
-/// (or at once when the immediate answer was all).
+/// Types a slash command as Slack would send it. When the bot holds a Socket Mode connection
+/// to the emulator at `emulator`, the emulator sends the envelope and waits for the ack;
+/// otherwise the driver takes a response URL from the emulator, signs the form with the
+/// sandbox signing secret and posts it to the bot at `bot`. Then it collects what the bot
+/// posts to the response URL until `wait` passes with nothing new (or at once when the
+/// immediate answer was all).
 pub async fn say(
     bot: &str,
     emulator: &str,
@@ -1202,6 +1467,20 @@ pub async fn say(
         command.starts_with('/'),
         "type a slash command, e.g. \"/m365 help\""
     );
+    let socket: Value = http
+        .get(format!("{emulator}/_sandbox/socket"))
+        .send()
+        .await
+        .with_context(|| {
+            format!(
+                "the Slack emulator at {emulator} does not answer: is `m365bot sandbox` running?"
+            )
+        })?
+        .json()
+        .await?;
+    if socket["connected"] == json!(true) {
+        return say_over_socket(&http, emulator, channel, user, text, wait).await;
+    }
     let ticket: CommandTicket = http
         .post(format!("{emulator}/_sandbox/command"))
         .json(&json!({"channel": channel, "user": user}))
@@ -1267,11 +1546,73 @@ pub async fn say(
         status,
         ack,
         posted: Vec::new(),
+        transport: crate::slack::Transport::Http,
     };
     // Only a "working on it" acknowledgement is followed by posts.
     if status != 200 || !body.contains("Working on") {
         return Ok(conversation);
     }
+    conversation.posted = collect_posts(&http, emulator, &ticket, wait).await?;
+    Ok(conversation)
+}
+
+/// `say` over Socket Mode: the emulator sends the envelope and answers with the ack.
+async fn say_over_socket(
+    http: &reqwest::Client,
+    emulator: &str,
+    channel: &str,
+    user: &str,
+    text: &str,
+    wait: Duration,
+) -> anyhow::Result<Conversation> {
+    let response = http
+        .post(format!("{emulator}/_sandbox/socket-command"))
+        .json(&json!({"channel": channel, "user": user, "text": text}))
+        .send()
+        .await
+        .with_context(|| format!("the Slack emulator at {emulator} does not answer"))?;
+    let status = response.status().as_u16();
+    let answer: Value = response.json().await.unwrap_or_default();
+    if status != 200 {
+        return Ok(Conversation {
+            status,
+            ack: answer["error"].as_str().unwrap_or_default().to_owned(),
+            posted: Vec::new(),
+            transport: crate::slack::Transport::Socket,
+        });
+    }
+    let payload = &answer["payload"];
+    let ack = crate::slack::blocks::to_text(
+        payload.get("blocks").unwrap_or(&Value::Null),
+        payload
+            .get("text")
+            .and_then(Value::as_str)
+            .unwrap_or_default(),
+    );
+    let ticket: CommandTicket =
+        serde_json::from_value(answer["ticket"].clone()).context("the emulator's ticket")?;
+    let working = payload.to_string().contains("Working on");
+    let posted = if working {
+        collect_posts(http, emulator, &ticket, wait).await?
+    } else {
+        Vec::new()
+    };
+    Ok(Conversation {
+        status,
+        ack,
+        posted,
+        transport: crate::slack::Transport::Socket,
+    })
+}
+
+/// What the bot posts to the ticket's response URL, as text, until `wait` passes quietly.
+async fn collect_posts(
+    http: &reqwest::Client,
+    emulator: &str,
+    ticket: &CommandTicket,
+    wait: Duration,
+) -> anyhow::Result<Vec<String>> {
+    let mut posted = Vec::new();
     let mut seen = 0;
     let mut quiet_since = Instant::now();
     let started = Instant::now();
@@ -1290,21 +1631,84 @@ pub async fn say(
         let messages: Vec<SlackPosted> =
             serde_json::from_value(page["messages"].clone()).unwrap_or_default();
         if messages.is_empty() {
-            if !conversation.posted.is_empty() && quiet_since.elapsed() >= wait {
+            if !posted.is_empty() && quiet_since.elapsed() >= wait {
                 break;
             }
             continue;
         }
         for message in messages {
             seen = seen.max(message.seq);
-            conversation.posted.push(crate::slack::blocks::to_text(
+            posted.push(crate::slack::blocks::to_text(
                 &message.blocks,
                 &message.text,
             ));
         }
         quiet_since = Instant::now();
     }
-    Ok(conversation)
+    Ok(posted)
+}
+
+/// `GET /_sandbox/socket`: whether the bot holds a Socket Mode connection.
+async fn socket_status(State(shared): State<Arc<Shared>>) -> Response {
+    let world = shared.world();
+    Json(json!({
+        "connected": world.socket.link.is_some(),
+        "connections": world.socket.connections,
+    }))
+    .into_response()
+}
+
+#[derive(Deserialize)]
+struct SocketCommand {
+    channel: String,
+    user: String,
+    text: String,
+}
+
+/// How long `/_sandbox/socket-command` waits for the bot's ack (Slack's limit).
+const ACK_WAIT: Duration = Duration::from_secs(3);
+
+/// `POST /_sandbox/socket-command`: sends `/m365 <text>` over the bot's Socket Mode
+/// connection and waits for the ack; answers the ticket and the ack's payload, `409` when the
+/// bot is not connected and `504` when no ack came within 3 seconds.
+async fn socket_command(
+    State(shared): State<Arc<Shared>>,
+    Json(body): Json<SocketCommand>,
+) -> Response {
+    let handle = SlackHandle {
+        shared: shared.clone(),
+    };
+    if shared.world().socket.link.is_none() {
+        return (
+            StatusCode::CONFLICT,
+            Json(json!({"error": "the bot holds no Socket Mode connection: start the sandbox with --slack-transport socket"})),
+        )
+            .into_response();
+    }
+    let (envelope_id, ticket) = handle.socket_command(&body.user, &body.channel, &body.text);
+    let started = Instant::now();
+    loop {
+        let ack = handle
+            .socket_acks()
+            .into_iter()
+            .find(|a| a.envelope_id == envelope_id);
+        if let Some(ack) = ack {
+            return Json(json!({
+                "envelope_id": envelope_id,
+                "ticket": ticket,
+                "payload": ack.payload,
+            }))
+            .into_response();
+        }
+        if started.elapsed() > ACK_WAIT {
+            return (
+                StatusCode::GATEWAY_TIMEOUT,
+                Json(json!({"error": format!("the bot did not acknowledge {envelope_id} within 3 seconds")})),
+            )
+                .into_response();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 async fn socket_mode(

@@ -107,9 +107,33 @@ impl SlackDelivery {
             result.failed_subscriptions = live.iter().map(|r| r.subscription_id.clone()).collect();
             return;
         };
+        let api = match slack.api_for(&app.db, &address.team_id).await {
+            Ok(api) => api,
+            Err(super::TokenError::NotInstalled(team)) => {
+                let reason = super::TokenError::NotInstalled(team).to_string();
+                if let Err(err) = disable_slack_team(app, &address.team_id, &reason).await {
+                    tracing::warn!(error = %err, "cannot disable the workspace's subscriptions");
+                }
+                for row in live {
+                    result.dead.push((row.id, reason.clone()));
+                }
+                result.error = Some(reason);
+                return;
+            }
+            Err(err) => {
+                // The token store or auth.test failed: worth retrying.
+                let failed = SlackApiError::Network {
+                    method: "auth.test",
+                    message: err.to_string(),
+                };
+                self.failed(app, address, live, latest, &failed, result)
+                    .await;
+                return;
+            }
+        };
         let call = Call {
             app,
-            api: &slack.api,
+            api: &api,
             limits: self,
             lane,
             address,
@@ -525,24 +549,30 @@ pub async fn send_owner_notices(app: &App) -> Result<usize, sqlx::Error> {
         return Ok(0);
     };
     let rows = sqlx::query(
-        "SELECT id, created_by, filter_text, disabled_reason, channel_id FROM notify_subscriptions \
+        "SELECT id, created_by, filter_text, disabled_reason, channel_id, team_id FROM notify_subscriptions \
          WHERE owner_notice_due = 1 AND platform = $1 ORDER BY disabled_at LIMIT 200",
     )
     .bind(PLATFORM)
     .fetch_all(&app.db.pool)
     .await?;
-    let mut per_user: std::collections::BTreeMap<String, Vec<(String, String, String, String)>> =
-        Default::default();
+    // Per (workspace, user): a user id is only meaningful in its workspace.
+    type Notices = Vec<(String, String, String, String)>;
+    let mut per_user: std::collections::BTreeMap<(String, String), Notices> = Default::default();
     for row in &rows {
-        per_user.entry(row.try_get(1)?).or_default().push((
-            row.try_get(0)?,
-            row.try_get(2)?,
-            row.try_get::<Option<String>, _>(3)?.unwrap_or_default(),
-            row.try_get::<Option<String>, _>(4)?.unwrap_or_default(),
-        ));
+        let team: Option<String> = row.try_get(5)?;
+        let user: String = row.try_get(1)?;
+        per_user
+            .entry((team.unwrap_or_default(), user))
+            .or_default()
+            .push((
+                row.try_get(0)?,
+                row.try_get(2)?,
+                row.try_get::<Option<String>, _>(3)?.unwrap_or_default(),
+                row.try_get::<Option<String>, _>(4)?.unwrap_or_default(),
+            ));
     }
     let mut sent = 0;
-    for (user, subscriptions) in per_user {
+    for ((team, user), subscriptions) in per_user {
         let ids: Vec<&str> = subscriptions.iter().map(|s| s.0.as_str()).collect();
         let claim = format!(
             "UPDATE notify_subscriptions SET owner_notice_due = 0 WHERE owner_notice_due = 1 AND id IN ({})",
@@ -577,11 +607,14 @@ pub async fn send_owner_notices(app: &App) -> Result<usize, sqlx::Error> {
                 "Invite me to the channel again (/invite @m365bot) or unarchive it, then type **/m365 subscribe** there (with the same filter) to resume.",
             ),
         );
-        match slack
-            .api
-            .post_message(&user, &blocks::render(&reply), None)
-            .await
-        {
+        let posted = match slack.api_for(&app.db, &team).await {
+            Ok(api) => api
+                .post_message(&user, &blocks::render(&reply), None)
+                .await
+                .map_err(|err| err.to_string()),
+            Err(err) => Err(err.to_string()),
+        };
+        match posted {
             Ok(_) => sent += 1,
             Err(err) => {
                 tracing::warn!(error = %err, "the disabled-subscription message was not delivered; will retry");

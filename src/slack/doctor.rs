@@ -21,15 +21,15 @@ pub async fn run(app: &App) -> Vec<CheckOutcome> {
     let Some(slack) = app.slack.as_ref() else {
         return Vec::new();
     };
-    let channels: Result<Vec<String>, sqlx::Error> = sqlx::query_scalar(
-        "SELECT DISTINCT channel_id FROM notify_subscriptions \
-         WHERE platform = $1 AND enabled = 1 AND channel_id IS NOT NULL ORDER BY channel_id",
+    let rows: Result<Vec<(Option<String>, String)>, sqlx::Error> = sqlx::query_as(
+        "SELECT DISTINCT team_id, channel_id FROM notify_subscriptions \
+         WHERE platform = $1 AND enabled = 1 AND channel_id IS NOT NULL ORDER BY team_id, channel_id",
     )
     .bind(PLATFORM)
     .fetch_all(&app.db.pool)
     .await;
-    let channels = match channels {
-        Ok(channels) => channels,
+    let rows = match rows {
+        Ok(rows) => rows,
         Err(err) => {
             return vec![CheckOutcome::fail(
                 CHANNELS,
@@ -39,7 +39,33 @@ pub async fn run(app: &App) -> Vec<CheckOutcome> {
             )];
         }
     };
-    check(&slack.api, &channels).await
+    let mut outcomes = check(&slack.api, &[]).await;
+    if outcomes
+        .iter()
+        .any(|o| o.id == TOKEN && o.status != crate::integration::doctor::Status::Pass)
+    {
+        return outcomes;
+    }
+    // Each workspace's channels with that workspace's token.
+    let mut problems = Vec::new();
+    let mut teams: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for (team, channel) in rows {
+        teams
+            .entry(team.unwrap_or_default())
+            .or_default()
+            .push(channel);
+    }
+    let mut count = 0;
+    for (team, channels) in &teams {
+        count += channels.len();
+        match slack.api_for(&app.db, team).await {
+            Ok(api) => problems.extend(membership_problems(&api, channels).await),
+            Err(err) => problems.push(format!("workspace {team}: {err}")),
+        }
+    }
+    outcomes.retain(|o| o.id != CHANNELS);
+    outcomes.push(channels_outcome(count, problems));
+    outcomes
 }
 
 /// The checks against the Web API of `api` for the subscribed `channels`.
@@ -93,7 +119,15 @@ pub async fn check(api: &SlackClient, channels: &[String]) -> Vec<CheckOutcome> 
             }
         }
     });
-    let title = "The bot is in every subscribed Slack channel";
+    outcomes.push(channels_outcome(
+        channels.len(),
+        membership_problems(api, channels).await,
+    ));
+    outcomes
+}
+
+/// What keeps the bot from posting in each of `channels`.
+async fn membership_problems(api: &SlackClient, channels: &[String]) -> Vec<String> {
     let mut problems = Vec::new();
     for channel in channels {
         match api.conversation_info(channel).await {
@@ -109,12 +143,13 @@ pub async fn check(api: &SlackClient, channels: &[String]) -> Vec<CheckOutcome> 
             Err(err) => problems.push(format!("<#{channel}>: {err}")),
         }
     }
-    outcomes.push(if problems.is_empty() {
-        CheckOutcome::pass(
-            CHANNELS,
-            title,
-            format!("{} subscribed channel(s)", channels.len()),
-        )
+    problems
+}
+
+fn channels_outcome(count: usize, problems: Vec<String>) -> CheckOutcome {
+    let title = "The bot is in every subscribed Slack channel";
+    if problems.is_empty() {
+        CheckOutcome::pass(CHANNELS, title, format!("{count} subscribed channel(s)"))
     } else {
         CheckOutcome::fail(
             CHANNELS,
@@ -122,6 +157,5 @@ pub async fn check(api: &SlackClient, channels: &[String]) -> Vec<CheckOutcome> 
             problems.join("; "),
             "Invite the bot to each channel named (/invite @m365bot), or unsubscribe there; then run doctor again.",
         )
-    });
-    outcomes
+    }
 }

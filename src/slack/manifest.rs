@@ -5,7 +5,7 @@
 use serde_json::{Value, json};
 use url::Url;
 
-use super::{COMMANDS_PATH, INTERACTIONS_PATH, SLASH_COMMAND, Transport};
+use super::{COMMANDS_PATH, EVENTS_PATH, INTERACTIONS_PATH, SLASH_COMMAND, Transport};
 
 /// The bot token scopes the bot uses: the slash command, posting and updating messages
 /// (`chat:write.public` for public channels it was not invited to), user e-mails for the
@@ -23,6 +23,9 @@ pub const BOT_SCOPES: &[&str] = &[
     "groups:history",
     "im:history",
 ];
+
+/// Events the bot subscribes to for its own removal (they need no scope).
+pub const LIFECYCLE_EVENTS: &[&str] = &["app_uninstalled", "tokens_revoked"];
 
 /// The manifest for a bot reachable at `public_url` over `transport` (in Socket Mode the
 /// request URLs are left out: Slack does not call the bot).
@@ -42,9 +45,12 @@ pub fn manifest(public_url: &Url, transport: Transport) -> Value {
         "should_escape": true,
     });
     let mut interactivity = json!({"is_enabled": true});
+    // Removals of the app reach the bot as events, so that it deletes the workspace's token.
+    let mut event_subscriptions = json!({"bot_events": LIFECYCLE_EVENTS});
     if !socket {
         command["url"] = json!(url(COMMANDS_PATH));
         interactivity["request_url"] = json!(url(INTERACTIONS_PATH));
+        event_subscriptions["request_url"] = json!(url(EVENTS_PATH));
     }
     json!({
         "_metadata": {"major_version": 1, "minor_version": 1},
@@ -58,8 +64,13 @@ pub fn manifest(public_url: &Url, transport: Transport) -> Value {
             "bot_user": {"display_name": "m365bot", "always_online": true},
             "slash_commands": [command],
         },
-        "oauth_config": {"scopes": {"bot": BOT_SCOPES}},
+        "oauth_config": {
+            // Installs into more workspaces (OAuth v2) come back here.
+            "redirect_urls": [super::install::redirect_uri(public_url)],
+            "scopes": {"bot": BOT_SCOPES},
+        },
         "settings": {
+            "event_subscriptions": event_subscriptions,
             "interactivity": interactivity,
             "org_deploy_enabled": false,
             "socket_mode_enabled": socket,
@@ -85,6 +96,18 @@ mod tests {
             "https://bot.contoso.example/m365/slack/interactions"
         );
         assert_eq!(http["settings"]["socket_mode_enabled"], false);
+        assert_eq!(
+            http["oauth_config"]["redirect_urls"][0],
+            "https://bot.contoso.example/m365/slack/oauth/callback"
+        );
+        assert_eq!(
+            http["settings"]["event_subscriptions"]["request_url"],
+            "https://bot.contoso.example/m365/slack/events"
+        );
+        assert_eq!(
+            http["settings"]["event_subscriptions"]["bot_events"],
+            json!(["app_uninstalled", "tokens_revoked"])
+        );
         let socket = manifest(&base, Transport::Socket);
         assert!(socket["features"]["slash_commands"][0].get("url").is_none());
         assert!(
@@ -93,5 +116,10 @@ mod tests {
                 .is_none()
         );
         assert_eq!(socket["settings"]["socket_mode_enabled"], true);
+        assert!(
+            socket["settings"]["event_subscriptions"]
+                .get("request_url")
+                .is_none()
+        );
     }
 }

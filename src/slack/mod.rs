@@ -12,6 +12,7 @@ pub mod api;
 pub mod blocks;
 pub mod deliver;
 pub mod doctor;
+pub mod install;
 pub mod manifest;
 pub mod payload;
 pub mod settings;
@@ -65,6 +66,29 @@ pub struct Slack {
     pub api: SlackClient,
     /// The app-level token, for Socket Mode.
     pub app_token: Option<secrecy::SecretString>,
+    /// Opens the tokens of workspaces installed through `/slack/install` (present when
+    /// `slack.client_id` is set).
+    pub secrets: Option<crate::setup::crypto::SecretBox>,
+    /// The workspace of the configured bot token (`auth.test`, asked once when needed).
+    configured_team: tokio::sync::OnceCell<String>,
+    /// The database holding installed workspaces' tokens (with `secrets`).
+    db: Option<crate::db::Db>,
+}
+
+/// Why no Web API client can be made for a workspace.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// Neither the configured token nor a stored one belongs to the workspace.
+    #[error(
+        "m365bot is not installed in the Slack workspace {0}: install it there from the bot's /slack/install page"
+    )]
+    NotInstalled(String),
+    /// The stored token cannot be read.
+    #[error(transparent)]
+    Store(#[from] install::StoreError),
+    /// `auth.test` of the configured token failed, so its workspace is unknown.
+    #[error("cannot tell the workspace of slack.bot_token: {0}")]
+    ConfiguredTeam(api::SlackApiError),
 }
 
 impl Slack {
@@ -91,7 +115,52 @@ impl Slack {
             verifier,
             api: SlackClient::new(http, settings.api_url.clone(), token),
             app_token,
+            secrets: None,
+            configured_team: tokio::sync::OnceCell::new_with(settings.team_id.clone()),
+            db: None,
         })
+    }
+
+    /// Adds the database and the key that opens installed workspaces' tokens
+    /// (`setup.encryption_key`), when installs are configured.
+    pub fn with_installs(mut self, settings: &crate::config::Settings, db: &crate::db::Db) -> Self {
+        if settings.slack.installs_enabled() {
+            self.secrets =
+                crate::setup::crypto::SecretBox::new(settings.setup.encryption_key.as_ref()).ok();
+            self.db = Some(db.clone());
+        }
+        self
+    }
+
+    /// The Web API client of the workspace `team_id`: its stored token when it was installed
+    /// through `/slack/install`, the configured token for the configured workspace.
+    pub async fn api_for(
+        &self,
+        db: &crate::db::Db,
+        team_id: &str,
+    ) -> Result<SlackClient, TokenError> {
+        let Some(secrets) = self.secrets.as_ref() else {
+            // One workspace only: every request comes from the configured one.
+            return Ok(self.api.clone());
+        };
+        if let Some(token) = install::stored_token(db, secrets, team_id).await? {
+            return Ok(self.api.with_token(token));
+        }
+        let configured = self
+            .configured_team
+            .get_or_try_init(|| async {
+                self.api
+                    .auth_test()
+                    .await
+                    .map(|identity| identity.team_id)
+                    .map_err(TokenError::ConfiguredTeam)
+            })
+            .await?;
+        if configured == team_id {
+            Ok(self.api.clone())
+        } else {
+            Err(TokenError::NotInstalled(team_id.to_owned()))
+        }
     }
 }
 
@@ -109,6 +178,7 @@ pub fn routes() -> Router<Arc<App>> {
         .route(COMMANDS_PATH, post(commands))
         .route(INTERACTIONS_PATH, post(interactions))
         .route(EVENTS_PATH, post(events))
+        .merge(install::routes())
 }
 
 /// Why a request to a Slack URL is not served.
@@ -359,7 +429,10 @@ async fn events(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) ->
         Ok(EventEnvelope::UrlVerification { challenge }) => {
             Json(json!({"challenge": challenge})).into_response()
         }
-        Ok(EventEnvelope::EventCallback { event, .. }) => {
+        Ok(EventEnvelope::EventCallback { event, team_id, .. }) => {
+            if install::on_event(&app, team_id.as_deref(), &event).await {
+                return StatusCode::OK.into_response();
+            }
             let kind = event
                 .get("type")
                 .and_then(Value::as_str)
@@ -377,17 +450,34 @@ impl PlatformDirectory for Slack {
     /// a card saying why it cannot be used.
     fn lookup<'a>(
         &'a self,
-        _event: &'a InboundEvent,
+        event: &'a InboundEvent,
         user_id: &'a str,
     ) -> BoxFuture<'a, Result<PlatformIdentity, Reply>> {
-        Box::pin(self.user_identity(user_id))
+        Box::pin(self.user_identity(event.address.team_id.as_deref(), user_id))
     }
 }
 
 impl Slack {
-    /// What Slack says about `user_id`, or a card saying why it cannot be used.
-    async fn user_identity(&self, user_id: &str) -> Result<PlatformIdentity, Reply> {
-        let user = self.api.user_info(user_id).await.map_err(|err| {
+    /// What Slack says about `user_id` of the workspace `team_id` (`users.info` with that
+    /// workspace's token), or a card saying why it cannot be used.
+    async fn user_identity(
+        &self,
+        team_id: Option<&str>,
+        user_id: &str,
+    ) -> Result<PlatformIdentity, Reply> {
+        let api = match (team_id, self.db.as_ref()) {
+            (Some(team_id), Some(db)) => self.api_for(db, team_id).await.map_err(|err| {
+                tracing::warn!(error = %err, "no Slack token for the workspace");
+                Reply::notice(
+                    Tone::Attention,
+                    "I could not find out who you are",
+                    &err.to_string(),
+                    Some("Ask your Slack admin to install m365bot in this workspace again."),
+                )
+            })?,
+            _ => self.api.clone(),
+        };
+        let user = api.user_info(user_id).await.map_err(|err| {
             tracing::warn!(error = %err, "cannot read the Slack user's e-mail");
             let next = if err.code() == Some("missing_scope") {
                 "Ask your Slack admin to add the users:read and users:read.email scopes to the app and reinstall it."

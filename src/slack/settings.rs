@@ -72,6 +72,23 @@ pub struct SlackSettings {
     /// Requests signed longer ago (or further ahead) than this are refused, in seconds.
     #[serde(default = "default_signature_window_secs")]
     pub signature_window_secs: u64,
+    /// Workspace id (`T…`) of `bot_token`; when unset it is asked once with `auth.test` (needed
+    /// only with installs into more workspaces, to tell the configured workspace apart).
+    #[serde(default)]
+    pub team_id: Option<String>,
+    /// Client ID (Basic Information > App Credentials), for installs into more workspaces
+    /// through `/slack/install` (OAuth v2); unset: only the configured workspace.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// Client secret, with `client_id`.
+    #[serde(default, skip_serializing)]
+    pub client_secret: Option<SecretString>,
+    /// Slack's authorize page (OAuth v2).
+    #[serde(default = "default_authorize_url")]
+    pub authorize_url: Url,
+    /// How long an install link (`state`) stays valid, in seconds.
+    #[serde(default = "default_install_state_ttl_secs")]
+    pub install_state_ttl_secs: u64,
 }
 
 fn default_transport() -> Transport {
@@ -86,6 +103,12 @@ fn default_api_url() -> Url {
 fn default_signature_window_secs() -> u64 {
     300
 }
+fn default_authorize_url() -> Url {
+    Url::parse("https://slack.com/oauth/v2/authorize").expect("static URL")
+}
+fn default_install_state_ttl_secs() -> u64 {
+    600
+}
 
 impl Default for SlackSettings {
     fn default() -> Self {
@@ -98,6 +121,11 @@ impl Default for SlackSettings {
             email_match: default_email_match(),
             api_url: default_api_url(),
             signature_window_secs: default_signature_window_secs(),
+            team_id: None,
+            client_id: None,
+            client_secret: None,
+            authorize_url: default_authorize_url(),
+            install_state_ttl_secs: default_install_state_ttl_secs(),
         }
     }
 }
@@ -132,6 +160,7 @@ impl SlackSettings {
                 "must be between 30 and 300 seconds (Slack's replay window is 300)".to_owned(),
             ));
         }
+        self.validate_install()?;
         if !self.enabled {
             return Ok(());
         }
@@ -169,6 +198,66 @@ impl SlackSettings {
                     "Socket Mode needs an app-level token (xapp-…, scope connections:write, Basic Information > App-Level Tokens) in M365BOT_SLACK__APP_TOKEN".to_owned(),
                 )),
             },
+        }
+    }
+}
+
+impl SlackSettings {
+    /// True when installs into more workspaces are configured (`client_id` and `client_secret`).
+    pub fn installs_enabled(&self) -> bool {
+        self.enabled && self.client_id.is_some() && present(self.client_secret.as_ref()).is_some()
+    }
+
+    /// Checks the OAuth v2 install settings: both credentials or neither, a safe authorize
+    /// URL and a sensible state lifetime.
+    fn validate_install(&self) -> Result<(), (&'static str, String)> {
+        if !crate::config::is_https_or_loopback(&self.authorize_url) {
+            return Err((
+                "slack.authorize_url",
+                format!(
+                    "{} must be https:// (plain http only for loopback hosts)",
+                    self.authorize_url
+                ),
+            ));
+        }
+        if !(60..=3600).contains(&self.install_state_ttl_secs) {
+            return Err((
+                "slack.install_state_ttl_secs",
+                "must be between 60 and 3600 seconds".to_owned(),
+            ));
+        }
+        if let Some(team) = self.team_id.as_deref()
+            && !(team.len() >= 2
+                && team.starts_with('T')
+                && team
+                    .chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit()))
+        {
+            return Err((
+                "slack.team_id",
+                "must be the workspace id of slack.bot_token (T…, as auth.test reports it), or unset".to_owned(),
+            ));
+        }
+        let client_id = self.client_id.as_deref().map(str::trim);
+        match (client_id, present(self.client_secret.as_ref())) {
+            (None, None) => Ok(()),
+            (Some(id), _) if id.is_empty() || !id.chars().all(|c| c.is_ascii_digit() || c == '.') => Err((
+                "slack.client_id",
+                "must be the app's Client ID as Slack shows it (digits and a dot, e.g. 1234567890.1234567890), from Basic Information > App Credentials".to_owned(),
+            )),
+            (Some(_), None) => Err((
+                "slack.client_secret",
+                "set the client secret (Basic Information > App Credentials) with M365BOT_SLACK__CLIENT_SECRET, or remove slack.client_id".to_owned(),
+            )),
+            (None, Some(_)) => Err((
+                "slack.client_id",
+                "set the Client ID beside slack.client_secret (Basic Information > App Credentials), or remove the secret".to_owned(),
+            )),
+            (Some(_), Some(secret)) if secret.len() < 16 => Err((
+                "slack.client_secret",
+                "is shorter than 16 characters; copy the whole client secret from Basic Information > App Credentials".to_owned(),
+            )),
+            (Some(_), Some(_)) => Ok(()),
         }
     }
 }
@@ -232,6 +321,53 @@ mod tests {
         load("enabled = true\nbot_token = \"xoxb-1\"\ntransport = \"socket\"\napp_token = \"xapp-1\"\n")
             .expect("socket with an app token");
         load("").expect("off by default needs nothing");
+    }
+
+    #[test]
+    fn install_credentials_come_in_pairs_and_need_the_encryption_key() {
+        let base =
+            "enabled = true\nbot_token = \"xoxb-1\"\nsigning_secret = \"0123456789abcdef0123\"\n";
+        let cases = [
+            ("client_id = \"123.456\"\n", "slack.client_secret"),
+            (
+                "client_secret = \"0123456789abcdef0123\"\n",
+                "slack.client_id",
+            ),
+            (
+                "client_id = \"not an id\"\nclient_secret = \"0123456789abcdef0123\"\n",
+                "slack.client_id",
+            ),
+            (
+                "client_id = \"123.456\"\nclient_secret = \"short\"\n",
+                "slack.client_secret",
+            ),
+            ("team_id = \"contoso\"\n", "slack.team_id"),
+            (
+                "authorize_url = \"http://slack.example.com/oauth\"\n",
+                "slack.authorize_url",
+            ),
+            (
+                "install_state_ttl_secs = 5\n",
+                "slack.install_state_ttl_secs",
+            ),
+            // Both credentials, but no setup.encryption_key to seal the tokens with.
+            (
+                "client_id = \"123.456\"\nclient_secret = \"0123456789abcdef0123\"\n",
+                "setup.encryption_key",
+            ),
+        ];
+        for (extra, key) in cases {
+            let toml = format!("{base}{extra}");
+            let err = load(&toml).expect_err(&toml);
+            assert!(err.contains(key), "{toml}: {err}");
+        }
+        let key = crate::setup::crypto::generate_key().expect("key");
+        let valid = Settings::from_toml_str(&format!(
+            "{BASE}[setup]\nencryption_key = \"{key}\"\n[slack]\n{base}client_id = \"123.456\"\nclient_secret = \"0123456789abcdef0123\"\nteam_id = \"T0ABC\"\n"
+        ))
+        .expect("valid");
+        assert!(valid.slack.installs_enabled());
+        assert!(!format!("{valid:?}").contains("0123456789abcdef0123"));
     }
 
     #[test]

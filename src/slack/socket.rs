@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message as Frame;
 use tokio_util::sync::CancellationToken;
 
-use super::payload::{Interaction, SlashCommand};
+use super::payload::{EventEnvelope, Interaction, SlashCommand};
 use crate::app::App;
 
 /// First wait before reconnecting.
@@ -207,6 +207,21 @@ fn answer(app: &Arc<App>, envelope: &Envelope) -> Option<Value> {
                 None
             }
         },
+        "events_api" => {
+            match serde_json::from_value::<EventEnvelope>(envelope.payload.clone()) {
+                Ok(EventEnvelope::EventCallback { team_id, event, .. }) => {
+                    let app = app.clone();
+                    tokio::spawn(async move {
+                        super::install::on_event(&app, team_id.as_deref(), &event).await;
+                    });
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    tracing::warn!(error = %err, "Slack Socket Mode: malformed event");
+                }
+            }
+            None
+        }
         _ => None,
     }
 }
