@@ -359,5 +359,5 @@ async fn the_sandbox_over_socket_mode_answers_slack_say() {
     .expect("joined");
     assert!(ok, "{doctor}");
     assert!(doctor.contains("Working on"), "{doctor}");
-    assert!(doctor.contains("17 passed"), "{doctor}");
+    assert!(doctor.contains("20 passed"), "{doctor}");
 }
