@@ -13,12 +13,13 @@
 #   4. Stops the server and removes its files at exit.
 # Exits non-zero when a bench fails or the server cannot start.
 #
-# Usage: scripts/bench-postgres.sh [BENCH...]   (default: notify notify_latency notify_scale)
+# Usage: scripts/bench-postgres.sh [BENCH...]
+#   (default: notify notify_latency notify_scale notify_serve notify_replicas, every notify figure)
 # Environment:
 #   M365BOT_PG_DIR   where the throwaway cluster lives (default: target/bench-pg, or a folder
 #                    under /var/tmp when run as root).
 #   The benches' knobs pass through (NOTIFY_BENCH_RUNS, NOTIFY_LATENCY_SECONDS,
-#   NOTIFY_SCALE_ROWS, …; see each bench's header comment).
+#   NOTIFY_SCALE_ROWS, NOTIFY_SERVE_ROWS, …; see each bench's header comment).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -30,7 +31,7 @@ if [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ]; then
 fi
 benches=("$@")
 if [ ${#benches[@]} -eq 0 ]; then
-    benches=(notify notify_latency notify_scale)
+    benches=(notify notify_latency notify_scale notify_serve notify_replicas)
 fi
 
 # shellcheck source=scripts/lib/pg.sh

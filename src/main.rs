@@ -71,8 +71,19 @@ enum Commands {
     /// Type a Slack slash command into the running sandbox: signs it as Slack would, posts it
     /// to the bot and prints what the bot answered and posted, as text.
     SlackSay {
-        /// The command line, e.g. "/m365 help".
-        line: String,
+        /// The command line, e.g. "/m365 help" (not with --submit or --click).
+        #[arg(required_unless_present_any = ["submit", "click"])]
+        line: Option<String>,
+        /// Submit the open window, with fields typed in: `--submit domain=contoso.onmicrosoft.com`
+        /// (a choice by its value, a checkbox true/false; other fields keep what they show).
+        #[arg(long, num_args = 0.., value_name = "FIELD=VALUE", conflicts_with = "click")]
+        submit: Option<Vec<String>>,
+        /// Click a button of the open window by the id the window shows (`--click setup.back`).
+        #[arg(long, value_name = "ACTION_ID")]
+        click: Option<String>,
+        /// Fields typed in before the click (`--field handover_email=…`).
+        #[arg(long, value_name = "FIELD=VALUE", requires = "click")]
+        field: Vec<String>,
         /// The sandbox bot.
         #[arg(long, default_value = "http://127.0.0.1:3978")]
         bot: String,
@@ -170,6 +181,9 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
     }
     if let Commands::SlackSay {
         line,
+        submit,
+        click,
+        field,
         bot,
         slack,
         user,
@@ -177,12 +191,41 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
         wait_secs,
     } = &command
     {
+        use m365bot::sandbox::slack::WindowInput;
+        let fields =
+            |pairs: &[String]| -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
+                pairs
+                    .iter()
+                    .map(|pair| {
+                        let (key, value) = pair
+                            .split_once('=')
+                            .ok_or_else(|| anyhow::anyhow!("{pair:?}: write FIELD=VALUE"))?;
+                        Ok((key.trim().to_owned(), serde_json::Value::from(value)))
+                    })
+                    .collect()
+            };
+        let input = match (submit, click) {
+            (Some(pairs), _) => Some(WindowInput::Submit(fields(pairs)?)),
+            (None, Some(action_id)) => Some(WindowInput::Click(action_id.clone(), fields(field)?)),
+            (None, None) => None,
+        };
+        if let Some(input) = input {
+            let window = m365bot::sandbox::slack::act_in_window(
+                bot.trim_end_matches('/'),
+                slack.trim_end_matches('/'),
+                user,
+                input,
+            )
+            .await?;
+            println!("{window}");
+            return Ok(std::process::ExitCode::SUCCESS);
+        }
         let conversation = m365bot::sandbox::slack::say(
             bot.trim_end_matches('/'),
             slack.trim_end_matches('/'),
             channel,
             user,
-            line,
+            line.as_deref().unwrap_or_default(),
             std::time::Duration::from_secs(*wait_secs),
         )
         .await?;
@@ -449,6 +492,9 @@ async fn sandbox(
          \x20 m365bot slack-say \"/m365 help\"\n\
          \x20 m365bot slack-say \"/m365 doctor\"          (as U0ADMIN, the ServiceNow admin)\n\
          \x20 m365bot slack-say --user U0JANE \"/m365 doctor\"   (refused: jane.doe is no admin)\n\
+         \x20 m365bot slack-say \"/m365 setup\"           (opens the setup window; then:)\n\
+         \x20 m365bot slack-say --submit                 (submit it; fields as --submit domain=contoso.onmicrosoft.com)\n\
+         \x20 m365bot slack-say --click setup.back       (a button of the window, by the id it shows)\n\
          Install into a second workspace ({}): open {install_url} in a browser and click Allow.",
         slack.api_url(),
         m365bot::sandbox::slack::SANDBOX_TEAM_ID,

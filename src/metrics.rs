@@ -53,6 +53,12 @@ struct Inner {
     app_pauses: u64,
     /// Whether this instance leads each enabled poller.
     leaders: BTreeMap<&'static str, bool>,
+    /// Polls by source and outcome (`ok`, `failed`).
+    polls: BTreeMap<(&'static str, &'static str), u64>,
+    /// When each source was last polled successfully (Unix seconds).
+    last_poll_ok: BTreeMap<&'static str, i64>,
+    /// Outbox rows deleted by the retention purge.
+    purged: u64,
     runtime_auth_failures: u64,
     trust: Option<TrustGauges>,
     /// Slack notification events by kind (see [`SLACK_EVENTS`]).
@@ -185,6 +191,26 @@ impl Metrics {
         }
     }
 
+    /// Records one poll of `source` by this instance, successful or not.
+    pub fn record_poll(&self, source: &'static str, ok: bool) {
+        if let Ok(mut inner) = self.inner.lock() {
+            let outcome = if ok { "ok" } else { "failed" };
+            *inner.polls.entry((source, outcome)).or_default() += 1;
+            if ok {
+                inner
+                    .last_poll_ok
+                    .insert(source, chrono::Utc::now().timestamp());
+            }
+        }
+    }
+
+    /// Counts outbox rows deleted by the retention purge.
+    pub fn record_purged(&self, rows: u64) {
+        if let Ok(mut inner) = self.inner.lock() {
+            inner.purged += rows;
+        }
+    }
+
     /// Whether this instance leads the poller of `source` (`None`: it does not run it).
     pub fn leader(&self, source: &str) -> Option<bool> {
         self.inner
@@ -312,6 +338,28 @@ impl Metrics {
                 u8::from(*leading)
             );
         }
+        out.push_str("# HELP m365bot_poller_polls_total Polls of a notification source by this instance, by outcome (ok, failed).\n");
+        out.push_str("# TYPE m365bot_poller_polls_total counter\n");
+        for ((source, outcome), count) in &inner.polls {
+            let _ = writeln!(
+                out,
+                "m365bot_poller_polls_total{{source=\"{source}\",outcome=\"{outcome}\"}} {count}"
+            );
+        }
+        out.push_str("# HELP m365bot_poller_last_success_timestamp_seconds When this instance last polled the source successfully (Unix seconds).\n");
+        out.push_str("# TYPE m365bot_poller_last_success_timestamp_seconds gauge\n");
+        for (source, at) in &inner.last_poll_ok {
+            let _ = writeln!(
+                out,
+                "m365bot_poller_last_success_timestamp_seconds{{source=\"{source}\"}} {at}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP m365bot_notify_purged_total Outbox rows deleted by the retention purge.\n\
+             # TYPE m365bot_notify_purged_total counter\nm365bot_notify_purged_total {}",
+            inner.purged
+        );
         out.push_str("# HELP m365bot_runtime_auth_failures_total Runtime ServiceNow calls (as the integration user) refused or left without a token.\n");
         out.push_str("# TYPE m365bot_runtime_auth_failures_total counter\n");
         let _ = writeln!(
@@ -414,5 +462,35 @@ mod tests {
         assert!(text.contains("m365bot_poller_leader{source=\"service_health\"} 0"));
         assert_eq!(metrics.leader("servicenow"), Some(true));
         assert_eq!(metrics.leader("graph"), None);
+    }
+
+    #[test]
+    fn renders_polls_and_the_purge() {
+        let metrics = Metrics::default();
+        metrics.record_poll("servicenow", true);
+        metrics.record_poll("servicenow", false);
+        metrics.record_poll("servicenow", false);
+        metrics.record_purged(1_000);
+        metrics.record_purged(5);
+        let text = metrics.render();
+        assert!(
+            text.contains("m365bot_poller_polls_total{source=\"servicenow\",outcome=\"ok\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("m365bot_poller_polls_total{source=\"servicenow\",outcome=\"failed\"} 2")
+        );
+        let stamp = text
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(
+                    "m365bot_poller_last_success_timestamp_seconds{source=\"servicenow\"} ",
+                )
+            })
+            .and_then(|v| v.parse::<i64>().ok())
+            .expect("last success gauge");
+        assert!((chrono::Utc::now().timestamp() - stamp).abs() < 60);
+        assert!(!text.contains("last_success_timestamp_seconds{source=\"service_health\"}"));
+        assert!(text.contains("m365bot_notify_purged_total 1005"));
     }
 }

@@ -83,6 +83,34 @@ fn assert_no_table_scan(db: &Db, what: &str, plan: &[String]) {
     println!("{what} ({:?}):\n{text}\n", db.backend);
 }
 
+/// Panics unless the plan reads `table` through an index (SQLite: `SEARCH`; PostgreSQL: an
+/// index or bitmap scan, never `Seq Scan`), even where a sequential read would be allowed.
+fn assert_searches(db: &Db, what: &str, plan: &[String], table: &str) {
+    let text = plan.join("\n");
+    let (searched, scanned) = match db.backend {
+        Backend::Sqlite => (
+            plan.iter()
+                .any(|line| line.contains(&format!("SEARCH {table} USING"))),
+            plan.iter()
+                .any(|line| line.contains(&format!("SCAN {table}"))),
+        ),
+        Backend::Postgres => (
+            plan.iter().any(|line| {
+                line.contains(&format!("Index Scan using {table}_"))
+                    || line.contains(&format!("Index Only Scan using {table}_"))
+                    || line.contains(&format!("Bitmap Index Scan on {table}_"))
+            }),
+            plan.iter()
+                .any(|line| line.contains(&format!("Seq Scan on {table}"))),
+        ),
+    };
+    assert!(
+        searched && !scanned,
+        "{what}: {table} is not searched by index on {:?}:\n{text}",
+        db.backend
+    );
+}
+
 #[tokio::test]
 async fn hot_notification_queries_use_indexes_on_a_large_history() {
     for test in test_databases().await {
@@ -118,6 +146,27 @@ async fn hot_notification_queries_use_indexes_on_a_large_history() {
         )
         .await;
         assert_no_table_scan(db, "claim (lanes)", &claim);
+        // The limited path: one sending replica per conversation. Every conversation has a
+        // destination row, so it must be searched by index on both backends.
+        let claim_as_sender = plan(
+            db,
+            &outbox::claim_lanes_sql(db.backend, true),
+            &[
+                Value::Text("worker-plan".into()),
+                Value::Int(now + 60_000),
+                Value::Int(now),
+                Value::Int(200),
+                Value::Text("replica-plan".into()),
+            ],
+        )
+        .await;
+        assert_no_table_scan(db, "claim as the sending replica (lanes)", &claim_as_sender);
+        assert_searches(
+            db,
+            "claim as the sending replica (destinations)",
+            &claim_as_sender,
+            "notify_destinations",
+        );
         let rows = plan(
             db,
             outbox::CLAIMED_ROWS_SQL,
@@ -125,6 +174,32 @@ async fn hot_notification_queries_use_indexes_on_a_large_history() {
         )
         .await;
         assert_no_table_scan(db, "claim (rows)", &rows);
+
+        // Writing a batch's outcomes: the rows by primary key, not every pending row.
+        let finish = plan(
+            db,
+            &outbox::finish_rows_sql(3),
+            &[
+                Value::Text("delivered".into()),
+                Value::Text(String::new()),
+                Value::Int(now),
+                Value::Int(1),
+                Value::Int(2),
+                Value::Int(3),
+            ],
+        )
+        .await;
+        assert_no_table_scan(db, "outcomes", &finish);
+        let by_id = match db.backend {
+            Backend::Sqlite => "USING INTEGER PRIMARY KEY",
+            Backend::Postgres => "notify_outbox_pkey",
+        };
+        assert!(
+            finish.iter().any(|line| line.contains(by_id)),
+            "outcomes are not written by row id on {:?}:\n{}",
+            db.backend,
+            finish.join("\n")
+        );
 
         // Matching an event to subscriptions.
         let event = case_event(1, 1, &group(7));
@@ -145,15 +220,22 @@ async fn hot_notification_queries_use_indexes_on_a_large_history() {
         // The retention purge: one bounded chunk.
         let purge = plan(
             db,
-            outbox::purge_sql(db.backend),
+            &outbox::purge_sql(db.backend, outbox::status::DELIVERED),
             &[
                 Value::Int(now - 30 * 86_400_000),
                 Value::Int(outbox::PURGE_CHUNK),
-                Value::Text("delivered".into()),
             ],
         )
         .await;
         assert_no_table_scan(db, "purge", &purge);
+        assert!(
+            purge
+                .iter()
+                .any(|line| line.contains("notify_outbox_delivered_at")),
+            "the purge does not use its partial index on {:?}:\n{}",
+            db.backend,
+            purge.join("\n")
+        );
 
         // And they do what they say on this history.
         let conversation_subscriptions = store::list(db, &conversation(3)).await.expect("list");

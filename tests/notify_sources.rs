@@ -10,7 +10,7 @@ use std::time::Duration;
 use m365bot::app::{App, Application};
 use m365bot::config::Settings;
 use m365bot::notify::sources::{self, push, store};
-use m365bot::sandbox::{IssueAdvance, Sandbox, SandboxOptions};
+use m365bot::sandbox::{Emulator, IssueAdvance, Sandbox, SandboxOptions};
 use m365bot::upstream::entra::EntraClient;
 use serde_json::{Value, json};
 use sqlx::Row;
@@ -579,6 +579,108 @@ async fn poller_handles_ties_and_acl_short_pages() {
 }
 
 #[tokio::test]
+async fn poller_records_a_page_of_many_changes_once_with_batched_lookups() {
+    let sandbox = sandbox().await;
+    let handle = sandbox.handle();
+    let dir = tempfile::tempdir().expect("dir");
+    let toml = sandbox_toml(&sandbox, "admin", &sandbox.demo().servicenow_admin_password);
+    let bot = Bot::start(dir.path(), &toml).await;
+    let first = sources::poll_servicenow_once(&bot.app).await.expect("poll");
+    assert_eq!(first.recorded, 0, "{first:?}");
+    let events_before = bot.count("notify_events").await;
+    // 120 cases change at once, each with its own note: one page of the poller.
+    const CHANGES: usize = 120;
+    let mut changed = Vec::new();
+    for n in 0..CHANGES {
+        let sys_id = handle
+            .sn_insert(
+                "incident",
+                json!({
+                    "short_description": format!("bulk {n}"),
+                    "state": "1",
+                    "correlation_id": format!("2503020040{n:06}"),
+                }),
+            )
+            .expect("insert");
+        handle
+            .sn_update(
+                "incident",
+                &sys_id,
+                json!({"comments": format!("note of case {n}")}),
+            )
+            .expect("note");
+        changed.push(sys_id);
+    }
+    let requests_before = handle.request_count(Emulator::ServiceNow);
+    let report = sources::poll_servicenow_once(&bot.app).await.expect("poll");
+    let requests = handle.request_count(Emulator::ServiceNow) - requests_before;
+    assert_eq!(report.recorded, CHANGES, "{report:?}");
+    // The journal is read per chunk of cases, not once per change.
+    assert!(
+        requests < 20,
+        "{requests} requests to ServiceNow for {CHANGES} changes"
+    );
+    assert_eq!(
+        bot.count("notify_events").await - events_before,
+        CHANGES as i64,
+        "one event per change"
+    );
+    for (n, sys_id) in changed.iter().enumerate() {
+        let key = format!("servicenow:incident:{sys_id}");
+        assert_eq!(
+            known_revision(&bot.app, &key).await,
+            Some(mod_count(&sandbox, sys_id).to_string()),
+            "case {n}"
+        );
+        let payload: String =
+            sqlx::query_scalar("SELECT payload FROM notify_events WHERE case_key = $1")
+                .bind(&key)
+                .fetch_one(&bot.app.db.pool)
+                .await
+                .expect("event");
+        let event: Value = serde_json::from_str(&payload).expect("payload");
+        assert_eq!(
+            event["latest_note"],
+            json!(format!("note of case {n}")),
+            "each case carries its own note"
+        );
+    }
+    let mark = store::watermark(&bot.app.db, "servicenow:incident")
+        .await
+        .expect("db")
+        .expect("watermark");
+    let (stamp, last) = changed
+        .iter()
+        .map(|id| (first_stamp(&handle, id), id.clone()))
+        .max()
+        .expect("changes");
+    assert_eq!(
+        (mark.watermark.as_str(), mark.last_key.as_str()),
+        (stamp.as_str(), last.as_str()),
+        "the watermark is the page's last change"
+    );
+    // Polled again (the overlap is re-read): nothing is recorded twice.
+    let again = sources::poll_servicenow_once(&bot.app).await.expect("poll");
+    assert_eq!(again.recorded + again.duplicates, 0, "{again:?}");
+    assert_eq!(
+        bot.count("notify_events").await - events_before,
+        CHANGES as i64
+    );
+}
+
+/// `sys_updated_on` of a record of the incident table.
+fn first_stamp(handle: &m365bot::sandbox::SandboxHandle, sys_id: &str) -> String {
+    handle
+        .sn_record("incident", sys_id)
+        .and_then(|row| {
+            row.get("sys_updated_on")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
+        .expect("sys_updated_on")
+}
+
+#[tokio::test]
 async fn a_missing_column_is_an_error_not_a_silently_ignored_query() {
     let sandbox = sandbox().await;
     let dir = tempfile::tempdir().expect("dir");
@@ -868,6 +970,15 @@ async fn source_storage_works_on_every_backend() {
             .expect(label);
         let state = store::case_state(db, "k").await.expect(label).expect(label);
         assert_eq!(state.previous_state.as_deref(), Some("New"), "{label}");
+        store::remember_case(db, "k2", "1", 1, "New", None)
+            .await
+            .expect(label);
+        let states = store::case_states(db, &["k", "k2", "unknown"])
+            .await
+            .expect(label);
+        assert_eq!(states.len(), 2, "{label}");
+        assert_eq!(states["k"].revision_order, 3, "{label}");
+        assert_eq!(states["k2"].state, "New", "{label}");
 
         let future = chrono::Utc::now().timestamp_millis() + 60_000;
         assert!(
@@ -909,6 +1020,18 @@ async fn source_storage_works_on_every_backend() {
                 .await
                 .expect(label)
         );
+        let (incidents, issues) = store::mirror_matches(
+            db,
+            &[
+                mirror.incident_sys_id.as_str(),
+                "ffffffffffffffffffffffffffffffff",
+            ],
+            &["EX1", "EX2"],
+        )
+        .await
+        .expect(label);
+        assert_eq!(incidents, vec![mirror.incident_sys_id.clone()], "{label}");
+        assert_eq!(issues, vec!["EX1".to_owned()], "{label}");
         let done = store::Mirror {
             resolved: true,
             last_post_at: 5,

@@ -52,7 +52,11 @@ pub mod status {
 /// parameters each). Small on SQLite, which looks `$N` parameters up linearly (binding cost
 /// grows with the square of the count); large on PostgreSQL, where round trips cost more.
 fn chunk_sizes(db: &Db) -> (usize, usize) {
-    match db.backend {
+    backend_chunk_sizes(db.backend)
+}
+
+fn backend_chunk_sizes(backend: Backend) -> (usize, usize) {
+    match backend {
         Backend::Sqlite => (100, 40),
         Backend::Postgres => (500, 200),
     }
@@ -84,11 +88,32 @@ pub fn is_retryable_conflict(err: &sqlx::Error) -> bool {
 }
 
 async fn record_once(db: &Db, event: &CaseEvent) -> Result<RecordOutcome, sqlx::Error> {
+    let mut tx = db.pool.begin().await?;
+    // The insert comes first: it takes the write lock (SQLite) before anything is read.
+    let outcome = record_in(&mut tx, db.backend, event).await?;
+    if !outcome.new {
+        tx.rollback().await?;
+        return Ok(outcome);
+    }
+    tx.commit().await?;
+    if outcome.deliveries > 0 {
+        db.outbox_ready.notify_waiters();
+    }
+    Ok(outcome)
+}
+
+/// Records `event` and its outbox rows in the caller's transaction, as [`record_event`] does;
+/// the caller commits, then wakes the delivery loops (`Db::outbox_ready`) when deliveries
+/// were added. On SQLite the transaction should have written already, or this insert is its
+/// first write, so that nothing is read before the write lock is taken.
+pub async fn record_in(
+    tx: &mut Transaction<'static, Any>,
+    backend: Backend,
+    event: &CaseEvent,
+) -> Result<RecordOutcome, sqlx::Error> {
     let payload = serde_json::to_string(event)
         .map_err(|e| sqlx::Error::Protocol(format!("the event does not serialise: {e}")))?;
     let now = now_millis();
-    let mut tx = db.pool.begin().await?;
-    // The insert comes first: it takes the write lock (SQLite) before anything is read.
     let inserted = sqlx::query(
         "INSERT INTO notify_events (case_key, revision, number, state, source, updated_at, payload, recorded_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (case_key, revision) DO NOTHING RETURNING id",
@@ -101,10 +126,9 @@ async fn record_once(db: &Db, event: &CaseEvent) -> Result<RecordOutcome, sqlx::
     .bind(event.updated_at.timestamp_millis())
     .bind(&payload)
     .bind(now)
-    .fetch_optional(&mut *tx)
+    .fetch_optional(&mut **tx)
     .await?;
     let Some(inserted) = inserted else {
-        tx.rollback().await?;
         return Ok(RecordOutcome {
             new: false,
             deliveries: 0,
@@ -120,7 +144,7 @@ async fn record_once(db: &Db, event: &CaseEvent) -> Result<RecordOutcome, sqlx::
             )
             .bind(&event.case_key)
             .bind(event_id)
-            .fetch_optional(&mut *tx)
+            .fetch_optional(&mut **tx)
             .await?;
             previous.is_none_or(|previous| !previous.eq_ignore_ascii_case(&event.state))
         }
@@ -133,7 +157,7 @@ async fn record_once(db: &Db, event: &CaseEvent) -> Result<RecordOutcome, sqlx::
     for route in &routes {
         query = query.bind(route);
     }
-    let subscriptions = query.fetch_all(&mut *tx).await?;
+    let subscriptions = query.fetch_all(&mut **tx).await?;
     // One delivery per conversation: the oldest matching subscription carries it.
     let mut targets: BTreeMap<String, String> = BTreeMap::new();
     for row in &subscriptions {
@@ -152,13 +176,9 @@ async fn record_once(db: &Db, event: &CaseEvent) -> Result<RecordOutcome, sqlx::
         }
     }
     let targets: Vec<(String, String)> = targets.into_iter().collect();
-    for chunk in targets.chunks(chunk_sizes(db).0) {
-        let lanes = upsert_lanes(&mut tx, &event.case_key, chunk, now).await?;
-        insert_rows(&mut tx, event_id, chunk, &lanes, now).await?;
-    }
-    tx.commit().await?;
-    if !targets.is_empty() {
-        db.outbox_ready.notify_waiters();
+    for chunk in targets.chunks(backend_chunk_sizes(backend).0) {
+        let lanes = upsert_lanes(tx, &event.case_key, chunk, now).await?;
+        insert_rows(tx, event_id, chunk, &lanes, now).await?;
     }
     Ok(RecordOutcome {
         new: true,
@@ -584,11 +604,7 @@ async fn complete_once(db: &Db, owner: &str, results: &[LaneResult]) -> Result<(
     let mut changed_per_lane: HashMap<i64, i64> = HashMap::new();
     for ((state, reason), ids) in &finished {
         for chunk in ids.chunks(chunk_sizes(db).0) {
-            let sql = format!(
-                "UPDATE notify_outbox SET status = $1, last_error = COALESCE($2, last_error), finished_at = $3 \
-                 WHERE status = 'pending' AND id IN ({}) RETURNING lane_id",
-                placeholders(4, chunk.len())
-            );
+            let sql = finish_rows_sql(chunk.len());
             let mut query = sqlx::query(&sql).bind(*state).bind(*reason).bind(now);
             for id in chunk {
                 query = query.bind(*id);
@@ -676,6 +692,16 @@ async fn complete_once(db: &Db, owner: &str, results: &[LaneResult]) -> Result<(
         .await?;
     }
     tx.commit().await
+}
+
+/// Finishes `count` pending rows by id (`$4…`) with status `$1`, error `$2` and time `$3`;
+/// returns their lanes. The rows are looked up by primary key (see migration 0012).
+pub fn finish_rows_sql(count: usize) -> String {
+    format!(
+        "UPDATE notify_outbox SET status = $1, last_error = COALESCE($2, last_error), finished_at = $3 \
+         WHERE status = 'pending' AND id IN ({}) RETURNING lane_id",
+        placeholders(4, count)
+    )
 }
 
 /// One `UPDATE … SET x = CASE id WHEN … END` for a chunk of lanes.
@@ -861,20 +887,20 @@ pub const PURGE_CHUNK: i64 = 1_000;
 /// Pause between two purge chunks, so that delivery commits interleave with the purge.
 const PURGE_PAUSE: std::time::Duration = std::time::Duration::from_millis(5);
 
-/// Deletes up to `$2` rows of status `$3` finished before `$1`, oldest first: the rows are
-/// found through the `(status, finished_at)` index, and deleted by id (on PostgreSQL through
-/// an id array, which keeps the delete on the primary key instead of a semi-join).
-pub fn purge_sql(backend: Backend) -> &'static str {
-    match backend {
-        Backend::Sqlite => {
-            "DELETE FROM notify_outbox WHERE id IN (SELECT id FROM notify_outbox \
-             WHERE status = $3 AND finished_at < $1 ORDER BY finished_at LIMIT $2)"
-        }
-        Backend::Postgres => {
-            "DELETE FROM notify_outbox WHERE id = ANY (ARRAY(SELECT id FROM notify_outbox \
-             WHERE status = $3 AND finished_at < $1 ORDER BY finished_at LIMIT $2))"
-        }
-    }
+/// Deletes up to `$2` rows of status `finished` (`delivered` or `merged`, written into the
+/// statement so that its partial index applies) finished before `$1`, oldest first: the rows
+/// are found through that index and deleted by id (on PostgreSQL through an id array, which
+/// keeps the delete on the primary key instead of a semi-join).
+pub fn purge_sql(backend: Backend, finished: &str) -> String {
+    debug_assert!(finished == status::DELIVERED || finished == status::MERGED);
+    let (open, close) = match backend {
+        Backend::Sqlite => ("IN (", ")"),
+        Backend::Postgres => ("= ANY (ARRAY(", "))"),
+    };
+    format!(
+        "DELETE FROM notify_outbox WHERE id {open}SELECT id FROM notify_outbox \
+         WHERE status = '{finished}' AND finished_at < $1 ORDER BY finished_at LIMIT $2{close}"
+    )
 }
 
 /// Deletes delivered and merged rows finished before `before` (ms) in chunks of
@@ -883,10 +909,9 @@ pub async fn purge_finished(db: &Db, before: i64) -> Result<u64, sqlx::Error> {
     let mut total = 0;
     for finished in [status::DELIVERED, status::MERGED] {
         loop {
-            let done = sqlx::query(purge_sql(db.backend))
+            let done = sqlx::query(&purge_sql(db.backend, finished))
                 .bind(before)
                 .bind(PURGE_CHUNK)
-                .bind(finished)
                 .execute(&db.pool)
                 .await?;
             total += done.rows_affected();

@@ -644,7 +644,10 @@ impl Worker {
         let before = now_millis().saturating_sub(days * 86_400_000);
         match outbox::purge_finished(&self.app.db, before).await {
             Ok(0) => {}
-            Ok(n) => tracing::info!(rows = n, "purged old notification deliveries"),
+            Ok(n) => {
+                self.app.metrics.record_purged(n);
+                tracing::info!(rows = n, "purged old notification deliveries");
+            }
             Err(err) => tracing::warn!(error = %err, "notification purge failed"),
         }
     }

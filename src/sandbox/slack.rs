@@ -147,14 +147,37 @@ struct ResponseUrl {
     created: Instant,
 }
 
+/// A `trigger_id`: when issued, whether used, for whom.
+#[derive(Debug, Clone)]
+struct Trigger {
+    issued: Instant,
+    used: bool,
+    user: String,
+}
+
+/// A modal the emulator shows: the view as last set, its hash, its user, whether it is
+/// still open, the view under it (pushed views) and the errors shown beside its fields.
+#[derive(Debug, Clone)]
+struct ShownView {
+    view: Value,
+    hash: String,
+    user: String,
+    open: bool,
+    previous: Option<String>,
+    touched: u64,
+    errors: Map<String, Value>,
+}
+
 struct World {
     users: Vec<Value>,
     channels: HashMap<String, Channel>,
     messages: Vec<SlackPosted>,
     log: Vec<SlackLogged>,
     response_urls: HashMap<String, ResponseUrl>,
-    triggers: HashMap<String, (Instant, bool)>,
-    views: HashMap<String, (Value, String)>,
+    triggers: HashMap<String, Trigger>,
+    views: HashMap<String, ShownView>,
+    view_history: Vec<Value>,
+    submission_answers: Vec<(String, Value)>,
     last_post: HashMap<String, Instant>,
     next: u64,
     per_channel_interval: Duration,
@@ -308,6 +331,8 @@ impl SlackEmulator {
             response_urls: HashMap::new(),
             triggers: HashMap::new(),
             views: HashMap::new(),
+            view_history: Vec::new(),
+            submission_answers: Vec::new(),
             last_post: HashMap::new(),
             next: 0,
             per_channel_interval: Duration::from_secs(1),
@@ -335,6 +360,10 @@ impl SlackEmulator {
             .route("/actions/{team}/{id}/{secret}", post(respond))
             .route("/_sandbox/messages", get(messages))
             .route("/_sandbox/command", post(new_command))
+            .route("/_sandbox/views/current", get(current_view))
+            .route("/_sandbox/views/{id}/submission", post(submission))
+            .route("/_sandbox/views/{id}/action", post(action))
+            .route("/_sandbox/views/{id}/answer", post(answer))
             .route("/socket-mode", get(socket_mode))
             .route("/oauth/v2/authorize", get(authorize))
             .route("/_sandbox/socket", get(socket_status))
@@ -504,6 +533,14 @@ impl SlackHandle {
         envelope_id
     }
 
+    /// Sends an interaction `payload` (from [`Self::submission`] or [`Self::action`]) over
+    /// Socket Mode, as Slack does (`interactive`, a response payload accepted); returns the
+    /// envelope id.
+    pub fn socket_interaction(&self, payload: Value) -> String {
+        let accepts_response_payload = payload["type"] == "view_submission";
+        self.socket_send("interactive", accepts_response_payload, payload)
+    }
+
     /// Asks the bot to reconnect (`disconnect` with `reason`), as Slack does regularly.
     pub fn socket_disconnect(&self, reason: &str) {
         if let Some(link) = self.shared.world().socket.link.take() {
@@ -535,6 +572,7 @@ impl SlackHandle {
         world.socket.unacked.len() + world.socket.queued.len()
     }
 
+<<<<<<< HEAD
     /// Sets the scopes the bot token has (listed by `auth.test` in `x-oauth-scopes`).
     pub fn set_scopes(&self, scopes: &[&str]) {
         self.shared.world().scopes = scopes.iter().map(|s| (*s).to_owned()).collect();
@@ -579,6 +617,198 @@ impl SlackHandle {
             .iter()
             .filter(|l| l.status == 429)
             .count()
+=======
+    /// The open view `user` sees on top, with the errors shown beside its fields (`errors`).
+    pub fn current_view(&self, user: &str) -> Option<Value> {
+        let world = self.shared.world();
+        let id = current_view_of(&world, user)?;
+        world.views.get(&id).map(|v| {
+            let mut view = v.view.clone();
+            view["errors"] = Value::Object(v.errors.clone());
+            view
+        })
+    }
+
+    /// The view `id` as last set (closed ones too).
+    pub fn view(&self, id: &str) -> Option<Value> {
+        self.shared.world().views.get(id).map(|v| v.view.clone())
+    }
+
+    /// The bot's answers to view submissions so far: (view id, answer), in order.
+    pub fn submission_answers(&self) -> Vec<(String, Value)> {
+        self.shared.world().submission_answers.clone()
+    }
+
+    /// Every view opened, pushed or updated so far, in order.
+    pub fn view_history(&self) -> Vec<Value> {
+        self.shared.world().view_history.clone()
+    }
+
+    /// The `view_submission` payload Slack sends when the user submits view `id` with
+    /// `entered` typed in (by `block_id`; other inputs keep their initial values).
+    pub fn submission(&self, id: &str, entered: &Map<String, Value>) -> Result<Value, String> {
+        let mut world = self.shared.world();
+        let shown = world
+            .views
+            .get(id)
+            .filter(|v| v.open)
+            .cloned()
+            .ok_or_else(|| format!("no open view {id}"))?;
+        if shown.view.get("submit").is_none() {
+            return Err("this window has no submit button".to_owned());
+        }
+        let values = view_state(&shown.view, entered)?;
+        let trigger = interaction_trigger(&mut world, &shown.user);
+        let mut view = shown.view.clone();
+        view["state"] = json!({"values": values});
+        view["root_view_id"] = json!(root_of(&world, id));
+        Ok(json!({
+            "type": "view_submission",
+            "team": {"id": SANDBOX_TEAM_ID, "domain": "contoso-sandbox"},
+            "user": interaction_user(&shown.user),
+            "api_app_id": "A0SANDBOX", "token": "sandbox-verification-token",
+            "trigger_id": trigger, "view": view, "response_urls": [],
+            "is_enterprise_install": false, "enterprise": null,
+        }))
+    }
+
+    /// The `block_actions` payload Slack sends when the user clicks the button `action_id`
+    /// in view `id` (with the inputs as they are, plus `entered`).
+    pub fn action(
+        &self,
+        id: &str,
+        action_id: &str,
+        entered: &Map<String, Value>,
+    ) -> Result<Value, String> {
+        let mut world = self.shared.world();
+        let shown = world
+            .views
+            .get(id)
+            .filter(|v| v.open)
+            .cloned()
+            .ok_or_else(|| format!("no open view {id}"))?;
+        let (block_id, element) = shown.view["blocks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|b| b["type"] == "actions")
+            .flat_map(|b| {
+                b["elements"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(move |e| (b["block_id"].clone(), e.clone()))
+            })
+            .find(|(_, e)| e["action_id"] == action_id)
+            .ok_or_else(|| format!("the window has no button {action_id}"))?;
+        let values = view_state(&shown.view, entered)?;
+        let trigger = interaction_trigger(&mut world, &shown.user);
+        world.next += 1;
+        let mut view = shown.view.clone();
+        view["state"] = json!({"values": values});
+        view["root_view_id"] = json!(root_of(&world, id));
+        Ok(json!({
+            "type": "block_actions",
+            "team": {"id": SANDBOX_TEAM_ID, "domain": "contoso-sandbox"},
+            "user": interaction_user(&shown.user),
+            "api_app_id": "A0SANDBOX", "token": "sandbox-verification-token",
+            "container": {"type": "view", "view_id": id},
+            "trigger_id": trigger, "view": view,
+            "actions": [{
+                "action_id": action_id, "block_id": block_id, "text": element["text"],
+                "value": element.get("value"), "url": element.get("url"),
+                "type": element["type"],
+                "action_ts": format!("{}.{:06}", chrono::Utc::now().timestamp(), world.next % 1_000_000),
+            }],
+        }))
+    }
+
+    /// Applies the bot's answer to a submission of view `id` as Slack does: `update` replaces
+    /// it (validated), `errors` shows messages beside input blocks, `push` stacks a view,
+    /// `clear` closes them all, an empty answer closes it.
+    pub fn answer_submission(&self, id: &str, answer: &Value) -> Result<(), String> {
+        let mut world = self.shared.world();
+        let shown = world
+            .views
+            .get(id)
+            .filter(|v| v.open)
+            .cloned()
+            .ok_or_else(|| format!("no open view {id}"))?;
+        world
+            .submission_answers
+            .push((id.to_owned(), answer.clone()));
+        let close = |world: &mut World, id: &str| {
+            if let Some(v) = world.views.get_mut(id) {
+                v.open = false;
+            }
+        };
+        match answer.get("response_action").and_then(Value::as_str) {
+            None if answer.is_null() || answer.as_object().is_some_and(Map::is_empty) => {
+                close(&mut world, id);
+                Ok(())
+            }
+            Some("update") => {
+                let problems = view_problems(answer.get("view"));
+                if !problems.is_empty() {
+                    return Err(format!("invalid view: {}", problems.join("; ")));
+                }
+                show_view(
+                    &mut world,
+                    id.to_owned(),
+                    &answer["view"],
+                    shown.user,
+                    shown.previous,
+                );
+                Ok(())
+            }
+            Some("push") => {
+                let problems = view_problems(answer.get("view"));
+                if !problems.is_empty() {
+                    return Err(format!("invalid view: {}", problems.join("; ")));
+                }
+                let new_id = new_view_id(&mut world);
+                show_view(
+                    &mut world,
+                    new_id,
+                    &answer["view"],
+                    shown.user,
+                    Some(id.to_owned()),
+                );
+                Ok(())
+            }
+            Some("errors") => {
+                let errors = answer["errors"]
+                    .as_object()
+                    .filter(|e| !e.is_empty())
+                    .ok_or("errors: an object of block_id -> message is required")?;
+                let inputs: Vec<&str> = shown.view["blocks"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|b| b["type"] == "input")
+                    .filter_map(|b| b["block_id"].as_str())
+                    .collect();
+                if let Some(unknown) = errors.keys().find(|k| !inputs.contains(&k.as_str())) {
+                    return Err(format!(
+                        "errors: {unknown} is not an input block of the view"
+                    ));
+                }
+                let errors = errors.clone();
+                if let Some(v) = world.views.get_mut(id) {
+                    v.errors = errors;
+                }
+                Ok(())
+            }
+            Some("clear") => {
+                let user = shown.user.clone();
+                for v in world.views.values_mut().filter(|v| v.user == user) {
+                    v.open = false;
+                }
+                Ok(())
+            }
+            other => Err(format!("unknown response_action {other:?}")),
+        }
+>>>>>>> main
     }
 
     /// Changes the per-channel `chat.postMessage` spacing (1 s, as Slack).
@@ -602,9 +832,14 @@ fn new_ticket(shared: &Shared, channel: &str, user: &str) -> CommandTicket {
         },
     );
     let trigger_id = format!("{id}.{}", crate::upstream::entra::random_token(8));
-    world
-        .triggers
-        .insert(trigger_id.clone(), (Instant::now(), false));
+    world.triggers.insert(
+        trigger_id.clone(),
+        Trigger {
+            issued: Instant::now(),
+            used: false,
+            user: user.to_owned(),
+        },
+    );
     CommandTicket {
         response_url: format!(
             "{}/commands/{SANDBOX_TEAM_ID}/{id}/{secret}",
@@ -838,6 +1073,7 @@ fn web_api(world: &mut World, method: &str, team: &str, args: &Map<String, Value
         "chat.postEphemeral" => post_ephemeral(world, method, args),
         "views.open" => open_view(world, method, args),
         "views.update" => update_view(world, method, args),
+        "views.push" => push_view(world, method, args),
         "users.info" => {
             let found = arg(args, "user").and_then(|id| {
                 world
@@ -1253,42 +1489,107 @@ fn view_problems(view: Option<&Value>) -> Vec<String> {
     }
 }
 
+/// Checks a `trigger_id` and uses it up: its user, or Slack's error code and messages.
+fn use_trigger(
+    world: &mut World,
+    trigger: Option<&str>,
+) -> Result<String, (&'static str, Vec<String>)> {
+    let invalid = || ("invalid_arguments", vec!["invalid `trigger_id`".to_owned()]);
+    let trigger = trigger.ok_or_else(invalid)?;
+    let found = world.triggers.get(trigger).cloned().ok_or_else(invalid)?;
+    if found.used {
+        return Err(("exchanged_trigger_id", Vec::new()));
+    }
+    if found.issued.elapsed() > TRIGGER_TTL {
+        return Err(("expired_trigger_id", Vec::new()));
+    }
+    if let Some(entry) = world.triggers.get_mut(trigger) {
+        entry.used = true;
+    }
+    Ok(found.user)
+}
+
+/// Stores `view` as the view `id` (new or replaced) with a fresh hash; returns it as Slack
+/// answers it.
+fn show_view(
+    world: &mut World,
+    id: String,
+    view: &Value,
+    user: String,
+    previous: Option<String>,
+) -> Value {
+    world.next += 1;
+    let hash = format!("{}.{}", chrono::Utc::now().timestamp(), world.next);
+    let mut shown = view.clone();
+    shown["id"] = json!(id);
+    shown["hash"] = json!(hash);
+    shown["team_id"] = json!(SANDBOX_TEAM_ID);
+    shown["app_id"] = json!("A0SANDBOX");
+    shown["bot_id"] = json!("B0BOT");
+    shown["state"] = json!({"values": {}});
+    shown["previous_view_id"] = json!(previous);
+    let touched = world.next;
+    world.view_history.push(shown.clone());
+    world.views.insert(
+        id,
+        ShownView {
+            view: shown.clone(),
+            hash,
+            user,
+            open: true,
+            previous,
+            touched,
+            errors: Map::new(),
+        },
+    );
+    shown
+}
+
+fn new_view_id(world: &mut World) -> String {
+    world.next += 1;
+    format!("V{:08}", world.next)
+}
+
 fn open_view(world: &mut World, method: &str, args: &Map<String, Value>) -> Response {
-    let Some(trigger) = arg(args, "trigger_id").map(str::to_owned) else {
+    let user = match use_trigger(world, arg(args, "trigger_id")) {
+        Ok(user) => user,
+        Err((error, messages)) => return slack_error(world, method, error, &messages),
+    };
+    let problems = view_problems(args.get("view"));
+    if !problems.is_empty() {
+        return slack_error(world, method, "invalid_arguments", &problems);
+    }
+    let id = new_view_id(world);
+    let view = show_view(world, id, &args["view"], user, None);
+    slack_ok(world, method, json!({"view": view}))
+}
+
+fn push_view(world: &mut World, method: &str, args: &Map<String, Value>) -> Response {
+    let user = match use_trigger(world, arg(args, "trigger_id")) {
+        Ok(user) => user,
+        Err((error, messages)) => return slack_error(world, method, error, &messages),
+    };
+    let Some(top) = current_view_of(world, &user) else {
         return slack_error(
             world,
             method,
-            "invalid_arguments",
-            &["invalid `trigger_id`".to_owned()],
+            "push_limit_reached",
+            &["no open view to push onto".to_owned()],
         );
     };
-    match world.triggers.get(&trigger).copied() {
-        None => {
-            return slack_error(
-                world,
-                method,
-                "invalid_arguments",
-                &["invalid `trigger_id`".to_owned()],
-            );
-        }
-        Some((_, true)) => return slack_error(world, method, "exchanged_trigger_id", &[]),
-        Some((issued, false)) if issued.elapsed() > TRIGGER_TTL => {
-            return slack_error(world, method, "expired_trigger_id", &[]);
-        }
-        Some(_) => {}
+    let depth = std::iter::successors(Some(top.clone()), |id| {
+        world.views.get(id).and_then(|v| v.previous.clone())
+    })
+    .count();
+    if depth >= 3 {
+        return slack_error(world, method, "push_limit_reached", &[]);
     }
     let problems = view_problems(args.get("view"));
     if !problems.is_empty() {
         return slack_error(world, method, "invalid_arguments", &problems);
     }
-    world.triggers.insert(trigger, (Instant::now(), true));
-    world.next += 1;
-    let id = format!("V{:08}", world.next);
-    let hash = format!("{}.{}", chrono::Utc::now().timestamp(), world.next);
-    let mut view = args.get("view").cloned().unwrap_or_default();
-    view["id"] = json!(id);
-    view["hash"] = json!(hash);
-    world.views.insert(id, (view.clone(), hash));
+    let id = new_view_id(world);
+    let view = show_view(world, id, &args["view"], user, Some(top));
     slack_ok(world, method, json!({"view": view}))
 }
 
@@ -1296,11 +1597,11 @@ fn update_view(world: &mut World, method: &str, args: &Map<String, Value>) -> Re
     let Some(id) = arg(args, "view_id").map(str::to_owned) else {
         return slack_error(world, method, "not_found", &[]);
     };
-    let Some((_, current_hash)) = world.views.get(&id).cloned() else {
+    let Some(current) = world.views.get(&id).filter(|v| v.open).cloned() else {
         return slack_error(world, method, "not_found", &[]);
     };
     if let Some(hash) = arg(args, "hash")
-        && hash != current_hash
+        && hash != current.hash
     {
         return slack_error(world, method, "hash_conflict", &[]);
     }
@@ -1308,13 +1609,182 @@ fn update_view(world: &mut World, method: &str, args: &Map<String, Value>) -> Re
     if !problems.is_empty() {
         return slack_error(world, method, "invalid_arguments", &problems);
     }
-    world.next += 1;
-    let hash = format!("{}.{}", chrono::Utc::now().timestamp(), world.next);
-    let mut view = args.get("view").cloned().unwrap_or_default();
-    view["id"] = json!(id);
-    view["hash"] = json!(hash);
-    world.views.insert(id, (view.clone(), hash));
+    let view = show_view(world, id, &args["view"], current.user, current.previous);
     slack_ok(world, method, json!({"view": view}))
+}
+
+/// The open view `user` sees on top (the last one opened, pushed or updated).
+fn current_view_of(world: &World, user: &str) -> Option<String> {
+    world
+        .views
+        .iter()
+        .filter(|(_, v)| v.open && v.user == user)
+        .max_by_key(|(_, v)| v.touched)
+        .map(|(id, _)| id.clone())
+}
+
+/// The `state.values` Slack sends for `view` with `entered` typed in (by `block_id`):
+/// initial values for the rest; an option is chosen by its value or its text.
+fn view_state(view: &Value, entered: &Map<String, Value>) -> Result<Map<String, Value>, String> {
+    let mut values = Map::new();
+    for block in view["blocks"].as_array().into_iter().flatten() {
+        if block["type"] != "input" {
+            continue;
+        }
+        let block_id = block["block_id"].as_str().unwrap_or_default().to_owned();
+        let element = &block["element"];
+        let action_id = element["action_id"].as_str().unwrap_or_default().to_owned();
+        let kind = element["type"].as_str().unwrap_or_default();
+        let typed = entered.get(&block_id).and_then(Value::as_str);
+        let find_option = |wanted: &str| {
+            element["options"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|o| o["value"] == wanted || o["text"]["text"] == wanted)
+                .cloned()
+        };
+        let state = match kind {
+            "plain_text_input" => {
+                let value = typed
+                    .map(str::to_owned)
+                    .or_else(|| element["initial_value"].as_str().map(str::to_owned))
+                    .filter(|v| !v.is_empty());
+                json!({"type": kind, "value": value})
+            }
+            "radio_buttons" | "static_select" => {
+                let chosen = match typed {
+                    Some(wanted) => Some(find_option(wanted).ok_or_else(|| {
+                        let known: Vec<&str> = element["options"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .filter_map(|o| o["value"].as_str())
+                            .collect();
+                        format!(
+                            "{block_id}: no option {wanted:?} (choose one of {})",
+                            known.join(", ")
+                        )
+                    })?),
+                    None => element.get("initial_option").cloned(),
+                };
+                json!({"type": kind, "selected_option": chosen})
+            }
+            "checkboxes" => {
+                let selected = match typed {
+                    Some("true" | "yes" | "on") => element["options"].clone(),
+                    Some(_) => json!([]),
+                    None => element.get("initial_options").cloned().unwrap_or(json!([])),
+                };
+                json!({"type": kind, "selected_options": selected})
+            }
+            other => return Err(format!("{block_id}: the emulator cannot fill a {other}")),
+        };
+        let empty = state.get("value").is_some_and(Value::is_null)
+            || state.get("selected_option").is_some_and(Value::is_null);
+        if empty && block["optional"].as_bool() != Some(true) {
+            return Err(format!("{block_id}: this field is required"));
+        }
+        values.insert(block_id, json!({ action_id: state }));
+    }
+    if let Some(unknown) = entered.keys().find(|k| !values.contains_key(k.as_str())) {
+        return Err(format!("{unknown}: the window has no such field"));
+    }
+    Ok(values)
+}
+
+fn interaction_user(user: &str) -> Value {
+    json!({"id": user, "username": user, "name": user, "team_id": SANDBOX_TEAM_ID})
+}
+
+/// A fresh trigger id for an interaction of `user`.
+fn interaction_trigger(world: &mut World, user: &str) -> String {
+    world.next += 1;
+    let trigger = format!(
+        "{}.{}",
+        8_000_000 + world.next,
+        crate::upstream::entra::random_token(8)
+    );
+    world.triggers.insert(
+        trigger.clone(),
+        Trigger {
+            issued: Instant::now(),
+            used: false,
+            user: user.to_owned(),
+        },
+    );
+    trigger
+}
+
+/// The first view of the stack `id` is in.
+fn root_of(world: &World, id: &str) -> String {
+    let mut root = id.to_owned();
+    while let Some(previous) = world.views.get(&root).and_then(|v| v.previous.clone()) {
+        root = previous;
+    }
+    root
+}
+
+#[derive(Deserialize)]
+struct UserQuery {
+    user: String,
+}
+
+async fn current_view(
+    State(shared): State<Arc<Shared>>,
+    Query(query): Query<UserQuery>,
+) -> Response {
+    let handle = SlackHandle { shared };
+    Json(json!({"view": handle.current_view(&query.user)})).into_response()
+}
+
+#[derive(Deserialize)]
+struct Entered {
+    #[serde(default)]
+    values: Map<String, Value>,
+    #[serde(default)]
+    action_id: Option<String>,
+}
+
+async fn submission(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    Json(body): Json<Entered>,
+) -> Response {
+    let handle = SlackHandle { shared };
+    match handle.submission(&id, &body.values) {
+        Ok(payload) => Json(json!({"payload": payload})).into_response(),
+        Err(error) => (StatusCode::BAD_REQUEST, Json(json!({"error": error}))).into_response(),
+    }
+}
+
+async fn action(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    Json(body): Json<Entered>,
+) -> Response {
+    let handle = SlackHandle { shared };
+    let action_id = body.action_id.unwrap_or_default();
+    match handle.action(&id, &action_id, &body.values) {
+        Ok(payload) => Json(json!({"payload": payload})).into_response(),
+        Err(error) => (StatusCode::BAD_REQUEST, Json(json!({"error": error}))).into_response(),
+    }
+}
+
+async fn answer(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    Json(body): Json<Value>,
+) -> Response {
+    let handle = SlackHandle { shared };
+    match handle.answer_submission(&id, &body) {
+        Ok(()) => Json(json!({"ok": true})).into_response(),
+        Err(error) => (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"ok": false, "error": error})),
+        )
+            .into_response(),
+    }
 }
 
 /// A response URL: 5 posts within 30 minutes; `404 expired_url` / `used_url` after.
@@ -1421,6 +1891,8 @@ pub struct Conversation {
     pub ack: String,
     /// Messages the bot posted to the command's response URL, as readable text.
     pub posted: Vec<String>,
+    /// The window (modal) the command opened, as readable text.
+    pub window: Option<String>,
     /// How the command reached the bot.
     pub transport: crate::slack::Transport,
 }
@@ -1436,6 +1908,9 @@ impl std::fmt::Display for Conversation {
         }
         for message in &self.posted {
             writeln!(f, "\n{message}")?;
+        }
+        if let Some(window) = &self.window {
+            writeln!(f, "\n{window}")?;
         }
         Ok(())
     }
@@ -1546,8 +2021,17 @@ pub async fn say(
         status,
         ack,
         posted: Vec::new(),
+        window: None,
         transport: crate::slack::Transport::Http,
     };
+    if status == 200 && body.contains("setup window") {
+        let view = settled_view(&http, emulator, user, None).await?;
+        conversation.window = Some(match view {
+            Some(view) => view_text(&view),
+            None => "(no window opened: see the messages above)".to_owned(),
+        });
+        return Ok(conversation);
+    }
     // Only a "working on it" acknowledgement is followed by posts.
     if status != 200 || !body.contains("Working on") {
         return Ok(conversation);
@@ -1578,6 +2062,7 @@ async fn say_over_socket(
             status,
             ack: answer["error"].as_str().unwrap_or_default().to_owned(),
             posted: Vec::new(),
+            window: None,
             transport: crate::slack::Transport::Socket,
         });
     }
@@ -1597,10 +2082,19 @@ async fn say_over_socket(
     } else {
         Vec::new()
     };
+    let window = if payload.to_string().contains("setup window") {
+        Some(match settled_view(http, emulator, user, None).await? {
+            Some(view) => view_text(&view),
+            None => "(no window opened: see the messages above)".to_owned(),
+        })
+    } else {
+        None
+    };
     Ok(Conversation {
         status,
         ack,
         posted,
+        window,
         transport: crate::slack::Transport::Socket,
     })
 }
@@ -1808,4 +2302,244 @@ async fn serve_socket(shared: Arc<Shared>, mut socket: axum::extract::ws::WebSoc
             },
         }
     }
+}
+
+/// The open window of `user` once the bot is done with it: neither "Checking…" nor
+/// "Working…", and not `before` (a hash); `None` when no window is open after 30 seconds.
+async fn settled_view(
+    http: &reqwest::Client,
+    emulator: &str,
+    user: &str,
+    before: Option<&str>,
+) -> anyhow::Result<Option<Value>> {
+    let started = Instant::now();
+    let mut last = None;
+    while started.elapsed() < Duration::from_secs(30) {
+        let answer: Value = http
+            .get(format!("{emulator}/_sandbox/views/current"))
+            .query(&[("user", user)])
+            .send()
+            .await?
+            .json()
+            .await?;
+        let view = answer["view"].clone();
+        if !view.is_null() {
+            let text = view.to_string();
+            let busy = text.contains(":hourglass_flowing_sand:");
+            let same = before.is_some() && view["hash"].as_str() == before;
+            if !busy && !same {
+                return Ok(Some(view));
+            }
+            last = Some(view);
+        } else if before.is_some() && started.elapsed() > Duration::from_millis(500) {
+            // The window was closed.
+            return Ok(None);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(last)
+}
+
+/// A window (modal) as readable text: title, blocks, inputs with their `block_id` and value,
+/// errors beside the fields, buttons with the `--click` id, and the submit button.
+pub fn view_text(view: &Value) -> String {
+    let mut lines = vec![format!(
+        "┌─ {} ─ (window {})",
+        view["title"]["text"].as_str().unwrap_or_default(),
+        view["id"].as_str().unwrap_or("?")
+    )];
+    let errors = view["errors"].as_object().cloned().unwrap_or_default();
+    for block in view["blocks"].as_array().into_iter().flatten() {
+        match block["type"].as_str().unwrap_or_default() {
+            "input" => {
+                let id = block["block_id"].as_str().unwrap_or_default();
+                let label = block["label"]["text"].as_str().unwrap_or_default();
+                let element = &block["element"];
+                let shown = match element["type"].as_str().unwrap_or_default() {
+                    "radio_buttons" | "static_select" => {
+                        let chosen = element["initial_option"]["value"].as_str();
+                        let options: Vec<String> = element["options"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .map(|o| {
+                                let value = o["value"].as_str().unwrap_or_default();
+                                let mark = if Some(value) == chosen {
+                                    "(•)"
+                                } else {
+                                    "( )"
+                                };
+                                format!(
+                                    "\n      {mark} {value}: {}",
+                                    o["text"]["text"].as_str().unwrap_or_default()
+                                )
+                            })
+                            .collect();
+                        options.concat()
+                    }
+                    "checkboxes" => {
+                        let on = element["initial_options"]
+                            .as_array()
+                            .is_some_and(|o| !o.is_empty());
+                        format!(" [{}] (true/false)", if on { "x" } else { " " })
+                    }
+                    _ => match element["initial_value"].as_str() {
+                        Some(value) => format!(" \"{value}\""),
+                        None => " ____".to_owned(),
+                    },
+                };
+                lines.push(format!("  {id}= {label}:{shown}"));
+                if let Some(error) = errors.get(id).and_then(Value::as_str) {
+                    lines.push(format!("  !! {error}"));
+                }
+            }
+            "actions" => {
+                for element in block["elements"].as_array().into_iter().flatten() {
+                    let text = element["text"]["text"].as_str().unwrap_or_default();
+                    match element["url"].as_str() {
+                        Some(url) => lines.push(format!("  [{text}]({url})")),
+                        None => lines.push(format!(
+                            "  [{text}]  --click {}",
+                            element["action_id"].as_str().unwrap_or_default()
+                        )),
+                    }
+                }
+            }
+            _ => {
+                let text = crate::slack::blocks::to_text(&json!([block]), "");
+                lines.extend(text.lines().map(|l| format!("  {l}")));
+            }
+        }
+    }
+    match view["submit"]["text"].as_str() {
+        Some(submit) => lines.push(format!(
+            "└─ [{submit}]  --submit field=value …   [{}]",
+            view["close"]["text"].as_str().unwrap_or("Close")
+        )),
+        None => lines.push(format!(
+            "└─ [{}]",
+            view["close"]["text"].as_str().unwrap_or("Close")
+        )),
+    }
+    lines.join("\n")
+}
+
+/// What to do in the open window.
+#[derive(Debug, Clone)]
+pub enum WindowInput {
+    /// Submit it with these fields typed in (`block_id` → text or option value).
+    Submit(Map<String, Value>),
+    /// Click the button with this `action_id` (with these fields typed in first).
+    Click(String, Map<String, Value>),
+}
+
+/// Acts in `user`'s open window as Slack would: builds the signed `view_submission` or
+/// `block_actions` from the emulator's view, posts it to the bot, applies the bot's answer
+/// (refusing one later than 3 seconds, as Slack does) and returns the window as it then is,
+/// as text.
+pub async fn act_in_window(
+    bot: &str,
+    emulator: &str,
+    user: &str,
+    input: WindowInput,
+) -> anyhow::Result<String> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let current: Value = http
+        .get(format!("{emulator}/_sandbox/views/current"))
+        .query(&[("user", user)])
+        .send()
+        .await
+        .with_context(|| {
+            format!(
+                "the Slack emulator at {emulator} does not answer: is `m365bot sandbox` running?"
+            )
+        })?
+        .json()
+        .await?;
+    let view = &current["view"];
+    let Some(id) = view["id"].as_str() else {
+        anyhow::bail!("{user} has no open window: type `m365bot slack-say \"/m365 setup\"` first");
+    };
+    let hash = view["hash"].as_str().map(str::to_owned);
+    let (path, body, submit) = match &input {
+        WindowInput::Submit(values) => ("submission", json!({"values": values}), true),
+        WindowInput::Click(action_id, values) => (
+            "action",
+            json!({"values": values, "action_id": action_id}),
+            false,
+        ),
+    };
+    let built = http
+        .post(format!("{emulator}/_sandbox/views/{id}/{path}"))
+        .json(&body)
+        .send()
+        .await?;
+    let ok = built.status().is_success();
+    let built: Value = built.json().await?;
+    if !ok {
+        anyhow::bail!(
+            "{}",
+            built["error"].as_str().unwrap_or("the window refused that")
+        );
+    }
+    let form: String = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("payload", &built["payload"].to_string())
+        .finish();
+    let timestamp = chrono::Utc::now().timestamp().to_string();
+    let signature = crate::slack::verify::sign(
+        SANDBOX_SIGNING_SECRET.as_bytes(),
+        &timestamp,
+        form.as_bytes(),
+    );
+    let started = Instant::now();
+    let response = http
+        .post(format!("{bot}{}", crate::slack::INTERACTIONS_PATH))
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .header(crate::slack::verify::TIMESTAMP_HEADER, &timestamp)
+        .header(crate::slack::verify::SIGNATURE_HEADER, signature)
+        .body(form)
+        .send()
+        .await
+        .with_context(|| {
+            format!("the bot at {bot} does not answer: is `m365bot sandbox` running?")
+        })?;
+    let elapsed = started.elapsed();
+    let status = response.status();
+    let text = response.text().await.unwrap_or_default();
+    anyhow::ensure!(
+        status.is_success(),
+        "the bot answered HTTP {status}: {text}"
+    );
+    anyhow::ensure!(
+        elapsed <= TRIGGER_TTL,
+        "the bot answered after {} ms; Slack gives up after 3 s and shows an error in the window",
+        elapsed.as_millis()
+    );
+    if submit {
+        let answer: Value = if text.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).context("the bot's answer is not JSON")?
+        };
+        let applied = http
+            .post(format!("{emulator}/_sandbox/views/{id}/answer"))
+            .json(&answer)
+            .send()
+            .await?;
+        if !applied.status().is_success() {
+            let refused: Value = applied.json().await.unwrap_or_default();
+            anyhow::bail!(
+                "Slack would refuse the bot's answer: {}",
+                refused["error"].as_str().unwrap_or("unknown")
+            );
+        }
+    }
+    // A click is answered later by views.update; a slow step by "Working…" first.
+    let before = (!submit).then_some(hash.as_deref()).flatten();
+    Ok(match settled_view(&http, emulator, user, before).await? {
+        Some(view) => view_text(&view),
+        None => "(the window closed)".to_owned(),
+    })
 }

@@ -683,6 +683,56 @@ impl SlackClient {
         view_id("views.update", &answer)
     }
 
+    /// `views.open` with a `trigger_id` (valid for 3 seconds, once): the view's id and hash.
+    pub async fn views_open(
+        &self,
+        trigger_id: &str,
+        view: &Value,
+    ) -> Result<ShownView, SlackApiError> {
+        let answer: Value = self
+            .call(
+                "views.open",
+                &self.token,
+                Body::Json(&json!({"trigger_id": trigger_id, "view": view})),
+            )
+            .await?;
+        shown_view("views.open", &answer)
+    }
+
+    /// `views.push` of a view on top of the open one (a `trigger_id` of an action in it).
+    pub async fn views_push(
+        &self,
+        trigger_id: &str,
+        view: &Value,
+    ) -> Result<ShownView, SlackApiError> {
+        let answer: Value = self
+            .call(
+                "views.push",
+                &self.token,
+                Body::Json(&json!({"trigger_id": trigger_id, "view": view})),
+            )
+            .await?;
+        shown_view("views.push", &answer)
+    }
+
+    /// `views.update` of `view_id`; with `hash`, refused (`hash_conflict`) if the view changed
+    /// meanwhile. Returns the view's id and new hash.
+    pub async fn views_update(
+        &self,
+        view_id_to_update: &str,
+        view: &Value,
+        hash: Option<&str>,
+    ) -> Result<ShownView, SlackApiError> {
+        let mut body = json!({"view_id": view_id_to_update, "view": view});
+        if let Some(hash) = hash {
+            body["hash"] = json!(hash);
+        }
+        let answer: Value = self
+            .call("views.update", &self.token, Body::Json(&body))
+            .await?;
+        shown_view("views.update", &answer)
+    }
+
     /// `users.info`: the user's names and profile e-mail.
     pub async fn user_info(&self, user: &str) -> Result<SlackUser, SlackApiError> {
         #[derive(Deserialize)]
@@ -818,4 +868,23 @@ fn view_id(method: &'static str, answer: &Value) -> Result<String, SlackApiError
             method,
             message: "no view.id in the answer".to_owned(),
         })
+}
+
+/// A view Slack shows: its id and its hash (the race guard of the next `views.update`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShownView {
+    /// The view id.
+    pub id: String,
+    /// Its current hash.
+    pub hash: Option<String>,
+}
+
+fn shown_view(method: &'static str, answer: &Value) -> Result<ShownView, SlackApiError> {
+    Ok(ShownView {
+        id: view_id(method, answer)?,
+        hash: answer
+            .pointer("/view/hash")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+    })
 }

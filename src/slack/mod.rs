@@ -5,8 +5,14 @@
 //! Every request is verified on its raw bytes before it is parsed, and acknowledged at once
 //! (Slack gives up after 3 seconds): a command that needs ServiceNow or Entra is answered with
 //! an ephemeral "working on it" and its replies follow through the command's `response_url`.
+<<<<<<< HEAD
 //! Commands whose Slack form is not built yet (the setup wizard as modals, account linking,
 //! grants) answer that they are available in Teams.
+=======
+//! `/m365 setup` runs the wizard in modals ([`wizard`], [`modal`]). Commands whose Slack form
+//! is not built yet (account linking, grants, subscriptions) answer that they are available
+//! in Teams.
+>>>>>>> main
 
 pub mod api;
 pub mod blocks;
@@ -14,10 +20,12 @@ pub mod deliver;
 pub mod doctor;
 pub mod install;
 pub mod manifest;
+pub mod modal;
 pub mod payload;
 pub mod settings;
 pub mod socket;
 pub mod verify;
+pub mod wizard;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -234,14 +242,22 @@ async fn commands(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) 
     Json(answer_command(app, command)).into_response()
 }
 
+<<<<<<< HEAD
 /// True for the commands whose replies Slack can show in this version. (`doctor --repair`,
 /// `setup`, linking and grants wait for their modals and buttons.)
+=======
+/// True for the commands whose replies Slack can show in this version (`setup` opens a
+/// modal; the others answer through the `response_url`). (`subscriptions` and `status` wait
+/// for notifications to accept Slack conversations; linking and grants for their buttons.)
+>>>>>>> main
 pub fn works_in_slack(command: &Command) -> bool {
     matches!(
         command,
         Command::Help
+            | Command::Setup
             | Command::SetupStatus
-            | Command::Doctor { repair: false }
+            | Command::Doctor { .. }
+            | Command::RotateSecret { .. }
             | Command::LinkAccountStatus
             | Command::Roles
             | Command::Subscribe { .. }
@@ -254,8 +270,10 @@ pub fn works_in_slack(command: &Command) -> bool {
 /// The usages of the help card that work in Slack (see [`works_in_slack`]).
 const SLACK_USAGES: &[&str] = &[
     "help",
+    "setup",
     "setup status",
     "doctor",
+    "rotate-secret outbound|inbound|rest-user",
     "link-account status",
     "roles",
     "subscribe",
@@ -317,6 +335,16 @@ pub fn answer_command(app: Arc<App>, slash: SlashCommand) -> Value {
             None,
         ),
         Ok(command) if !works_in_slack(&command) => not_in_slack_yet(&command),
+        Ok(Command::Setup) => {
+            // The window opens with the trigger id at once; the step follows in it.
+            tokio::spawn(wizard::open(app, slash));
+            return ephemeral(&Message {
+                text: "Opening the setup window…".to_owned(),
+                blocks: vec![blocks::context(&[
+                    ":lock: The setup opens in a window only you can see; secrets are typed only there.".to_owned(),
+                ])],
+            });
+        }
         Ok(command) => {
             let word = core::command_word(&command);
             tokio::spawn(run_command(app, slash));
@@ -377,8 +405,8 @@ pub fn command_event(slash: &SlashCommand) -> InboundEvent {
     }
 }
 
-/// `POST /slack/interactions`: acknowledged at once; the buttons of this version's messages
-/// are links, so clicks need no work beyond the help button.
+/// `POST /slack/interactions`: clicks acknowledged at once (their work follows); a setup
+/// window's submission answered with its next view or its errors within 3 seconds.
 async fn interactions(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
     let slack = match verified(&app, &headers, &body) {
         Ok(slack) => slack,
@@ -388,15 +416,31 @@ async fn interactions(State(app): State<Arc<App>>, headers: HeaderMap, body: Byt
         Ok(interaction) => interaction,
         Err(err) => return ApiError::BadRequest(err.to_string()).into_response(),
     };
-    match answer_interaction(slack, interaction) {
+    let answer = match interaction {
+        Interaction::ViewSubmission(payload) => {
+            Some(wizard::submitted(app.clone(), payload).await).filter(|v| !v.is_null())
+        }
+        other => answer_interaction(&app, slack, other),
+    };
+    match answer {
         Some(body) => Json(body).into_response(),
         None => StatusCode::OK.into_response(),
     }
 }
 
-/// The immediate answer to an interaction (`None`: an empty acknowledgement).
-pub fn answer_interaction(slack: &Slack, interaction: Interaction) -> Option<Value> {
+/// The immediate answer to an interaction (`None`: an empty acknowledgement). A view
+/// submission is answered by [`wizard::submitted`], which may take up to 3 seconds; here it
+/// gets the empty answer that closes the window.
+pub fn answer_interaction(
+    app: &Arc<App>,
+    slack: &Slack,
+    interaction: Interaction,
+) -> Option<Value> {
     match interaction {
+        Interaction::BlockActions(actions) if actions.container.kind == "view" => {
+            tokio::spawn(wizard::clicked(app.clone(), *actions));
+            None
+        }
         Interaction::BlockActions(actions) => {
             // Link buttons need nothing; only the help button asks for an answer. Elements of
             // other apps' messages are acknowledged and ignored.
@@ -415,7 +459,7 @@ pub fn answer_interaction(slack: &Slack, interaction: Interaction) -> Option<Val
             }
             None
         }
-        // No modal of this version asks for anything: an empty answer closes it.
+        // Closing a setup window keeps the setup where it is (`/m365 setup` resumes it).
         Interaction::ViewSubmission(_) | Interaction::ViewClosed(_) | Interaction::Other => None,
     }
 }

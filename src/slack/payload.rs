@@ -141,6 +141,9 @@ pub struct View {
     /// Race guard for `views.update`.
     #[serde(default)]
     pub hash: Option<String>,
+    /// The view's blocks as shown.
+    #[serde(default)]
+    pub blocks: Vec<Value>,
 }
 
 /// Input values of a view or message.

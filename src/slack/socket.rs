@@ -127,11 +127,19 @@ async fn session(
             return SessionEnd::Reconnect(err.to_string());
         }
     };
+    // Acks of envelopes answered by a task (a setup window's submission may take seconds).
+    let (late_acks, mut late) = tokio::sync::mpsc::unbounded_channel::<Value>();
     loop {
         let frame = tokio::select! {
             () = shutdown.cancelled() => {
                 let _ = socket.close(None).await;
                 return SessionEnd::Stopped;
+            }
+            Some(ack) = late.recv() => {
+                if let Err(err) = socket.send(Frame::text(ack.to_string())).await {
+                    return SessionEnd::Reconnect(err.to_string());
+                }
+                continue;
             }
             frame = socket.next() => frame,
         };
@@ -171,7 +179,21 @@ async fn session(
         let Some(id) = envelope.envelope_id.clone() else {
             continue;
         };
-        let answer = if handled.first_time(&id) {
+        let first_time = handled.first_time(&id);
+        if first_time && let Some(submission) = view_submission(&envelope) {
+            let (app, late_acks) = (app.clone(), late_acks.clone());
+            let wants_payload = envelope.accepts_response_payload;
+            tokio::spawn(async move {
+                let answer = super::wizard::submitted(app, submission).await;
+                let mut ack = json!({"envelope_id": id});
+                if wants_payload && !answer.is_null() {
+                    ack["payload"] = answer;
+                }
+                let _ = late_acks.send(ack);
+            });
+            continue;
+        }
+        let answer = if first_time {
             answer(app, &envelope)
         } else {
             tracing::debug!(envelope = %id, "Slack redelivered an envelope already handled");
@@ -184,6 +206,17 @@ async fn session(
         if let Err(err) = socket.send(Frame::text(ack.to_string())).await {
             return SessionEnd::Reconnect(err.to_string());
         }
+    }
+}
+
+/// The setup window submission an `interactive` envelope carries, if any.
+fn view_submission(envelope: &Envelope) -> Option<super::payload::ViewPayload> {
+    if envelope.kind != "interactive" {
+        return None;
+    }
+    match serde_json::from_value::<Interaction>(envelope.payload.clone()) {
+        Ok(Interaction::ViewSubmission(payload)) => Some(payload),
+        _ => None,
     }
 }
 
@@ -201,7 +234,7 @@ fn answer(app: &Arc<App>, envelope: &Envelope) -> Option<Value> {
             }
         }
         "interactive" => match serde_json::from_value::<Interaction>(envelope.payload.clone()) {
-            Ok(interaction) => super::answer_interaction(slack, interaction),
+            Ok(interaction) => super::answer_interaction(app, slack, interaction),
             Err(err) => {
                 tracing::warn!(error = %err, "Slack Socket Mode: malformed interaction");
                 None

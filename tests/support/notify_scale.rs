@@ -197,11 +197,18 @@ pub async fn populate(db: &Db, scale: &Scale, service_url: &str, finished_at: i6
         .await;
     }
     rows.flush().await;
-    // A quarter of the conversations were throttled once (their freeze is over).
-    rows.head = "INSERT INTO notify_destinations (conversation_id, frozen_until)".to_owned();
-    for n in (0..scale.conversations).step_by(4) {
-        rows.push(format!("({}, {finished_at})", literal(&conversation(n))))
-            .await;
+    // Every conversation was sent to by a replica (its hold is over); a quarter of them were
+    // throttled once (their freeze is over).
+    rows.head = "INSERT INTO notify_destinations (conversation_id, frozen_until, sender, \
+                 sender_until)"
+        .to_owned();
+    for n in 0..scale.conversations {
+        let frozen_until = if n % 4 == 0 { finished_at } else { 0 };
+        rows.push(format!(
+            "({}, {frozen_until}, 'replica-gone', {finished_at})",
+            literal(&conversation(n))
+        ))
+        .await;
     }
     rows.flush().await;
     let cases = scale.cases();

@@ -389,11 +389,11 @@ pub async fn accept_event(
         if order < known.revision_order {
             return Ok(Accepted::Stale);
         }
-        if order == known.revision_order {
-            event.previous_state = known.previous_state.clone();
+        event.previous_state = if order == known.revision_order {
+            known.previous_state.clone()
         } else {
-            event.previous_state = Some(known.state.clone());
-        }
+            Some(known.state.clone())
+        };
     }
     let outcome = crate::notify::outbox::record_event(&app.db, &event).await?;
     store::remember_case(
@@ -406,6 +406,90 @@ pub async fn accept_event(
     )
     .await?;
     Ok(Accepted::Recorded(outcome))
+}
+
+/// Hands a poller's page of events (each with the sort order of its revision) to the outbox
+/// as [`accept_event`] does for each in turn, and stores the poller's position after the page
+/// (`mark` of `source`), all in one transaction: the page is recorded with its position, or
+/// not at all. Retried a few times when PostgreSQL reports a deadlock.
+pub async fn accept_page(
+    app: &App,
+    events: &[(CaseEvent, i64)],
+    source: &str,
+    mark: &store::Watermark,
+) -> Result<Vec<Accepted>, sqlx::Error> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match accept_page_once(app, events, source, mark).await {
+            Err(err)
+                if attempt < ACCEPT_ATTEMPTS
+                    && crate::notify::outbox::is_retryable_conflict(&err) =>
+            {
+                tokio::time::sleep(Duration::from_millis(5 * attempt)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Attempts at a page's transaction that PostgreSQL aborted for a deadlock.
+const ACCEPT_ATTEMPTS: u64 = 4;
+
+async fn accept_page_once(
+    app: &App,
+    events: &[(CaseEvent, i64)],
+    source: &str,
+    mark: &store::Watermark,
+) -> Result<Vec<Accepted>, sqlx::Error> {
+    let db = &app.db;
+    let mut tx = db.pool.begin().await?;
+    // The watermark is written first: it takes the write lock (SQLite) before anything is read.
+    store::set_watermark_in(&mut tx, source, mark).await?;
+    let keys: Vec<&str> = events.iter().map(|(e, _)| e.case_key.as_str()).collect();
+    let mut known = store::case_states_in(&mut tx, &keys).await?;
+    let mut accepted = Vec::with_capacity(events.len());
+    let mut deliveries = 0;
+    for (event, order) in events {
+        let mut event = event.clone();
+        if let Some(state) = known.get(&event.case_key) {
+            if *order < state.revision_order {
+                accepted.push(Accepted::Stale);
+                continue;
+            }
+            event.previous_state = if *order == state.revision_order {
+                state.previous_state.clone()
+            } else {
+                Some(state.state.clone())
+            };
+        }
+        let outcome = crate::notify::outbox::record_in(&mut tx, db.backend, &event).await?;
+        deliveries += outcome.deliveries;
+        store::remember_case_in(
+            &mut tx,
+            &event.case_key,
+            &event.revision,
+            *order,
+            &event.state,
+            event.previous_state.as_deref(),
+        )
+        .await?;
+        known.insert(
+            event.case_key.clone(),
+            store::CaseState {
+                revision: event.revision.clone(),
+                revision_order: *order,
+                state: event.state.clone(),
+                previous_state: event.previous_state.clone(),
+            },
+        );
+        accepted.push(Accepted::Recorded(outcome));
+    }
+    tx.commit().await?;
+    if deliveries > 0 {
+        db.outbox_ready.notify_waiters();
+    }
+    Ok(accepted)
 }
 
 /// True when `record` is an incident the bot created as a service-health mirror (by its
@@ -533,12 +617,15 @@ async fn run_loop<F, Fut>(
     let db = app.db.clone();
     let metrics = app.metrics.clone();
     drop(app);
-    leader::run_led(db, metrics, name, interval, shutdown, move || {
+    leader::run_led(db, metrics.clone(), name, interval, shutdown, move || {
         let outcome = poll();
         let failures = failures.clone();
+        let metrics = metrics.clone();
         async move {
             use std::sync::atomic::Ordering;
-            match outcome.await {
+            let result = outcome.await;
+            metrics.record_poll(name, result.is_ok());
+            match result {
                 Ok(report) => {
                     failures.store(0, Ordering::Relaxed);
                     if report.recorded > 0 || report.stale > 0 {

@@ -8,7 +8,9 @@
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use url::Url;
 
-use super::{PollReport, ServiceNowSourceSettings, SourceError, accept_event, store};
+use std::collections::{HashMap, HashSet};
+
+use super::{PollReport, ServiceNowSourceSettings, SourceError, accept_page, store};
 use crate::app::App;
 use crate::notify::event::{CaseEvent, EventSource};
 use crate::upstream::servicenow::{
@@ -238,28 +240,18 @@ pub async fn poll_once(app: &App) -> Result<PollReport, SourceError> {
         let rows = client.list(table, &options).await?;
         let full = rows.len() >= batch;
         report.fetched += rows.len();
-        let mut progressed = false;
-        for row in &rows {
-            let updated = row.str("sys_updated_on").unwrap_or_default().to_owned();
-            let sys_id = row.str("sys_id").unwrap_or_default().to_owned();
-            if (updated.as_str(), sys_id.as_str())
-                <= (cursor.watermark.as_str(), cursor.last_key.as_str())
-            {
-                if !is_known(app, settings, row).await? {
-                    handle_row(app, client, settings, instance, row, &mut report).await?;
-                } else {
-                    report.skipped += 1;
-                }
-                continue;
-            }
-            handle_row(app, client, settings, instance, row, &mut report).await?;
-            cursor = store::Watermark {
-                watermark: updated,
-                last_key: sys_id,
-            };
-            store::set_watermark(&app.db, &source, &cursor).await?;
-            progressed = true;
-        }
+        let before = cursor.clone();
+        handle_page(
+            app,
+            client,
+            settings,
+            instance,
+            &rows,
+            &mut cursor,
+            &mut report,
+        )
+        .await?;
+        let progressed = cursor != before;
         if !full {
             break;
         }
@@ -279,51 +271,212 @@ pub async fn poll_once(app: &App) -> Result<PollReport, SourceError> {
     Ok(report)
 }
 
-/// True when the record's revision (or a later one) was handled before.
-async fn is_known(
-    app: &App,
-    settings: &ServiceNowSourceSettings,
-    row: &Record,
-) -> Result<bool, SourceError> {
-    let (Some(sys_id), Some(mod_count)) = (row.str("sys_id"), row.i64("sys_mod_count")) else {
-        return Ok(true);
-    };
-    let known = store::case_state(&app.db, &case_key(&settings.table, sys_id)).await?;
-    Ok(known.is_some_and(|state| state.revision_order >= mod_count)
-        || super::is_mirror_record(app, row).await?)
-}
-
-async fn handle_row(
+/// Handles one page of changed records: the rows after `cursor` (which moves past them), and
+/// the rows of the re-read overlap whose revision is not known yet. The known revisions, the
+/// service-health mirrors and the journal notes are looked up for the whole page at once, and
+/// the page's events are recorded with the new `cursor` in one transaction.
+async fn handle_page(
     app: &App,
     client: &ServiceNowClient,
     settings: &ServiceNowSourceSettings,
     instance: Option<&Url>,
-    row: &Record,
+    rows: &[Record],
+    cursor: &mut store::Watermark,
     report: &mut PollReport,
 ) -> Result<(), SourceError> {
-    let sys_id = row.str("sys_id").unwrap_or_default();
-    if super::is_mirror_record(app, row).await? {
-        // The bot's own service-health mirror: the service-health event covers it.
-        report.skipped += 1;
+    let table = settings.table.as_str();
+    let start = cursor.clone();
+    // Rows after the cursor, and the overlap rows (at or before it) to check.
+    let mut wanted: Vec<(&Record, bool)> = Vec::with_capacity(rows.len());
+    for row in rows {
+        let updated = row.str("sys_updated_on").unwrap_or_default();
+        let sys_id = row.str("sys_id").unwrap_or_default();
+        let after = (updated, sys_id) > (cursor.watermark.as_str(), cursor.last_key.as_str());
+        if after {
+            *cursor = store::Watermark {
+                watermark: updated.to_owned(),
+                last_key: sys_id.to_owned(),
+            };
+        }
+        wanted.push((row, after));
+    }
+    let overlap_keys: Vec<String> = wanted
+        .iter()
+        .filter(|(_, after)| !after)
+        .filter_map(|(row, _)| row.str("sys_id").map(|id| case_key(table, id)))
+        .collect();
+    let overlap_refs: Vec<&str> = overlap_keys.iter().map(String::as_str).collect();
+    let known = store::case_states(&app.db, &overlap_refs).await?;
+    let mirrors = PageMirrors::load(app, rows).await?;
+    // A row of the overlap is skipped when its revision (or a later one) was handled before,
+    // or it cannot be checked (no sys_id or sys_mod_count).
+    let mut handled: Vec<&Record> = Vec::with_capacity(wanted.len());
+    for (row, after) in wanted {
+        if !after {
+            let seen = match (row.str("sys_id"), row.i64("sys_mod_count")) {
+                (Some(sys_id), Some(mod_count)) => known
+                    .get(&case_key(table, sys_id))
+                    .is_some_and(|state| state.revision_order >= mod_count),
+                _ => true,
+            };
+            if seen || mirrors.contains(app, row) {
+                report.skipped += 1;
+                continue;
+            }
+        } else if mirrors.contains(app, row) {
+            // The bot's own service-health mirror: the service-health event covers it.
+            report.skipped += 1;
+            continue;
+        }
+        handled.push(row);
+    }
+    let changed: Vec<(&str, DateTime<Utc>)> = handled
+        .iter()
+        .filter_map(|row| {
+            let sys_id = row.str("sys_id").filter(|id| is_sys_id(id))?;
+            Some((sys_id, row.datetime("sys_updated_on")?))
+        })
+        .collect();
+    let mut notes = latest_notes(client, table, &changed, &settings.note_elements).await;
+    let mut events = Vec::with_capacity(handled.len());
+    for row in handled {
+        let sys_id = row.str("sys_id").unwrap_or_default();
+        let note = notes.remove(sys_id);
+        match event_from_record(settings, instance, row, note) {
+            Ok(event) => events.push(event),
+            Err(err) => {
+                tracing::warn!(table = %settings.table, sys_id, error = %err, "case record skipped");
+                report.skipped += 1;
+            }
+        }
+    }
+    if events.is_empty() && *cursor == start {
         return Ok(());
     }
-    let note = match row.datetime("sys_updated_on") {
-        Some(at) if is_sys_id(sys_id) => {
-            latest_note(client, &settings.table, sys_id, &settings.note_elements, at).await
-        }
-        _ => None,
-    };
-    match event_from_record(settings, instance, row, note) {
-        Ok((event, order)) => {
-            let accepted = accept_event(app, event, order).await?;
-            report.count(accepted);
-        }
-        Err(err) => {
-            tracing::warn!(table = %settings.table, sys_id, error = %err, "case record skipped");
-            report.skipped += 1;
-        }
+    for accepted in accept_page(app, &events, &source_id(table), cursor).await? {
+        report.count(accepted);
     }
     Ok(())
+}
+
+/// Which rows of a page are the bot's own service-health mirrors (see
+/// [`super::is_mirror_record`]), looked up for the whole page at once.
+#[derive(Default)]
+struct PageMirrors {
+    sys_ids: HashSet<String>,
+    references: HashSet<String>,
+}
+
+impl PageMirrors {
+    async fn load(app: &App, rows: &[Record]) -> Result<Self, sqlx::Error> {
+        let health = &app.settings.notifications.sources.service_health;
+        if health.mirror_table != app.settings.notifications.sources.servicenow.table {
+            return Ok(Self::default());
+        }
+        let sys_ids: Vec<&str> = rows.iter().filter_map(|row| row.sys_id()).collect();
+        let references: Vec<&str> = rows
+            .iter()
+            .filter_map(|row| row.non_empty(&health.mirror_correlation_field))
+            .map(str::trim)
+            .collect();
+        let (sys_ids, references) = store::mirror_matches(&app.db, &sys_ids, &references).await?;
+        Ok(Self {
+            sys_ids: sys_ids.into_iter().collect(),
+            references: references.into_iter().collect(),
+        })
+    }
+
+    fn contains(&self, app: &App, row: &Record) -> bool {
+        let health = &app.settings.notifications.sources.service_health;
+        row.sys_id().is_some_and(|id| self.sys_ids.contains(id))
+            || row
+                .non_empty(&health.mirror_correlation_field)
+                .is_some_and(|value| self.references.contains(value.trim()))
+    }
+}
+
+/// Records whose journal is read by one request.
+const NOTE_CHUNK: usize = 50;
+/// Journal entries read per record of a chunk before falling back to one request per record.
+const NOTES_PER_RECORD: usize = 10;
+
+/// The latest journal entry (of `elements`) of each of `changed` (sys_id, changed at) written
+/// at or after its change, as [`latest_note`] gives it, read with one request per
+/// [`NOTE_CHUNK`] records; a record whose entries the request could not all return is looked
+/// up on its own. Failures are logged and yield no note.
+pub async fn latest_notes(
+    client: &ServiceNowClient,
+    table: &str,
+    changed: &[(&str, DateTime<Utc>)],
+    elements: &[String],
+) -> HashMap<String, String> {
+    let mut notes = HashMap::new();
+    if elements.is_empty() {
+        return notes;
+    }
+    let names: Vec<&str> = elements.iter().map(String::as_str).collect();
+    for chunk in changed.chunks(NOTE_CHUNK) {
+        let Some(since) = chunk.iter().map(|(_, at)| *at).min() else {
+            continue;
+        };
+        let ids: Vec<&str> = chunk.iter().map(|(id, _)| *id).collect();
+        let query = EncodedQuery::new()
+            .eq("name", table)
+            .is_in("element_id", &ids)
+            .is_in("element", &names)
+            .and("sys_created_on", Operator::Ge, &format_datetime(since))
+            .order_by_desc("sys_created_on");
+        let Ok(text) = query.text() else {
+            tracing::debug!(
+                "cases' journals cannot be looked up by their identifiers; no notes relayed"
+            );
+            continue;
+        };
+        let limit = chunk.len() * NOTES_PER_RECORD;
+        let entries = match client
+            .query(
+                "sys_journal_field",
+                text,
+                &["element_id", "sys_created_on", "value"],
+                Some(limit),
+            )
+            .await
+        {
+            Ok(entries) => entries,
+            Err(err) => {
+                tracing::debug!(error = %err, "cannot read the journal of cases; no notes relayed");
+                continue;
+            }
+        };
+        let complete = entries.len() < limit;
+        let changed_at: HashMap<&str, DateTime<Utc>> = chunk.iter().copied().collect();
+        // Newest first: the first entry of a record at or after its change is its latest.
+        let mut decided: HashSet<&str> = HashSet::new();
+        for entry in &entries {
+            let Some((sys_id, at)) = entry
+                .str("element_id")
+                .and_then(|id| changed_at.get_key_value(id))
+            else {
+                continue;
+            };
+            if decided.contains(sys_id) || entry.datetime("sys_created_on").is_none_or(|c| c < *at)
+            {
+                continue;
+            }
+            decided.insert(sys_id);
+            if let Some(value) = entry.non_empty("value") {
+                notes.insert((*sys_id).to_owned(), value.to_owned());
+            }
+        }
+        if !complete {
+            for (sys_id, at) in chunk.iter().filter(|(id, _)| !decided.contains(id)) {
+                if let Some(note) = latest_note(client, table, sys_id, elements, *at).await {
+                    notes.insert((*sys_id).to_owned(), note);
+                }
+            }
+        }
+    }
+    notes
 }
 
 fn clamp_secs(secs: u64) -> i64 {

@@ -1,7 +1,9 @@
 //! Storage of the sources: poller watermarks, the latest known revision of each case, push
 //! replay protection and mirrored service-health issues.
 
-use sqlx::Row;
+use std::collections::HashMap;
+
+use sqlx::{Any, Row, Transaction};
 
 use crate::db::{Db, now_millis};
 
@@ -32,6 +34,28 @@ pub async fn watermark(db: &Db, source: &str) -> Result<Option<Watermark>, sqlx:
 
 /// Stores the watermark of `source`.
 pub async fn set_watermark(db: &Db, source: &str, mark: &Watermark) -> Result<(), sqlx::Error> {
+    watermark_upsert(source, mark)
+        .execute(&db.pool)
+        .await
+        .map(drop)
+}
+
+/// Stores the watermark of `source` in the caller's transaction.
+pub async fn set_watermark_in(
+    tx: &mut Transaction<'static, Any>,
+    source: &str,
+    mark: &Watermark,
+) -> Result<(), sqlx::Error> {
+    watermark_upsert(source, mark)
+        .execute(&mut **tx)
+        .await
+        .map(drop)
+}
+
+fn watermark_upsert<'q>(
+    source: &'q str,
+    mark: &'q Watermark,
+) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>> {
     sqlx::query(
         "INSERT INTO notify_source_watermarks (source, watermark, last_key, updated_at) \
          VALUES ($1, $2, $3, $4) \
@@ -42,9 +66,6 @@ pub async fn set_watermark(db: &Db, source: &str, mark: &Watermark) -> Result<()
     .bind(&mark.watermark)
     .bind(&mark.last_key)
     .bind(now_millis())
-    .execute(&db.pool)
-    .await
-    .map(drop)
 }
 
 /// The latest known revision of a case.
@@ -80,9 +101,77 @@ pub async fn case_state(db: &Db, case_key: &str) -> Result<Option<CaseState>, sq
     .transpose()
 }
 
+/// Cases looked up at once (one statement per chunk of keys).
+const CASE_CHUNK: usize = 100;
+
+/// The latest known revisions of `case_keys`, read in the caller's transaction.
+pub async fn case_states_in(
+    tx: &mut Transaction<'static, Any>,
+    case_keys: &[&str],
+) -> Result<HashMap<String, CaseState>, sqlx::Error> {
+    let mut states = HashMap::with_capacity(case_keys.len());
+    for chunk in case_keys.chunks(CASE_CHUNK) {
+        let sql = format!(
+            "SELECT case_key, revision, revision_order, state, previous_state \
+             FROM notify_source_cases WHERE case_key IN ({})",
+            crate::notify::outbox::placeholders(1, chunk.len())
+        );
+        let mut query = sqlx::query(&sql);
+        for key in chunk {
+            query = query.bind(*key);
+        }
+        for row in query.fetch_all(&mut **tx).await? {
+            states.insert(
+                row.try_get("case_key")?,
+                CaseState {
+                    revision: row.try_get("revision")?,
+                    revision_order: row.try_get("revision_order")?,
+                    state: row.try_get("state")?,
+                    previous_state: row.try_get("previous_state")?,
+                },
+            );
+        }
+    }
+    Ok(states)
+}
+
+/// The latest known revisions of `case_keys` (outside a transaction).
+pub async fn case_states(
+    db: &Db,
+    case_keys: &[&str],
+) -> Result<HashMap<String, CaseState>, sqlx::Error> {
+    let mut tx = db.pool.begin().await?;
+    let states = case_states_in(&mut tx, case_keys).await?;
+    tx.rollback().await?;
+    Ok(states)
+}
+
 /// Remembers a revision of a case unless a later one is already known.
 pub async fn remember_case(
     db: &Db,
+    case_key: &str,
+    revision: &str,
+    revision_order: i64,
+    state: &str,
+    previous_state: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    let mut tx = db.pool.begin().await?;
+    remember_case_in(
+        &mut tx,
+        case_key,
+        revision,
+        revision_order,
+        state,
+        previous_state,
+    )
+    .await?;
+    tx.commit().await
+}
+
+/// Remembers a revision of a case unless a later one is already known, in the caller's
+/// transaction.
+pub async fn remember_case_in(
+    tx: &mut Transaction<'static, Any>,
     case_key: &str,
     revision: &str,
     revision_order: i64,
@@ -104,9 +193,38 @@ pub async fn remember_case(
     .bind(state)
     .bind(previous_state)
     .bind(now_millis())
-    .execute(&db.pool)
+    .execute(&mut **tx)
     .await
     .map(drop)
+}
+
+/// Of `sys_ids`, the incidents the bot created as service-health mirrors; of `references`,
+/// the issue ids the bot mirrors (each list looked up in chunks).
+pub async fn mirror_matches(
+    db: &Db,
+    sys_ids: &[&str],
+    references: &[&str],
+) -> Result<(Vec<String>, Vec<String>), sqlx::Error> {
+    let mut found = (Vec::new(), Vec::new());
+    for (column, values, out) in [
+        ("incident_sys_id", sys_ids, &mut found.0),
+        ("issue_id", references, &mut found.1),
+    ] {
+        for chunk in values.chunks(CASE_CHUNK) {
+            let sql = format!(
+                "SELECT {column} FROM notify_health_mirrors WHERE {column} IN ({})",
+                crate::notify::outbox::placeholders(1, chunk.len())
+            );
+            let mut query = sqlx::query(&sql);
+            for value in chunk {
+                query = query.bind(*value);
+            }
+            for row in query.fetch_all(&db.pool).await? {
+                out.push(row.try_get(0)?);
+            }
+        }
+    }
+    Ok(found)
 }
 
 /// Claims a push signature for its replay window: false when it was seen before (a replay).
