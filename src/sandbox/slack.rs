@@ -572,7 +572,6 @@ impl SlackHandle {
         world.socket.unacked.len() + world.socket.queued.len()
     }
 
-<<<<<<< HEAD
     /// Sets the scopes the bot token has (listed by `auth.test` in `x-oauth-scopes`).
     pub fn set_scopes(&self, scopes: &[&str]) {
         self.shared.world().scopes = scopes.iter().map(|s| (*s).to_owned()).collect();
@@ -617,7 +616,8 @@ impl SlackHandle {
             .iter()
             .filter(|l| l.status == 429)
             .count()
-=======
+    }
+
     /// The open view `user` sees on top, with the errors shown beside its fields (`errors`).
     pub fn current_view(&self, user: &str) -> Option<Value> {
         let world = self.shared.world();
@@ -808,7 +808,6 @@ impl SlackHandle {
             }
             other => Err(format!("unknown response_action {other:?}")),
         }
->>>>>>> main
     }
 
     /// Changes the per-channel `chat.postMessage` spacing (1 s, as Slack).

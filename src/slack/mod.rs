@@ -5,14 +5,8 @@
 //! Every request is verified on its raw bytes before it is parsed, and acknowledged at once
 //! (Slack gives up after 3 seconds): a command that needs ServiceNow or Entra is answered with
 //! an ephemeral "working on it" and its replies follow through the command's `response_url`.
-<<<<<<< HEAD
-//! Commands whose Slack form is not built yet (the setup wizard as modals, account linking,
-//! grants) answer that they are available in Teams.
-=======
 //! `/m365 setup` runs the wizard in modals ([`wizard`], [`modal`]). Commands whose Slack form
-//! is not built yet (account linking, grants, subscriptions) answer that they are available
-//! in Teams.
->>>>>>> main
+//! is not built yet (account linking, grants) answer that they are available in Teams.
 
 pub mod api;
 pub mod blocks;
@@ -242,14 +236,9 @@ async fn commands(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) 
     Json(answer_command(app, command)).into_response()
 }
 
-<<<<<<< HEAD
-/// True for the commands whose replies Slack can show in this version. (`doctor --repair`,
-/// `setup`, linking and grants wait for their modals and buttons.)
-=======
 /// True for the commands whose replies Slack can show in this version (`setup` opens a
-/// modal; the others answer through the `response_url`). (`subscriptions` and `status` wait
-/// for notifications to accept Slack conversations; linking and grants for their buttons.)
->>>>>>> main
+/// modal; the others answer through the `response_url`). (Linking and grants wait for their
+/// buttons.)
 pub fn works_in_slack(command: &Command) -> bool {
     matches!(
         command,
