@@ -59,6 +59,17 @@ impl App {
         }
     }
 
+    /// The delivery of Slack notification lanes, when Slack is enabled.
+    pub fn slack_lanes(&self) -> Option<Box<dyn crate::notify::slack::LaneDelivery>> {
+        self.slack.as_ref()?;
+        Some(Box::new(crate::slack::deliver::SlackDelivery::new(self)))
+    }
+
+    /// The doctor's checks of the chat platforms beyond Teams (Slack, when enabled).
+    pub async fn platform_checks(&self) -> Vec<crate::integration::doctor::CheckOutcome> {
+        crate::slack::doctor::run(self).await
+    }
+
     /// The user directory of a chat platform, when the bot is configured for it.
     pub fn directory(
         &self,

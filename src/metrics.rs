@@ -61,7 +61,21 @@ struct Inner {
     purged: u64,
     runtime_auth_failures: u64,
     trust: Option<TrustGauges>,
+    /// Slack notification events by kind (see [`SLACK_EVENTS`]).
+    slack: BTreeMap<&'static str, u64>,
 }
+
+/// The kinds of `m365bot_slack_notify_total`, always rendered (zero included).
+const SLACK_EVENTS: [&str; 8] = [
+    "delivered",
+    "retried",
+    "throttled",
+    "disabled_subscriptions",
+    "unknown_outcome",
+    "recovered_after_unknown",
+    "resent_after_unknown",
+    "notices_sent",
+];
 
 /// What the last scheduled doctor found, as every replica reads it from the database.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -147,6 +161,27 @@ impl Metrics {
         if let Ok(mut inner) = self.inner.lock() {
             inner.freezes += 1;
         }
+    }
+
+    /// Counts `count` Slack notification events of `kind` (one of [`SLACK_EVENTS`]: lanes
+    /// delivered, retried, throttled by a 429; subscriptions disabled; root posts of unknown
+    /// outcome, found again in the history, or posted again: a possible duplicate).
+    pub fn record_slack(&self, kind: &'static str, count: usize) {
+        if count == 0 {
+            return;
+        }
+        if let Ok(mut inner) = self.inner.lock() {
+            *inner.slack.entry(kind).or_default() += count as u64;
+        }
+    }
+
+    /// Slack notification events of `kind` so far.
+    pub fn slack(&self, kind: &str) -> u64 {
+        self.inner
+            .lock()
+            .ok()
+            .and_then(|inner| inner.slack.get(kind).copied())
+            .unwrap_or(0)
     }
 
     /// Says whether this instance leads the poller of `source`.
@@ -252,6 +287,15 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "m365bot_upstream_calls_total{{upstream=\"{upstream}\",outcome=\"{outcome}\"}} {count}"
+            );
+        }
+        out.push_str("# HELP m365bot_slack_notify_total Slack notification events: lanes delivered, retried, throttled (429); subscriptions disabled; root posts of unknown outcome, recovered from the history, or posted again (possible duplicates); disabled-subscription messages sent.\n");
+        out.push_str("# TYPE m365bot_slack_notify_total counter\n");
+        for kind in SLACK_EVENTS {
+            let count = inner.slack.get(kind).copied().unwrap_or(0);
+            let _ = writeln!(
+                out,
+                "m365bot_slack_notify_total{{event=\"{kind}\"}} {count}"
             );
         }
         out.push_str("# HELP m365bot_notify_deliveries_total Outbox rows by the outcome of their delivery attempt.\n");

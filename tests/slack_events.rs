@@ -201,7 +201,7 @@ async fn the_bots_own_messages_and_edits_are_ignored() {
 
 #[tokio::test]
 async fn a_mention_over_socket_mode_is_answered_in_its_thread() {
-    let bot = SlackBot::start_with(false, |settings| {
+    let bot = SlackBot::start_with(false, None, |settings| {
         settings.slack.transport = m365bot::slack::Transport::Socket;
     })
     .await;

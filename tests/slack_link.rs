@@ -123,7 +123,7 @@ fn direct_messages(bot: &SlackBot) -> Vec<String> {
 
 #[tokio::test]
 async fn link_account_is_followed_through_the_sign_in_to_a_stored_link_then_status_and_unlink() {
-    let bot = SlackBot::start_with(true, |_| {}).await;
+    let bot = SlackBot::start_with(true, None, |_| {}).await;
     let start = link_account_url(&bot).await;
     // Nothing of it reached the channel.
     assert!(
@@ -196,7 +196,7 @@ async fn link_account_is_followed_through_the_sign_in_to_a_stored_link_then_stat
 
 #[tokio::test]
 async fn a_sign_in_that_is_not_the_slack_profile_email_is_refused_with_nothing_stored() {
-    let bot = SlackBot::start_with(true, |_| {}).await;
+    let bot = SlackBot::start_with(true, None, |_| {}).await;
     let domain = bot.demo.sandbox.demo().tenant_domain.clone();
     let start = link_account_url(&bot).await;
     // Someone else's account signs in (another person at the same browser).
@@ -256,7 +256,8 @@ fn email_claim(bot: &SlackBot, email: String) {
 #[tokio::test]
 async fn email_or_upn_accepts_the_email_claim_and_upn_only_refuses_it() {
     for (rule, linked) in [(EmailMatch::EmailOrUpn, true), (EmailMatch::UpnOnly, false)] {
-        let bot = SlackBot::start_with(true, |settings| settings.slack.email_match = rule).await;
+        let bot =
+            SlackBot::start_with(true, None, |settings| settings.slack.email_match = rule).await;
         // The account's UPN differs from the Slack e-mail; its e-mail claim is the same.
         let domain = bot.demo.sandbox.demo().tenant_domain.clone();
         sign_in_as(&bot, ADMIN_OID, &format!("cloud.admin@{domain}"));

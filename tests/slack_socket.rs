@@ -139,7 +139,7 @@ async fn commands_are_acknowledged_with_their_answer_and_the_bot_reconnects() {
         .find(|m| m.response_url.as_deref() == Some(ticket.response_id.as_str()))
         .expect("report");
     assert!(
-        text_of(&report.blocks).contains("17 passed"),
+        text_of(&report.blocks).contains("20 passed"),
         "{}",
         text_of(&report.blocks)
     );
@@ -359,5 +359,5 @@ async fn the_sandbox_over_socket_mode_answers_slack_say() {
     .expect("joined");
     assert!(ok, "{doctor}");
     assert!(doctor.contains("Working on"), "{doctor}");
-    assert!(doctor.contains("17 passed"), "{doctor}");
+    assert!(doctor.contains("20 passed"), "{doctor}");
 }

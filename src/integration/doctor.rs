@@ -53,7 +53,8 @@ pub struct CheckOutcome {
 }
 
 impl CheckOutcome {
-    fn pass(id: &'static str, title: impl Into<String>, detail: impl Into<String>) -> Self {
+    /// A passed check.
+    pub fn pass(id: &'static str, title: impl Into<String>, detail: impl Into<String>) -> Self {
         Self {
             id,
             title: title.into(),
@@ -64,7 +65,8 @@ impl CheckOutcome {
         }
     }
 
-    fn fail(
+    /// A failed check, with what to do.
+    pub fn fail(
         id: &'static str,
         title: impl Into<String>,
         detail: impl Into<String>,

@@ -5,6 +5,7 @@ pub mod event;
 pub mod filter;
 pub mod outbox;
 pub mod ratelimit;
+pub mod slack;
 pub mod sources;
 pub mod store;
 pub mod worker;
@@ -81,6 +82,13 @@ pub struct NotifySettings {
     pub send_timeout_ms: u64,
     /// Delivered and merged outbox rows are deleted after this many days (dead letters stay).
     pub retention_days: u32,
+    /// Slack calls per second per channel (`chat.postMessage` allows about 1); 0 = unlimited.
+    pub slack_per_channel_per_second: f64,
+    /// Slack calls per second per workspace, shared by every instance on PostgreSQL;
+    /// 0 = unlimited (the per-channel and method-tier limits still apply).
+    pub slack_per_workspace_per_second: f64,
+    /// Calls per minute of Slack's Tier 3 methods (`chat.update`, `conversations.history`).
+    pub slack_tier3_per_minute: f64,
     /// The app role needed to subscribe or unsubscribe a conversation (`administrator` or
     /// `insights_user`); unset: `administrator` in channels and group chats (guests may read
     /// them), `insights_user` in personal chats.
@@ -132,6 +140,9 @@ impl Default for NotifySettings {
             poll_interval_ms: 250,
             send_timeout_ms: 15_000,
             retention_days: 30,
+            slack_per_channel_per_second: 1.0,
+            slack_per_workspace_per_second: 0.0,
+            slack_tier3_per_minute: 50.0,
             subscribe_role: None,
         }
     }
@@ -139,14 +150,6 @@ impl Default for NotifySettings {
 
 /// Answers one of this module's commands.
 pub async fn handle_command(app: &App, event: &InboundEvent, command: Command) -> Vec<Reply> {
-    if event.platform != Platform::Teams {
-        return vec![Reply::notice(
-            Tone::Warning,
-            "Teams only",
-            "Case notifications are delivered to Microsoft Teams conversations in this version.",
-            Some("Type the command in a Teams channel or chat with m365bot."),
-        )];
-    }
     let need = match command {
         Command::Subscribe { .. } | Command::Unsubscribe => app
             .settings
@@ -160,8 +163,8 @@ pub async fn handle_command(app: &App, event: &InboundEvent, command: Command) -
     };
     let replies = match command {
         Command::Subscribe { filter } => subscribe(app, event, &user, &filter).await,
-        Command::Unsubscribe => unsubscribe(app, event).await,
-        Command::Subscriptions => subscriptions(app, event).await,
+        Command::Unsubscribe => unsubscribe(app, &conversation_key(event)).await,
+        Command::Subscriptions => subscriptions(app, &conversation_key(event)).await,
         Command::Status { reference } => status(app, &reference).await,
         other => return vec![crate::core::not_available(&other)],
     };
@@ -173,6 +176,27 @@ pub async fn handle_command(app: &App, event: &InboundEvent, command: Command) -
             "I could not read or write the notification settings.",
             Some("Try again in a minute; if it keeps failing, ask the bot's operator to check its log and database."),
         )]
+    })
+}
+
+/// Where a conversation's subscriptions are kept: the conversation id in Teams,
+/// `slack:<team>:<channel>` in Slack (see [`slack::SlackAddress`]).
+pub fn conversation_key(event: &InboundEvent) -> String {
+    match (event.platform, slack_address(event)) {
+        (Platform::Slack, Some(address)) => address.conversation_id(),
+        _ => event.conversation_id.clone(),
+    }
+}
+
+/// The Slack workspace and channel of a Slack event.
+fn slack_address(event: &InboundEvent) -> Option<slack::SlackAddress> {
+    (event.platform == Platform::Slack).then(|| slack::SlackAddress {
+        team_id: event.address.team_id.clone().unwrap_or_default(),
+        channel_id: event
+            .address
+            .channel_id
+            .clone()
+            .unwrap_or_else(|| event.conversation_id.clone()),
     })
 }
 
@@ -318,15 +342,26 @@ async fn subscribe(
         .clone()
         .or_else(|| event.actor.name.clone())
         .unwrap_or_else(|| user.user_name.clone());
-    let outcome = store::subscribe(
+    let conversation_id = conversation_key(event);
+    let address = slack_address(event);
+    let place = match &address {
+        Some(address) => store::Place {
+            platform: slack::PLATFORM,
+            team_id: Some(&address.team_id),
+            channel_id: Some(&address.channel_id),
+        },
+        None => store::Place::TEAMS,
+    };
+    let outcome = store::subscribe_at(
         &app.db,
         &NewSubscription {
-            conversation_id: &event.conversation_id,
+            conversation_id: &conversation_id,
             conversation_type: &event.conversation_type,
             filter: &filter,
             user_id: &event.actor.user_id,
             user_name: Some(&name),
         },
+        &place,
     )
     .await?;
     let described = cards::untrusted(&filter.describe(), 500);
@@ -363,8 +398,8 @@ async fn subscribe(
     }])
 }
 
-async fn unsubscribe(app: &App, event: &InboundEvent) -> Result<Vec<Reply>, sqlx::Error> {
-    let removed = store::unsubscribe(&app.db, &event.conversation_id).await?;
+async fn unsubscribe(app: &App, conversation_id: &str) -> Result<Vec<Reply>, sqlx::Error> {
+    let removed = store::unsubscribe(&app.db, conversation_id).await?;
     Ok(vec![if removed == 0 {
         Reply::notice(
             Tone::Default,
@@ -436,8 +471,8 @@ pub fn subscriptions_model(list: &[store::SubscriptionHealth]) -> Value {
     })
 }
 
-async fn subscriptions(app: &App, event: &InboundEvent) -> Result<Vec<Reply>, sqlx::Error> {
-    let list = store::list(&app.db, &event.conversation_id).await?;
+async fn subscriptions(app: &App, conversation_id: &str) -> Result<Vec<Reply>, sqlx::Error> {
+    let list = store::list(&app.db, conversation_id).await?;
     Ok(vec![Reply::Card {
         template: "notify_subscriptions",
         data: subscriptions_model(&list),

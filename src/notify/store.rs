@@ -44,10 +44,39 @@ pub enum SubscribeOutcome {
     TooMany,
 }
 
-/// Creates a subscription (or re-enables an identical disabled one).
+/// The platform a subscription posts to, with the Slack workspace and channel.
+#[derive(Debug, Clone, Copy)]
+pub struct Place<'a> {
+    /// `teams` or `slack`.
+    pub platform: &'a str,
+    /// Slack workspace (team) id.
+    pub team_id: Option<&'a str>,
+    /// Slack channel id.
+    pub channel_id: Option<&'a str>,
+}
+
+impl Place<'static> {
+    /// A Teams conversation.
+    pub const TEAMS: Self = Self {
+        platform: "teams",
+        team_id: None,
+        channel_id: None,
+    };
+}
+
+/// Creates a Teams subscription (or re-enables an identical disabled one).
 pub async fn subscribe(
     db: &Db,
     new: &NewSubscription<'_>,
+) -> Result<SubscribeOutcome, sqlx::Error> {
+    subscribe_at(db, new, &Place::TEAMS).await
+}
+
+/// Creates a subscription on `place` (or re-enables an identical disabled one).
+pub async fn subscribe_at(
+    db: &Db,
+    new: &NewSubscription<'_>,
+    place: &Place<'_>,
 ) -> Result<SubscribeOutcome, sqlx::Error> {
     let text = new.filter.to_text();
     let json = serde_json::to_string(new.filter)
@@ -96,7 +125,8 @@ pub async fn subscribe(
     let id = format!("sub-{:032x}", rand::rng().random::<u128>());
     sqlx::query(
         "INSERT INTO notify_subscriptions (id, conversation_id, conversation_type, filter_text, \
-         filter_json, created_by, created_by_name, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+         filter_json, created_by, created_by_name, created_at, platform, team_id, channel_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
     )
     .bind(&id)
     .bind(new.conversation_id)
@@ -106,6 +136,9 @@ pub async fn subscribe(
     .bind(new.user_id)
     .bind(new.user_name)
     .bind(now_millis())
+    .bind(place.platform)
+    .bind(place.team_id)
+    .bind(place.channel_id)
     .execute(&mut *tx)
     .await?;
     insert_routes(&mut tx, &id, &new.filter.routes()).await?;
@@ -290,7 +323,7 @@ pub async fn list(db: &Db, conversation_id: &str) -> Result<Vec<SubscriptionHeal
 pub async fn send_owner_notices(app: &App) -> Result<usize, sqlx::Error> {
     let rows = sqlx::query(
         "SELECT id, created_by, filter_text, disabled_reason, conversation_type FROM notify_subscriptions \
-         WHERE owner_notice_due = 1 ORDER BY disabled_at LIMIT 200",
+         WHERE owner_notice_due = 1 AND platform = 'teams' ORDER BY disabled_at LIMIT 200",
     )
     .fetch_all(&app.db.pool)
     .await?;

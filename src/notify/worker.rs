@@ -64,6 +64,8 @@ pub struct Worker {
     limiter: RateLimiter,
     /// Claim conversations for this replica alone (see [`outbox::claim`]).
     one_sender_per_conversation: bool,
+    /// The delivery of Slack lanes, when Slack is enabled (see [`super::slack`]).
+    slack: Option<Box<dyn super::slack::LaneDelivery>>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -163,6 +165,7 @@ impl Worker {
             owner,
             limiter,
             one_sender_per_conversation,
+            slack: app.slack_lanes(),
             app,
         }
     }
@@ -349,6 +352,35 @@ impl Worker {
         let Some((latest, older)) = live.split_last() else {
             return result;
         };
+        // Slack lanes (`slack:<team>:<channel>`) are delivered by the Slack path.
+        if let Some(address) = super::slack::SlackAddress::parse(&lane.conversation_id) {
+            match &self.slack {
+                Some(slack) => {
+                    slack
+                        .deliver(
+                            &self.app,
+                            &lane,
+                            &address,
+                            &live,
+                            latest,
+                            older,
+                            lease_deadline,
+                            &mut result,
+                        )
+                        .await;
+                }
+                None => {
+                    let reason = "Slack is not enabled on this bot (slack.enabled)".to_owned();
+                    for row in &live {
+                        result.dead.push((row.id, reason.clone()));
+                    }
+                    result.error = Some(reason);
+                    result.failed_subscriptions =
+                        live.iter().map(|r| r.subscription_id.clone()).collect();
+                }
+            }
+            return result;
+        }
         let Some(destination) = destination else {
             let reason = "the bot has no stored reference of this conversation (removed, or never installed there)".to_owned();
             for row in &live {
@@ -599,6 +631,11 @@ impl Worker {
     async fn housekeeping(&self) {
         if let Err(err) = super::store::send_owner_notices(&self.app).await {
             tracing::warn!(error = %err, "notification owner notices failed");
+        }
+        if let Some(slack) = &self.slack
+            && let Err(err) = slack.send_owner_notices(&self.app).await
+        {
+            tracing::warn!(error = %err, "Slack notification owner notices failed");
         }
         if let Err(err) = super::store::route_unrouted(&self.app.db).await {
             tracing::warn!(error = %err, "notification subscription routes not computed");

@@ -8,7 +8,13 @@
 //! `not_in_channel`, `is_archived`, `message_not_found`, `msg_too_long`, `invalid_blocks` with
 //! `response_metadata.messages`, `user_not_found`, `expired_trigger_id`, `hash_conflict`,
 //! `unknown_method`, …), HTTP 429 with `Retry-After` when `chat.postMessage` posts twice into
-//! one channel within a second, and response URLs good for 5 posts within 30 minutes. Every
+//! one channel within a second, and response URLs good for 5 posts within 30 minutes.
+//! `auth.test` lists the token's scopes in `x-oauth-scopes` ([`SlackHandle::set_scopes`]);
+//! `conversations.history` returns a channel's top-level messages with their metadata; a
+//! user id as `chat.postMessage` channel posts into the bot's direct message with that user.
+//! Faults: scripted Slack errors per method ([`SlackHandle::fail_next`]) and a
+//! `chat.postMessage` stored but answered late, optionally missing from the history
+//! ([`SlackHandle::fault_next_post`]). Every
 //! call lands in a request log; every message posted lands in a message log, readable through
 //! [`SlackHandle`] or `GET /_sandbox/messages` (the `slack-say` driver reads it there).
 //! `apps.connections.open` (app-level token) returns the URL of a Socket Mode WebSocket that
@@ -95,6 +101,23 @@ pub struct SlackPosted {
     pub text: String,
     /// Blocks.
     pub blocks: Value,
+    /// Message metadata (`event_type`, `event_payload`), when given.
+    #[serde(default)]
+    pub metadata: Option<Value>,
+}
+
+/// A fault of the next `chat.postMessage`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PostFault {
+    /// The message is stored, but the answer comes only after this delay (a client timeout:
+    /// the caller cannot know that it was posted). With `hidden_from_history`, the message is
+    /// also left out of `conversations.history` (Slack's history lagging behind).
+    AnswerLate {
+        /// How late the answer comes.
+        delay: Duration,
+        /// Leave the message out of `conversations.history`.
+        hidden_from_history: bool,
+    },
 }
 
 /// One call to the emulator.
@@ -164,6 +187,18 @@ struct World {
     next: u64,
     per_channel_interval: Duration,
     socket: SocketState,
+    /// Scopes `auth.test` lists in `x-oauth-scopes`.
+    scopes: Vec<String>,
+    /// Errors the next calls of a method answer, in order.
+    scripted_errors: HashMap<String, VecDeque<String>>,
+    /// Faults of the next `chat.postMessage` calls, in order.
+    post_faults: VecDeque<PostFault>,
+    /// A delay to wait before the answer of the call being served.
+    answer_delay: Option<Duration>,
+    /// `ts` of messages left out of `conversations.history`.
+    hidden: Vec<String>,
+    /// When each accepted `chat.postMessage` arrived, per channel.
+    post_times: HashMap<String, Vec<Instant>>,
     /// Valid bot tokens and their workspace.
     tokens: HashMap<String, String>,
     /// Tokens of uninstalled workspaces (`token_revoked`).
@@ -308,6 +343,15 @@ impl SlackEmulator {
             next: 0,
             per_channel_interval: Duration::from_secs(1),
             socket: SocketState::default(),
+            scopes: crate::slack::manifest::BOT_SCOPES
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
+            scripted_errors: HashMap::new(),
+            post_faults: VecDeque::new(),
+            answer_delay: None,
+            hidden: Vec::new(),
+            post_times: HashMap::new(),
             tokens: HashMap::from([(SANDBOX_BOT_TOKEN.to_owned(), SANDBOX_TEAM_ID.to_owned())]),
             revoked: Vec::new(),
             codes: HashMap::new(),
@@ -554,6 +598,52 @@ impl SlackHandle {
             .iter()
             .find(|(_, c)| c.im_user.as_deref() == Some(user))
             .map(|(id, _)| id.clone())
+    }
+
+    /// Sets the scopes the bot token has (listed by `auth.test` in `x-oauth-scopes`).
+    pub fn set_scopes(&self, scopes: &[&str]) {
+        self.shared.world().scopes = scopes.iter().map(|s| (*s).to_owned()).collect();
+    }
+
+    /// Makes the next call of `method` answer Slack's error `error` (`ok: false`).
+    pub fn fail_next(&self, method: &str, error: &str) {
+        self.shared
+            .world()
+            .scripted_errors
+            .entry(method.to_owned())
+            .or_default()
+            .push_back(error.to_owned());
+    }
+
+    /// Applies `fault` to the next `chat.postMessage`.
+    pub fn fault_next_post(&self, fault: PostFault) {
+        self.shared.world().post_faults.push_back(fault);
+    }
+
+    /// The messages posted (`chat.postMessage`) into `channel`, oldest first.
+    pub fn posts_in(&self, channel: &str) -> Vec<SlackPosted> {
+        self.shared
+            .world()
+            .messages
+            .iter()
+            .filter(|m| m.channel == channel && m.via == "chat.postMessage")
+            .cloned()
+            .collect()
+    }
+
+    /// When each accepted `chat.postMessage` arrived, per channel.
+    pub fn post_times(&self) -> HashMap<String, Vec<Instant>> {
+        self.shared.world().post_times.clone()
+    }
+
+    /// Answers 429 to the calls logged so far.
+    pub fn rate_limited_count(&self) -> usize {
+        self.shared
+            .world()
+            .log
+            .iter()
+            .filter(|l| l.status == 429)
+            .count()
     }
 
     /// The open view `user` sees on top, with the errors shown beside its fields (`errors`).
@@ -918,9 +1008,19 @@ async fn api(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let response = api_now(&shared, method, &headers, &body);
+    let delay = shared.world().answer_delay.take();
+    if let Some(delay) = delay {
+        tokio::time::sleep(delay).await;
+    }
+    response
+}
+
+/// Serves one Web API call (the answer may be delayed by a fault, see [`PostFault`]).
+fn api_now(shared: &Shared, method: String, headers: &HeaderMap, body: &[u8]) -> Response {
     let mut world = shared.world();
     if method == "oauth.v2.access" {
-        return oauth_access(&mut world, &headers, &body);
+        return oauth_access(&mut world, headers, body);
     }
     let token = headers
         .get(header::AUTHORIZATION)
@@ -951,10 +1051,17 @@ async fn api(
         }
         _ => return slack_error(&mut world, &method, "invalid_auth", &[]),
     }
-    let Some(args) = arguments(&headers, &body) else {
+    let Some(args) = arguments(headers, body) else {
         return slack_error(&mut world, &method, "invalid_json", &[]);
     };
     let team = team.unwrap_or_default();
+    let scripted = world
+        .scripted_errors
+        .get_mut(&method)
+        .and_then(VecDeque::pop_front);
+    if let Some(error) = scripted {
+        return slack_error(&mut world, &method, &error, &[]);
+    }
     let answer = web_api(&mut world, &method, &team, &args);
     if let Some(last) = world.log.last_mut() {
         last.team = Some(team);
@@ -974,12 +1081,20 @@ fn team_name(team: &str) -> &'static str {
 /// The bot-token methods, called with `team`'s token.
 fn web_api(world: &mut World, method: &str, team: &str, args: &Map<String, Value>) -> Response {
     match method {
-        "auth.test" => slack_ok(
-            world,
-            method,
-            json!({"url": "https://sandbox.slack.com/", "team": team_name(team), "user": "m365bot",
-                "team_id": team, "user_id": "U0BOT", "bot_id": "B0BOT"}),
-        ),
+        "auth.test" => {
+            let scopes = world.scopes.join(",");
+            let mut response = slack_ok(
+                world,
+                method,
+                json!({"url": "https://sandbox.slack.com/", "team": team_name(team), "user": "m365bot",
+                    "team_id": team, "user_id": "U0BOT", "bot_id": "B0BOT"}),
+            );
+            if let Ok(value) = axum::http::HeaderValue::from_str(&scopes) {
+                response.headers_mut().insert("x-oauth-scopes", value);
+            }
+            response
+        }
+        "conversations.history" => history(world, method, args),
         "chat.postMessage" => post_message(world, method, args),
         "chat.update" => update_message(world, method, args),
         "chat.postEphemeral" => post_ephemeral(world, method, args),
@@ -1067,6 +1182,45 @@ fn open_conversation(world: &mut World, method: &str, args: &Map<String, Value>)
         method,
         json!({"channel": {"id": id, "is_im": true, "user": users}}),
     )
+}
+
+/// `conversations.history`: top-level messages of a channel the bot is in, newest first,
+/// from `oldest`, at most `limit` (metadata with `include_all_metadata`).
+fn history(world: &mut World, method: &str, args: &Map<String, Value>) -> Response {
+    let Some(id) = arg(args, "channel").map(str::to_owned) else {
+        return slack_error(world, method, "channel_not_found", &[]);
+    };
+    match world.channels.get(&id) {
+        None => return slack_error(world, method, "channel_not_found", &[]),
+        Some(c) if !c.is_member => return slack_error(world, method, "not_in_channel", &[]),
+        Some(_) => {}
+    }
+    let oldest: f64 = arg(args, "oldest")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    let limit: usize = arg(args, "limit")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100)
+        .clamp(1, 999);
+    let metadata = arg(args, "include_all_metadata") == Some("true");
+    let list: Vec<Value> = world
+        .messages
+        .iter()
+        .rev()
+        .filter(|m| m.channel == id && m.via == "chat.postMessage" && m.thread_ts.is_none())
+        .filter(|m| m.ts.parse::<f64>().unwrap_or(0.0) >= oldest)
+        .filter(|m| !world.hidden.contains(&m.ts))
+        .take(limit)
+        .map(|m| {
+            let mut message = json!({"type": "message", "subtype": "bot_message", "ts": m.ts,
+                "text": m.text, "bot_id": "B0BOT"});
+            if metadata && let Some(meta) = &m.metadata {
+                message["metadata"] = meta.clone();
+            }
+            message
+        })
+        .collect();
+    slack_ok(world, method, json!({"messages": list, "has_more": false}))
 }
 
 /// `oauth.v2.access`: the app's credentials in HTTP Basic (or `client_id`/`client_secret` in
@@ -1209,9 +1363,22 @@ async fn authorize(
     axum::response::Html(html).into_response()
 }
 
-/// Checks the channel for posting: known, not archived, the bot a member (or public).
-fn postable(world: &World, channel: Option<&str>) -> Result<String, &'static str> {
+/// Checks the channel for posting: known, not archived, the bot a member (or public). A
+/// user id stands for the bot's direct message with that user.
+fn postable(world: &mut World, channel: Option<&str>) -> Result<String, &'static str> {
     let id = channel.ok_or("channel_not_found")?;
+    if id.starts_with('U') && world.users.iter().any(|u| u["id"].as_str() == Some(id)) {
+        let dm = format!("D{}", &id[1..]);
+        world.channels.entry(dm.clone()).or_insert(Channel {
+            name: String::new(),
+            is_private: false,
+            is_im: true,
+            is_member: true,
+            is_archived: false,
+            im_user: Some(id.to_owned()),
+        });
+        return Ok(dm);
+    }
     let found = world.channels.get(id).ok_or("channel_not_found")?;
     if found.is_archived {
         return Err("is_archived");
@@ -1260,7 +1427,27 @@ fn post_message(world: &mut World, method: &str, args: &Map<String, Value>) -> R
             .into_response();
     }
     world.last_post.insert(channel.clone(), now);
+    world
+        .post_times
+        .entry(channel.clone())
+        .or_default()
+        .push(now);
     let ts = next_ts(world);
+    if let Some(PostFault::AnswerLate {
+        delay,
+        hidden_from_history,
+    }) = world.post_faults.pop_front()
+    {
+        world.answer_delay = Some(delay);
+        if hidden_from_history {
+            world.hidden.push(ts.clone());
+        }
+    }
+    let metadata = args.get("metadata").and_then(|m| match m {
+        Value::String(text) => serde_json::from_str(text).ok(),
+        Value::Object(_) => Some(m.clone()),
+        _ => None,
+    });
     let thread_ts = arg(args, "thread_ts").map(str::to_owned);
     if let Some(root) = &thread_ts
         && !world
@@ -1283,6 +1470,7 @@ fn post_message(world: &mut World, method: &str, args: &Map<String, Value>) -> R
         response_url: None,
         text: text.clone(),
         blocks,
+        metadata,
     });
     slack_ok(
         world,
@@ -1327,6 +1515,7 @@ fn update_message(world: &mut World, method: &str, args: &Map<String, Value>) ->
         response_url: None,
         text: text.clone(),
         blocks,
+        metadata: None,
     });
     slack_ok(
         world,
@@ -1363,6 +1552,7 @@ fn post_ephemeral(world: &mut World, method: &str, args: &Map<String, Value>) ->
         response_url: None,
         text: arg(args, "text").unwrap_or_default().to_owned(),
         blocks,
+        metadata: None,
     });
     slack_ok(world, method, json!({"message_ts": ts}))
 }
@@ -1726,6 +1916,7 @@ async fn respond(
         response_url: Some(id),
         text,
         blocks,
+        metadata: None,
     });
     world.log.push(SlackLogged {
         method: "response_url".to_owned(),

@@ -1385,7 +1385,8 @@ async fn doctor(app: &App, user: &ChatUser, repair: bool) -> Vec<Reply> {
         }
     };
     let upstreams = effects::upstreams_for(app, &spec.tenant);
-    let outcomes = crate::integration::doctor::run(&upstreams, &spec, repair).await;
+    let mut outcomes = crate::integration::doctor::run(&upstreams, &spec, repair).await;
+    outcomes.extend(app.platform_checks().await);
     let failed = outcomes
         .iter()
         .filter(|o| o.status == crate::integration::doctor::Status::Fail)

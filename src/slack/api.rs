@@ -222,6 +222,19 @@ pub struct Conversation {
     pub is_member: Option<bool>,
 }
 
+/// One message of `conversations.history`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct HistoryMessage {
+    /// Its `ts`.
+    pub ts: String,
+    /// The thread it belongs to, if any.
+    #[serde(default)]
+    pub thread_ts: Option<String>,
+    /// Its metadata (`event_type`, `event_payload`), when it has some.
+    #[serde(default)]
+    pub metadata: Option<Value>,
+}
+
 /// An id and a name (`team`, `enterprise` of `oauth.v2.access`).
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 pub struct IdName {
@@ -405,6 +418,17 @@ impl SlackClient {
         token: &SecretString,
         body: Body<'_>,
     ) -> Result<T, SlackApiError> {
+        self.call_with(method, token, body, true).await
+    }
+
+    /// A call; with `wait_short_limits`, a short `Retry-After` is waited out once.
+    async fn call_with<T: DeserializeOwned>(
+        &self,
+        method: &'static str,
+        token: &SecretString,
+        body: Body<'_>,
+        wait_short_limits: bool,
+    ) -> Result<T, SlackApiError> {
         let url = self.base.join(method).map_err(|e| SlackApiError::Decode {
             method,
             message: e.to_string(),
@@ -432,7 +456,7 @@ impl SlackClient {
                     .and_then(|v| v.to_str().ok())
                     .and_then(parse_retry_after)
                     .unwrap_or(Duration::from_secs(1));
-                if attempt == 1 && retry_after <= MAX_INLINE_RETRY_WAIT {
+                if wait_short_limits && attempt == 1 && retry_after <= MAX_INLINE_RETRY_WAIT {
                     tracing::debug!(
                         slack.method = method,
                         wait_ms = retry_after.as_millis() as u64,
@@ -477,6 +501,127 @@ impl SlackClient {
         }
         self.call("chat.postMessage", &self.token, Body::Json(&body))
             .await
+    }
+
+    /// `chat.postMessage` for the notification outbox: never waits out a 429 (the caller
+    /// pauses its rate limits instead), carries `metadata` (`event_type`, `event_payload`) so
+    /// the message can be found again when the outcome of the call is unknown.
+    pub async fn post_notification(
+        &self,
+        channel: &str,
+        message: &Message,
+        thread_ts: Option<&str>,
+        metadata: &Value,
+    ) -> Result<Posted, SlackApiError> {
+        let mut body = message.to_json();
+        body["channel"] = json!(channel);
+        body["metadata"] = metadata.clone();
+        body["unfurl_links"] = json!(false);
+        if let Some(ts) = thread_ts {
+            body["thread_ts"] = json!(ts);
+        }
+        self.call_with("chat.postMessage", &self.token, Body::Json(&body), false)
+            .await
+    }
+
+    /// `chat.update` for the notification outbox (a 429 is returned, not waited out).
+    pub async fn update_notification(
+        &self,
+        channel: &str,
+        ts: &str,
+        message: &Message,
+    ) -> Result<Posted, SlackApiError> {
+        let mut body = message.to_json();
+        body["channel"] = json!(channel);
+        body["ts"] = json!(ts);
+        self.call_with("chat.update", &self.token, Body::Json(&body), false)
+            .await
+    }
+
+    /// `conversations.history` of `channel` from `oldest` (a Slack `ts`), newest first, with
+    /// the messages' metadata.
+    pub async fn conversation_history(
+        &self,
+        channel: &str,
+        oldest: &str,
+        limit: u32,
+    ) -> Result<Vec<HistoryMessage>, SlackApiError> {
+        #[derive(Deserialize)]
+        struct Answer {
+            #[serde(default)]
+            messages: Vec<HistoryMessage>,
+        }
+        let limit = limit.to_string();
+        let answer: Answer = self
+            .call(
+                "conversations.history",
+                &self.token,
+                Body::Form(&[
+                    ("channel", channel),
+                    ("oldest", oldest),
+                    ("limit", &limit),
+                    ("include_all_metadata", "true"),
+                ]),
+            )
+            .await?;
+        Ok(answer.messages)
+    }
+
+    /// `auth.test` with the scopes the token has (Slack lists them in the `x-oauth-scopes`
+    /// response header; `None` when the header is missing).
+    pub async fn auth_test_scopes(
+        &self,
+    ) -> Result<(AuthIdentity, Option<Vec<String>>), SlackApiError> {
+        const METHOD: &str = "auth.test";
+        let url = self.base.join(METHOD).map_err(|e| SlackApiError::Decode {
+            method: METHOD,
+            message: e.to_string(),
+        })?;
+        let response = self
+            .http
+            .post(url)
+            .bearer_auth(self.token.expose_secret())
+            .json(&json!({}))
+            .send()
+            .await
+            .map_err(|e| SlackApiError::Network {
+                method: METHOD,
+                message: e.without_url().to_string(),
+            })?;
+        let status = response.status().as_u16();
+        if status == 429 {
+            let retry_after = response
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_retry_after)
+                .unwrap_or(Duration::from_secs(1));
+            return Err(SlackApiError::RateLimited {
+                method: METHOD,
+                retry_after,
+            });
+        }
+        if !(200..300).contains(&status) {
+            return Err(SlackApiError::Status {
+                method: METHOD,
+                status,
+            });
+        }
+        let scopes = response
+            .headers()
+            .get("x-oauth-scopes")
+            .and_then(|v| v.to_str().ok())
+            .map(|v| {
+                v.split(',')
+                    .map(|s| s.trim().to_owned())
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            });
+        let bytes = response.bytes().await.map_err(|e| SlackApiError::Network {
+            method: METHOD,
+            message: e.without_url().to_string(),
+        })?;
+        Ok((decode_answer(METHOD, &bytes)?, scopes))
     }
 
     /// `chat.update` of the message `ts` in `channel`.

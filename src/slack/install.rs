@@ -717,11 +717,16 @@ pub async fn remove_workspace(app: &App, team_id: &str, reason: &str) {
 }
 
 /// Stops notifications into the workspace's channels: the one place where the uninstall
-/// reaches notifications. Notifications do not serve Slack conversations in this version, so
-/// there is nothing to disable yet; `crate::notify::disable_slack_team(app, team_id, reason)`
-/// is called here once they do.
-pub async fn disable_team_subscriptions(_app: &App, team_id: &str, reason: &str) {
-    tracing::info!(team = %team_id, reason, "Slack workspace removed: its subscriptions are disabled");
+/// reaches notifications (`crate::notify::slack::disable_slack_team`).
+pub async fn disable_team_subscriptions(app: &App, team_id: &str, reason: &str) {
+    match crate::notify::slack::disable_slack_team(app, team_id, reason).await {
+        Ok(count) => {
+            tracing::info!(team = %team_id, reason, subscriptions = count, "Slack workspace removed: its subscriptions are disabled")
+        }
+        Err(err) => {
+            tracing::error!(team = %team_id, error = %err, "Slack workspace removed, but its subscriptions could not be disabled")
+        }
+    }
 }
 
 #[cfg(test)]

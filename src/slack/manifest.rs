@@ -10,7 +10,8 @@ use super::{COMMANDS_PATH, EVENTS_PATH, INTERACTIONS_PATH, SLASH_COMMAND, Transp
 /// The bot token scopes the bot uses: the slash command, posting and updating messages
 /// (`chat:write.public` for public channels it was not invited to), user e-mails for the
 /// ServiceNow mapping, channel details, `@m365bot` mentions and direct messages (reading
-/// them, and opening one to hand out personal answers).
+/// them, and opening one to hand out personal answers), and the channel history (to find a
+/// notification whose `chat.postMessage` outcome was unknown before posting it again).
 pub const BOT_SCOPES: &[&str] = &[
     "commands",
     "chat:write",
@@ -20,6 +21,8 @@ pub const BOT_SCOPES: &[&str] = &[
     "channels:read",
     "groups:read",
     "app_mentions:read",
+    "channels:history",
+    "groups:history",
     "im:history",
     "im:write",
 ];

@@ -7,11 +7,14 @@
 //! an ephemeral "working on it" and its replies follow through the command's `response_url`.
 //! `/m365 setup` runs the wizard in modals ([`wizard`], [`modal`]). `@m365bot` mentions and
 //! direct messages ([`events`]) are acknowledged at once too and answered with
-//! `chat.postMessage` (in the mention's thread), personal answers only to the user. Commands
-//! whose Slack form is not built yet (subscriptions) answer that they are available in Teams.
+//! `chat.postMessage` (in the mention's thread), personal answers only to the user. Case
+//! notifications are delivered into channels by [`deliver`]; [`doctor`] checks the token, its
+//! scopes and the bot's membership of subscribed channels.
 
 pub mod api;
 pub mod blocks;
+pub mod deliver;
+pub mod doctor;
 pub mod events;
 pub mod install;
 pub mod manifest;
@@ -242,8 +245,7 @@ async fn commands(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) 
 }
 
 /// True for the commands whose replies Slack can show in this version (`setup` opens a
-/// modal; the others answer through the `response_url`). (`subscriptions` and `status` wait
-/// for notifications to accept Slack conversations.)
+/// modal; the others answer through the `response_url`).
 pub fn works_in_slack(command: &Command) -> bool {
     matches!(
         command,
@@ -258,6 +260,10 @@ pub fn works_in_slack(command: &Command) -> bool {
             | Command::Grant { .. }
             | Command::Revoke { .. }
             | Command::Roles
+            | Command::Subscribe { .. }
+            | Command::Unsubscribe
+            | Command::Subscriptions
+            | Command::Status { .. }
     )
 }
 
@@ -284,6 +290,10 @@ const SLACK_USAGES: &[&str] = &[
     "grant @user insights_user|administrator",
     "revoke @user insights_user|administrator",
     "roles",
+    "subscribe",
+    "unsubscribe",
+    "subscriptions",
+    "status",
 ];
 
 /// The help card for Slack: the core's, with the commands Slack cannot do yet marked.

@@ -42,18 +42,22 @@ pub struct Answer {
 impl SlackBot {
     /// Starts everything on loopback with a fresh SQLite database.
     pub async fn start() -> Self {
-        Self::start_with(false, |_| {}).await
+        Self::start_with(false, None, |_| {}).await
     }
 
     /// Like [`Self::start`]; with `fixed_port` the bot listens on a port chosen before the
     /// emulators start, so that `server.public_url` (and the sign-in app's redirect URI) is
-    /// its real address; `adjust` changes the settings before the bot is built.
+    /// its real address; `url` is the database (a fresh SQLite file when `None`); `adjust`
+    /// changes the settings before the bot is built.
     pub async fn start_with(
         fixed_port: bool,
+        url: Option<&str>,
         adjust: impl FnOnce(&mut m365bot::config::Settings),
     ) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let url = format!("sqlite://{}", dir.path().join("slack.db").display());
+        let url = url
+            .map(str::to_owned)
+            .unwrap_or_else(|| format!("sqlite://{}", dir.path().join("slack.db").display()));
         let port = if fixed_port {
             std::net::TcpListener::bind("127.0.0.1:0")
                 .and_then(|l| l.local_addr())
