@@ -180,24 +180,27 @@ async fn users_channels_ephemeral_messages_and_views() {
         "the title was shortened"
     );
     let id = api
-        .open_view(&ticket.trigger_id, &view)
+        .views_open(&ticket.trigger_id, &view)
         .await
-        .expect("views.open");
+        .expect("views.open")
+        .id;
     let again = api
-        .open_view(&ticket.trigger_id, &view)
+        .views_open(&ticket.trigger_id, &view)
         .await
         .expect_err("a trigger opens one view");
     assert_eq!(again.code(), Some("exchanged_trigger_id"));
     let conflict = api
-        .update_view(&id, &view, Some("stale-hash"))
+        .views_update(&id, &view, Some("stale-hash"))
         .await
         .expect_err("hash guard");
     assert_eq!(conflict.code(), Some("hash_conflict"));
-    api.update_view(&id, &view, None)
+    let updated = api
+        .views_update(&id, &view, None)
         .await
         .expect("views.update");
+    assert_eq!(updated.id, id);
     let bad = api
-        .open_view("not-a-trigger", &view)
+        .views_open("not-a-trigger", &view)
         .await
         .expect_err("invalid");
     assert!(bad.to_string().contains("invalid `trigger_id`"), "{bad}");

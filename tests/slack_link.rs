@@ -12,7 +12,7 @@ use m365bot::link::store::LinkStore;
 use m365bot::sandbox::slack::SANDBOX_TEAM_ID;
 use m365bot::slack::EmailMatch;
 use serde_json::{Value, json};
-use support::slack::{SlackBot, text_of};
+use support::slack::{SlackBot, sign_in_url, text_of, walk};
 
 /// Object id of the Entra emulator's default signed-in user (`admin@<tenant>`).
 const ADMIN_OID: &str = "7c1e0f4a-0000-4000-8000-000000000001";
@@ -41,42 +41,6 @@ async fn say(
         .unwrap_or_else(|| panic!("no answer to {text:?} (ack: {ack})"))
         .clone();
     (ack, first)
-}
-
-/// The sign-in URL of a Slack message (the link button).
-fn sign_in_url(blocks: &Value) -> Option<String> {
-    blocks
-        .as_array()?
-        .iter()
-        .flat_map(|b| b["elements"].as_array().cloned().unwrap_or_default())
-        .find_map(|e| {
-            e["url"]
-                .as_str()
-                .filter(|u| u.contains("/auth/link/start"))
-                .map(str::to_owned)
-        })
-}
-
-/// Follows start → Entra authorize → callback without a browser; the final status and page.
-async fn walk(start: &str) -> (u16, String) {
-    let browser = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .expect("browser");
-    let mut url = start.to_owned();
-    for _ in 0..5 {
-        let response = browser.get(&url).send().await.expect("request");
-        let status = response.status().as_u16();
-        if status == 302 {
-            url = response.headers()["location"]
-                .to_str()
-                .expect("location")
-                .to_owned();
-            continue;
-        }
-        return (status, response.text().await.expect("page"));
-    }
-    panic!("too many redirects");
 }
 
 /// `/m365 link-account` in #general as U0ADMIN: the sign-in URL, posted to the user alone.

@@ -669,35 +669,6 @@ impl SlackClient {
         Ok(())
     }
 
-    /// `views.open` with a `trigger_id` (valid for 3 seconds); returns the view id.
-    pub async fn open_view(&self, trigger_id: &str, view: &Value) -> Result<String, SlackApiError> {
-        let answer: Value = self
-            .call(
-                "views.open",
-                &self.token,
-                Body::Json(&json!({"trigger_id": trigger_id, "view": view})),
-            )
-            .await?;
-        view_id("views.open", &answer)
-    }
-
-    /// `views.update` of `view_id`; with `hash`, refused if the view changed meanwhile.
-    pub async fn update_view(
-        &self,
-        view_id_to_update: &str,
-        view: &Value,
-        hash: Option<&str>,
-    ) -> Result<String, SlackApiError> {
-        let mut body = json!({"view_id": view_id_to_update, "view": view});
-        if let Some(hash) = hash {
-            body["hash"] = json!(hash);
-        }
-        let answer: Value = self
-            .call("views.update", &self.token, Body::Json(&body))
-            .await?;
-        view_id("views.update", &answer)
-    }
-
     /// `views.open` with a `trigger_id` (valid for 3 seconds, once): the view's id and hash.
     pub async fn views_open(
         &self,
@@ -891,17 +862,6 @@ pub fn decode_answer<T: DeserializeOwned>(
     serde_json::from_slice(bytes).map_err(decode)
 }
 
-fn view_id(method: &'static str, answer: &Value) -> Result<String, SlackApiError> {
-    answer
-        .pointer("/view/id")
-        .and_then(Value::as_str)
-        .map(str::to_owned)
-        .ok_or_else(|| SlackApiError::Decode {
-            method,
-            message: "no view.id in the answer".to_owned(),
-        })
-}
-
 /// A view Slack shows: its id and its hash (the race guard of the next `views.update`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShownView {
@@ -913,7 +873,14 @@ pub struct ShownView {
 
 fn shown_view(method: &'static str, answer: &Value) -> Result<ShownView, SlackApiError> {
     Ok(ShownView {
-        id: view_id(method, answer)?,
+        id: answer
+            .pointer("/view/id")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .ok_or_else(|| SlackApiError::Decode {
+                method,
+                message: "no view.id in the answer".to_owned(),
+            })?,
         hash: answer
             .pointer("/view/hash")
             .and_then(Value::as_str)

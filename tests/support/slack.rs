@@ -237,3 +237,39 @@ impl Drop for SlackBot {
 pub fn text_of(blocks: &Value) -> String {
     m365bot::slack::blocks::to_text(blocks, "")
 }
+
+/// The sign-in URL of a Slack message (the link button).
+pub fn sign_in_url(blocks: &Value) -> Option<String> {
+    blocks
+        .as_array()?
+        .iter()
+        .flat_map(|b| b["elements"].as_array().cloned().unwrap_or_default())
+        .find_map(|e| {
+            e["url"]
+                .as_str()
+                .filter(|u| u.contains("/auth/link/start"))
+                .map(str::to_owned)
+        })
+}
+
+/// Follows start → Entra authorize → callback without a browser; the final status and page.
+pub async fn walk(start: &str) -> (u16, String) {
+    let browser = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("browser");
+    let mut url = start.to_owned();
+    for _ in 0..5 {
+        let response = browser.get(&url).send().await.expect("request");
+        let status = response.status().as_u16();
+        if status == 302 {
+            url = response.headers()["location"]
+                .to_str()
+                .expect("location")
+                .to_owned();
+            continue;
+        }
+        return (status, response.text().await.expect("page"));
+    }
+    panic!("too many redirects");
+}
