@@ -21,6 +21,8 @@ struct Harness {
     world: World,
     slack: SlackEmulator,
     bot: Bot,
+    /// Slack reaches the bot over Socket Mode rather than its request URLs.
+    socket: bool,
 }
 
 impl Harness {
@@ -45,7 +47,21 @@ impl Harness {
                 slack.api_url()
             ))
             .await;
-        Self { world, slack, bot }
+        let h = Self {
+            world,
+            slack,
+            bot,
+            socket: transport == "socket",
+        };
+        let started = Instant::now();
+        while h.socket && !h.handle().socket_connections().1 {
+            assert!(
+                started.elapsed() < Duration::from_secs(15),
+                "the bot never opened its Socket Mode connection"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        h
     }
 
     fn handle(&self) -> SlackHandle {
@@ -54,6 +70,10 @@ impl Harness {
 
     /// Types `/m365 <text>` as `user`; returns the immediate answer and the response-URL id.
     async fn command(&self, user: &str, text: &str) -> (Value, String) {
+        if self.socket {
+            let (envelope, ticket) = self.handle().socket_command(user, "C0GENERAL", text);
+            return (socket_ack(self, &envelope).await, ticket.response_id);
+        }
         let ticket = self.handle().new_command("C0GENERAL", user);
         let form = url::form_urlencoded::Serializer::new(String::new())
             .append_pair("token", "unused")
@@ -223,7 +243,19 @@ async fn stored_secrets(h: &Harness) -> Vec<String> {
 
 #[tokio::test]
 async fn aad_branch_in_modals_creates_everything_resumes_and_never_shows_a_secret() {
-    let h = Harness::start().await;
+    aad_branch_in_modals_creates_everything_resumes_and_never_shows_a_secret_on("http").await;
+}
+
+#[tokio::test]
+async fn aad_branch_in_modals_creates_everything_resumes_and_never_shows_a_secret_over_socket_mode()
+{
+    aad_branch_in_modals_creates_everything_resumes_and_never_shows_a_secret_on("socket").await;
+}
+
+async fn aad_branch_in_modals_creates_everything_resumes_and_never_shows_a_secret_on(
+    transport: &str,
+) {
+    let h = Harness::start_on(transport).await;
     let tenant = to_tenant(&h, false).await;
     assert!(
         tenant["private_metadata"]
@@ -282,7 +314,16 @@ async fn aad_branch_in_modals_creates_everything_resumes_and_never_shows_a_secre
 
 #[tokio::test]
 async fn basic_branch_in_modals_then_doctor_with_repair_answers_ephemerally() {
-    let h = Harness::start().await;
+    basic_branch_in_modals_then_doctor_with_repair_answers_ephemerally_on("http").await;
+}
+
+#[tokio::test]
+async fn basic_branch_in_modals_then_doctor_with_repair_answers_ephemerally_over_socket_mode() {
+    basic_branch_in_modals_then_doctor_with_repair_answers_ephemerally_on("socket").await;
+}
+
+async fn basic_branch_in_modals_then_doctor_with_repair_answers_ephemerally_on(transport: &str) {
+    let h = Harness::start_on(transport).await;
     to_tenant(&h, true).await;
     let view = h
         .submit(ADMIN, json!({"domain": "contoso.onmicrosoft.com"}))
@@ -360,7 +401,16 @@ async fn wait_for_response(h: &Harness, response_id: &str) -> String {
 
 #[tokio::test]
 async fn a_wrong_secret_is_answered_beside_the_field_and_nothing_is_written() {
-    let h = Harness::start().await;
+    a_wrong_secret_is_answered_beside_the_field_and_nothing_is_written_on("http").await;
+}
+
+#[tokio::test]
+async fn a_wrong_secret_is_answered_beside_the_field_and_nothing_is_written_over_socket_mode() {
+    a_wrong_secret_is_answered_beside_the_field_and_nothing_is_written_on("socket").await;
+}
+
+async fn a_wrong_secret_is_answered_beside_the_field_and_nothing_is_written_on(transport: &str) {
+    let h = Harness::start_on(transport).await;
     let (client_id, _secret) = h.world.sandbox.handle().create_app("Outbound by hand", &[]);
     to_tenant(&h, false).await;
     let view = h
@@ -426,7 +476,16 @@ async fn a_wrong_secret_is_answered_beside_the_field_and_nothing_is_written() {
 
 #[tokio::test]
 async fn cancel_a_stale_window_and_a_non_admin() {
-    let h = Harness::start().await;
+    cancel_a_stale_window_and_a_non_admin_on("http").await;
+}
+
+#[tokio::test]
+async fn cancel_a_stale_window_and_a_non_admin_over_socket_mode() {
+    cancel_a_stale_window_and_a_non_admin_on("socket").await;
+}
+
+async fn cancel_a_stale_window_and_a_non_admin_on(transport: &str) {
+    let h = Harness::start_on(transport).await;
     // A non-admin: the window says which role is missing; no setup is started.
     let refused = h.open_setup(JANE).await;
     let text = m365bot::sandbox::slack::view_text(&refused);
@@ -497,6 +556,10 @@ async fn submit_view(h: &Harness, id: &str) -> Value {
 
 /// Posts an interaction payload to the bot, signed; the JSON answer (`Null` when empty).
 async fn post_interaction(h: &Harness, payload: &Value) -> Value {
+    if h.socket {
+        let envelope = h.handle().socket_interaction(payload.clone());
+        return socket_ack(h, &envelope).await;
+    }
     let form = url::form_urlencoded::Serializer::new(String::new())
         .append_pair("payload", &payload.to_string())
         .finish();

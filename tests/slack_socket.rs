@@ -276,9 +276,10 @@ impl Drop for SandboxProcess {
     }
 }
 
-fn slack_say(bot: &str, slack: &str, line: &str) -> (bool, String) {
+fn slack_say(bot: &str, slack: &str, args: &[&str]) -> (bool, String) {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_m365bot"))
-        .args(["slack-say", "--bot", bot, "--slack", slack, line])
+        .args(["slack-say", "--bot", bot, "--slack", slack])
+        .args(args)
         .output()
         .expect("slack-say runs");
     (
@@ -345,7 +346,7 @@ async fn the_sandbox_over_socket_mode_answers_slack_say() {
 
     let (ok, help) = tokio::task::spawn_blocking({
         let (bot, slack) = (bot.clone(), slack.clone());
-        move || slack_say(&bot, &slack, "/m365 help")
+        move || slack_say(&bot, &slack, &["/m365 help"])
     })
     .await
     .expect("joined");
@@ -353,11 +354,31 @@ async fn the_sandbox_over_socket_mode_answers_slack_say() {
     assert!(help.contains("m365bot commands"), "{help}");
     let (ok, doctor) = tokio::task::spawn_blocking({
         let (bot, slack) = (bot.clone(), slack.clone());
-        move || slack_say(&bot, &slack, "/m365 doctor")
+        move || slack_say(&bot, &slack, &["/m365 doctor"])
     })
     .await
     .expect("joined");
     assert!(ok, "{doctor}");
     assert!(doctor.contains("Working on"), "{doctor}");
     assert!(doctor.contains("20 passed"), "{doctor}");
+    // A mention, and the setup window walked from the terminal, all through the socket.
+    let say = |args: &'static [&'static str]| {
+        let (bot, slack) = (bot.clone(), slack.clone());
+        tokio::task::spawn_blocking(move || slack_say(&bot, &slack, args))
+    };
+    let (ok, roles) = say(&["@m365bot roles"]).await.expect("joined");
+    assert!(ok, "{roles}");
+    assert!(
+        roles.contains("x_mioms_m365_assis.administrator"),
+        "{roles}"
+    );
+    let (ok, window) = say(&["/m365 setup"]).await.expect("joined");
+    assert!(ok, "{window}");
+    assert!(window.contains("What setup will do"), "{window}");
+    let (ok, next) = say(&["--submit"]).await.expect("joined");
+    assert!(ok, "{next}");
+    assert!(
+        next.contains("Environment and authentication type"),
+        "{next}"
+    );
 }

@@ -374,6 +374,7 @@ impl SlackEmulator {
             .route("/oauth/v2/authorize", get(authorize))
             .route("/_sandbox/socket", get(socket_status))
             .route("/_sandbox/socket-command", post(socket_command))
+            .route("/_sandbox/socket-interaction", post(socket_interaction))
             .with_state(shared.clone());
         let shutdown = CancellationToken::new();
         let stop = shutdown.clone();
@@ -2306,6 +2307,51 @@ async fn socket_command(
     }
 }
 
+/// `POST /_sandbox/socket-interaction` with `{"payload": …}`: sends an interaction (a window's
+/// `view_submission` or `block_actions`) over the bot's Socket Mode connection, or with
+/// `"type": "events_api"` an Events API body, and waits for the ack; answers the ack's payload
+/// (the bot's `response_action`, if any), `409` when the bot is not connected and `504` when
+/// no ack came within 3 seconds.
+async fn socket_interaction(
+    State(shared): State<Arc<Shared>>,
+    Json(body): Json<Value>,
+) -> Response {
+    let handle = SlackHandle {
+        shared: shared.clone(),
+    };
+    if shared.world().socket.link.is_none() {
+        return (
+            StatusCode::CONFLICT,
+            Json(json!({"error": "the bot holds no Socket Mode connection"})),
+        )
+            .into_response();
+    }
+    let envelope_id = if body["type"] == "events_api" {
+        handle.socket_send("events_api", false, body["payload"].clone())
+    } else {
+        handle.socket_interaction(body["payload"].clone())
+    };
+    let started = Instant::now();
+    loop {
+        if let Some(ack) = handle
+            .socket_acks()
+            .into_iter()
+            .find(|a| a.envelope_id == envelope_id)
+        {
+            return Json(json!({"envelope_id": envelope_id, "payload": ack.payload}))
+                .into_response();
+        }
+        if started.elapsed() > ACK_WAIT {
+            return (
+                StatusCode::GATEWAY_TIMEOUT,
+                Json(json!({"error": format!("the bot did not acknowledge {envelope_id} within 3 seconds")})),
+            )
+                .into_response();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Where a message to the bot is written: `@m365bot` in a channel, or its direct message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventPlace<'a> {
@@ -2437,7 +2483,24 @@ async fn say_event(
         .max()
         .unwrap_or(0);
     let (_, body) = event_callback(place, user, text, None, None);
-    let status = send_event(http, bot, &body, None).await?;
+    let socket: Value = http
+        .get(format!("{emulator}/_sandbox/socket"))
+        .send()
+        .await?
+        .json()
+        .await
+        .unwrap_or_default();
+    let status = if socket["connected"] == true {
+        // Socket Mode: the emulator sends the event over the bot's connection.
+        http.post(format!("{emulator}/_sandbox/socket-interaction"))
+            .json(&json!({"type": "events_api", "payload": body}))
+            .send()
+            .await?
+            .status()
+            .as_u16()
+    } else {
+        send_event(http, bot, &body, None).await?
+    };
     let mut conversation = Conversation {
         status,
         ack: String::new(),
@@ -2767,34 +2830,38 @@ pub async fn act_in_window(
             built["error"].as_str().unwrap_or("the window refused that")
         );
     }
-    let form: String = url::form_urlencoded::Serializer::new(String::new())
-        .append_pair("payload", &built["payload"].to_string())
-        .finish();
-    let timestamp = chrono::Utc::now().timestamp().to_string();
-    let signature = crate::slack::verify::sign(
-        SANDBOX_SIGNING_SECRET.as_bytes(),
-        &timestamp,
-        form.as_bytes(),
-    );
-    let started = Instant::now();
-    let response = http
-        .post(format!("{bot}{}", crate::slack::INTERACTIONS_PATH))
-        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-        .header(crate::slack::verify::TIMESTAMP_HEADER, &timestamp)
-        .header(crate::slack::verify::SIGNATURE_HEADER, signature)
-        .body(form)
+    let socket: Value = http
+        .get(format!("{emulator}/_sandbox/socket"))
         .send()
+        .await?
+        .json()
         .await
-        .with_context(|| {
-            format!("the bot at {bot} does not answer: is `m365bot sandbox` running?")
-        })?;
+        .unwrap_or_default();
+    let started = Instant::now();
+    let text = if socket["connected"] == true {
+        // Socket Mode: the emulator sends the interaction over the bot's connection.
+        let response = http
+            .post(format!("{emulator}/_sandbox/socket-interaction"))
+            .json(&json!({"payload": built["payload"]}))
+            .send()
+            .await?;
+        let status = response.status();
+        let acked: Value = response.json().await.unwrap_or_default();
+        anyhow::ensure!(
+            status.is_success(),
+            "{}",
+            acked["error"]
+                .as_str()
+                .unwrap_or("the bot did not acknowledge")
+        );
+        match &acked["payload"] {
+            Value::Null => String::new(),
+            payload => payload.to_string(),
+        }
+    } else {
+        post_interaction_form(&http, bot, &built["payload"]).await?
+    };
     let elapsed = started.elapsed();
-    let status = response.status();
-    let text = response.text().await.unwrap_or_default();
-    anyhow::ensure!(
-        status.is_success(),
-        "the bot answered HTTP {status}: {text}"
-    );
     anyhow::ensure!(
         elapsed <= TRIGGER_TTL,
         "the bot answered after {} ms; Slack gives up after 3 s and shows an error in the window",
@@ -2825,4 +2892,40 @@ pub async fn act_in_window(
         Some(view) => view_text(&view),
         None => "(the window closed)".to_owned(),
     })
+}
+
+/// Posts an interaction payload to the bot's `/slack/interactions`, signed as Slack does; the
+/// body of its answer.
+async fn post_interaction_form(
+    http: &reqwest::Client,
+    bot: &str,
+    payload: &Value,
+) -> anyhow::Result<String> {
+    let form: String = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("payload", &payload.to_string())
+        .finish();
+    let timestamp = chrono::Utc::now().timestamp().to_string();
+    let signature = crate::slack::verify::sign(
+        SANDBOX_SIGNING_SECRET.as_bytes(),
+        &timestamp,
+        form.as_bytes(),
+    );
+    let response = http
+        .post(format!("{bot}{}", crate::slack::INTERACTIONS_PATH))
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .header(crate::slack::verify::TIMESTAMP_HEADER, &timestamp)
+        .header(crate::slack::verify::SIGNATURE_HEADER, signature)
+        .body(form)
+        .send()
+        .await
+        .with_context(|| {
+            format!("the bot at {bot} does not answer: is `m365bot sandbox` running?")
+        })?;
+    let status = response.status();
+    let text = response.text().await.unwrap_or_default();
+    anyhow::ensure!(
+        status.is_success(),
+        "the bot answered HTTP {status}: {text}"
+    );
+    Ok(text)
 }
