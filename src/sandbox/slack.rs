@@ -2090,23 +2090,15 @@ pub async fn say(
         .append_pair("response_url", &ticket.response_url)
         .append_pair("trigger_id", &ticket.trigger_id)
         .finish();
-    let timestamp = chrono::Utc::now().timestamp().to_string();
-    let signature = crate::slack::verify::sign(
-        SANDBOX_SIGNING_SECRET.as_bytes(),
-        &timestamp,
-        form.as_bytes(),
-    );
-    let response = http
-        .post(format!("{bot}{}", crate::slack::COMMANDS_PATH))
-        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-        .header(crate::slack::verify::TIMESTAMP_HEADER, &timestamp)
-        .header(crate::slack::verify::SIGNATURE_HEADER, signature)
-        .body(form)
-        .send()
-        .await
-        .with_context(|| {
-            format!("the bot at {bot} does not answer: is `m365bot sandbox` running?")
-        })?;
+    let response = post_signed(
+        &http,
+        bot,
+        crate::slack::COMMANDS_PATH,
+        "application/x-www-form-urlencoded",
+        form,
+        None,
+    )
+    .await?;
     let status = response.status().as_u16();
     let body = response.text().await.unwrap_or_default();
     let ack = match serde_json::from_str::<Value>(&body) {
@@ -2416,26 +2408,15 @@ pub async fn send_event(
     body: &Value,
     retry: Option<u32>,
 ) -> anyhow::Result<u16> {
-    let body = body.to_string();
-    let timestamp = chrono::Utc::now().timestamp().to_string();
-    let signature = crate::slack::verify::sign(
-        SANDBOX_SIGNING_SECRET.as_bytes(),
-        &timestamp,
-        body.as_bytes(),
-    );
-    let mut request = http
-        .post(format!("{bot}{}", crate::slack::EVENTS_PATH))
-        .header(header::CONTENT_TYPE, "application/json")
-        .header(crate::slack::verify::TIMESTAMP_HEADER, &timestamp)
-        .header(crate::slack::verify::SIGNATURE_HEADER, signature);
-    if let Some(retry) = retry {
-        request = request
-            .header("x-slack-retry-num", retry.to_string())
-            .header("x-slack-retry-reason", "http_timeout");
-    }
-    let response = request.body(body).send().await.with_context(|| {
-        format!("the bot at {bot} does not answer: is `m365bot sandbox` running?")
-    })?;
+    let response = post_signed(
+        http,
+        bot,
+        crate::slack::EVENTS_PATH,
+        "application/json",
+        body.to_string(),
+        retry,
+    )
+    .await?;
     Ok(response.status().as_u16())
 }
 
@@ -2904,23 +2885,15 @@ async fn post_interaction_form(
     let form: String = url::form_urlencoded::Serializer::new(String::new())
         .append_pair("payload", &payload.to_string())
         .finish();
-    let timestamp = chrono::Utc::now().timestamp().to_string();
-    let signature = crate::slack::verify::sign(
-        SANDBOX_SIGNING_SECRET.as_bytes(),
-        &timestamp,
-        form.as_bytes(),
-    );
-    let response = http
-        .post(format!("{bot}{}", crate::slack::INTERACTIONS_PATH))
-        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-        .header(crate::slack::verify::TIMESTAMP_HEADER, &timestamp)
-        .header(crate::slack::verify::SIGNATURE_HEADER, signature)
-        .body(form)
-        .send()
-        .await
-        .with_context(|| {
-            format!("the bot at {bot} does not answer: is `m365bot sandbox` running?")
-        })?;
+    let response = post_signed(
+        http,
+        bot,
+        crate::slack::INTERACTIONS_PATH,
+        "application/x-www-form-urlencoded",
+        form,
+        None,
+    )
+    .await?;
     let status = response.status();
     let text = response.text().await.unwrap_or_default();
     anyhow::ensure!(
@@ -2928,4 +2901,37 @@ async fn post_interaction_form(
         "the bot answered HTTP {status}: {text}"
     );
     Ok(text)
+}
+
+/// POSTs `body` to the bot's `path`, signed with the sandbox signing secret as Slack signs;
+/// `retry` sets `X-Slack-Retry-Num` (and `X-Slack-Retry-Reason: http_timeout`).
+async fn post_signed(
+    http: &reqwest::Client,
+    bot: &str,
+    path: &str,
+    content_type: &str,
+    body: String,
+    retry: Option<u32>,
+) -> anyhow::Result<reqwest::Response> {
+    let timestamp = chrono::Utc::now().timestamp().to_string();
+    let signature = crate::slack::verify::sign(
+        SANDBOX_SIGNING_SECRET.as_bytes(),
+        &timestamp,
+        body.as_bytes(),
+    );
+    let mut request = http
+        .post(format!("{bot}{path}"))
+        .header(header::CONTENT_TYPE, content_type)
+        .header(crate::slack::verify::TIMESTAMP_HEADER, &timestamp)
+        .header(crate::slack::verify::SIGNATURE_HEADER, signature);
+    if let Some(retry) = retry {
+        request = request
+            .header("x-slack-retry-num", retry.to_string())
+            .header("x-slack-retry-reason", "http_timeout");
+    }
+    request
+        .body(body)
+        .send()
+        .await
+        .with_context(|| format!("the bot at {bot} does not answer: is `m365bot sandbox` running?"))
 }

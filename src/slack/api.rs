@@ -375,41 +375,13 @@ impl SlackClient {
             method: METHOD,
             message: e.to_string(),
         })?;
-        let response = self
+        let request = self
             .http
             .post(url)
             .basic_auth(client_id, Some(client_secret.expose_secret()))
-            .form(&[("code", code), ("redirect_uri", redirect_uri)])
-            .send()
-            .await
-            .map_err(|e| SlackApiError::Network {
-                method: METHOD,
-                message: e.without_url().to_string(),
-            })?;
-        let status = response.status().as_u16();
-        if status == 429 {
-            let retry_after = response
-                .headers()
-                .get(reqwest::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(parse_retry_after)
-                .unwrap_or(Duration::from_secs(1));
-            return Err(SlackApiError::RateLimited {
-                method: METHOD,
-                retry_after,
-            });
-        }
-        if !(200..300).contains(&status) {
-            return Err(SlackApiError::Status {
-                method: METHOD,
-                status,
-            });
-        }
-        let bytes = response.bytes().await.map_err(|e| SlackApiError::Network {
-            method: METHOD,
-            message: e.without_url().to_string(),
-        })?;
-        decode_answer(METHOD, &bytes)
+            .form(&[("code", code), ("redirect_uri", redirect_uri)]);
+        let response = send_checked(METHOD, request).await?;
+        read_answer(METHOD, response).await
     }
 
     async fn call<T: DeserializeOwned>(
@@ -444,40 +416,22 @@ impl SlackClient {
                 Body::Json(value) => request.json(value),
                 Body::Form(pairs) => request.form(pairs),
             };
-            let response = request.send().await.map_err(|e| SlackApiError::Network {
-                method,
-                message: e.without_url().to_string(),
-            })?;
-            let status = response.status().as_u16();
-            if status == 429 {
-                let retry_after = response
-                    .headers()
-                    .get(reqwest::header::RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(parse_retry_after)
-                    .unwrap_or(Duration::from_secs(1));
-                if wait_short_limits && attempt == 1 && retry_after <= MAX_INLINE_RETRY_WAIT {
+            match send_checked(method, request).await {
+                Err(SlackApiError::RateLimited { retry_after, .. })
+                    if wait_short_limits
+                        && attempt == 1
+                        && retry_after <= MAX_INLINE_RETRY_WAIT =>
+                {
                     tracing::debug!(
                         slack.method = method,
                         wait_ms = retry_after.as_millis() as u64,
                         "Slack rate limit: waiting"
                     );
                     tokio::time::sleep(retry_after).await;
-                    continue;
                 }
-                return Err(SlackApiError::RateLimited {
-                    method,
-                    retry_after,
-                });
+                Err(err) => return Err(err),
+                Ok(response) => return read_answer(method, response).await,
             }
-            if !(200..300).contains(&status) {
-                return Err(SlackApiError::Status { method, status });
-            }
-            let bytes = response.bytes().await.map_err(|e| SlackApiError::Network {
-                method,
-                message: e.without_url().to_string(),
-            })?;
-            return decode_answer(method, &bytes);
         }
     }
 
@@ -577,36 +531,12 @@ impl SlackClient {
             method: METHOD,
             message: e.to_string(),
         })?;
-        let response = self
+        let request = self
             .http
             .post(url)
             .bearer_auth(self.token.expose_secret())
-            .json(&json!({}))
-            .send()
-            .await
-            .map_err(|e| SlackApiError::Network {
-                method: METHOD,
-                message: e.without_url().to_string(),
-            })?;
-        let status = response.status().as_u16();
-        if status == 429 {
-            let retry_after = response
-                .headers()
-                .get(reqwest::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(parse_retry_after)
-                .unwrap_or(Duration::from_secs(1));
-            return Err(SlackApiError::RateLimited {
-                method: METHOD,
-                retry_after,
-            });
-        }
-        if !(200..300).contains(&status) {
-            return Err(SlackApiError::Status {
-                method: METHOD,
-                status,
-            });
-        }
+            .json(&json!({}));
+        let response = send_checked(METHOD, request).await?;
         let scopes = response
             .headers()
             .get("x-oauth-scopes")
@@ -617,11 +547,7 @@ impl SlackClient {
                     .filter(|s| !s.is_empty())
                     .collect()
             });
-        let bytes = response.bytes().await.map_err(|e| SlackApiError::Network {
-            method: METHOD,
-            message: e.without_url().to_string(),
-        })?;
-        Ok((decode_answer(METHOD, &bytes)?, scopes))
+        Ok((read_answer(METHOD, response).await?, scopes))
     }
 
     /// `chat.update` of the message `ts` in `channel`.
@@ -807,37 +733,51 @@ impl SlackClient {
             "ephemeral"
         });
         body["replace_original"] = json!(replace_original);
-        let response = self
-            .http
-            .post(response_url)
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| SlackApiError::Network {
-                method: METHOD,
-                message: e.without_url().to_string(),
-            })?;
-        let status = response.status().as_u16();
-        if status == 429 {
-            let retry_after = response
-                .headers()
-                .get(reqwest::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(parse_retry_after)
-                .unwrap_or(Duration::from_secs(1));
-            return Err(SlackApiError::RateLimited {
-                method: METHOD,
-                retry_after,
-            });
-        }
-        if !(200..300).contains(&status) {
-            return Err(SlackApiError::Status {
-                method: METHOD,
-                status,
-            });
-        }
+        let request = self.http.post(response_url).json(&body);
+        send_checked(METHOD, request).await?;
         Ok(())
     }
+}
+
+/// Sends `request` for `method`: a 429 becomes [`SlackApiError::RateLimited`] with its
+/// `Retry-After` (1 s when missing), another status outside 2xx [`SlackApiError::Status`].
+async fn send_checked(
+    method: &'static str,
+    request: reqwest::RequestBuilder,
+) -> Result<reqwest::Response, SlackApiError> {
+    let response = request.send().await.map_err(|e| SlackApiError::Network {
+        method,
+        message: e.without_url().to_string(),
+    })?;
+    let status = response.status().as_u16();
+    if status == 429 {
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_retry_after)
+            .unwrap_or(Duration::from_secs(1));
+        return Err(SlackApiError::RateLimited {
+            method,
+            retry_after,
+        });
+    }
+    if !(200..300).contains(&status) {
+        return Err(SlackApiError::Status { method, status });
+    }
+    Ok(response)
+}
+
+/// Reads and decodes the body of a Web API answer (see [`decode_answer`]).
+async fn read_answer<T: DeserializeOwned>(
+    method: &'static str,
+    response: reqwest::Response,
+) -> Result<T, SlackApiError> {
+    let bytes = response.bytes().await.map_err(|e| SlackApiError::Network {
+        method,
+        message: e.without_url().to_string(),
+    })?;
+    decode_answer(method, &bytes)
 }
 
 /// Decodes a Web API answer: `ok: false` becomes [`SlackApiError::Slack`] with the error code
